@@ -1,0 +1,114 @@
+"""How fast can rows go into Redis from Python? The ceiling that `OnlineStore.write` is measured against.
+
+Against a private redis-server started here (never a server of yours), writes the same rows three ways and
+reports rows/s, each as a ratio to (b):
+
+  (a) redis-py pipeline (transaction=False) of `SET key value PXAT ms`, executed every 10k rows
+  (b) redis-py `MSET` of 10k rows per call (no expiry: the fastest redis-py write, the baseline)
+  (c) `OnlineStore.write`: `SET key value PXAT ms`, hand-encoded RESP, 10k rows per buffer
+
+The server is emptied (`FLUSHALL`) before each run, so every run inserts new keys. Results go to
+`bench/results/raw_redis_ceiling.json`.
+
+    python bench/raw_redis_ceiling.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from featuremart.online.store import OnlineStore  # noqa: E402
+from tests.redis_server import RedisServer, redis_server_binary  # noqa: E402
+
+CHUNK = 10_000
+VALUE_BYTES = 120
+
+
+def make_rows(n: int) -> tuple[list[bytes], list[bytes], list[int]]:
+    keys = [b"fm:{customer_id=C%07d}:customer_spend:ab12cd34" % i for i in range(n)]
+    filler = b"x" * (VALUE_BYTES - 24)
+    values = [b"%012d|%s|%010d" % (i, filler, i * 7) for i in range(n)]
+    now_ms = int(time.time() * 1000)
+    expire = [now_ms + 86_400_000 + (i % 3600) * 1000 for i in range(n)]
+    return keys, values, expire
+
+
+def pipelined_set(client: redis.Redis, keys, values, expire) -> None:
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, len(keys), CHUNK):
+        for k, v, e in zip(keys[start:start + CHUNK], values[start:start + CHUNK], expire[start:start + CHUNK]):
+            pipe.set(k, v, pxat=e)
+        results = pipe.execute(raise_on_error=True)
+        assert all(results)
+
+
+def mset(client: redis.Redis, keys, values, expire) -> None:
+    del expire  # MSET cannot set an expiry: that is what makes it the ceiling
+    for start in range(0, len(keys), CHUNK):
+        assert client.mset(dict(zip(keys[start:start + CHUNK], values[start:start + CHUNK])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per method; the best is kept")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "raw_redis_ceiling.json")
+    args = parser.parse_args(argv)
+
+    keys, values, expire = make_rows(args.rows)
+    results: dict[str, float] = {}
+    with RedisServer() as server:
+        client = server.client()
+        store = OnlineStore.connect(server.url, embedded_dir=server.dir / "unused")
+        methods = {
+            "a_redis_py_pipeline_set_pxat": lambda: pipelined_set(client, keys, values, expire),
+            "b_redis_py_mset": lambda: mset(client, keys, values, expire),
+            "c_online_store_write": lambda: store.write(keys, values, expire),
+        }
+        for name, run in methods.items():
+            best = float("inf")
+            for _ in range(args.repeat):
+                client.flushall()
+                t0 = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t0)
+                assert client.dbsize() == args.rows, f"{name} wrote {client.dbsize()} keys, expected {args.rows}"
+            results[name] = args.rows / best
+        assert client.get(keys[-1]) == values[-1]
+        version = client.info("server")["redis_version"]
+        store.close()
+        client.close()
+
+    baseline = results["b_redis_py_mset"]
+    print(f"{args.rows:,} rows, {VALUE_BYTES}-byte values, chunks of {CHUNK:,}, redis {version}")
+    print(f"{'method':34} {'rows/s':>12} {'vs MSET':>8}")
+    for name, rate in results.items():
+        print(f"{name:34} {rate:12,.0f} {rate / baseline:8.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "rows": args.rows,
+        "value_bytes": VALUE_BYTES,
+        "chunk_rows": CHUNK,
+        "redis_version": version,
+        "redis_server": redis_server_binary(),
+        "python": platform.python_version(),
+        "redis_py": redis.__version__,
+        "rows_per_second": {k: round(v) for k, v in results.items()},
+        "ratio_to_mset": {k: round(v / baseline, 3) for k, v in results.items()},
+    }, indent=2) + "\n")
+    print(f"wrote {args.out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The reference project's data: a deterministic generator and a PostgreSQL loader."""

@@ -1,0 +1,244 @@
+"""The `featuremart` command line: list, describe, validate, sync, get.
+
+Options mirror dbt's (`--project-dir`, `--profiles-dir`, `--target`). User errors print one clear message,
+never a traceback, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from featuremart.config import format_duration
+from featuremart.errors import FeaturemartError, ValidationError
+from featuremart.online.reader import FeatureValue
+from featuremart.registry import Feature, FeatureService, FeatureView
+from featuremart.store import FeatureStore
+from featuremart.sync import SyncRun
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--project-dir", default=".", help="the dbt project directory (default: .)")
+    common.add_argument("--profiles-dir", default=None, help="where profiles.yml is (default: as dbt finds it)")
+    common.add_argument("--target", default=None, help="the dbt target to read (default: the profile's target)")
+
+    parser = argparse.ArgumentParser(prog="featuremart", description="A dbt/SQL-first feature store.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", parents=[common], help="list feature views and features")
+    describe = sub.add_parser("describe", parents=[common], help="show a feature view, a feature or a service")
+    describe.add_argument("name", help="a view, view.feature, or a feature service")
+    sub.add_parser("validate", parents=[common], help="check metadata against the manifest and the warehouse")
+
+    sync = sub.add_parser("sync", parents=[common], help="publish the latest feature values to the online store")
+    sync.add_argument("-s", "--select", nargs="+", default=[], help="model names, tag:<tag>, tier:<tier>")
+    sync.add_argument("--exclude", nargs="+", default=[], help="model names, tag:<tag>, tier:<tier>")
+    sync.add_argument("--full-refresh", action="store_true", help="rewrite every value, not only what changed")
+    sync.add_argument("--dry-run", action="store_true", help="print what would be inserted, updated, deleted")
+    sync.add_argument("--json", action="store_true", help="print the run record as JSON (for CI logs)")
+
+    get = sub.add_parser("get", parents=[common], help="read features of one entity from the online store")
+    what = get.add_mutually_exclusive_group(required=True)
+    what.add_argument("--service", help="a feature service (a dbt exposure of type ml)")
+    what.add_argument("--features", help="comma-separated view.feature (or view.*) references")
+    get.add_argument("keys", nargs="+", metavar="KEY=VALUE", help="entity keys, e.g. customer_id=C123")
+    get.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = console or Console()
+    err = Console(stderr=True) if console.file is sys.stdout else console
+    try:
+        store = FeatureStore(args.project_dir, profiles_dir=args.profiles_dir, target=args.target)
+        with store:
+            return COMMANDS[args.command](store, args, console)
+    except ValidationError as exc:
+        err.print(f"[bold red]{len(exc.problems)} error(s) in feature metadata:[/]")
+        for problem in exc.problems:
+            err.print(f"  [red]✗[/] {problem}", markup=False, highlight=False)
+        return 1
+    except FeaturemartError as exc:
+        err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        return 1
+
+
+def cmd_list(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    for view in store.registry.views.values():
+        table = Table(title_justify="left", expand=False, title=(
+            f"[bold]{view.name}[/]  entity {', '.join(view.entities)} · owner {view.owner or '-'} · tier "
+            f"{view.tier or '-'} · ttl {format_duration(view.ttl)} · online {'yes' if view.online else 'no'}"))
+        table.add_column("feature", no_wrap=True)
+        table.add_column("type", no_wrap=True)
+        table.add_column("description", overflow="fold")
+        for f in view.features:
+            table.add_row(f.name, f.dtype, " ".join(f.description.split()))
+        console.print(table)
+    services = store.registry.services
+    if services:
+        st = Table(title="Feature services")
+        for column in ("service", "views", "features", "owner"):
+            st.add_column(column)
+        for s in services.values():
+            st.add_row(s.name, ", ".join(s.view_names), str(len(s.features)), s.owner or "")
+        console.print(st)
+    return 0
+
+
+def cmd_describe(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    registry = store.registry
+    name = args.name
+    if name in registry.services:
+        _describe_service(registry.services[name], console)
+    elif "." in name:
+        view = registry.view(name.split(".", 1)[0])
+        _describe_feature(view, view.feature(name.split(".", 1)[1]), console)
+    else:
+        view = registry.view(name)
+        _describe_view(store, view, console)
+    return 0
+
+
+def _describe_view(store: FeatureStore, view: FeatureView, console: Console) -> int:
+    manifest = store.manifest()
+    fresh = store.freshness(view)
+    upstream = [manifest.sources[u].name if u in manifest.sources else
+                (manifest.models[u].name if u in manifest.models else u) for u in view.upstream]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("feature view", view.name), ("description", view.description), ("entities", ", ".join(view.entities)),
+        ("join keys", ", ".join(f"{k} ({t})" for k, t in view.join_keys)), ("timestamp", view.timestamp),
+        ("ttl", format_duration(view.ttl)), ("online", "yes" if view.online else "no"),
+        ("owner", view.owner or ""), ("tier", view.tier or ""), ("tags", ", ".join(view.tags)),
+        ("SQL model", view.sql_path), ("YAML", view.yaml_path or ""), ("relation", str(view.relation)),
+        ("upstream", ", ".join(upstream)), ("version", view.version),
+        ("newest event", str(fresh.max_event_ts or "no rows")),
+        ("age", f"{_age(fresh.age)} ({fresh.status})" if fresh.age is not None else fresh.status),
+    ]
+    for key, value in rows:
+        grid.add_row(key, str(value))
+    console.print(grid)
+    table = Table(title="features")
+    for column in ("feature", "type", "warehouse type", "description"):
+        table.add_column(column, overflow="fold")
+    for f in view.features:
+        table.add_row(f.name, f.dtype, f.warehouse_type, f.description)
+    console.print(table)
+    return 0
+
+
+def _describe_feature(view: FeatureView, feature: Feature, console: Console) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in (("feature", feature.ref), ("type", f"{feature.dtype} ({feature.warehouse_type})"),
+                       ("description", feature.description), ("entities", ", ".join(view.entities)),
+                       ("ttl", format_duration(view.ttl)), ("owner", view.owner or ""), ("tier", view.tier or ""),
+                       ("SQL model", view.sql_path)):
+        grid.add_row(key, value)
+    console.print(grid)
+
+
+def _describe_service(service: FeatureService, console: Console) -> None:
+    console.print(f"[bold]feature service[/] {service.name}  ({service.path})")
+    if service.description:
+        console.print(service.description)
+    table = Table()
+    for column in ("feature", "type", "description"):
+        table.add_column(column, overflow="fold")
+    for f in service.features:
+        table.add_row(f.ref, f.dtype, f.description)
+    console.print(table)
+
+
+def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    warnings = store.validate()
+    for problem in warnings:
+        console.print(f"  [yellow]![/] {problem}", highlight=False)
+    registry = store.registry
+    console.print(f"[green]OK[/]: {len(registry.views)} feature views, "
+                  f"{sum(len(v.features) for v in registry.views.values())} features, "
+                  f"{len(registry.services)} services; {len(warnings)} warning(s)")
+    return 0
+
+
+def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    from featuremart.progress import SyncProgress
+
+    with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
+        run = store.sync(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh,
+                         dry_run=args.dry_run, progress=progress.update)
+    if args.json:
+        console.print_json(json.dumps(run.to_json()))
+    else:
+        console.print(render_run(run))
+    if run.status == "failed":
+        return 1
+    return 0
+
+
+def render_run(run: SyncRun) -> Table:
+    title = f"sync {run.run_id}: {run.status}" + (" (dry run)" if run.dry_run else "") + f" in {run.seconds:.2f}s"
+    table = Table(title=title)
+    for column in ("view", "status", "inserted", "updated", "deleted", "unchanged", "seconds", "note"):
+        table.add_column(column, justify="right" if column in ("inserted", "updated", "deleted", "unchanged",
+                                                               "seconds") else "left", overflow="fold")
+    for v in run.views:
+        skipped = v.status == "skipped"
+        table.add_row(v.view, v.status, *("" if skipped else str(n) for n in (v.inserted, v.updated, v.deleted,
+                                                                             v.unchanged)),
+                      "" if skipped else f"{v.seconds:.2f}",
+                      v.reason or (f"{v.skipped_older} older rows not written" if v.skipped_older else ""))
+    if run.error:
+        table.caption = f"[red]{run.error}[/]"
+    return table
+
+
+def cmd_get(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    entity = {}
+    for pair in args.keys:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FeaturemartError(f"entity key {pair!r} should be written KEY=VALUE, e.g. customer_id=C123")
+        entity[key] = value
+    features = [f.strip() for f in args.features.split(",")] if args.features else None
+    record = store.get_online_features([entity], service=args.service, features=features)[0]
+    if args.json:
+        console.print_json(json.dumps({name: _json_value(v) for name, v in record.items()}, default=str))
+        return 0
+    table = Table(title=", ".join(f"{k}={v}" for k, v in entity.items()))
+    for column in ("feature", "value", "event time", "status"):
+        table.add_column(column, overflow="fold")
+    for name, value in record.items():
+        table.add_row(name, "" if value.value is None else repr(value.value) if isinstance(value.value, str)
+                      else str(value.value), _ts(value.event_ts), value)
+    console.print(table)
+    return 0
+
+
+def _json_value(v: FeatureValue) -> dict[str, Any]:
+    return {"value": v.value, "event_ts": v.event_ts.isoformat() if v.event_ts else None, "status": v.status}
+
+
+def _ts(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _age(age: Any) -> str:
+    hours = age.total_seconds() / 3600
+    return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
+
+
+COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync, "get": cmd_get}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The exceptions featuremart raises: one root type, a subclass per domain.
+
+Every message names the file, model, column or key at fault and says how to fix it, so the CLI can print it
+as it is, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FeaturemartError(Exception):
+    """Root of every error featuremart raises on purpose."""
+
+
+class ArtifactError(FeaturemartError):
+    """dbt artifacts (manifest.json, run_results.json) are missing, stale or of an unknown schema."""
+
+
+class ConfigError(FeaturemartError):
+    """features.yml or profiles.yml is missing or invalid."""
+
+
+class ValidationError(FeaturemartError):
+    """Feature metadata contradicts the manifest, features.yml or the warehouse; holds every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(f"- {p}" for p in self.problems))
+
+
+class WarehouseError(FeaturemartError):
+    """The warehouse cannot be reached, is locked, or a relation is missing."""
+
+
+class OnlineStoreError(FeaturemartError):
+    """The online store (Redis) cannot be reached or rejected a command."""
+
+
+class SyncLockedError(OnlineStoreError):
+    """Another sync holds the lock."""
+
+
+class UnknownNameError(FeaturemartError):
+    """A requested feature view, feature, service or entity key does not exist."""

@@ -1,0 +1,55 @@
+"""The online key format (docs/redis-format.md), on the read side. `featuremart.sql` builds the same keys in SQL.
+
+    <prefix>:{<key1>=<value1>[,<key2>=<value2>...]}:<view>:<version>
+
+The `{...}` part is a Redis Cluster hash tag: every key of one entity (and of one composite entity) lives in
+one hash slot. Key values are percent-escaped where they would clash with the delimiters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+# Order matters: '%' first, so that escapes are not escaped again.
+ESCAPES = (("%", "%25"), (",", "%2C"), ("=", "%3D"), ("{", "%7B"), ("}", "%7D"))
+
+
+def escape(value: str) -> str:
+    for char, code in ESCAPES:
+        value = value.replace(char, code)
+    return value
+
+
+def key_text(value: Any) -> str:
+    """A key value as the warehouse renders it with CAST(... AS TEXT): ints in decimal, strings as they are."""
+    if isinstance(value, bool):
+        raise TypeError("entity key values are strings or integers, not booleans")
+    return escape(str(value))
+
+
+def entity_tag(pairs: Sequence[tuple[str, Any]]) -> str:
+    """The hash tag of an entity: `{customer_id=C123}` or `{customer_id=C1,merchant_id=M4}`."""
+    return "{" + ",".join(f"{name}={key_text(value)}" for name, value in pairs) + "}"
+
+
+def row_key(prefix: str, view: str, version: str, pairs: Sequence[tuple[str, Any]]) -> str:
+    return f"{prefix}:{entity_tag(pairs)}:{view}:{version}"
+
+
+def registry_key(prefix: str) -> str:
+    """The registry snapshot a sync publishes (JSON): what online readers need to read features."""
+    return f"{prefix}:registry"
+
+
+def lock_key(prefix: str) -> str:
+    return f"{prefix}:lock:sync"
+
+
+def runs_key(prefix: str) -> str:
+    """A list of sync run records, newest first."""
+    return f"{prefix}:runs"
+
+
+def registry_id_key(prefix: str) -> str:
+    """The id of the published registry snapshot, read with every batch of values to notice a new one."""
+    return f"{prefix}:registry:id"

@@ -1,0 +1,555 @@
+"""The connection and bulk I/O layer of the online store: one Redis (or Valkey) server, reached by URL.
+
+`OnlineStore` knows nothing of features: it moves bytes. Its reason to exist is the bulk write: redis-py spends
+several microseconds of Python per pipelined command, so `write` hand-encodes RESP for a whole chunk of
+`SET key value PXAT ms` commands into one buffer, sends it with one system call, and reads the replies with a
+hiredis reader straight from the socket. Everything else (`mget`, `delete`, `scan`, JSON values, the sync lock)
+goes through redis-py, with transient errors retried.
+
+Redis Cluster: not implemented. Every key of one entity carries one hash tag (`{...}`), so a cluster version would
+group the rows of a chunk by slot (`redis.cluster.key_slot`) and send each group to the node owning it, run
+`mget` per slot, and `scan` every primary. On a single node none of this is needed, and nothing here breaks it.
+
+Example:
+    >>> store = OnlineStore.connect(None, embedded_dir=Path(".featuremart"))  # doctest: +SKIP
+    >>> store.write([b"fm:{customer_id=C1}:spend:ab12"], [b"..."], [1_900_000_000_000])  # doctest: +SKIP
+    1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from featuremart.errors import OnlineStoreError, SyncLockedError
+
+try:  # redis[hiredis] is a dependency; the pure-Python fallback only keeps a broken install working.
+    import hiredis
+except ImportError:  # pragma: no cover
+    hiredis = None
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Rows per hand-encoded buffer: big enough that one system call and one round trip serve many rows, small
+#: enough that a chunk retried after a dropped connection costs little (about 1.5 MB with 120-byte values).
+WRITE_CHUNK_ROWS = 10_000
+#: Keys per `UNLINK`.
+DELETE_CHUNK_KEYS = 10_000
+#: `mget` is one round trip up to this many keys, then chunks (one huge reply would stall the server).
+MGET_CHUNK_KEYS = 100_000
+
+_RETRY_ATTEMPTS = 5
+_RETRY_BASE_SECONDS = 0.1
+_RETRY_MAX_TOTAL_SECONDS = 15.0
+_TRANSIENT_REPLY_PREFIXES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN")
+_URL_HINT = "is FEATUREMART_REDIS_URL right? is the server running and reachable from here?"
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
+"""
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end
+"""
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (in the userinfo or a `password=` query argument) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _password = userinfo.partition(":")
+        if sep:
+            netloc = f"{user}:***@{host}"
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*/")
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)):
+        return not isinstance(exc, redis.AuthenticationError)
+    if isinstance(exc, redis.ResponseError):
+        return str(exc).startswith(_TRANSIENT_REPLY_PREFIXES)
+    return False
+
+
+def _as_bytes(value: bytes | str | memoryview) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)
+
+
+def _as_bytes_list(values: Sequence[bytes | str]) -> list[bytes]:
+    # The common case (all bytes, or all str from Arrow's to_pylist) without a per-item isinstance in Python.
+    if values and isinstance(values[0], bytes):
+        try:
+            b"".join(values)  # raises TypeError if any item is not bytes-like
+            return list(values) if not isinstance(values, list) else values
+        except TypeError:
+            pass
+    return [_as_bytes(v) for v in values]
+
+
+def _ms_to_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+class OnlineStore:
+    """A connection pool to one Redis server, with the bulk and batched operations the online store needs.
+
+    Build it with `OnlineStore.connect`. All methods take and return bytes (or JSON-able objects for
+    `get_json`/`set_json`); keys are full keys, already prefixed by the caller.
+    """
+
+    def __init__(self, client: redis.Redis, *, url: str, prefix: str = "fm", embedded: Any = None):
+        self._redis = client
+        self._url = redact_url(url)  # only the redacted form is ever kept
+        self.prefix = prefix
+        self._embedded = embedded
+        self._unlock_script = client.register_script(_UNLOCK)
+        self._refresh_script = client.register_script(_REFRESH)
+
+    @classmethod
+    def connect(cls, url: str | None, *, embedded_dir: Path, prefix: str = "fm") -> OnlineStore:
+        """Connect to `url` (`redis://`, `rediss://`, `unix://`), or with `None` to the embedded server.
+
+        The embedded server (see `featuremart.online.embedded`) persists to `embedded_dir / "redis.db"` and is
+        shared by every process using that directory, so the quick start needs no Redis. The server is pinged
+        here, so a wrong URL fails now, with a message that names it (password redacted).
+        """
+        embedded = None
+        if url is None:
+            from featuremart.online.embedded import EmbeddedRedis
+
+            embedded = EmbeddedRedis.start(Path(embedded_dir))
+            url = embedded.url
+        shown = redact_url(url)
+        try:
+            client = redis.Redis.from_url(
+                url,
+                # The store retries itself (with backoff, bounded); a second retry layer would multiply the waits.
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=5,
+                socket_timeout=60,
+                health_check_interval=30,
+                decode_responses=False,
+            )
+        except ValueError as exc:
+            if embedded is not None:
+                embedded.release()
+            raise OnlineStoreError(f"Invalid Redis URL {shown}: {exc}; {_URL_HINT}") from None
+        store = cls(client, url=url, prefix=prefix, embedded=embedded)
+        try:
+            store._retry(f"PING {shown}", client.ping, budget_seconds=5.0)
+        except OnlineStoreError as exc:
+            store.close()
+            raise OnlineStoreError(f"Cannot reach the online store at {shown}: {exc.__cause__ or exc}; "
+                                   f"{_URL_HINT}") from None
+        except redis.AuthenticationError as exc:
+            store.close()
+            raise OnlineStoreError(f"The online store at {shown} refused the credentials ({exc}); check the "
+                                   "user name and password in FEATUREMART_REDIS_URL.") from None
+        except redis.RedisError as exc:
+            store.close()
+            raise OnlineStoreError(f"The online store at {shown} answered PING with an error: {exc}; "
+                                   f"{_URL_HINT}") from None
+        return store
+
+    @property
+    def url(self) -> str:
+        """The server URL, password redacted."""
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"OnlineStore(url={self._url!r}, prefix={self.prefix!r})"
+
+    def close(self) -> None:
+        """Close every connection; for the embedded server, let it stop (saving) if no other process uses it."""
+        self._redis.close()
+        self._redis.connection_pool.disconnect()
+        if self._embedded is not None:
+            self._embedded.release()
+            self._embedded = None
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- retries ---------------------------------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Callable[[], T], *, budget_seconds: float = _RETRY_MAX_TOTAL_SECONDS) -> T:
+        """Call `fn`, retrying transient errors with exponential backoff; give up after a few attempts or
+        `budget_seconds`, raising `OnlineStoreError` (the last error as its cause)."""
+        deadline = time.monotonic() + budget_seconds
+        for attempt in range(1, _RETRY_ATTEMPTS + 1):
+            try:
+                return fn()
+            except (redis.RedisError, OSError) as exc:
+                if not _is_transient(exc):
+                    raise
+                delay = _RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+                if attempt == _RETRY_ATTEMPTS or time.monotonic() + delay > deadline:
+                    raise OnlineStoreError(
+                        f"{what} failed after {attempt} attempts on {self._url}: {exc}"
+                    ) from exc
+                log.warning("%s on %s failed (%s); retry %d in %.2fs", what, self._url, exc, attempt, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """`_retry`, with a permanent error reply turned into `OnlineStoreError` too."""
+        try:
+            return self._retry(what, fn)
+        except redis.RedisError as exc:
+            raise OnlineStoreError(f"{what} failed on {self._url}: {exc}") from exc
+
+    # ---- bulk write ------------------------------------------------------------------------------------------
+
+    def write(
+        self,
+        keys: Sequence[bytes | str],
+        values: Sequence[bytes | str],
+        expire_at_ms: Sequence[int | None],
+        *,
+        chunk_rows: int = WRITE_CHUNK_ROWS,
+    ) -> int:
+        """`SET key value PXAT expire_at_ms` for every row; returns the number of rows written.
+
+        An expiry of `None` writes the key without one. Rows go out in chunks of `chunk_rows` commands, each
+        hand-encoded into one buffer and sent in one call on one connection; the next chunk is encoded while
+        the server executes the previous one, and every reply is read and checked. After a dropped connection
+        or a BUSY/LOADING reply, the unacknowledged chunks are sent again (SETs are idempotent), with backoff.
+        A rejected command raises `OnlineStoreError` naming its key; earlier chunks are written, later ones
+        may or may not be.
+        """
+        n = len(keys)
+        if len(values) != n or len(expire_at_ms) != n:
+            raise ValueError(f"write() got {n} keys, {len(values)} values and {len(expire_at_ms)} expiries")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+
+        def encoded() -> Iterator[tuple[bytes, list[bytes]]]:
+            for start in range(0, n, chunk_rows):
+                stop = min(start + chunk_rows, n)
+                k = _as_bytes_list(keys[start:stop])
+                yield _encode_set_pxat(k, _as_bytes_list(values[start:stop]), expire_at_ms[start:stop]), k
+
+        pool = self._redis.connection_pool
+        chunks = encoded()
+        upcoming = next(chunks, None)
+        in_flight: deque[tuple[bytes, list[bytes]]] = deque()  # sent, replies not yet read (at most two)
+        conn = None
+        written = 0
+        failures = 0
+        deadline = time.monotonic() + _RETRY_MAX_TOTAL_SECONDS
+        try:
+            while upcoming is not None or in_flight:
+                try:
+                    if conn is None:
+                        conn = pool.get_connection()
+                        replies = _ReplyReader(conn)
+                        for buf, _ in in_flight:  # after a reconnect: resend what was not acknowledged
+                            conn.send_packed_command([buf], check_health=False)
+                    if upcoming is not None:
+                        conn.send_packed_command([upcoming[0]], check_health=False)
+                        in_flight.append(upcoming)
+                        upcoming = next(chunks, None)  # encoded while the server executes the chunk just sent
+                    if in_flight and (upcoming is None or len(in_flight) > 1):
+                        chunk_keys = in_flight[0][1]
+                        errors = replies.read(len(chunk_keys))
+                        if errors:
+                            index, error = errors[0]
+                            if str(error).startswith(_TRANSIENT_REPLY_PREFIXES):
+                                raise redis.BusyLoadingError(str(error))
+                            raise OnlineStoreError(
+                                f"Redis rejected {len(errors)} of {len(chunk_keys)} writes on {self._url}; first: "
+                                f"key {chunk_keys[index]!r}: {error}"
+                            )
+                        in_flight.popleft()
+                        written += len(chunk_keys)
+                        failures = 0
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
+                    if conn is not None:
+                        conn.disconnect()
+                        pool.release(conn)
+                        conn = None
+                    failures += 1
+                    delay = _RETRY_BASE_SECONDS * 2 ** (failures - 1)
+                    if failures >= _RETRY_ATTEMPTS or time.monotonic() + delay > deadline:
+                        first = (in_flight or [upcoming])[0]
+                        raise OnlineStoreError(
+                            f"Write of {n} keys failed on {self._url} after {failures} attempts at the chunk "
+                            f"starting with key {first[1][0]!r}, {written} rows written: {exc}"
+                        ) from exc
+                    log.warning("write on %s failed (%s); retry %d in %.2fs", self._url, exc, failures, delay)
+                    time.sleep(delay)
+        finally:
+            if conn is not None:
+                if in_flight or not replies.drained:
+                    conn.disconnect()  # replies left unread: the stream is out of step, never reuse it
+                pool.release(conn)
+        return written
+
+    # ---- reads, deletes, small values ------------------------------------------------------------------------
+
+    def mget(self, keys: Sequence[bytes | str]) -> list[bytes | None]:
+        """The values of `keys` (None where absent), in one round trip (chunked only above 100k keys)."""
+        if not keys:
+            return []
+        if len(keys) <= MGET_CHUNK_KEYS:
+            return self._call(f"MGET of {len(keys)} keys", lambda: self._redis.mget(keys))
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), MGET_CHUNK_KEYS):
+            chunk = keys[start:start + MGET_CHUNK_KEYS]
+            out.extend(self._call(f"MGET of {len(chunk)} keys", lambda: self._redis.mget(chunk)))
+        return out
+
+    def delete(self, keys: Sequence[bytes | str]) -> int:
+        """`UNLINK` `keys` in chunks; returns how many existed."""
+        removed = 0
+        for start in range(0, len(keys), DELETE_CHUNK_KEYS):
+            chunk = list(keys[start:start + DELETE_CHUNK_KEYS])
+            removed += self._call(f"UNLINK of {len(chunk)} keys", lambda: self._redis.unlink(*chunk))
+        return removed
+
+    def get_json(self, key: bytes | str) -> Any:
+        """The JSON value at `key`, or None if absent."""
+        raw = self._call(f"GET {key!r}", lambda: self._redis.get(key))
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise OnlineStoreError(f"Key {key!r} on {self._url} does not hold JSON: {exc}") from None
+
+    def set_json(self, key: bytes | str, obj: Any) -> None:
+        """Store `obj` as compact JSON at `key`, without expiry."""
+        data = json.dumps(obj, separators=(",", ":"), sort_keys=True, default=str)
+        self._call(f"SET {key!r}", lambda: self._redis.set(key, data))
+
+    def scan(self, match: bytes | str, *, count: int = 1000) -> Iterator[bytes]:
+        """Every key matching the glob `match`, by cursor (`SCAN`: never blocks the server like `KEYS`).
+
+        A key may be yielded twice (SCAN's guarantee); callers that count should dedupe.
+        """
+        cursor = 0
+        while True:
+            cursor, batch = self._call(
+                f"SCAN {match!r}", lambda c=cursor: self._redis.scan(c, match=match, count=count)
+            )
+            yield from batch
+            if cursor == 0:
+                return
+
+    def set_json_nx(self, key: bytes | str, obj: Any) -> bool:
+        """Store `obj` at `key` only if the key does not exist; True if this call set it."""
+        data = json.dumps(obj, separators=(",", ":"))
+        return bool(self._call(f"SET {key!r} NX", lambda: self._redis.set(key, data, nx=True)))
+
+    def publish_registry(self, key: str, snapshot: Any) -> str:
+        """Replace the registry snapshot at `key` and its id at `key:id` in one MULTI/EXEC; returns the new id.
+
+        Readers fetch the id with every batch of values, so they switch to the new snapshot at once and never
+        combine two snapshots (docs/redis-format.md).
+        """
+        data = json.dumps(snapshot, separators=(",", ":"), sort_keys=True, default=str)
+        new_id = uuid.uuid4().hex
+
+        def publish() -> None:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, data).set(f"{key}:id", new_id).execute()
+
+        self._call(f"publish registry {key}", publish)
+        return new_id
+
+    def read_registry(self, key: str) -> tuple[Any, bytes | None]:
+        """The registry snapshot at `key` and its id, read together (None, None when nothing is published)."""
+        raw, registry_id = self._call(f"MGET {key}", lambda: self._redis.mget([key, f"{key}:id"]))
+        if raw is None:
+            return None, None
+        return json.loads(raw), registry_id
+
+    def push_record(self, key: str, record: str, keep: int) -> None:
+        """Prepend a record to the list at `key`, keeping the newest `keep`."""
+
+        def push() -> None:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, record).ltrim(key, 0, keep - 1).execute()
+
+        self._call(f"LPUSH {key}", push)
+
+    def records(self, key: str, count: int = 10) -> list[Any]:
+        """The newest `count` JSON records of the list at `key`."""
+        raw = self._call(f"LRANGE {key}", lambda: self._redis.lrange(key, 0, count - 1))
+        return [json.loads(r) for r in raw]
+
+    # ---- lock ------------------------------------------------------------------------------------------------
+
+    def lock(self, name: str, ttl_seconds: float) -> StoreLock:
+        """A lock held by one process at a time, for "one sync at a time"; use it as a context manager.
+
+        `SET key token NX PX`: a crashed holder releases it when `ttl_seconds` expire. Call `refresh()` between
+        chunks of a long run to extend it; only the owner can refresh or release it. If another process holds
+        it, entering raises `SyncLockedError` saying who, since when and until when.
+        """
+        return StoreLock(self, f"{self.prefix}:lock:{name}", ttl_seconds)
+
+
+class StoreLock(AbstractContextManager["StoreLock"]):
+    """One acquisition of `OnlineStore.lock`: `acquire`, `refresh`, `release` (or `with`)."""
+
+    def __init__(self, store: OnlineStore, key: str, ttl_seconds: float):
+        if ttl_seconds <= 0:
+            raise ValueError(f"lock ttl_seconds must be positive, got {ttl_seconds}")
+        self._store = store
+        self.key = key
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._value: str | None = None
+
+    def acquire(self) -> StoreLock:
+        """Take the lock, or raise `SyncLockedError` naming the holder, since when and until when."""
+        now = int(time.time() * 1000)
+        value = json.dumps({"token": uuid.uuid4().hex, "owner": f"{socket.gethostname()}:{os.getpid()}",
+                            "since_ms": now})
+        r = self._store._redis
+        ok = self._store._call(f"SET {self.key} NX", lambda: r.set(self.key, value, nx=True, px=self.ttl_ms))
+        if ok:
+            self._value = value
+            return self
+        holder, pttl = self._store._call(f"GET {self.key}", lambda: (r.get(self.key), r.pttl(self.key)))
+        try:
+            info = json.loads(holder) if holder else {}
+        except ValueError:
+            info = {}
+        since = _ms_to_iso(info["since_ms"]) if "since_ms" in info else "an unknown time"
+        expires = _ms_to_iso(now + pttl) if pttl and pttl > 0 else "soon"
+        raise SyncLockedError(
+            f"Another sync ({info.get('owner', 'unknown owner')}) holds the lock {self.key} on "
+            f"{self._store.url} since {since}; it expires at {expires} unless renewed. Wait for it to finish, or "
+            f"if its process is gone, wait for the expiry."
+        )
+
+    @property
+    def held(self) -> bool:
+        return self._value is not None
+
+    def refresh(self) -> None:
+        """Extend the lock to a full ttl from now; raise `OnlineStoreError` if it was lost (expired, taken)."""
+        if self._value is None:
+            raise OnlineStoreError(f"Lock {self.key} is not held; acquire it first.")
+        value = self._value
+        ok = self._store._call(f"refresh of lock {self.key}",
+                               lambda: self._store._refresh_script(keys=[self.key], args=[value, self.ttl_ms]))
+        if not ok:
+            self._value = None
+            raise OnlineStoreError(
+                f"Lock {self.key} expired and may be held by another sync: the ttl ({self.ttl_ms} ms) is shorter "
+                "than the time between refresh() calls."
+            )
+
+    def release(self) -> bool:
+        """Release the lock if this acquisition still owns it; returns whether it did."""
+        if self._value is None:
+            return False
+        value, self._value = self._value, None
+        return bool(self._store._call(f"release of lock {self.key}",
+                                      lambda: self._store._unlock_script(keys=[self.key], args=[value])))
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ---- RESP encoding and reply reading ---------------------------------------------------------------------------
+
+_SET_HEAD = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
+_SET_NO_EXPIRY = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+
+
+def _encode_set_pxat(keys: list[bytes], values: list[bytes], expire_at_ms: Sequence[int | None]) -> bytes:
+    """RESP for `SET key value PXAT ms` per row, as one buffer (RESP2 and RESP3 share the request format)."""
+    head = _SET_HEAD
+    out = []
+    append = out.append
+    for k, v, e in zip(keys, values, expire_at_ms):
+        if e is None:
+            append(_SET_NO_EXPIRY % (len(k), k, len(v), v))
+        else:
+            t = b"%d" % e
+            append(head % (len(k), k, len(v), v, len(t), t))
+    return b"".join(out)
+
+
+class _ReplyReader:
+    """Reads the replies to our packed commands on one connection; `read(n)` returns (row, error) pairs.
+
+    With hiredis, replies are parsed by our own reader fed from the connection's socket: one C call per reply
+    instead of redis-py's Python layers. The connection came idle from the pool, so nothing of ours is buffered
+    in redis-py's own parser; bytes of the next chunk's replies stay in this reader until read.
+    """
+
+    def __init__(self, conn: Any):
+        self._conn = conn
+        self._sock = getattr(conn, "_sock", None)
+        self._reader = hiredis.Reader() if hiredis is not None and self._sock is not None else None
+
+    def read(self, n: int) -> list[tuple[int, Any]]:
+        errors: list[tuple[int, Any]] = []
+        if self._reader is None:  # pragma: no cover - fallback without hiredis
+            for i in range(n):
+                try:
+                    self._conn.read_response(disable_decoding=True)
+                except redis.ResponseError as exc:
+                    errors.append((i, exc))
+            return errors
+        reader, recv = self._reader, self._sock.recv
+        gets = reader.gets
+        reply_error = hiredis.ReplyError
+        i = 0
+        while i < n:
+            reply = gets()
+            if reply is False:
+                data = recv(1 << 20)
+                if not data:
+                    raise redis.ConnectionError("Connection closed by the server while reading write replies")
+                reader.feed(data)
+                continue
+            if reply.__class__ is reply_error or isinstance(reply, Exception):
+                errors.append((i, reply))
+            i += 1
+        return errors
+
+    @property
+    def drained(self) -> bool:
+        return self._reader is None or not self._reader.has_data()

@@ -1,0 +1,145 @@
+"""SQL builders: every query featuremart runs in a warehouse, as sqlglot expressions rendered per dialect.
+
+Identifiers are quoted by sqlglot and values are typed literals, never strings pasted into SQL. The online
+payload (key, value) is computed here, in the warehouse, so Python only moves bytes: see docs/redis-format.md
+for the format these expressions produce and `featuremart.online.keys` for the same format on the read side.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlglot
+from sqlglot import exp
+
+from featuremart import types
+from featuremart.online.keys import ESCAPES
+from featuremart.registry import FeatureView, Relation
+
+TS_US = "__fm_ts_us"  # the event timestamp as microseconds since the Unix epoch (UTC)
+_RN = "__fm_rn"
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def col(name: str, table: str | None = None) -> exp.Column:
+    return exp.Column(this=ident(name), table=ident(table) if table else None)
+
+
+def table(relation: Relation) -> exp.Table:
+    return exp.Table(
+        this=ident(relation.identifier),
+        db=ident(relation.schema) if relation.schema else None,
+        catalog=ident(relation.database) if relation.database else None,
+    )
+
+
+def epoch_us(value: exp.Expression, dialect: str) -> exp.Expression:
+    """Microseconds since the epoch of a timestamp (naive timestamps are read as UTC)."""
+    if dialect == "duckdb":
+        return exp.func("epoch_us", value)
+    seconds = exp.Extract(this=exp.var("EPOCH"), expression=value)
+    return exp.cast(exp.Round(this=exp.Mul(this=seconds, expression=exp.Literal.number(1_000_000))), "bigint")
+
+
+def to_us(moment: datetime) -> int:
+    """A datetime as microseconds since the epoch; a naive datetime is read as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[str] | None = None) -> exp.Select:
+    """The latest row per entity whose event time is in [now - ttl, now]: what the online store serves at `now`.
+
+    Rows dated after `now` are not valid yet; an entity whose latest row is older than the ttl has no value.
+    Selects the join keys, `__fm_ts_us` and the feature columns (or `columns`).
+    """
+    keys = [col(k) for k in view.key_names]
+    ts = col(view.timestamp)
+    ts_us = epoch_us(ts, dialect)
+    now_us = to_us(now)
+    ranked = (
+        sqlglot.select(
+            *keys,
+            exp.alias_(ts_us, TS_US, quoted=True),
+            *(col(c) for c in (columns if columns is not None else [f.name for f in view.features])),
+            exp.alias_(
+                exp.Window(
+                    this=exp.RowNumber(),
+                    partition_by=keys,
+                    order=exp.Order(expressions=[exp.Ordered(this=ts, desc=True, nulls_first=False)]),
+                ),
+                _RN,
+                quoted=True,
+            ),
+        )
+        .from_(table(view.relation))
+        .where(exp.and_(*(exp.Not(this=exp.Is(this=k.copy(), expression=exp.Null())) for k in keys),
+                        exp.LTE(this=ts_us.copy(), expression=exp.Literal.number(now_us))))
+    )
+    oldest = now_us - int(view.ttl.total_seconds() * 1_000_000)
+    out = [col(k, "r") for k in view.key_names] + [col(TS_US, "r")]
+    out += [col(c, "r") for c in (columns if columns is not None else [f.name for f in view.features])]
+    return (
+        sqlglot.select(*out)
+        .from_(ranked.subquery("r"))
+        .where(exp.and_(exp.EQ(this=col(_RN, "r"), expression=exp.Literal.number(1)),
+                        exp.GTE(this=col(TS_US, "r"), expression=exp.Literal.number(oldest))))
+    )
+
+
+def online_payload(view: FeatureView, prefix: str, now: datetime, dialect: str) -> exp.Select:
+    """Rows of (key, value, ts_us) ready to write: the Redis key and the encoded value of each entity's latest row.
+
+    key   = <prefix>:{<k1>=<v1>,<k2>=<v2>}:<view>:<version>
+    value = JSON array [event_ts_us, feature_1, ..., feature_n]
+    """
+    latest = latest_rows(view, now, dialect)
+    src = "l"
+    parts: list[exp.Expression] = [exp.Literal.string(f"{prefix}:{{")]
+    for i, key in enumerate(view.key_names):
+        parts.append(exp.Literal.string(("," if i else "") + f"{key}="))
+        parts.append(escape_key(exp.cast(col(key, src), "text")))
+    parts.append(exp.Literal.string(f"}}:{view.name}:{view.version}"))
+    key_expr = parts[0]
+    for part in parts[1:]:
+        key_expr = exp.DPipe(this=key_expr, expression=part)
+    values = [col(TS_US, src)] + [encode_value(col(f.name, src), f.dtype, dialect) for f in view.features]
+    return sqlglot.select(
+        exp.alias_(key_expr, "key", quoted=True),
+        exp.alias_(exp.cast(json_array(values, dialect), "text"), "value", quoted=True),
+        exp.alias_(col(TS_US, src), "ts_us", quoted=True),
+    ).from_(latest.subquery(src))
+
+
+def escape_key(value: exp.Expression) -> exp.Expression:
+    """Percent-escape the characters that delimit a key (same table as keys.escape)."""
+    for char, code in ESCAPES:
+        value = exp.func("replace", value, exp.Literal.string(char), exp.Literal.string(code))
+    return value
+
+
+def encode_value(value: exp.Expression, dtype: str, dialect: str) -> exp.Expression:
+    """A feature value as it goes into the JSON array: timestamps as epoch µs, dates as ISO text."""
+    if dtype == types.TIMESTAMP:
+        return epoch_us(value, dialect)
+    if dtype == types.DATE:
+        return exp.cast(value, "text")
+    if dtype == types.FLOAT:
+        return exp.cast(value, "double")
+    return value
+
+
+def json_array(values: list[exp.Expression], dialect: str) -> exp.Expression:
+    """A JSON array of the values (json_build_array on Postgres < 16, which has no json_array)."""
+    if dialect == "postgres":
+        return exp.Anonymous(this="json_build_array", expressions=values)
+    return exp.func("json_array", *values)
+
+
+def render(expression: exp.Expression, dialect: str) -> str:
+    return expression.sql(dialect=dialect)

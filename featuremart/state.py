@@ -1,0 +1,153 @@
+"""Sync state: what the last successful sync wrote for each view, the base of the next sync's diff.
+
+A DuckDB file under the dbt target directory holds, per view, the key, a hash of the value and the event
+time of every entity online. A sync stages the warehouse's latest values beside it, diffs in SQL, writes only
+the difference, and replaces a view's state only after that view's writes completed, so an interrupted sync
+is simply redone by the next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+
+from featuremart.errors import WarehouseError
+
+_VIEWS_DDL = """
+create table if not exists fm_views (
+    view varchar primary key,
+    version varchar not null,
+    store_id varchar not null,
+    synced_at timestamp not null,
+    entities bigint not null
+)
+"""
+
+
+@dataclass(frozen=True)
+class Diff:
+    """The changes one view's sync makes. Counts are of entities."""
+
+    view: str
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    skipped_older: int  # rows older than what is online: never written over a newer value
+    version_change: bool
+
+    @property
+    def writes(self) -> int:
+        return self.inserted + self.updated
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SyncState:
+    """The local record of what is online, per view (a DuckDB file, one table per view)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            raise WarehouseError(f"sync state {path} is in use by another process ({exc}); is another "
+                                 "`featuremart sync` running against this project?") from None
+        self.con.execute(_VIEWS_DDL)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def synced(self, view: str) -> tuple[str, str] | None:
+        """(version, store_id) of the view's last completed sync, or None."""
+        rows = self.con.execute("select version, store_id from fm_views where view = ?", [view]).fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def stage(self, view: str, payload: pa.RecordBatchReader) -> int:
+        """Load the warehouse's latest (key, value, ts_us) rows of a view next to its state; returns the row count."""
+        self.con.register("__fm_payload", payload)
+        try:
+            self.con.execute(
+                f"create or replace temp table {_q('new__' + view)} as "
+                "select key, value, ts_us, hash(value) as h from __fm_payload"
+            )
+        finally:
+            self.con.unregister("__fm_payload")
+        return self._scalar(f"select count(*) from {_q('new__' + view)}")
+
+    def _scalar(self, query: str) -> int:
+        # fetchall: DuckDB 2 refuses new work on a connection with a half-read result.
+        return self.con.execute(query).fetchall()[0][0]
+
+    def _ensure_state(self, view: str) -> str:
+        table = _q("state__" + view)
+        self.con.execute(f"create table if not exists {table} (key varchar, h ubigint, ts_us bigint)")
+        return table
+
+    def diff(self, view: str, version: str, store_id: str, full_refresh: bool) -> Diff:
+        """Compare the staged rows with the view's state. A new version or another store means a full rewrite."""
+        state, new = self._ensure_state(view), _q("new__" + view)
+        synced = self.synced(view)
+        version_change = synced is not None and synced[0] != version
+        rewrite = full_refresh or synced is None or version_change or synced[1] != store_id
+        self.con.execute(f"""
+            create or replace temp table {_q('plan__' + view)} as
+            select n.key, n.value, n.ts_us,
+                   case when s.key is null then 'insert'
+                        when {'true' if rewrite else 'false'} then 'update'
+                        when n.h = s.h then 'unchanged'
+                        when n.ts_us < s.ts_us then 'older'
+                        else 'update' end as action
+            from {new} n left join {state} s on s.key = n.key
+        """)
+        counts = dict(self.con.execute(
+            f"select action, count(*) from {_q('plan__' + view)} group by action").fetchall())
+        deleted = self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
+        return Diff(view, counts.get("insert", 0), counts.get("update", 0), deleted, counts.get("unchanged", 0),
+                    counts.get("older", 0), version_change)
+
+    def upserts(self, view: str, batch_rows: int = 50_000) -> Iterator[pa.RecordBatch]:
+        """The (key, value, ts_us) rows to write, in Arrow batches."""
+        yield from self.con.sql(
+            f"select key, value, ts_us from {_q('plan__' + view)} where action in ('insert', 'update')"
+        ).to_arrow_reader(batch_rows)
+
+    def departed(self, view: str, batch_rows: int = 50_000) -> Iterator[list[str]]:
+        """Keys online that the view no longer has (entities that left, expired, or an old version's keys)."""
+        reader = self.con.sql(
+            f"select s.key from {_q('state__' + view)} s anti join {_q('new__' + view)} n on s.key = n.key"
+        ).to_arrow_reader(batch_rows)
+        for batch in reader:
+            yield batch.column(0).to_pylist()
+
+    def commit(self, view: str, version: str, store_id: str) -> None:
+        """Record the staged rows as what is online (keeping newer values that were not overwritten)."""
+        state = self._ensure_state(view)
+        plan = _q("plan__" + view)
+        self.con.execute("begin")
+        try:
+            self.con.execute(f"""
+                create or replace table {state} as
+                select p.key, case when p.action = 'older' then s.h else hash(p.value) end as h,
+                       case when p.action = 'older' then s.ts_us else p.ts_us end as ts_us
+                from {plan} p left join {state} s on s.key = p.key
+            """)
+            self.con.execute(
+                "insert or replace into fm_views values (?, ?, ?, now()::timestamp, "
+                f"(select count(*) from {state}))", [view, version, store_id])
+            self.con.execute("commit")
+        except Exception:
+            self.con.execute("rollback")
+            raise
+        for prefix in ("new__", "plan__"):
+            self.con.execute(f"drop table if exists {_q(prefix + view)}")
+
+    def forget(self, store_id: str) -> None:
+        """Drop state recorded against another online store (it was flushed or replaced)."""
+        self.con.execute("delete from fm_views where store_id <> ?", [store_id])

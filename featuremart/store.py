@@ -1,0 +1,174 @@
+"""FeatureStore: the public face of featuremart, for Python users and for the CLI.
+
+Opened on a dbt project (the registry comes from its manifest, types from its warehouse) or on a Redis URL
+alone (the registry comes from the snapshot the last sync published).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from featuremart import sql
+from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
+from featuremart.errors import ArtifactError, FeaturemartError
+from featuremart.manifest import Manifest, RunResults, load_manifest, load_run_results
+from featuremart.online.reader import FeatureValue, OnlineReader
+from featuremart.online.store import OnlineStore
+from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
+from featuremart.sync import SyncRun, Syncer, select_views
+from featuremart.warehouse import Warehouse, open_warehouse
+
+
+@dataclass(frozen=True)
+class Freshness:
+    view: str
+    max_event_ts: datetime | None
+    age: timedelta | None
+    status: str  # pass | warn | error | empty
+
+
+class FeatureStore:
+    """Features defined in a dbt project, served from Redis.
+
+    Example:
+        >>> fs = FeatureStore("path/to/project")                         # doctest: +SKIP
+        >>> fs.get_online_features([{"customer_id": "C0000001", "merchant_id": "M00001"}],
+        ...                        service="fraud_model")                 # doctest: +SKIP
+    """
+
+    def __init__(self, project_dir: str | Path = ".", *, profiles_dir: str | Path | None = None,
+                 target: str | None = None, redis_url: str | None = None):
+        self.project: DbtProject = load_dbt_project(Path(project_dir), Path(profiles_dir) if profiles_dir else None,
+                                                    target)
+        self.config: ProjectConfig = load_features_yml(self.project.project_dir)
+        self._redis_url = redis_url
+        self._registry: Registry | None = None
+        self._online: OnlineStore | None = None
+        self._reader: OnlineReader | None = None
+
+    @classmethod
+    def from_url(cls, redis_url: str, *, prefix: str = "fm") -> FeatureStore:
+        """A read-only store needing only the Redis URL: the registry is the snapshot the last sync published."""
+        self = cls.__new__(cls)
+        self.project = None  # type: ignore[assignment]
+        self.config = None  # type: ignore[assignment]
+        self._redis_url, self._registry, self._reader = redis_url, None, None
+        self._online = OnlineStore.connect(redis_url, embedded_dir=Path("."), prefix=prefix)
+        return self
+
+    # -- the dbt side -------------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.project.target_dir / "featuremart"
+
+    def manifest(self) -> Manifest:
+        manifest = load_manifest(self.project.target_dir)
+        if manifest.adapter_type and manifest.adapter_type != self.project.adapter_type:
+            raise ArtifactError(
+                f"{manifest.path} was built for a {manifest.adapter_type} target but target "
+                f"{self.project.target_name!r} is {self.project.adapter_type}: run `dbt build --target "
+                f"{self.project.target_name}` first"
+            )
+        return manifest
+
+    def warehouse(self) -> Warehouse:
+        return open_warehouse(self.project)
+
+    @property
+    def registry(self) -> Registry:
+        """Entities, feature views and services, validated against the warehouse (raises on any error)."""
+        if self._registry is None:
+            if self.project is None:
+                self._registry = self.reader.registry
+            else:
+                manifest = self.manifest()
+                with self.warehouse() as wh:
+                    columns = wh.columns(relation_of(m) for m in feature_models(manifest))
+                self._registry = build_registry(manifest, self.config, columns)
+                self._registry.problems.extend(stale_artifacts(self.project, manifest))
+        return self._registry
+
+    def validate(self) -> list[Problem]:
+        """Every warning about the metadata; raises ValidationError listing every error."""
+        self._registry = None
+        return list(self.registry.problems)
+
+    def freshness(self, view: FeatureView, now: datetime | None = None) -> Freshness:
+        """The newest event time of a view in the warehouse, its age, and its tier's freshness verdict."""
+        from sqlglot import exp
+        import sqlglot
+
+        now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+        query = sqlglot.select(exp.Max(this=sql.col(view.timestamp)).as_("m")).from_(sql.table(view.relation))
+        with self.warehouse() as wh:
+            table = wh.query(sql.render(query, wh.dialect))
+        newest = table.column(0)[0].as_py() if table.num_rows else None
+        if newest is None:
+            return Freshness(view.name, None, None, "empty")
+        if not isinstance(newest, datetime):
+            newest = datetime(newest.year, newest.month, newest.day)
+        newest = newest.astimezone(timezone.utc).replace(tzinfo=None) if newest.tzinfo else newest
+        age = now - newest
+        return Freshness(view.name, newest, age, view.freshness.status(age))
+
+    # -- the online side ----------------------------------------------------------------------------------
+    @property
+    def online(self) -> OnlineStore:
+        if self._online is None:
+            url = self._redis_url or self.config.online_store.url
+            self._online = OnlineStore.connect(url, embedded_dir=self.state_dir,
+                                               prefix=self.config.online_store.key_prefix)
+        return self._online
+
+    @property
+    def reader(self) -> OnlineReader:
+        if self._reader is None:
+            self._reader = OnlineReader(self.online)
+        return self._reader
+
+    def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False,
+             dry_run: bool = False, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
+        """Publish the latest value per entity of the selected online views (see featuremart.sync)."""
+        if self.project is None:
+            raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
+        registry = self.registry
+        manifest = self.manifest()
+        run_results = load_run_results(self.project.target_dir)
+        views = select_views(registry, select, exclude)
+        with self.warehouse() as wh:
+            return Syncer(registry, manifest, run_results, wh, self.online, self.state_dir).run(
+                views, full_refresh=full_refresh, dry_run=dry_run, progress=progress)
+
+    def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
+                            features: Iterable[str] | None = None) -> list[dict[str, FeatureValue]]:
+        """Features for each entity from the online store, with event timestamps and statuses."""
+        return self.reader.get(entities, service=service, features=features)
+
+    def close(self) -> None:
+        if self._online is not None:
+            self._online.close()
+            self._online = None
+            self._reader = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stale_artifacts(project: DbtProject, manifest: Manifest) -> list[Problem]:
+    """A warning when a model or YAML file changed after the manifest was written."""
+    built = os.path.getmtime(manifest.path)
+    newer = [p for folder in ("models", "macros") for p in (project.project_dir / folder).rglob("*")
+             if p.suffix in (".sql", ".yml", ".yaml") and p.stat().st_mtime > built]
+    if not newer:
+        return []
+    first = newer[0].relative_to(project.project_dir)
+    more = f" and {len(newer) - 1} more" if len(newer) > 1 else ""
+    return [Problem("warning", str(manifest.path.relative_to(project.project_dir)),
+                    f"older than {first}{more}: run `dbt build` so featuremart sees your latest definitions")]

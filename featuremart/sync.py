@@ -1,0 +1,245 @@
+"""`featuremart sync`: publish the latest value per entity of every online feature view to the online store.
+
+Boring on purpose: gated on the latest `dbt build`, incremental (a diff against the last sync's state), safe to
+rerun and to interrupt, one at a time. The order of a run:
+
+1. take the lock; 2. per view: stage the warehouse's latest values, diff, write inserts and updates, delete
+entities that left, record the state; 3. publish the registry snapshot (the switch to new view versions);
+4. delete the keys of versions no longer served; 5. record the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featuremart import sql
+from featuremart.errors import FeaturemartError
+from featuremart.manifest import Manifest, RunResults
+from featuremart.online import keys
+from featuremart.online.store import OnlineStore
+from featuremart.registry import FeatureView, Registry
+from featuremart.state import Diff, SyncState
+from featuremart.warehouse import Warehouse
+
+LOCK_TTL_SECONDS = 120
+RUNS_KEPT = 100
+
+
+@dataclass
+class ViewResult:
+    view: str
+    status: str  # "synced" | "skipped" | "dry-run" | "failed"
+    reason: str = ""
+    version: str = ""
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    skipped_older: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class SyncRun:
+    """The record of one sync: appended to target/featuremart/runs.jsonl and to `<prefix>:runs` in Redis."""
+
+    run_id: str
+    started_at: str
+    manifest_checksum: str
+    dry_run: bool
+    full_refresh: bool
+    finished_at: str = ""
+    status: str = "running"  # "success" | "partial" (some views skipped) | "failed" | "dry-run"
+    error: str = ""
+    seconds: float = 0.0
+    views: list[ViewResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def select_views(registry: Registry, select: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[FeatureView]:
+    """Views matched by dbt-like selectors: a model name, `tag:<tag>` or `tier:<tier>` (`*` in names)."""
+    import fnmatch
+
+    def matches(view: FeatureView, selector: str) -> bool:
+        kind, _, value = selector.partition(":")
+        if not _:
+            return fnmatch.fnmatchcase(view.name, selector)
+        if kind == "tag":
+            return value in view.tags
+        if kind == "tier":
+            return view.tier == value
+        raise FeaturemartError(f"selector {selector!r}: use a model name, tag:<tag> or tier:<tier>")
+
+    select, exclude = list(select), list(exclude)
+    chosen = [v for v in registry.views.values()
+              if (not select or any(matches(v, s) for s in select)) and not any(matches(v, s) for s in exclude)]
+    return sorted(chosen, key=lambda v: v.name)
+
+
+def build_gate(view: FeatureView, manifest: Manifest, run_results: RunResults) -> str | None:
+    """Why a view may not be published, from the latest dbt build's results; None when it may."""
+    result = run_results.results.get(view.model_id)
+    if result is None:
+        return "not built by the latest dbt invocation (run_results.json): run `dbt build`"
+    if result.status != "success":
+        return f"latest dbt build of the model ended '{result.status}'" + (f": {result.message}" if result.message else "")
+    for test in manifest.tests_on(view.model_id):
+        outcome = run_results.results.get(test.unique_id)
+        if outcome is None:
+            return f"test {test.name} did not run in the latest dbt build: run `dbt build` (not `dbt run`)"
+        if outcome.status not in ("pass", "warn"):
+            return f"test {test.name} ended '{outcome.status}'" + (f": {outcome.message}" if outcome.message else "")
+    return None
+
+
+class Syncer:
+    """One sync of a project's registry from a warehouse to an online store."""
+
+    def __init__(self, registry: Registry, manifest: Manifest, run_results: RunResults, warehouse: Warehouse,
+                 store: OnlineStore, state_dir: Path, now: datetime | None = None):
+        self.registry, self.manifest, self.run_results = registry, manifest, run_results
+        self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
+        self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+        self.prefix = store.prefix
+
+    def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
+            progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
+        """Sync `views`; returns the run record (also when a view failed: then status is 'failed')."""
+        started = time.perf_counter()
+        run = SyncRun(uuid.uuid4().hex[:12], _iso(datetime.now(timezone.utc)), self.manifest.checksum, dry_run,
+                      full_refresh)
+        progress = progress or (lambda *a: None)
+        try:
+            if dry_run:
+                self._run_views(run, views, full_refresh, dry_run, progress)
+            else:
+                with self.store.lock("sync", LOCK_TTL_SECONDS) as lock:
+                    self._lock = lock
+                    self._run_views(run, views, full_refresh, dry_run, progress)
+        except FeaturemartError as exc:
+            run.status, run.error = "failed", str(exc)
+        finally:
+            run.seconds = round(time.perf_counter() - started, 3)
+            run.finished_at = _iso(datetime.now(timezone.utc))
+            if not dry_run:
+                self._record(run)
+        return run
+
+    def _run_views(self, run: SyncRun, views: list[FeatureView], full_refresh: bool, dry_run: bool,
+                   progress: Callable[[str, str, int, int], None]) -> None:
+        store_id = self._store_id(create=not dry_run)
+        state = SyncState(self.state_dir / "sync_state.duckdb")
+        try:
+            published: dict[str, FeatureView] = {}
+            retired: list[str] = []  # views whose old version's keys go after the registry switch
+            for view in views:
+                reason = None if view.online else "online: false"
+                reason = reason or build_gate(view, self.manifest, self.run_results)
+                if reason:
+                    run.views.append(ViewResult(view.name, "skipped", reason, view.version))
+                    continue
+                result = self._sync_view(view, state, store_id, full_refresh, dry_run, progress)
+                run.views.append(result)
+                published[view.name] = view
+                if result.status == "retire-old":
+                    result.status = "synced"
+                    retired.append(view.name)
+            if dry_run:
+                run.status = "dry-run"
+                return
+            self._publish(published)
+            for name in retired:
+                for batch in state.departed(name):
+                    self.store.delete(batch)
+                view = published[name]
+                state.commit(name, view.version, store_id)
+            run.status = "success" if all(v.status == "synced" for v in run.views) else "partial"
+        finally:
+            state.close()
+
+    def _sync_view(self, view: FeatureView, state: SyncState, store_id: str, full_refresh: bool, dry_run: bool,
+                   progress: Callable[[str, str, int, int], None]) -> ViewResult:
+        started = time.perf_counter()
+        query = sql.render(sql.online_payload(view, self.prefix, self.now, self.warehouse.dialect),
+                           self.warehouse.dialect)
+        schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("ts_us", pa.int64())])
+        reader = pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in self.warehouse.stream(query)))
+        progress(view.name, "staging", 0, 0)
+        state.stage(view.name, reader)
+        diff = state.diff(view.name, view.version, store_id, full_refresh)
+        result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
+                            inserted=diff.inserted, updated=diff.updated, deleted=diff.deleted,
+                            unchanged=diff.unchanged, skipped_older=diff.skipped_older)
+        if dry_run:
+            result.seconds = round(time.perf_counter() - started, 3)
+            return result
+        ttl_ms = int(view.ttl.total_seconds() * 1000)
+        done = 0
+        progress(view.name, "writing", 0, diff.writes)
+        for batch in state.upserts(view.name):
+            expire = pc.add(pc.divide(batch.column("ts_us"), 1000), ttl_ms)
+            self.store.write(batch.column("key").to_pylist(), batch.column("value").to_pylist(), expire.to_pylist())
+            done += batch.num_rows
+            self._lock.refresh()
+            progress(view.name, "writing", done, diff.writes)
+        if diff.version_change:
+            result.status = "retire-old"  # old keys are still served until the registry switches
+        else:
+            for batch in state.departed(view.name):
+                self.store.delete(batch)
+            state.commit(view.name, view.version, store_id)
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+
+    def _store_id(self, create: bool) -> str:
+        """The identity of the online store's contents: a flushed or new Redis gets a new one (full rewrite)."""
+        key = f"{self.prefix}:store_id"
+        current = self.store.get_json(key)
+        if current is None and create:
+            self.store.set_json_nx(key, uuid.uuid4().hex)
+            current = self.store.get_json(key)
+        return current or "none"
+
+    def _publish(self, published: dict[str, FeatureView]) -> None:
+        """Switch readers to the views just synced; views skipped this time keep their last published entry."""
+        previous = self.store.get_json(keys.registry_key(self.prefix)) or {}
+        snapshot = self.registry.to_snapshot()
+        views = dict(previous.get("views") or {})
+        views.update({name: snapshot["views"][name] for name in published})
+        snapshot["views"] = {name: views[name] for name in sorted(views) if name in self.registry.views}
+        snapshot["services"] = {name: s for name, s in snapshot["services"].items()
+                                if all(ref.split(".", 1)[0] in snapshot["views"] for ref in s["features"])}
+        snapshot["published_at"] = _iso(datetime.now(timezone.utc))
+        self.store.publish_registry(keys.registry_key(self.prefix), snapshot)
+
+    def _record(self, run: SyncRun) -> None:
+        record = json.dumps(run.to_json())
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "runs.jsonl", "a") as fh:
+            fh.write(record + "\n")
+        try:
+            self.store.push_record(keys.runs_key(self.prefix), record, RUNS_KEPT)
+        except FeaturemartError:
+            pass  # the run already failed because the store went away; the local record says so
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a warehouse batch to the payload schema (adapters may return large_string or decimals)."""
+    if batch.schema.equals(schema):
+        return batch
+    return pa.RecordBatch.from_arrays([batch.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")

@@ -1,0 +1,83 @@
+"""Shared fixtures: a private redis-server per session, and the reference project built for real.
+
+Tests never touch a Redis they did not start, and run dbt on a copy of the project in a temp directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ("dbt_project.yml", "profiles.yml", "features.yml", "models", "macros")
+DEMO_CUSTOMERS = 300
+AS_OF = date.today()
+
+
+def dbt(project_dir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real dbt CLI on a project directory; returns the completed process (output captured)."""
+    cmd = [str(Path(sys.executable).with_name("dbt")), *args, "--project-dir", str(project_dir),
+           "--profiles-dir", str(project_dir)]
+    full_env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dbt {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the reference project's dbt files (not target/, not data/) in `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def build_reference_project(dest: Path, customers: int = DEMO_CUSTOMERS) -> Path:
+    from demo.generate import generate
+
+    copy_project(dest)
+    generate(dest / "data" / "raw", customers=customers, seed=7, as_of=AS_OF)
+    dbt(dest, "build")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A clean database on the session's private server (which nothing else uses)."""
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory):
+    """The reference project, built once per session with `dbt build` on DuckDB. Treat it as read-only."""
+    return build_reference_project(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture
+def project(built_project, tmp_path):
+    """A private copy of the built project (its target/ included), free to change."""
+    dest = tmp_path / "project"
+    shutil.copytree(built_project, dest, ignore=shutil.ignore_patterns("logs"))
+    return dest

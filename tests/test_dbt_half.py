@@ -1,0 +1,232 @@
+"""The dbt half: the data generator, the reference project's build, and featuremart as a dbt package.
+
+The dbt tests run real dbt as a subprocess (``python -m dbt.cli.main``) on copies in tmp dirs, so they
+never touch the repository's target/ or the demo data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from demo.generate import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_PROJECT = ROOT / "tests" / "dbt_package_project"
+AS_OF = dt.date(2024, 3, 1)
+
+
+def _read(data_dir: Path) -> dict:
+    return {name: pq.read_table(data_dir / f"{name}.parquet") for name in ("customers", "merchants", "transactions")}
+
+
+def _dbt(args: list[str], project_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run dbt in ``project_dir`` with its own profiles.yml, logs and target under it."""
+    full_env = {
+        **os.environ,
+        "DBT_LOG_PATH": str(project_dir / "logs"),
+        "DBT_TARGET_PATH": str(project_dir / "target"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DBT_USE_COLORS": "false",
+        "DBT_PARTIAL_PARSE": "false",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "dbt.cli.main", *args, "--project-dir", str(project_dir)]
+    command += ["--profiles-dir", str(project_dir)]
+    return subprocess.run(command, cwd=project_dir, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def _statuses(project_dir: Path) -> dict[str, str]:
+    results = json.loads((project_dir / "target" / "run_results.json").read_text())["results"]
+    return {result["unique_id"].split(".")[2]: result["status"] for result in results}
+
+
+# --- generator -------------------------------------------------------------------------------------------
+
+
+def test_generator_is_deterministic(tmp_path: Path) -> None:
+    first = generate(tmp_path / "a", customers=300, seed=7, as_of=AS_OF)
+    second = generate(tmp_path / "b", customers=300, seed=7, as_of=AS_OF)
+    assert first == second
+    a, b = _read(tmp_path / "a"), _read(tmp_path / "b")
+    for name in a:
+        assert a[name].equals(b[name]), name
+    other = _read(tmp_path / "c") if generate(tmp_path / "c", customers=300, seed=8, as_of=AS_OF) else None
+    assert not a["transactions"].equals(other["transactions"])
+
+
+def test_generator_shape(tmp_path: Path) -> None:
+    counts = generate(tmp_path, customers=400, seed=42, as_of=AS_OF)
+    assert counts["customers"] == 400
+    assert counts["merchants"] == 20
+    assert 400 * 3 < counts["transactions"] < 400 * 8
+    tables = _read(tmp_path)
+    customers, transactions = tables["customers"].to_pylist(), tables["transactions"].to_pylist()
+    assert customers[123]["customer_id"] == "C0000123"
+    assert tables["merchants"]["merchant_id"][5].as_py() == "M00005"
+    end = dt.datetime.combine(AS_OF, dt.time())
+    assert all(end - dt.timedelta(days=60) <= t["txn_ts"] < end for t in transactions)
+    assert all(t["ingested_at"] >= t["txn_ts"] for t in transactions)
+    assert any(t["ingested_at"] - t["txn_ts"] > dt.timedelta(hours=1) for t in transactions)
+    assert {t["status"] for t in transactions} == {"approved", "declined"}
+    assert any(c["country"] is None for c in customers)
+    signup = {c["customer_id"]: c["signup_ts"] for c in customers}
+    assert all(t["txn_ts"] >= signup[t["customer_id"]] for t in transactions)
+
+
+# --- the reference project -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the root dbt project with 300 customers of generated data."""
+    project = tmp_path_factory.mktemp("reference_project")
+    for name in ("dbt_project.yml", "profiles.yml", "features.yml"):
+        shutil.copy(ROOT / name, project / name)
+    for name in ("models", "macros"):
+        shutil.copytree(ROOT / name, project / name)
+    generate(project / "data" / "raw", customers=300, seed=42)
+    return project
+
+
+@pytest.mark.integration
+def test_reference_project_builds_on_duckdb(reference_project: Path) -> None:
+    env = {
+        "FEATUREMART_TARGET": "dev",
+        "FEATUREMART_DATA_DIR": str(reference_project / "data" / "raw"),
+        "FEATUREMART_DUCKDB_PATH": str(reference_project / "target" / "featuremart.duckdb"),
+    }
+    result = _dbt(["build"], reference_project, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    statuses = _statuses(reference_project)
+    assert set(statuses.values()) <= {"success", "pass", "no-op"}, statuses
+    for model in ("customer_spend", "merchant_risk", "customer_profile", "customer_merchant_pair", "customer_embedding"):
+        assert statuses[model] == "success"
+    assert "deprecat" not in result.stdout.lower(), result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_reference_project_builds_on_postgres(reference_project: Path) -> None:
+    psycopg2 = pytest.importorskip("psycopg2")
+    from demo.load_postgres import default_dsn, load
+
+    try:
+        psycopg2.connect(default_dsn(), connect_timeout=3).close()
+    except psycopg2.OperationalError as error:
+        pytest.skip(f"no PostgreSQL server: {error}")
+    suffix = uuid.uuid4().hex[:8]
+    raw_schema, schema = f"fm_test_raw_{suffix}", f"fm_test_{suffix}"
+    try:
+        load(reference_project / "data" / "raw", default_dsn(), schema=raw_schema)
+        env = {"FEATUREMART_TARGET": "postgres", "FEATUREMART_RAW_SCHEMA": raw_schema, "FEATUREMART_PG_SCHEMA": schema}
+        result = _dbt(["build"], reference_project, env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert set(_statuses(reference_project).values()) <= {"success", "pass", "no-op"}
+    finally:
+        with psycopg2.connect(default_dsn()) as connection, connection.cursor() as cursor:
+            for name in (raw_schema, schema):
+                cursor.execute(f'drop schema if exists "{name}" cascade')
+        connection.close()
+
+
+# --- featuremart as a dbt package ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def package_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of tests/dbt_package_project that installs this repository as a local package."""
+    project = tmp_path_factory.mktemp("package_project") / "consumer"
+    shutil.copytree(
+        PACKAGE_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "package-lock.yml")
+    )
+    (project / "packages.yml").write_text(f"packages:\n  - local: {json.dumps(str(ROOT))}\n")
+    result = _dbt(["deps"], project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
+@pytest.mark.integration
+def test_package_project_does_not_build_reference_models(package_project: Path) -> None:
+    result = _dbt(["ls", "--resource-type", "all", "--output", "json", "--quiet"], package_project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    nodes = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert nodes
+    assert {node["package_name"] for node in nodes} == {"featuremart_consumer"}
+    assert "duplicate_card_spend" not in {node["name"] for node in nodes}  # left out by the default selector
+
+
+@pytest.mark.integration
+def test_package_project_builds(package_project: Path) -> None:
+    result = _dbt(["build"], package_project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    statuses = _statuses(package_project)
+    assert statuses["card_spend"] == "success"
+    assert set(statuses.values()) <= {"success", "pass", "no-op"}, statuses
+    # The inverted unique test on the broken seed passes because it found the collisions, and says which.
+    assert "featuremart: duplicate_card_events has 2 duplicate (customer_id, event_date)" in result.stdout
+
+
+@pytest.mark.integration
+def test_package_tests_fail_when_they_must(package_project: Path) -> None:
+    result = _dbt(["build", "--select", "tag:expect_failure"], package_project)
+    assert result.returncode != 0, result.stdout
+    assert (
+        "featuremart: duplicate_card_spend has 2 duplicate (customer_id, event_ts): "
+        "customer_id=C0000003 event_ts=2024-01-02 00:00:00 (3 rows), "
+        "customer_id=C0000001 event_ts=2024-01-01 00:00:00 (2 rows)"
+    ) in result.stdout
+    statuses = _statuses(package_project)
+    assert statuses["featuremart_feature_keys_unique_duplicate_card_spend_customer_id__event_ts"] == "fail"
+    assert statuses["freshness_aging_warns"] == "warn"
+    assert statuses["freshness_stale_errors"] == "fail"
+    assert statuses["freshness_warn_only_warns"] == "warn"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("{keys: customer_id, timestamp: event_ts}", "feature_keys_unique: `keys` must be a list of column names"),
+        ("{keys: [customer_id], timestamp: [event_ts]}", "feature_keys_unique: `timestamp` must be a column name"),
+    ],
+)
+def test_bad_test_arguments_name_the_test_and_value(package_project: Path, tmp_path: Path, arguments: str, message: str) -> None:
+    project = tmp_path / "consumer"
+    shutil.copytree(package_project, project, symlinks=True, ignore=shutil.ignore_patterns("target", "logs"))
+    (project / "models" / "bad_arguments.yml").write_text(
+        "version: 2\nmodels:\n  - name: card_spend\n    data_tests:\n"
+        f"      - featuremart.feature_keys_unique:\n          arguments: {arguments}\n"
+    )
+    result = _dbt(["parse"], project)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("{timestamp: event_ts}", "feature_freshness: set warn_after or error_after"),
+        ("{timestamp: event_ts, warn_after: {count: 2, period: week}}", "feature_freshness: `warn_after` must look like"),
+    ],
+)
+def test_bad_freshness_arguments(package_project: Path, tmp_path: Path, arguments: str, message: str) -> None:
+    project = tmp_path / "consumer"
+    shutil.copytree(package_project, project, symlinks=True, ignore=shutil.ignore_patterns("target", "logs"))
+    (project / "models" / "bad_arguments.yml").write_text(
+        "version: 2\nmodels:\n  - name: card_spend\n    data_tests:\n"
+        f"      - featuremart.feature_freshness:\n          arguments: {arguments}\n"
+    )
+    result = _dbt(["parse"], project)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr

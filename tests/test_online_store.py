@@ -1,0 +1,325 @@
+"""OnlineStore against a real redis-server started for these tests (never a shared one, never fakeredis)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from featuremart.errors import OnlineStoreError, SyncLockedError
+from featuremart.online.store import OnlineStore, redact_url
+from tests.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(redis_server):
+    c = redis_server.client()
+    c.flushall()  # our own server: safe to empty
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def store(redis_server, client, tmp_path):
+    s = OnlineStore.connect(redis_server.url, embedded_dir=tmp_path / "embedded")
+    yield s
+    s.close()
+
+
+def far_future_ms() -> int:
+    return int(time.time() * 1000) + 3_600_000
+
+
+def test_write_mget_round_trip_binary_and_unicode(store):
+    keys = [b"fm:{k=1}:v:1", "fm:{k=é}:v:1", b"fm:{k=\x00\xff}:v:1"]
+    values = [b"\x00\r\n$*-+\xff", "naïve ☃ 日本".encode(), "str value é"]
+    assert store.write(keys, values, [far_future_ms()] * 3) == 3
+    got = store.mget(keys + [b"fm:{k=absent}:v:1"])
+    assert got == [values[0], values[1], "str value é".encode(), None]
+
+
+def test_write_with_no_expiry_and_empty_write(store, client):
+    assert store.write([], [], []) == 0
+    store.write([b"k"], [b"v"], [None])
+    assert client.pttl(b"k") == -1
+
+
+def test_pxat_expiry_really_expires(store, client):
+    soon = int(time.time() * 1000) + 300
+    store.write([b"short"], [b"v"], [soon])
+    store.write([b"long"], [b"v"], [far_future_ms()])
+    assert client.pexpiretime(b"short") == soon
+    assert store.mget([b"short", b"long"]) == [b"v", b"v"]
+    time.sleep(0.45)
+    assert store.mget([b"short", b"long"]) == [None, b"v"]
+
+
+def test_write_100k_rows(store, client):
+    n = 100_000
+    keys = [b"fm:{customer_id=C%07d}:customer_spend:ab12cd34" % i for i in range(n)]
+    values = [b"%d|" % i + b"x" * 100 for i in range(n)]
+    expire = [far_future_ms() + i for i in range(n)]
+    assert store.write(keys, values, expire, chunk_rows=7_000) == n  # chunks that do not divide n
+    assert client.dbsize() == n
+    sample = [0, 1, 6_999, 7_000, 50_000, n - 1]
+    assert store.mget([keys[i] for i in sample]) == [values[i] for i in sample]
+    assert client.pexpiretime(keys[n - 1]) == expire[n - 1]
+    assert store.delete(keys) == n
+    assert client.dbsize() == 0
+
+
+def test_mget_large_is_chunked_but_ordered(store, monkeypatch):
+    import featuremart.online.store as mod
+
+    monkeypatch.setattr(mod, "MGET_CHUNK_KEYS", 3)
+    keys = [b"k%d" % i for i in range(10)]
+    store.write(keys, keys, [far_future_ms()] * 10)
+    assert store.mget(keys + [b"nope"]) == keys + [None]
+
+
+def test_json_and_scan(store):
+    assert store.get_json("fm:meta") is None
+    store.set_json("fm:meta", {"b": [1, 2], "a": "é"})
+    assert store.get_json("fm:meta") == {"a": "é", "b": [1, 2]}
+    store.write([b"fm:{a}:x", b"fm:{b}:x", b"other"], [b"1", b"2", b"3"], [far_future_ms()] * 3)
+    assert sorted(set(store.scan("fm:{*}:x"))) == [b"fm:{a}:x", b"fm:{b}:x"]
+    assert store.delete([b"fm:{a}:x", b"missing"]) == 1
+
+
+def test_error_reply_names_the_key(store, client):
+    used = client.info("memory")["used_memory"]
+    client.config_set("maxmemory", used + 200_000)
+    client.config_set("maxmemory-policy", "noeviction")
+    try:
+        keys = [b"fm:{id=%d}:big" % i for i in range(20_000)]
+        with pytest.raises(OnlineStoreError) as err:
+            store.write(keys, [b"x" * 200] * len(keys), [far_future_ms()] * len(keys))
+        message = str(err.value)
+        assert "OOM" in message and "key b'fm:{id=" in message
+    finally:
+        client.config_set("maxmemory", 0)
+    # The connection the failed write used was not returned to the pool out of step.
+    assert store.mget([b"fm:{id=0}:big"]) == [b"x" * 200]
+
+
+def test_write_retries_across_a_server_restart(tmp_path):
+    with RedisServer() as server:
+        store = OnlineStore.connect(server.url, embedded_dir=tmp_path)
+        store.write([b"before"], [b"1"], [far_future_ms()])
+        server.kill()
+        restarter = threading.Thread(target=server.restart, kwargs={"delay": 0.3})
+        restarter.start()
+        try:
+            keys = [b"after%d" % i for i in range(25_000)]
+            assert store.write(keys, keys, [far_future_ms()] * len(keys)) == len(keys)
+            assert store.mget([keys[0], keys[-1]]) == [keys[0], keys[-1]]
+        finally:
+            restarter.join()
+        server.kill()
+        threading.Timer(0.3, server.restart).start()
+        assert store.mget([b"x"]) == [None]  # reads retry too
+        server.kill()
+        with pytest.raises(OnlineStoreError, match="attempts"):
+            store.mget([b"x"])  # a server that stays down: a bounded wait, then a clear error
+        store.close()
+
+
+def test_unreachable_url_names_it_with_the_password_redacted(tmp_path):
+    url = f"redis://fm_user:hunter2-secret@127.0.0.1:{free_port()}/0"
+    t0 = time.monotonic()
+    with pytest.raises(OnlineStoreError) as err:
+        OnlineStore.connect(url, embedded_dir=tmp_path)
+    message = str(err.value)
+    assert "hunter2" not in message and "hunter2" not in repr(err.value.__cause__)
+    assert "redis://fm_user:***@127.0.0.1" in message
+    assert "FEATUREMART_REDIS_URL" in message and "running" in message
+    assert time.monotonic() - t0 < 10
+
+
+def test_redact_url():
+    assert redact_url("rediss://u:p%40ss@h:6380/1") == "rediss://u:***@h:6380/1"
+    assert redact_url("redis://:pw@h") == "redis://:***@h"
+    assert redact_url("redis://h:6379") == "redis://h:6379"
+    assert "sekret" not in redact_url("unix:///tmp/r.sock?db=0&password=sekret")
+
+
+def test_acl_user_in_url_and_no_secret_in_repr(store, client, redis_server, tmp_path):
+    client.acl_setuser("fm_acl", enabled=True, passwords=["+s3cr3t-pw"], keys=["*"], commands=["+@all"])
+    try:
+        url = redis_server.url.replace("redis://", "redis://fm_acl:s3cr3t-pw@")
+        with OnlineStore.connect(url, embedded_dir=tmp_path) as s:
+            s.write([b"acl"], [b"ok"], [far_future_ms()])
+            assert s.mget([b"acl"]) == [b"ok"]
+            assert "s3cr3t" not in repr(s) and "s3cr3t" not in s.url
+        with pytest.raises(OnlineStoreError) as err:
+            OnlineStore.connect(url.replace("s3cr3t-pw", "wrong-pw"), embedded_dir=tmp_path)
+        assert "wrong-pw" not in str(err.value) and "credentials" in str(err.value)
+    finally:
+        client.acl_deluser("fm_acl")
+
+
+def test_lock_excludes_a_second_holder(store, redis_server, client, tmp_path):
+    other = OnlineStore.connect(redis_server.url, embedded_dir=tmp_path)
+    try:
+        with store.lock("sync", ttl_seconds=30) as held:
+            with pytest.raises(SyncLockedError) as err:
+                other.lock("sync", ttl_seconds=30).acquire()
+            message = str(err.value)
+            assert "since" in message and "expires at" in message and f"{os.getpid()}" in message
+            held.refresh()
+        with other.lock("sync", ttl_seconds=30):  # released on exit: free again
+            pass
+        assert client.exists("fm:lock:sync") == 0
+    finally:
+        other.close()
+
+
+def test_lock_is_released_only_by_its_owner(store, client):
+    lock = store.lock("sync", ttl_seconds=30).acquire()
+    client.set("fm:lock:sync", "someone else's token", px=30_000)  # as if ours expired and another took it
+    assert lock.release() is False
+    assert client.get("fm:lock:sync") == b"someone else's token"
+    with pytest.raises(SyncLockedError):
+        store.lock("sync", ttl_seconds=30).acquire()
+
+
+def test_lock_expires_and_refresh_extends_it(store, redis_server, client, tmp_path):
+    other = OnlineStore.connect(redis_server.url, embedded_dir=tmp_path)
+    try:
+        lock = store.lock("sync", ttl_seconds=0.5).acquire()
+        time.sleep(0.3)
+        lock.refresh()
+        time.sleep(0.3)  # 0.6 s after acquiring, still held thanks to refresh()
+        with pytest.raises(SyncLockedError):
+            other.lock("sync", ttl_seconds=0.5).acquire()
+        time.sleep(0.35)  # now expired
+        taken = other.lock("sync", ttl_seconds=5).acquire()
+        with pytest.raises(OnlineStoreError, match="expired"):
+            lock.refresh()
+        assert lock.release() is False
+        assert taken.release() is True
+    finally:
+        other.close()
+
+
+# ---- embedded server ---------------------------------------------------------------------------------------------
+
+def _run(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from featuremart.online.store import OnlineStore
+    """) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=True)
+
+
+@pytest.fixture
+def embedded_dir(tmp_path):
+    directory = tmp_path / "embedded"
+    yield directory
+    pidfile = directory / "redis.pid"  # a test that failed half-way must not leave its server behind
+    if pidfile.exists():
+        try:
+            os.kill(int(pidfile.read_text()), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+WRITE = """
+store = OnlineStore.connect(None, embedded_dir=Path(sys.argv[1]))
+store.write([sys.argv[2].encode()], [sys.argv[3].encode()], [int(time.time() * 1000) + 3_600_000])
+store.close()
+"""
+READ = """
+store = OnlineStore.connect(None, embedded_dir=Path(sys.argv[1]))
+print(store.mget([k.encode() for k in sys.argv[2:]]))
+store.close()
+"""
+
+
+def test_embedded_store_persists_across_processes(embedded_dir):
+    _run(WRITE, str(embedded_dir), "fm:{a}:x", "synced")
+    assert (embedded_dir / "redis.db").exists()
+    assert not (embedded_dir / "redis.sock").exists()  # the last user stopped the server, after saving
+    out = _run(READ, str(embedded_dir), "fm:{a}:x", "absent").stdout
+    assert out.strip() == "[b'synced', None]"
+
+
+def test_embedded_store_shared_by_concurrent_processes(embedded_dir):
+    # A long-lived reader (a server process, say) holds the embedded store while writers come and go.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys
+            from pathlib import Path
+            from featuremart.online.store import OnlineStore
+            store = OnlineStore.connect(None, embedded_dir=Path(sys.argv[1]))
+            print("ready", flush=True)
+            sys.stdin.readline()
+            print(store.mget([b"w0", b"w1", b"w2", b"w3"]), flush=True)
+            store.close()
+        """), str(embedded_dir)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        # Four writers starting at the same moment: one server, nothing lost.
+        writers = [subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                                     "from featuremart.online.store import OnlineStore\n" + WRITE,
+                                     str(embedded_dir), f"w{i}", f"v{i}"], cwd=ROOT) for i in range(4)]
+        assert [w.wait(timeout=60) for w in writers] == [0, 0, 0, 0]
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "[b'v0', b'v1', b'v2', b'v3']"
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert _run(READ, str(embedded_dir), "w0", "w3").stdout.strip() == "[b'v0', b'v3']"
+
+
+def test_embedded_concurrent_cold_start(embedded_dir):
+    writers = [subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                                 "from featuremart.online.store import OnlineStore\n" + WRITE,
+                                 str(embedded_dir), f"c{i}", f"v{i}"], cwd=ROOT) for i in range(6)]
+    assert [w.wait(timeout=60) for w in writers] == [0] * 6
+    out = _run(READ, str(embedded_dir), *[f"c{i}" for i in range(6)]).stdout.strip()
+    assert out == repr([f"v{i}".encode() for i in range(6)])
+
+
+def test_embedded_survives_a_killed_client(embedded_dir):
+    # A process killed without close() leaves the server running with its data; the next user adopts it.
+    proc = subprocess.run([sys.executable, "-c", "import os, sys, time\nfrom pathlib import Path\n"
+                           "from featuremart.online.store import OnlineStore\n"
+                           "store = OnlineStore.connect(None, embedded_dir=Path(sys.argv[1]))\n"
+                           "store.write([b'k'], [b'v'], [None])\nos._exit(0)\n", str(embedded_dir)], cwd=ROOT)
+    assert proc.returncode == 0
+    assert _run(READ, str(embedded_dir), "k").stdout.strip() == "[b'v']"
+    assert not (embedded_dir / "redis.sock").exists()
+    assert _run(READ, str(embedded_dir), "k").stdout.strip() == "[b'v']"
+
+
+def test_embedded_in_process(tmp_path):
+    embedded_dir = tmp_path / "dir with spaces 'and' quotes"  # quoted in redis.conf
+    with OnlineStore.connect(None, embedded_dir=embedded_dir) as s:
+        assert s.url.startswith("unix://")
+        s.set_json("fm:meta", {"n": 1})
+    with OnlineStore.connect(None, embedded_dir=embedded_dir) as s:
+        assert s.get_json("fm:meta") == {"n": 1}
