@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from featuremart.config import format_duration
@@ -63,10 +64,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except ValidationError as exc:
         err.print(f"[bold red]{len(exc.problems)} error(s) in feature metadata:[/]")
         for problem in exc.problems:
-            err.print(f"  [red]✗[/] {problem}", markup=False, highlight=False)
+            err.print(f"  [red]✗[/] {escape(problem)}", highlight=False, soft_wrap=True)
         return 1
     except FeaturemartError as exc:
-        err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
 
 
@@ -163,7 +164,7 @@ def _describe_service(service: FeatureService, console: Console) -> None:
 def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
     warnings = store.validate()
     for problem in warnings:
-        console.print(f"  [yellow]![/] {problem}", highlight=False)
+        console.print(f"  [yellow]![/] {escape(str(problem))}", highlight=False, soft_wrap=True)
     registry = store.registry
     console.print(f"[green]OK[/]: {len(registry.views)} feature views, "
                   f"{sum(len(v.features) for v in registry.views.values())} features, "

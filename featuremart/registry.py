@@ -222,7 +222,8 @@ def build_registry(
         view = _build_view(model, manifest, config, warehouse_columns.get(relation_of(model)), problems)
         if view is not None:
             views[view.name] = view
-    services = _build_services(manifest, views, problems)
+    broken = {m.name for m in feature_models(manifest)} - set(views)
+    services = _build_services(manifest, views, broken, problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ValidationError([str(p) for p in errors])
@@ -390,7 +391,10 @@ def _check_tests(model: Model, manifest: Manifest, keys: list[str], timestamp: A
                                     f"entity keys are {keys}"))
 
 
-def _build_services(manifest: Manifest, views: dict[str, FeatureView], problems: list[Problem]) -> dict[str, FeatureService]:
+def _build_services(manifest: Manifest, views: dict[str, FeatureView], broken: set[str],
+                    problems: list[Problem]) -> dict[str, FeatureService]:
+    """Feature services from exposures of type ml; references to views that failed validation (already reported)
+    are passed over rather than reported twice."""
     services = {}
     for exposure in sorted(manifest.exposures.values(), key=lambda e: e.name):
         if exposure.type != "ml":
@@ -412,6 +416,8 @@ def _build_services(manifest: Manifest, views: dict[str, FeatureView], problems:
             if not sep or not feat:
                 problems.append(Problem("error", where, f"exposure {exposure.name}: feature {ref!r} should be "
                                         "written view.feature or view.*"))
+            elif view is None and view_name in broken:
+                continue
             elif view is None:
                 problems.append(Problem("error", where, f"exposure {exposure.name}: feature {ref!r} names no valid "
                                         f"feature view; feature views: {', '.join(sorted(views)) or 'none'}"))

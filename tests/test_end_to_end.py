@@ -1,0 +1,187 @@
+"""The whole path on the reference project: dbt build → registry → sync → get, and every bad input of the CLI.
+
+Real dbt on DuckDB, a real redis-server started by the session fixture (and the embedded one for the quick start).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+import redis
+from rich.console import Console
+
+from featuremart import FeatureStore
+from featuremart.cli import main
+from tests.conftest import dbt
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(args), console=Console(file=out, width=100, color_system=None))
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def env(project, redis_url, monkeypatch):
+    monkeypatch.setenv("FEATUREMART_REDIS_URL", redis_url)
+    monkeypatch.chdir(project)
+    return project
+
+
+def a_pair(project) -> tuple[str, str]:
+    con = duckdb.connect(str(project / "target" / "featuremart.duckdb"), read_only=True)
+    try:
+        return con.sql("select customer_id, merchant_id from main.customer_merchant_pair "
+                       "order by event_ts desc, customer_id, merchant_id limit 1").fetchall()[0]
+    finally:
+        con.close()
+
+
+def test_list_describe_validate(env):
+    code, out = run_cli("list")
+    assert code == 0
+    for text in ("customer_spend", "spend_7d", "float", "risk-data@example.com", "gold", "ttl 30d", "online yes",
+                 "customer, merchant", "array<float>", "fraud_model"):
+        assert text in out, text
+    code, out = run_cli("describe", "customer_spend")
+    assert code == 0
+    assert "models/features/customer_spend.sql" in out and "stg_transactions" in out and "newest event" in out
+    assert "(pass)" in out  # the generated data is fresh
+    code, out = run_cli("describe", "fraud_model")
+    assert code == 0 and "merchant_risk.chargeback_rate_90d" in out
+    code, out = run_cli("describe", "customer_spend.spend_7d")
+    assert code == 0 and "float (DOUBLE)" in out
+    code, out = run_cli("validate")
+    assert code == 0 and "OK: 5 feature views" in out
+
+
+def test_sync_then_get(env):
+    code, out = run_cli("sync")
+    assert code == 0, out
+    assert "sync" in out and "success" in out
+    customer, merchant = a_pair(env)
+    code, out = run_cli("get", "--service", "fraud_model", f"customer_id={customer}", f"merchant_id={merchant}",
+                        "--json")
+    assert code == 0, out
+    values = json.loads(out)
+    assert set(values) == {"spend_1d", "spend_7d", "txn_count_7d", "declined_count_7d", "chargeback_rate_90d",
+                           "distinct_customers_30d", "pair_txn_count_30d", "pair_spend_30d"}
+    assert all(v["status"] == "present" for v in values.values()), values
+    code, out = run_cli("get", "--features", "customer_profile.*,customer_embedding.embedding", f"customer_id={customer}")
+    assert code == 0 and "bio" in out and "embedding" in out and "present" in out
+    code, out = run_cli("get", "--features", "customer_spend.spend_7d", "customer_id=NOBODY")
+    assert code == 0 and "missing" in out
+
+
+def test_python_api_matches_the_warehouse(env):
+    with FeatureStore(env) as fs:
+        run = fs.sync()
+        assert run.status == "success" and {v.view for v in run.views} == set(fs.registry.views)
+        customer, merchant = a_pair(env)
+        [row] = fs.get_online_features([{"customer_id": customer, "merchant_id": merchant}], service="fraud_model")
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"), read_only=True)
+    expected = con.execute("select spend_7d, event_ts from main.customer_spend where customer_id = ? "
+                           "order by event_ts desc limit 1", [customer]).fetchall()[0]
+    con.close()
+    assert row["spend_7d"].value == pytest.approx(expected[0])
+    assert row["spend_7d"].event_ts.replace(tzinfo=None) == expected[1]
+
+
+def test_embedded_store_quick_start(project, monkeypatch):
+    """With no Redis URL the CLI starts its own redis-server under target/ and the next process reads it."""
+    monkeypatch.delenv("FEATUREMART_REDIS_URL", raising=False)
+    monkeypatch.chdir(project)
+    exe = [sys.executable, "-m", "featuremart.cli"]
+    subprocess.run([*exe, "sync"], check=True, capture_output=True, text=True)
+    customer, merchant = a_pair(project)
+    got = subprocess.run([*exe, "get", "--service", "fraud_model", f"customer_id={customer}",
+                          f"merchant_id={merchant}", "--json"], check=True, capture_output=True, text=True)
+    assert {v["status"] for v in json.loads(got.stdout).values()} == {"present"}
+    assert (project / "target" / "featuremart" / "redis.db").exists()
+
+
+# ---- bad input: one clear message, no traceback, nothing changed ---------------------------------------------
+
+def test_invalid_metadata_names_file_model_and_column(env):
+    yml = env / "models" / "features" / "customer_spend.yml"
+    yml.write_text(yml.read_text().replace("ttl: 30d", "ttl: 7 dayz").replace("timestamp: event_ts",
+                                                                               "timestamp: evt_ts"))
+    dbt(env, "parse")
+    code, out = run_cli("validate")
+    assert code == 1
+    assert "error(s) in feature metadata" in out and "Traceback" not in out
+    assert "models/features/customer_spend.yml: model customer_spend: ttl '7 dayz' is not a duration" in out
+    assert "timestamp column 'evt_ts' is not an output column" in out
+
+
+def test_unknown_entity_blocks_sync_and_changes_nothing(env, redis_url):
+    yml = env / "models" / "features" / "merchant_risk.yml"
+    yml.write_text(yml.read_text().replace("entity: merchant", "entity: shop"))
+    dbt(env, "parse")
+    code, out = run_cli("sync")
+    assert code == 1 and "unknown entity 'shop'" in out
+    assert redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+def test_failed_tests_gate_the_sync(env, redis_url):
+    """A model whose keys collide fails `dbt build` (naming the keys); sync skips it and publishes the rest."""
+    sql = env / "models" / "features" / "merchant_risk.sql"
+    sql.write_text(f"select * from ({sql.read_text()}) as m union all select * from ({sql.read_text()}) as d "
+                   "where merchant_id = 'M00001'")
+    build = dbt(env, "build", check=False)
+    assert build.returncode != 0
+    assert "merchant_risk has" in build.stdout and "duplicate (merchant_id, event_ts)" in build.stdout
+    code, out = run_cli("sync", "--json")
+    record = json.loads(out)
+    views = {v["view"]: v for v in record["views"]}
+    assert views["merchant_risk"]["status"] == "skipped"
+    assert "feature_keys_unique" in views["merchant_risk"]["reason"] and "fail" in views["merchant_risk"]["reason"]
+    assert views["customer_spend"]["status"] == "synced" and record["status"] == "partial"
+
+
+def test_unknown_manifest_schema(env):
+    path = env / "target" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["metadata"]["dbt_schema_version"] = "https://schemas.getdbt.com/dbt/manifest/v7.json"
+    path.write_text(json.dumps(manifest))
+    code, out = run_cli("list")
+    assert code == 1 and "manifest schema" in out and "v7.json" in out and "dbt-core" in out
+
+
+def test_no_target_dir(env):
+    import shutil
+
+    shutil.rmtree(env / "target")
+    code, out = run_cli("sync")
+    assert code == 1 and "manifest.json not found: run `dbt build`" in out and "Traceback" not in out
+
+
+def test_duckdb_locked_by_a_writer(env):
+    """A process holding the DuckDB file for writing (as `dbt build` does) gets a message, not a crash."""
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                               f"c = duckdb.connect({str(env / 'target' / 'featuremart.duckdb')!r}); "
+                               "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        code, out = run_cli("sync")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 1 and "is locked by another process" in out and "dbt build" in out
+
+
+def test_unreachable_redis(env, monkeypatch):
+    monkeypatch.setenv("FEATUREMART_REDIS_URL", "redis://user:s3cret@127.0.0.1:1/0")
+    started = time.monotonic()
+    code, out = run_cli("sync")
+    assert code == 1 and "Cannot reach the online store" in out and "s3cret" not in out
+    assert time.monotonic() - started < 30
+    assert not (env / "target" / "featuremart" / "sync_state.duckdb").exists()
