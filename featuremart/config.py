@@ -200,6 +200,7 @@ class DbtProject:
     """What featuremart needs of dbt_project.yml and the profile's active target."""
 
     project_dir: Path
+    profiles_dir: Path
     name: str
     target_dir: Path
     profile_name: str
@@ -236,6 +237,7 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
                           f"targets: {', '.join(sorted(outputs))}")
     return DbtProject(
         project_dir=project_dir,
+        profiles_dir=profiles_dir.resolve(),
         name=str(project.get("name", "")),
         target_dir=(project_dir / target_path).resolve(),
         profile_name=profile_name,

@@ -113,6 +113,122 @@ def open_warehouse(project: DbtProject) -> Warehouse:
             raise WarehouseError(f"target {project.target_name!r} is an in-memory DuckDB: nothing to read; "
                                  "set a file path in profiles.yml")
         return DuckDBWarehouse(path if path.is_absolute() else project.project_dir / path)
-    from featuremart.adapter_warehouse import DbtAdapterWarehouse
-
     return DbtAdapterWarehouse(project)
+
+
+class DbtAdapterWarehouse(Warehouse):
+    """Any warehouse dbt reaches, through dbt's own adapter and the user's profiles.yml.
+
+    dbt opens the connection (so credentials, SSL and every profile option work as they do for `dbt build`);
+    featuremart then reads through the adapter's DB-API handle, with a server-side cursor where the driver has
+    one, so memory holds one batch at a time.
+    """
+
+    def __init__(self, project: DbtProject):
+        self.project = project
+        self.dialect = _SQLGLOT_DIALECTS.get(project.adapter_type, project.adapter_type)
+        if self.dialect not in SUPPORTED_DIALECTS:
+            raise WarehouseError(
+                f"target {project.target_name!r} is a {project.adapter_type} warehouse; featuremart's SQL is "
+                f"written for {', '.join(SUPPORTED_DIALECTS)} so far"
+            )
+        self._adapter = None
+        self._context = None
+        self._handle = None
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            self._adapter = _dbt_adapter(self.project)
+            self._context = self._adapter.connection_named("featuremart")
+            self._context.__enter__()
+            try:
+                self._handle = self._adapter.connections.get_thread_connection().handle
+            except Exception as exc:  # the driver's own error type: say which target failed
+                self.close()
+                raise WarehouseError(f"cannot connect to target {self.project.target_name!r} "
+                                     f"({self.project.adapter_type}): {exc}") from None
+        return self._handle
+
+    def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
+        wanted = list(relations)
+        schemas = sorted({r.schema for r in wanted})
+        if not schemas:
+            return {}
+        cur = self.handle.cursor()
+        try:
+            marks = ", ".join(["%s"] * len(schemas))
+            cur.execute(
+                "select table_schema, table_name, column_name, data_type, udt_name from information_schema.columns "
+                f"where table_schema in ({marks}) order by table_schema, table_name, ordinal_position", schemas)
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        by_name: dict[tuple[str, str], dict[str, str]] = {}
+        for schema, name, column, dtype, udt in rows:
+            # Postgres reports every array as ARRAY; its udt_name (_float8, _text, ...) says of what.
+            by_name.setdefault((schema.lower(), name.lower()), {})[column] = udt if dtype == "ARRAY" else dtype
+        return {r: by_name[(r.schema.lower(), r.identifier.lower())] for r in wanted
+                if (r.schema.lower(), r.identifier.lower()) in by_name}
+
+    def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        try:
+            cur = self.handle.cursor(name=f"featuremart_{id(sql):x}")  # server-side (psycopg2)
+            cur.itersize = batch_rows
+        except TypeError:
+            cur = self.handle.cursor()
+        try:
+            cur.execute(sql)
+            names = None
+            while True:
+                rows = cur.fetchmany(batch_rows)
+                if names is None:
+                    names = [d[0] for d in cur.description]
+                if not rows:
+                    break
+                yield pa.RecordBatch.from_arrays([pa.array(list(col)) for col in zip(*rows)], names=names)
+        finally:
+            cur.close()
+            self.handle.rollback()  # read-only work: end the transaction the named cursor needed
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+        self._context = self._handle = None
+        if self._adapter is not None:
+            self._adapter.cleanup_connections()
+            self._adapter = None
+
+
+#: dbt adapter type -> sqlglot dialect, where the names differ.
+_SQLGLOT_DIALECTS = {"postgres": "postgres", "duckdb": "duckdb"}
+#: The dialects featuremart's generated SQL is written and tested for.
+SUPPORTED_DIALECTS = ("duckdb", "postgres")
+
+
+def _dbt_adapter(project: DbtProject):
+    """dbt's adapter for the project's target, configured from profiles.yml as `dbt build` would be."""
+    import os
+    from argparse import Namespace
+
+    from dbt.adapters.factory import get_adapter, register_adapter
+    from dbt.config.runtime import RuntimeConfig
+    from dbt.flags import set_from_args
+    from dbt.mp_context import get_mp_context
+    from dbt_common.context import set_invocation_context
+
+    args = Namespace(project_dir=str(project.project_dir), profiles_dir=str(project.profiles_dir),
+                     target=project.target_name, profile=None, threads=None, vars={}, quiet=True,
+                     log_level="none", log_level_file="none")
+    set_from_args(args, {})
+    set_invocation_context(os.environ)
+    from dbt.events.logging import setup_event_logger
+    from dbt.flags import get_flags
+
+    setup_event_logger(get_flags())  # log_level none: dbt's event lines must not mix into our output
+    try:
+        config = RuntimeConfig.from_args(args)
+    except Exception as exc:  # dbt's own configuration errors carry a readable message
+        raise WarehouseError(f"dbt could not load target {project.target_name!r}: {exc}") from None
+    register_adapter(config, get_mp_context())
+    return get_adapter(config)

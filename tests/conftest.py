@@ -81,3 +81,45 @@ def project(built_project, tmp_path):
     dest = tmp_path / "project"
     shutil.copytree(built_project, dest, ignore=shutil.ignore_patterns("logs"))
     return dest
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """The local PostgreSQL server's DSN; the test is skipped (never passed) where none answers."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    from demo.load_postgres import default_dsn
+
+    dsn = default_dsn()
+    try:
+        psycopg2.connect(dsn, connect_timeout=3).close()
+    except psycopg2.OperationalError as error:
+        pytest.skip(f"no PostgreSQL server reachable ({error.__class__.__name__}: {str(error).strip()})")
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def postgres_project(tmp_path_factory, postgres_dsn):
+    """The reference project built on PostgreSQL in throwaway schemas (dropped afterwards), same data as
+    `built_project`. Yields (project dir, env vars that select its target and schemas)."""
+    import uuid
+
+    import psycopg2
+
+    from demo.load_postgres import load
+
+    project = copy_project(tmp_path_factory.mktemp("reference_pg"))
+    from demo.generate import generate
+
+    generate(project / "data" / "raw", customers=DEMO_CUSTOMERS, seed=7, as_of=AS_OF)
+    suffix = uuid.uuid4().hex[:8]
+    env = {"FEATUREMART_TARGET": "postgres", "FEATUREMART_RAW_SCHEMA": f"fm_raw_{suffix}",
+           "FEATUREMART_PG_SCHEMA": f"fm_{suffix}"}
+    try:
+        load(project / "data" / "raw", postgres_dsn, schema=env["FEATUREMART_RAW_SCHEMA"])
+        dbt(project, "build", env=env)
+        yield project, env
+    finally:
+        with psycopg2.connect(postgres_dsn) as connection, connection.cursor() as cursor:
+            for schema in (env["FEATUREMART_RAW_SCHEMA"], env["FEATUREMART_PG_SCHEMA"]):
+                cursor.execute(f'drop schema if exists "{schema}" cascade')
+        connection.close()
