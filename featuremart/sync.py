@@ -11,6 +11,7 @@ entities that left, record the state; 3. publish the registry snapshot (the swit
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ from featuremart.registry import FeatureView, Registry
 from featuremart.state import Diff, SyncState
 from featuremart.warehouse import Warehouse
 
-LOCK_TTL_SECONDS = 120
+#: A crashed sync blocks the next for at most this long; a running one renews its lock every third of it.
+LOCK_TTL_SECONDS = 30
 RUNS_KEPT = 100
 
 
@@ -45,6 +47,7 @@ class ViewResult:
     deleted: int = 0
     unchanged: int = 0
     skipped_older: int = 0
+    version_switch: bool = False  # a new schema version: its old keys go after the registry switch
     seconds: float = 0.0
 
 
@@ -107,11 +110,13 @@ class Syncer:
     """One sync of a project's registry from a warehouse to an online store."""
 
     def __init__(self, registry: Registry, manifest: Manifest, run_results: RunResults, warehouse: Warehouse,
-                 store: OnlineStore, state_dir: Path, now: datetime | None = None):
+                 store: OnlineStore, state_dir: Path, now: datetime | None = None,
+                 lock_ttl: float = LOCK_TTL_SECONDS):
         self.registry, self.manifest, self.run_results = registry, manifest, run_results
         self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
         self.prefix = store.prefix
+        self.lock_ttl = lock_ttl
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -124,8 +129,8 @@ class Syncer:
             if dry_run:
                 self._run_views(run, views, full_refresh, dry_run, progress)
             else:
-                with self.store.lock("sync", LOCK_TTL_SECONDS) as lock:
-                    self._lock = lock
+                with self.store.lock("sync", self.lock_ttl) as lock, _KeepAlive(lock, self.lock_ttl / 3) as alive:
+                    self._alive = alive
                     self._run_views(run, views, full_refresh, dry_run, progress)
         except FeaturemartError as exc:
             run.status, run.error = "failed", str(exc)
@@ -152,8 +157,7 @@ class Syncer:
                 result = self._sync_view(view, state, store_id, full_refresh, dry_run, progress)
                 run.views.append(result)
                 published[view.name] = view
-                if result.status == "retire-old":
-                    result.status = "synced"
+                if result.version_switch:
                     retired.append(view.name)
             if dry_run:
                 run.status = "dry-run"
@@ -191,11 +195,10 @@ class Syncer:
             expire = pc.add(pc.divide(batch.column("ts_us"), 1000), ttl_ms)
             self.store.write(batch.column("key").to_pylist(), batch.column("value").to_pylist(), expire.to_pylist())
             done += batch.num_rows
-            self._lock.refresh()
+            self._alive.check()
             progress(view.name, "writing", done, diff.writes)
-        if diff.version_change:
-            result.status = "retire-old"  # old keys are still served until the registry switches
-        else:
+        result.version_switch = diff.version_change
+        if not diff.version_change:  # else the old keys are still served until the registry switches
             for batch in state.departed(view.name):
                 self.store.delete(batch)
             state.commit(view.name, view.version, store_id)
@@ -232,6 +235,38 @@ class Syncer:
             self.store.push_record(keys.runs_key(self.prefix), record, RUNS_KEPT)
         except FeaturemartError:
             pass  # the run already failed because the store went away; the local record says so
+
+
+class _KeepAlive:
+    """Renews the sync lock from a background thread, so that a long warehouse query never lets it expire,
+    while a crashed sync's lock still expires quickly."""
+
+    def __init__(self, lock, every: float):
+        self.lock, self.every = lock, every
+        self.error: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="featuremart-lock", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.lock.refresh()
+            except FeaturemartError as exc:
+                self.error = exc
+                return
+
+    def check(self) -> None:
+        """Raise if the lock was lost: another sync may be writing, so this one must stop."""
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> _KeepAlive:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -30,7 +31,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -72,22 +73,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 def redact_url(url: str) -> str:
     """`url` with its password (in the userinfo or a `password=` query argument) replaced by `***`."""
     try:
-        parts = urlsplit(url)
+        netloc = urlsplit(url).netloc
     except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
+        return "<unparsable Redis URL>"
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         user, sep, _password = userinfo.partition(":")
         if sep:
-            netloc = f"{user}:***@{host}"
-    query = parts.query
-    if "password" in query.lower():
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*/")
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            url = url.replace(netloc, f"{user}:***@{host}", 1)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def _get_connection(pool: redis.ConnectionPool) -> Any:
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py 5 requires a command name
+        return pool.get_connection("SET")
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -275,7 +276,7 @@ class OnlineStore:
             while upcoming is not None or in_flight:
                 try:
                     if conn is None:
-                        conn = pool.get_connection()
+                        conn = _get_connection(pool)
                         replies = _ReplyReader(conn)
                         for buf, _ in in_flight:  # after a reconnect: resend what was not acknowledged
                             conn.send_packed_command([buf], check_health=False)
@@ -298,6 +299,8 @@ class OnlineStore:
                         written += len(chunk_keys)
                         failures = 0
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as exc:
+                    if not _is_transient(exc):
+                        raise
                     if conn is not None:
                         conn.disconnect()
                         pool.release(conn)
@@ -487,8 +490,12 @@ class StoreLock(AbstractContextManager["StoreLock"]):
     def __enter__(self) -> StoreLock:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.release()
+        except OnlineStoreError:
+            if exc_type is None:
+                raise  # else the error that ended the block says more than a failed release (it expires anyway)
 
 
 # ---- RESP encoding and reply reading ---------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+{#- The point-in-time join: for each row of `spine` and each feature view, the values of the view's latest row
+    with  spine_ts - ttl <= view_ts <= spine_ts  (both ends inclusive), else nulls.
+
+    Every spine row comes out exactly once, with its own columns untouched and in the spine's order (a
+    row_number() over the spine, read once, orders the result), followed by the features.
+
+    Arguments:
+      spine            a relation (ref(), source(), api.Relation) or a SQL query string (used as a subquery).
+      spine_timestamp  the spine's timestamp column. `timestamp` is taken as UTC; `timestamptz` is converted to
+                       UTC wall-clock time (`timestamp`); `date` is cast to midnight. Feature views' event
+                       timestamps are UTC `timestamp`s (the featuremart metadata contract).
+      views            a list of mappings, one per feature view:
+                         relation     a relation, or a table name as a string (rendered as given)
+                         name         the view's name (prefix of colliding feature names)
+                         keys         join keys: the same column names in the spine and in the view
+                         timestamp    the view's event-time column
+                         ttl_seconds  an int >= 0, or none for no ttl
+                         features     the feature columns to take (at least one)
+                         unique       optional, default false. true promises no two rows share (keys, timestamp)
+                                      (the featuremart.feature_keys_unique test); the DuckDB version then skips
+                                      the tie-breaking pass, which costs about 2x (see docs/training-sets.md).
+      spine_columns    optional: the spine's columns, as a list of names or a mapping name -> data type, in
+                       order. Given, nothing is queried at compile time; else they are read from the warehouse.
+
+    Output names: a feature keeps its name unless the same name (case-insensitively) is also a spine column or
+    a feature of another view in the join; then it is named `<view name>__<feature>` (every colliding
+    occurrence, whatever the views' order). A prefixed name that still collides is an error.
+
+    Duplicates: when several rows of a view share keys and timestamp, the one taken is the greatest when the
+    rows are ordered by the selected features in their listed order, ascending, nulls smallest.
+
+    Usage:
+      {{ featuremart.point_in_time_join(ref('labels'), 'label_ts', [
+            {'relation': ref('customer_spend'), 'name': 'customer_spend', 'keys': ['customer_id'],
+             'timestamp': 'event_ts', 'ttl_seconds': 2592000, 'features': ['spend_7d', 'txn_count_7d']},
+         ]) }} -#}
+{% macro point_in_time_join(spine, spine_timestamp, views, spine_columns=none) -%}
+    {{ return(adapter.dispatch('point_in_time_join', 'featuremart')(spine, spine_timestamp, views, spine_columns)) }}
+{%- endmacro %}
+
+
+{#- Any warehouse with window functions (PostgreSQL, Snowflake, BigQuery, Redshift, ...).
+
+    Per view, the spine's (keys, timestamp) rows and the view's rows are stacked (union all) and sorted per
+    key by (timestamp, view rows before spine rows at the same time, then the features): a running count of
+    view rows (count() over ... rows unbounded preceding) gives every spine row the number of the latest view
+    row at or before its time, and first_value() over (keys, that number) carries that row's values to it.
+    That is two sorts of spine + view rows per view: O((n + m) log(n + m)), whatever the histories' shape
+    and with no index needed, where a `left join lateral (... order by ts desc limit 1)` is a nested loop that
+    is only fast with an index on (keys, ts) that dbt tables do not have, and a range join + distinct on
+    multiplies rows by the history length within the ttl. The tie-break on the features is part of the
+    sort, so duplicates cost nothing here. The ttl is then applied as in the DuckDB version (see there).
+
+    Window functions and frames: https://www.postgresql.org/docs/current/sql-expressions.html#SYNTAX-WINDOW-FUNCTIONS
+    and https://www.postgresql.org/docs/current/functions-window.html -#}
+{% macro default__point_in_time_join(spine, spine_timestamp, views, spine_columns=none) -%}
+    {%- set pit = featuremart._pit_prepare('point_in_time_join', spine, spine_timestamp, views, spine_columns) -%}
+    {%- if pit is none -%}
+        {{ return(featuremart._pit_parse_placeholder()) }}
+    {%- endif -%}
+with _fm_spine as (
+
+    {{ featuremart._pit_spine_sql(pit) | indent(4) }}
+
+)
+{%- for view in pit.views %},
+
+_fm_{{ view.index }}_stacked as (
+
+    select
+        {% for key in view.keys -%}
+        {{ key }},
+        {% endfor -%}
+        {{ view.timestamp }} as _fm_ts,
+        0 as _fm_is_spine,
+        cast(null as {{ dbt.type_bigint() }}) as _fm_row,
+        {{ view.timestamp }} as _fm_view_ts
+        {%- for feature in view.features %},
+        {{ feature.column }} as _fm_f{{ loop.index0 }}
+        {%- endfor %}
+    from {{ view.relation }}
+    where {{ view.timestamp }} is not null
+    {%- for key in view.keys %}
+        and {{ key }} is not null
+    {%- endfor %}
+
+    union all
+
+    select
+        {% for key in view.keys -%}
+        {{ key }},
+        {% endfor -%}
+        _fm_ts,
+        1 as _fm_is_spine,
+        _fm_row,
+        null as _fm_view_ts
+        {%- for feature in view.features %},
+        null as _fm_f{{ loop.index0 }}
+        {%- endfor %}
+    from _fm_spine
+    where _fm_ts is not null
+
+),
+
+_fm_{{ view.index }}_numbered as (
+
+    select
+        *,
+        count(_fm_view_ts) over (
+            partition by {{ view.keys | join(', ') }}
+            order by _fm_ts, _fm_is_spine
+            {%- for feature in view.features %}, _fm_f{{ loop.index0 }} nulls first{% endfor %}
+            rows between unbounded preceding and current row
+        ) as _fm_view_row
+    from _fm_{{ view.index }}_stacked
+
+),
+
+_fm_{{ view.index }}_matched as (
+
+    select
+        _fm_row,
+        _fm_is_spine,
+        first_value(_fm_view_ts) over latest_view_row as _fm_view_ts
+        {%- for feature in view.features %},
+        first_value(_fm_f{{ loop.index0 }}) over latest_view_row as _fm_f{{ loop.index0 }}
+        {%- endfor %}
+    from _fm_{{ view.index }}_numbered
+    window latest_view_row as (
+        partition by {{ view.keys | join(', ') }}, _fm_view_row
+        order by _fm_is_spine
+        rows between unbounded preceding and current row
+    )
+
+)
+{%- endfor %}
+
+select
+    {{ featuremart._pit_output_columns(pit, 'matched') | indent(4) }}
+from _fm_spine as spine
+{%- for view in pit.views %}
+left join _fm_{{ view.index }}_matched as _fm_{{ view.index }}
+    on _fm_{{ view.index }}._fm_row = spine._fm_row
+    and _fm_{{ view.index }}._fm_is_spine = 1
+{%- endfor %}
+order by spine._fm_row
+{%- endmacro %}
+
+
+{#- DuckDB: one `ASOF LEFT JOIN` per view (https://duckdb.org/docs/stable/guides/sql_features/asof_join and
+    https://duckdb.org/docs/stable/sql/query_syntax/from#as-of-joins). An ASOF join takes equality conditions
+    and a single inequality, so it finds the latest view row with view_ts <= spine_ts; its values are then
+    nulled when view_ts < spine_ts - ttl. That is the contract: if the latest row at or before spine_ts is
+    older than the ttl, so is every earlier row and the window [spine_ts - ttl, spine_ts] holds none; if it
+    is within, it is the latest row of the window. Null feature values stay null: the join matches rows, not
+    values.
+
+    Among rows tied on (keys, timestamp) the ASOF join takes whichever its parallel sort left last, which
+    varies from run to run (duckdb/duckdb#25536). Unless the view is declared `unique`, its rows are first
+    reduced to one per (keys, timestamp) with the documented tie-break (qualify row_number() = 1). -#}
+{% macro duckdb__point_in_time_join(spine, spine_timestamp, views, spine_columns=none) -%}
+    {%- set pit = featuremart._pit_prepare('point_in_time_join', spine, spine_timestamp, views, spine_columns) -%}
+    {%- if pit is none -%}
+        {{ return(featuremart._pit_parse_placeholder()) }}
+    {%- endif -%}
+with _fm_spine as (
+
+    {{ featuremart._pit_spine_sql(pit) | indent(4) }}
+
+)
+{%- for view in pit.views %},
+
+_fm_{{ view.index }}_rows as (
+
+    select
+        {% for key in view.keys -%}
+        {{ key }},
+        {% endfor -%}
+        {{ view.timestamp }} as _fm_view_ts
+        {%- for feature in view.features %},
+        {{ feature.column }} as _fm_f{{ loop.index0 }}
+        {%- endfor %}
+    from {{ view.relation }}
+    {%- if not view.unique %}
+    qualify row_number() over (
+        partition by {{ view.keys | join(', ') }}, {{ view.timestamp }}
+        order by {% for feature in view.features %}{{ feature.column }} desc nulls last{{ ', ' if not loop.last }}{% endfor %}
+    ) = 1
+    {%- endif %}
+
+)
+{%- endfor %}
+
+select
+    {{ featuremart._pit_output_columns(pit, 'rows') | indent(4) }}
+from _fm_spine as spine
+{%- for view in pit.views %}
+asof left join _fm_{{ view.index }}_rows as _fm_{{ view.index }}
+    on {% for key in view.keys %}_fm_{{ view.index }}.{{ key }} = spine.{{ key }}
+    and {% endfor %}_fm_{{ view.index }}._fm_view_ts <= spine._fm_ts
+{%- endfor %}
+order by spine._fm_row
+{%- endmacro %}
