@@ -45,6 +45,9 @@ class Diff:
         return self.inserted + self.updated
 
 
+_CRLF = "chr(13) || chr(10)"  # RESP line ending; strlen() counts bytes, as RESP lengths must
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -117,6 +120,27 @@ class SyncState:
         yield from self.con.sql(
             f"select key, value, ts_us from {_q('plan__' + view)} where action in ('insert', 'update')"
         ).to_arrow_reader(batch_rows)
+
+    def upsert_commands(self, view: str, ttl_ms: int, batch_rows: int = 10_000) -> Iterator[tuple[memoryview, pa.Array]]:
+        """The rows to write as ready-to-send Redis commands: (RESP bytes of `SET key value PXAT ms` for a batch,
+        the batch's keys). Encoding in DuckDB keeps per-row Python out of the sync's hot path."""
+        reader = self.con.sql(f"""
+            with rows as (
+                select key, value, (ts_us // 1000 + {int(ttl_ms)})::varchar as pxat
+                from {_q('plan__' + view)} where action in ('insert', 'update')
+            )
+            select key, encode(concat('*5', {_CRLF}, '$3', {_CRLF}, 'SET', {_CRLF},
+                                      '$', strlen(key), {_CRLF}, key, {_CRLF},
+                                      '$', strlen(value), {_CRLF}, value, {_CRLF},
+                                      '$4', {_CRLF}, 'PXAT', {_CRLF}, '$', strlen(pxat), {_CRLF}, pxat, {_CRLF})) as cmd
+            from rows
+        """).to_arrow_reader(batch_rows)
+        for batch in reader:
+            cmd = batch.column("cmd").cast(pa.large_binary())
+            _, offsets, data = cmd.buffers()
+            bounds = pa.Array.from_buffers(pa.int64(), len(cmd) + 1, [None, offsets], offset=cmd.offset)
+            start, end = bounds[0].as_py(), bounds[-1].as_py()
+            yield memoryview(data)[start:end], batch.column("key")
 
     def departed(self, view: str, batch_rows: int = 50_000) -> Iterator[list[str]]:
         """Keys online that the view no longer has (entities that left, expired, or an old version's keys)."""

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from featuremart import sql
 from featuremart.errors import FeaturemartError
@@ -188,15 +187,9 @@ class Syncer:
         if dry_run:
             result.seconds = round(time.perf_counter() - started, 3)
             return result
-        ttl_ms = int(view.ttl.total_seconds() * 1000)
-        done = 0
         progress(view.name, "writing", 0, diff.writes)
-        for batch in state.upserts(view.name):
-            expire = pc.add(pc.divide(batch.column("ts_us"), 1000), ttl_ms)
-            self.store.write(batch.column("key").to_pylist(), batch.column("value").to_pylist(), expire.to_pylist())
-            done += batch.num_rows
-            self._alive.check()
-            progress(view.name, "writing", done, diff.writes)
+        self.store.write_encoded(self._tracked(state.upsert_commands(view.name, int(view.ttl.total_seconds() * 1000)),
+                                               view.name, diff.writes, progress))
         result.version_switch = diff.version_change
         if not diff.version_change:  # else the old keys are still served until the registry switches
             for batch in state.departed(view.name):
@@ -204,6 +197,15 @@ class Syncer:
             state.commit(view.name, view.version, store_id)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
+
+    def _tracked(self, chunks, view: str, total: int, progress):
+        """Pass write chunks through, reporting progress and stopping if the sync lost its lock."""
+        done = 0
+        for buffer, keys in chunks:
+            self._alive.check()
+            yield buffer, keys
+            done += len(keys)
+            progress(view, "writing", done, total)
 
     def _store_id(self, create: bool) -> str:
         """The identity of the online store's contents: a flushed or new Redis gets a new one (full rewrite)."""

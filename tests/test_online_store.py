@@ -17,7 +17,7 @@ from featuremart.errors import OnlineStoreError, SyncLockedError
 from featuremart.online.store import OnlineStore, redact_url
 from tests.redis_server import RedisServer, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.integration  # every test but the encoding one starts redis-server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,3 +323,18 @@ def test_embedded_in_process(tmp_path):
         s.set_json("fm:meta", {"n": 1})
     with OnlineStore.connect(None, embedded_dir=embedded_dir) as s:
         assert s.get_json("fm:meta") == {"n": 1}
+
+
+def test_encoding_matches_redis_py():
+    from redis.connection import Connection
+
+    from featuremart.online.store import _encode_set_pxat
+
+    pack = Connection().pack_command
+    keys, values = [b"k\r\n", "é".encode(), b""], [b"", b"\x00" * 3, b"v"]
+    for expiry in ([1_700_000_000_000, 1_700_000_000_001, 9_999_999_999_999], [5, None, 10**14]):
+        expected = b"".join(
+            b"".join(pack("SET", k, v) if e is None else pack("SET", k, v, "PXAT", e))
+            for k, v, e in zip(keys, values, expiry)
+        )
+        assert _encode_set_pxat(keys, values, expiry) == expected

@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,6 +116,11 @@ def _as_bytes_list(values: Sequence[bytes | str]) -> list[bytes]:
         except TypeError:
             pass
     return [_as_bytes(v) for v in values]
+
+
+def _shown(key: Any) -> Any:
+    """A key for a message: Arrow scalars (from write_encoded callers) as plain Python values."""
+    return key.as_py() if hasattr(key, "as_py") else key
 
 
 def _ms_to_iso(ms: int) -> str:
@@ -264,8 +269,17 @@ class OnlineStore:
                 k = _as_bytes_list(keys[start:stop])
                 yield _encode_set_pxat(k, _as_bytes_list(values[start:stop]), expire_at_ms[start:stop]), k
 
+        return self.write_encoded(encoded())
+
+    def write_encoded(self, chunks: Iterable[tuple[bytes | memoryview, Sequence[Any]]]) -> int:
+        """Send chunks of already RESP-encoded commands that each answer `+OK` (e.g. `SET ... PXAT`).
+
+        Each chunk is (buffer, keys): the keys, one per command, count the replies and name the key of a rejected
+        command. This is `write` without the encoding, for callers that encode elsewhere (the sync encodes in
+        SQL, so no Python runs per row). Retries and checks are those of `write`.
+        """
         pool = self._redis.connection_pool
-        chunks = encoded()
+        chunks = iter(chunks)
         upcoming = next(chunks, None)
         in_flight: deque[tuple[bytes, list[bytes]]] = deque()  # sent, replies not yet read (at most two)
         conn = None
@@ -293,7 +307,7 @@ class OnlineStore:
                                 raise redis.BusyLoadingError(str(error))
                             raise OnlineStoreError(
                                 f"Redis rejected {len(errors)} of {len(chunk_keys)} writes on {self._url}; first: "
-                                f"key {chunk_keys[index]!r}: {error}"
+                                f"key {_shown(chunk_keys[index])!r}: {error}"
                             )
                         in_flight.popleft()
                         written += len(chunk_keys)
@@ -310,8 +324,8 @@ class OnlineStore:
                     if failures >= _RETRY_ATTEMPTS or time.monotonic() + delay > deadline:
                         first = (in_flight or [upcoming])[0]
                         raise OnlineStoreError(
-                            f"Write of {n} keys failed on {self._url} after {failures} attempts at the chunk "
-                            f"starting with key {first[1][0]!r}, {written} rows written: {exc}"
+                            f"Write failed on {self._url} after {failures} attempts at the chunk "
+                            f"starting with key {_shown(first[1][0])!r}, {written} rows written: {exc}"
                         ) from exc
                     log.warning("write on %s failed (%s); retry %d in %.2fs", self._url, exc, failures, delay)
                     time.sleep(delay)
@@ -501,12 +515,20 @@ class StoreLock(AbstractContextManager["StoreLock"]):
 # ---- RESP encoding and reply reading ---------------------------------------------------------------------------
 
 _SET_HEAD = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
+_SET_HEAD_13 = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$13\r\n%d\r\n"
 _SET_NO_EXPIRY = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
 def _encode_set_pxat(keys: list[bytes], values: list[bytes], expire_at_ms: Sequence[int | None]) -> bytes:
     """RESP for `SET key value PXAT ms` per row, as one buffer (RESP2 and RESP3 share the request format)."""
-    head = _SET_HEAD
+    try:
+        # Every epoch-ms time from 2001 to 2286 has 13 digits: one format per row, no per-row length of the time.
+        fixed = 10**12 <= min(expire_at_ms) and max(expire_at_ms) < 10**13
+    except (TypeError, ValueError):  # a None among them, or no rows
+        fixed = False
+    if fixed:
+        head = _SET_HEAD_13
+        return b"".join([head % row for row in zip(map(len, keys), keys, map(len, values), values, expire_at_ms)])
     out = []
     append = out.append
     for k, v, e in zip(keys, values, expire_at_ms):
@@ -514,7 +536,7 @@ def _encode_set_pxat(keys: list[bytes], values: list[bytes], expire_at_ms: Seque
             append(_SET_NO_EXPIRY % (len(k), k, len(v), v))
         else:
             t = b"%d" % e
-            append(head % (len(k), k, len(v), v, len(t), t))
+            append(_SET_HEAD % (len(k), k, len(v), v, len(t), t))
     return b"".join(out)
 
 
