@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--features", help="comma-separated view.feature (or view.*) references")
     get.add_argument("keys", nargs="+", metavar="KEY=VALUE", help="entity keys, e.g. customer_id=C123")
     get.add_argument("--json", action="store_true", help="print JSON")
+
+    serve = sub.add_parser("serve", parents=[common], help="serve features over HTTP (docs/serving.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--token-env", metavar="VAR", default=None,
+                       help="name of an environment variable holding a bearer token that requests must send")
+    serve.add_argument("--max-entities", type=int, default=1000, metavar="N",
+                       help="the largest batch of entities one request may ask for (default: 1000)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
+                       help="the largest request body accepted (default: 1 MiB)")
     return parser
 
 
@@ -239,7 +249,31 @@ def _age(age: Any) -> str:
     return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
 
 
-COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync, "get": cmd_get}
+def cmd_serve(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    import logging
+    import os
+
+    from featuremart.server import serve
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise FeaturemartError(f"--token-env {args.token_env}: that environment variable is unset or empty; "
+                                   "set it to the bearer token clients will send")
+    for name, value in (("--max-entities", args.max_entities), ("--max-body-bytes", args.max_body_bytes)):
+        if value < 1:
+            raise FeaturemartError(f"{name} must be at least 1, got {value}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    console.print(f"serving features from {store.online.url} on http://{args.host}:{args.port}"
+                  f"{' (bearer token from $' + args.token_env + ')' if token else ''}", highlight=False)
+    serve(store.reader, host=args.host, port=args.port, token=token, max_entities=args.max_entities,
+          max_body_bytes=args.max_body_bytes)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync, "get": cmd_get,
+            "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

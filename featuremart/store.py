@@ -10,17 +10,20 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from featuremart import sql
 from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
 from featuremart.errors import ArtifactError, FeaturemartError
 from featuremart.manifest import Manifest, RunResults, load_manifest, load_run_results
-from featuremart.online.reader import FeatureValue, OnlineReader
+from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
 from featuremart.sync import SyncRun, Syncer, select_views
 from featuremart.warehouse import Warehouse, open_warehouse
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,22 @@ class FeatureStore:
                             features: Iterable[str] | None = None) -> list[dict[str, FeatureValue]]:
         """Features for each entity from the online store, with event timestamps and statuses."""
         return self.reader.get(entities, service=service, features=features)
+
+    def read_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
+                             features: Iterable[str] | None = None) -> OnlineResult:
+        """The values read for a batch of entities, to shape as records, columns or Arrow (one MGET)."""
+        return self.reader.read(entities, service=service, features=features)
+
+    def get_online_features_columns(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
+                                    features: Iterable[str] | None = None) -> dict[str, list[Any]]:
+        """Columns for batch scoring: entity keys, then `<name>`, `<name>__status`, `<name>__event_ts` per
+        feature, one item per entity (see docs/serving.md)."""
+        return self.reader.read(entities, service=service, features=features).to_columns()
+
+    def get_online_features_arrow(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
+                                  features: Iterable[str] | None = None) -> pyarrow.Table:
+        """The columns of `get_online_features_columns` as a typed `pyarrow.Table`."""
+        return self.reader.read(entities, service=service, features=features).to_arrow()
 
     def close(self) -> None:
         if self._online is not None:

@@ -1,0 +1,246 @@
+"""Online reads through the real path: a tiny dbt project with every supported type → `dbt build` on DuckDB →
+`featuremart sync` into the session's redis-server → OnlineReader (records, columns, Arrow).
+
+Also: missing and expired statuses, the inclusive ttl boundary, clear errors for unknown names, and a registry
+refresh while threads read (every result is all-old or all-new).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import date, datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from featuremart import FeatureStore
+from featuremart.errors import UnknownNameError
+from featuremart.online.reader import EXPIRED, MISSING, PRESENT, FeatureValue
+from tests.conftest import ROOT, dbt
+
+pytestmark = pytest.mark.integration
+
+EVENT = datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+TTL = timedelta(days=3650)
+BIG = "x" * 100_000 + "é"
+UNICODE = 'naïve ☃ 日本 "quoted" \\ back\nslash'
+ODD_KEY = "a,b=c{d}%25"
+
+FEATURES_YML = """\
+version: 1
+entities:
+  thing: {join_keys: {thing_id: string}}
+  account: {join_keys: {account_id: int}}
+online_store: {url_env: FEATUREMART_REDIS_URL, key_prefix: fm}
+defaults: {ttl: 30d, online: true}
+"""
+
+ALL_TYPES_SQL = """\
+select
+    thing_id,
+    cast(event_ts as timestamp) as event_ts,
+    cast(f_int as bigint) as f_int,
+    cast(f_float as double) as f_float,
+    cast(f_whole as double) as f_whole,
+    cast(f_bool as boolean) as f_bool,
+    cast(f_str as varchar) as f_str,
+    cast(f_big as varchar) as f_big,
+    cast(f_ts as timestamp) as f_ts,
+    cast(f_date as date) as f_date,
+    cast(f_vec as double[]) as f_vec,
+    cast(f_ints as bigint[]) as f_ints,
+    cast(f_strs as varchar[]) as f_strs{extra}
+from (values
+    ('a', '2025-01-01 12:00:00.123456', 42, 1.5, 3.0, true, {unicode}, {big}, '2024-02-29 23:59:59.999999',
+     '2024-02-29', [0.25, 1.0], [1, -2], ['x', 'ÿ']),
+    ('a', '2024-12-01 00:00:00', 1, 1.0, 1.0, false, 'older', 'older', null, null, [], [], []),
+    ('b', '2025-01-01 12:00:00.123456', null, null, null, null, null, null, null, null, [], [], []),
+    ('c', '2025-01-01 12:00:00.123456', null, null, null, null, null, null, null, null, null, null, null),
+    ({odd}, '2025-01-01 12:00:00.123456', -9007199254740993, -0.0, 1e300, false, '', '', '1970-01-01 00:00:00',
+     '1970-01-01', [1e-300], [9007199254740993], [''])
+) as t(thing_id, event_ts, f_int, f_float, f_whole, f_bool, f_str, f_big, f_ts, f_date, f_vec, f_ints, f_strs)
+"""
+
+ALL_TYPES_YML = """\
+version: 2
+models:
+  - name: all_types
+    description: One row per thing per change.
+    config:
+      meta:
+        featuremart: {entity: thing, timestamp: event_ts, ttl: 3650d}
+  - name: balances
+    config:
+      meta:
+        featuremart: {entity: account, timestamp: event_ts, ttl: 3650d}
+"""
+
+BALANCES_SQL = "select 7 as account_id, timestamp '2025-01-01 00:00:00' as event_ts, 10.5 as balance\n"
+
+
+def sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def write_models(project, extra: str = "") -> None:
+    models = project / "models"
+    models.mkdir(exist_ok=True)
+    (models / "all_types.sql").write_text(ALL_TYPES_SQL.format(
+        unicode=sql_text(UNICODE), big=f"repeat('x', 100000) || 'é'", odd=sql_text(ODD_KEY), extra=extra))
+    (models / "all_types.yml").write_text(ALL_TYPES_YML)
+    (models / "balances.sql").write_text(BALANCES_SQL)
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory):
+    """A dbt project with one feature view of every type (built once; tests that change it work on a copy)."""
+    project = tmp_path_factory.mktemp("tiny")
+    for name in ("dbt_project.yml", "profiles.yml"):
+        shutil.copy2(ROOT / name, project / name)
+    shutil.copytree(ROOT / "macros", project / "macros")
+    (project / "features.yml").write_text(FEATURES_YML)
+    write_models(project)
+    dbt(project, "build")
+    return project
+
+
+@pytest.fixture
+def synced(tiny_project, redis_url):
+    with FeatureStore(tiny_project, redis_url=redis_url) as fs:
+        run = fs.sync()
+        assert run.status == "success", run.to_json()
+    store = FeatureStore.from_url(redis_url)
+    yield store
+    store.close()
+
+
+def test_every_type_round_trips(synced):
+    rows = synced.get_online_features([{"thing_id": "a"}, {"thing_id": "b"}, {"thing_id": "c"},
+                                       {"thing_id": ODD_KEY}], features=["all_types.*"])
+    a, b, c, odd = ({k: v.value for k, v in r.items()} for r in rows)
+    assert a == {"f_int": 42, "f_float": 1.5, "f_whole": 3.0, "f_bool": True, "f_str": UNICODE, "f_big": BIG,
+                 "f_ts": datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=timezone.utc),
+                 "f_date": date(2024, 2, 29), "f_vec": [0.25, 1.0], "f_ints": [1, -2], "f_strs": ["x", "ÿ"]}
+    assert type(a["f_whole"]) is float and type(a["f_vec"][1]) is float
+    assert all(v.status == PRESENT and v.event_ts == EVENT for v in rows[0].values())
+    assert b == {**dict.fromkeys(a), "f_vec": [], "f_ints": [], "f_strs": []}
+    assert c == dict.fromkeys(a)  # nulls are present and null, not missing
+    assert all(v.status == PRESENT for v in rows[2].values())
+    assert odd == {"f_int": -9007199254740993, "f_float": -0.0, "f_whole": 1e300, "f_bool": False, "f_str": "",
+                   "f_big": "", "f_ts": datetime(1970, 1, 1, tzinfo=timezone.utc), "f_date": date(1970, 1, 1),
+                   "f_vec": [1e-300], "f_ints": [9007199254740993], "f_strs": [""]}
+
+
+def test_int_keys_and_missing_entities(synced):
+    [hit, by_text, miss] = synced.get_online_features([{"account_id": 7}, {"account_id": "7"}, {"account_id": 8}],
+                                                      features=["balances.balance"])
+    assert hit["balance"] == FeatureValue(10.5, datetime(2025, 1, 1, tzinfo=timezone.utc), PRESENT)
+    assert by_text == hit
+    assert miss["balance"] == FeatureValue(None, None, MISSING)
+
+
+def test_ttl_boundary_is_inclusive_and_expired_is_never_served(synced):
+    entities = [{"thing_id": "a"}]
+    [at] = synced.reader.get(entities, features=["all_types.f_int"], now=EVENT + TTL)
+    assert at["f_int"] == FeatureValue(42, EVENT, PRESENT)
+    [past] = synced.reader.get(entities, features=["all_types.f_int"], now=EVENT + TTL + timedelta(microseconds=1))
+    assert past["f_int"] == FeatureValue(None, EVENT, EXPIRED)
+    columns = synced.reader.read(entities, features=["all_types.f_int"], now=EVENT + TTL * 2).to_columns()
+    assert columns == {"thing_id": ["a"], "f_int": [None], "f_int__status": [EXPIRED], "f_int__event_ts": [EVENT]}
+
+
+def test_columns_and_arrow(synced):
+    entities = [{"thing_id": "a"}, {"thing_id": "nobody"}]
+    columns = synced.get_online_features_columns(entities, features=["all_types.f_float", "all_types.f_vec"])
+    assert columns == {"thing_id": ["a", "nobody"], "f_float": [1.5, None], "f_float__status": [PRESENT, MISSING],
+                       "f_float__event_ts": [EVENT, None], "f_vec": [[0.25, 1.0], None],
+                       "f_vec__status": [PRESENT, MISSING], "f_vec__event_ts": [EVENT, None]}
+    table = synced.get_online_features_arrow(entities, features=["all_types.*"])
+    assert table.num_rows == 2
+    assert table.schema.field("f_int").type == pa.int64()
+    assert table.schema.field("f_ts").type == pa.timestamp("us", tz="UTC")
+    assert table.schema.field("f_date").type == pa.date32()
+    assert table.schema.field("f_vec").type == pa.list_(pa.float64())
+    assert table.schema.field("f_strs").type == pa.list_(pa.string())
+    assert table.column("f_big__status").to_pylist() == [PRESENT, MISSING]
+    assert table.column("f_big__event_ts").to_pylist() == [EVENT, None]
+    assert table.column("f_str").to_pylist() == [UNICODE, None]
+
+
+def test_unknown_names_list_what_exists(synced):
+    one = [{"thing_id": "a"}]
+    with pytest.raises(UnknownNameError, match=r"no feature service 'nope'; services .*: none"):
+        synced.get_online_features(one, service="nope")
+    with pytest.raises(UnknownNameError, match=r"no feature view 'nope'; feature views: all_types, balances"):
+        synced.get_online_features(one, features=["nope.f"])
+    with pytest.raises(UnknownNameError, match=r"has no feature 'nope'; its features: f_int, f_float"):
+        synced.get_online_features(one, features=["all_types.nope"])
+    with pytest.raises(UnknownNameError, match=r"should be written view.feature"):
+        synced.get_online_features(one, features=["f_int"])
+    with pytest.raises(UnknownNameError, match=r"no features requested"):
+        synced.get_online_features(one, features=[])
+    with pytest.raises(UnknownNameError, match=r"missing entity key\(s\) thing_id; unknown entity key\(s\) thing: "
+                                               r"this request needs thing_id \(entity keys known: account_id, "
+                                               r"thing_id\); the entity gives thing"):
+        synced.get_online_features([{"thing": "a"}], features=["all_types.f_int"])
+    with pytest.raises(UnknownNameError, match=r"unknown entity key\(s\) shop"):
+        synced.get_online_features([{"thing_id": "a", "shop": 1}], features=["all_types.f_int"])
+    with pytest.raises(UnknownNameError, match=r"thing_id is a string key; got 1 \(int\)"):
+        synced.get_online_features([{"thing_id": 1}], features=["all_types.f_int"])
+    with pytest.raises(UnknownNameError, match=r"account_id is an int key; got True"):
+        synced.get_online_features([{"account_id": True}], features=["balances.balance"])
+    with pytest.raises(UnknownNameError, match=r"an entity is an object of join keys"):
+        synced.get_online_features(["a"], features=["all_types.f_int"])
+    # A known key that this request does not need is fine (one entity dict for several services).
+    synced.get_online_features([{"thing_id": "a", "account_id": 7}], features=["all_types.f_int"])
+
+
+def test_registry_refresh_under_concurrent_reads(tiny_project, tmp_path, redis_url):
+    """Threads read while a sync publishes a new version of the view: every result is all-old or all-new."""
+    project = tmp_path / "tiny"
+    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("logs"))
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        assert fs.sync().status == "success"
+    write_models(project, extra=",\n    f_int * 10 as f_new")
+    dbt(project, "build")
+
+    reader = FeatureStore.from_url(redis_url)
+    old_version = reader.reader.read([{"thing_id": "a"}], features=["all_types.*"]).versions["all_types"]
+    stop = threading.Event()
+    seen: dict[str, int] = {}
+    failures: list[str] = []
+
+    def read_loop() -> None:
+        while not stop.is_set():
+            try:
+                result = reader.reader.read([{"thing_id": "a"}, {"thing_id": "b"}], features=["all_types.*"])
+                version = result.versions["all_types"]
+                [a, b] = result.to_records()
+                new = version != old_version
+                if ("f_new" in result.names) != new or any(v.status != PRESENT for v in (*a.values(),
+                                                                                          *b.values())):
+                    failures.append(f"mixed: {version} {list(result.names)} {a} {b}")
+                if new and a["f_new"].value != 420:
+                    failures.append(f"new version without its value: {a}")
+                seen[version] = seen.get(version, 0) + 1
+            except Exception as exc:  # noqa: BLE001 - any error fails the test below
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=read_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with FeatureStore(project, redis_url=redis_url) as fs:
+            run = fs.sync()
+        assert run.status == "success", run.to_json()
+        deadline = datetime.now() + timedelta(seconds=1)
+        while datetime.now() < deadline and len(seen) < 2:
+            pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        reader.close()
+    assert not failures, failures[:3]
+    assert old_version in seen and len(seen) == 2, seen
