@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from featuremart.errors import WarehouseError
+from featuremart.warehouse import batches
 
 _VIEWS_DDL = """
 create table if not exists fm_views (
@@ -117,9 +118,9 @@ class SyncState:
 
     def upserts(self, view: str, batch_rows: int = 50_000) -> Iterator[pa.RecordBatch]:
         """The (key, value, ts_us) rows to write, in Arrow batches."""
-        yield from self.con.sql(
+        yield from batches(self.con.sql(
             f"select key, value, ts_us from {_q('plan__' + view)} where action in ('insert', 'update')"
-        ).to_arrow_reader(batch_rows)
+        ).to_arrow_reader(batch_rows))
 
     def upsert_commands(self, view: str, ttl_ms: int, batch_rows: int = 10_000) -> Iterator[tuple[memoryview, pa.Array]]:
         """The rows to write as ready-to-send Redis commands: (RESP bytes of `SET key value PXAT ms` for a batch,
@@ -135,7 +136,7 @@ class SyncState:
                                       '$4', {_CRLF}, 'PXAT', {_CRLF}, '$', strlen(pxat), {_CRLF}, pxat, {_CRLF})) as cmd
             from rows
         """).to_arrow_reader(batch_rows)
-        for batch in reader:
+        for batch in batches(reader):
             cmd = batch.column("cmd").cast(pa.large_binary())
             _, offsets, data = cmd.buffers()
             bounds = pa.Array.from_buffers(pa.int64(), len(cmd) + 1, [None, offsets], offset=cmd.offset)
@@ -147,7 +148,7 @@ class SyncState:
         reader = self.con.sql(
             f"select s.key from {_q('state__' + view)} s anti join {_q('new__' + view)} n on s.key = n.key"
         ).to_arrow_reader(batch_rows)
-        for batch in reader:
+        for batch in batches(reader):
             yield batch.column(0).to_pylist()
 
     def commit(self, view: str, version: str, store_id: str) -> None:

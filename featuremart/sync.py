@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import closing
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -163,8 +164,9 @@ class Syncer:
                 return
             self._publish(published)
             for name in retired:
-                for batch in state.departed(name):
-                    self.store.delete(batch)
+                with closing(state.departed(name)) as departed:
+                    for batch in departed:
+                        self.store.delete(batch)
                 view = published[name]
                 state.commit(name, view.version, store_id)
             run.status = "success" if all(v.status == "synced" for v in run.views) else "partial"
@@ -177,9 +179,9 @@ class Syncer:
         query = sql.render(sql.online_payload(view, self.prefix, self.now, self.warehouse.dialect),
                            self.warehouse.dialect)
         schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("ts_us", pa.int64())])
-        reader = pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in self.warehouse.stream(query)))
         progress(view.name, "staging", 0, 0)
-        state.stage(view.name, reader)
+        with closing(self.warehouse.stream(query)) as stream:
+            state.stage(view.name, pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in stream)))
         diff = state.diff(view.name, view.version, store_id, full_refresh)
         result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
                             inserted=diff.inserted, updated=diff.updated, deleted=diff.deleted,
@@ -188,12 +190,13 @@ class Syncer:
             result.seconds = round(time.perf_counter() - started, 3)
             return result
         progress(view.name, "writing", 0, diff.writes)
-        self.store.write_encoded(self._tracked(state.upsert_commands(view.name, int(view.ttl.total_seconds() * 1000)),
-                                               view.name, diff.writes, progress))
+        with closing(state.upsert_commands(view.name, int(view.ttl.total_seconds() * 1000))) as commands:
+            self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress))
         result.version_switch = diff.version_change
         if not diff.version_change:  # else the old keys are still served until the registry switches
-            for batch in state.departed(view.name):
-                self.store.delete(batch)
+            with closing(state.departed(view.name)) as departed:
+                for batch in departed:
+                    self.store.delete(batch)
             state.commit(view.name, view.version, store_id)
         result.seconds = round(time.perf_counter() - started, 3)
         return result

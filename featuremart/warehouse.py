@@ -86,13 +86,21 @@ class DuckDBWarehouse(Warehouse):
         return found
 
     def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-        reader = self.con.sql(sql).to_arrow_reader(batch_rows)
-        yield from reader
+        yield from batches(self.con.sql(sql).to_arrow_reader(batch_rows))
 
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """A reader's batches, closing it however iteration ends: an open reader keeps its DuckDB database alive,
+    and opening that file again then waits for it (a hang, not an error)."""
+    try:
+        yield from reader
+    finally:
+        reader.close()
 
 
 def _lock_message(path: Path, detail: str) -> str:

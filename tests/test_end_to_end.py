@@ -185,3 +185,26 @@ def test_unreachable_redis(env, monkeypatch):
     assert code == 1 and "Cannot reach the online store" in out and "s3cret" not in out
     assert time.monotonic() - started < 30
     assert not (env / "target" / "featuremart" / "sync_state.duckdb").exists()
+
+
+def test_sync_selection_dry_run_and_rerun(env):
+    code, out = run_cli("sync", "--select", "tier:gold", "--exclude", "merchant_*", "--dry-run", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["status"] == "dry-run"
+    assert {v["view"] for v in record["views"]} == {"customer_spend", "customer_merchant_pair"}
+    assert all(v["inserted"] > 0 and v["updated"] == v["deleted"] == 0 for v in record["views"])
+    code, out = run_cli("sync", "--select", "tag:payments", "--json")
+    first = json.loads(out)
+    assert code == 0 and first["status"] == "success" and first["views"]
+    code, out = run_cli("sync", "--select", "tag:payments", "--json")
+    again = json.loads(out)
+    assert all(v["inserted"] == v["updated"] == v["deleted"] == 0 for v in again["views"])
+    runs = (env / "target" / "featuremart" / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(r)["run_id"] for r in runs] == [first["run_id"], again["run_id"]]
+    code, out = run_cli("sync", "--select", "tag:nothing")
+    assert code == 0
+
+
+def test_bad_selector(env):
+    code, out = run_cli("sync", "--select", "owner:me")
+    assert code == 1 and "selector 'owner:me'" in out
