@@ -6,6 +6,7 @@ from featuremart.errors import (
     FeaturemartError,
     OnlineStoreError,
     SyncLockedError,
+    TrainingSetError,
     UnknownNameError,
     ValidationError,
     WarehouseError,
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ArtifactError", "ConfigError", "EXPIRED", "Feature", "FeatureService", "FeatureStore", "FeatureValue",
     "FeatureView", "FeaturemartError", "MISSING", "OnlineStoreError", "PRESENT", "Registry", "SyncLockedError",
-    "UnknownNameError", "ValidationError", "WarehouseError",
+    "TrainingSetError", "UnknownNameError", "ValidationError", "WarehouseError",
 ]

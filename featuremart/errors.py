@@ -41,3 +41,7 @@ class SyncLockedError(OnlineStoreError):
 
 class UnknownNameError(FeaturemartError):
     """A requested feature view, feature, service or entity key does not exist."""
+
+
+class TrainingSetError(FeaturemartError):
+    """A training set request that cannot be served: bad spine, unknown features, or dbt failed to compile."""

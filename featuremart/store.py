@@ -167,6 +167,26 @@ class FeatureStore:
         """The columns of `get_online_features_columns` as a typed `pyarrow.Table`."""
         return self.reader.read(entities, service=service, features=features).to_arrow()
 
+    def training_set(self, spine: Any, timestamp: str, *, service: str | None = None,
+                     features: Iterable[str] | None = None, to_pandas: bool = False) -> Any:
+        """A point-in-time correct training set: for each spine row, each feature's value as it was served then.
+
+        `spine` is a dbt model name, a table, a SQL query, a Parquet path, or a pandas / Arrow frame; the join is
+        the `featuremart.training_set` dbt macro, compiled by dbt and run in the warehouse (docs/training-sets.md).
+        Returns a pyarrow.Table, or a pandas DataFrame with `to_pandas=True`.
+        """
+        from featuremart.training import training_set
+
+        if self.project is None:
+            raise FeaturemartError("a FeatureStore opened from a Redis URL cannot build training sets: open it on "
+                                   "the dbt project")
+        features = None if features is None else list(features)
+        if service is not None or features:
+            self.registry.resolve(service=service, features=features)  # unknown names: a clear error, first
+        with self.warehouse() as wh:
+            table = training_set(self.project, wh, spine, timestamp, service=service, features=features)
+        return table.to_pandas() if to_pandas else table
+
     def close(self) -> None:
         if self._online is not None:
             self._online.close()

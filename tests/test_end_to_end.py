@@ -208,3 +208,26 @@ def test_sync_selection_dry_run_and_rerun(env):
 def test_bad_selector(env):
     code, out = run_cli("sync", "--select", "owner:me")
     assert code == 1 and "selector 'owner:me'" in out
+
+
+def test_training_set_cli_matches_the_dbt_model(env):
+    import pyarrow.parquet as pq
+
+    code, out = run_cli("training-set", "--spine", "fraud_labels", "--timestamp", "label_ts", "--service",
+                        "fraud_model", "--output", str(env / "train.parquet"))
+    assert code == 0, out
+    assert "wrote" in out
+    got = pq.read_table(env / "train.parquet")
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"), read_only=True)
+    expected = con.sql("select * from main.fraud_training_set").to_arrow_table()
+    con.close()
+    key = ["txn_id"]
+    assert got.num_rows == expected.num_rows > 0
+    assert got.select(expected.column_names).sort_by([(k, "ascending") for k in key]).equals(
+        expected.sort_by([(k, "ascending") for k in key]))
+    code, out = run_cli("training-set", "--spine", "fraud_labels", "--timestamp", "label_ts", "--features",
+                        "customer_spend.nope", "--output", str(env / "t.parquet"))
+    assert code == 1 and "nope" in out and "Traceback" not in out
+    code, out = run_cli("training-set", "--spine", "fraud_labels", "--timestamp", "label_ts", "--service",
+                        "fraud_model", "--output", str(env / "t.json"))
+    assert code == 1 and ".parquet or .csv" in out

@@ -68,7 +68,7 @@ with _fm_spine as (
 _fm_{{ view.index }}_stacked as (
 
     select
-        {% for key in view.keys -%}
+        {% for key in view.key_columns -%}
         {{ key }},
         {% endfor -%}
         {{ view.timestamp }} as _fm_ts,
@@ -80,14 +80,14 @@ _fm_{{ view.index }}_stacked as (
         {%- endfor %}
     from {{ view.relation }}
     where {{ view.timestamp }} is not null
-    {%- for key in view.keys %}
+    {%- for key in view.key_columns %}
         and {{ key }} is not null
     {%- endfor %}
 
     union all
 
     select
-        {% for key in view.keys -%}
+        {% for key in view.key_columns -%}
         {{ key }},
         {% endfor -%}
         _fm_ts,
@@ -107,7 +107,7 @@ _fm_{{ view.index }}_numbered as (
     select
         *,
         count(_fm_view_ts) over (
-            partition by {{ view.keys | join(', ') }}
+            partition by {{ view.key_columns | join(', ') }}
             order by _fm_ts, _fm_is_spine
             {%- for feature in view.features %}, _fm_f{{ loop.index0 }} nulls first{% endfor %}
             rows between unbounded preceding and current row
@@ -127,7 +127,7 @@ _fm_{{ view.index }}_matched as (
         {%- endfor %}
     from _fm_{{ view.index }}_numbered
     window latest_view_row as (
-        partition by {{ view.keys | join(', ') }}, _fm_view_row
+        partition by {{ view.key_columns | join(', ') }}, _fm_view_row
         order by _fm_is_spine
         rows between unbounded preceding and current row
     )
@@ -136,7 +136,7 @@ _fm_{{ view.index }}_matched as (
 {%- endfor %}
 
 select
-    {{ featuremart._pit_output_columns(pit, 'matched') | indent(4) }}
+    {{ featuremart._pit_output_columns(pit) | indent(4) }}
 from _fm_spine as spine
 {%- for view in pit.views %}
 left join _fm_{{ view.index }}_matched as _fm_{{ view.index }}
@@ -173,7 +173,7 @@ with _fm_spine as (
 _fm_{{ view.index }}_rows as (
 
     select
-        {% for key in view.keys -%}
+        {% for key in view.key_columns -%}
         {{ key }},
         {% endfor -%}
         {{ view.timestamp }} as _fm_view_ts
@@ -183,7 +183,7 @@ _fm_{{ view.index }}_rows as (
     from {{ view.relation }}
     {%- if not view.unique %}
     qualify row_number() over (
-        partition by {{ view.keys | join(', ') }}, {{ view.timestamp }}
+        partition by {{ view.key_columns | join(', ') }}, {{ view.timestamp }}
         order by {% for feature in view.features %}{{ feature.column }} desc nulls last{{ ', ' if not loop.last }}{% endfor %}
     ) = 1
     {%- endif %}
@@ -192,11 +192,11 @@ _fm_{{ view.index }}_rows as (
 {%- endfor %}
 
 select
-    {{ featuremart._pit_output_columns(pit, 'rows') | indent(4) }}
+    {{ featuremart._pit_output_columns(pit) | indent(4) }}
 from _fm_spine as spine
 {%- for view in pit.views %}
 asof left join _fm_{{ view.index }}_rows as _fm_{{ view.index }}
-    on {% for key in view.keys %}_fm_{{ view.index }}.{{ key }} = spine.{{ key }}
+    on {% for key in view.key_columns %}_fm_{{ view.index }}.{{ key }} = spine.{{ key }}
     and {% endfor %}_fm_{{ view.index }}._fm_view_ts <= spine._fm_ts
 {%- endfor %}
 order by spine._fm_row

@@ -1,0 +1,254 @@
+"""Training sets from Python: the SQL of the dbt macro `featuremart.training_set`, compiled by dbt, run here.
+
+There is one implementation of the point-in-time join, the dbt macros under `macros/training/`. Python does
+not rebuild it: it asks dbt to render `{{ featuremart.training_set(...) }}` for the active target
+(`dbt compile --inline`, in-process), then runs the rendered SQL on the warehouse and streams the result
+into Arrow. A dbt model built with the same macro and this function therefore return the same table.
+
+Spines: a dbt model name, a table name, a SQL query (text starting with `select` or `with`), a Parquet file
+path, or a pandas / Arrow frame. Frames and Parquet files need the embedded DuckDB warehouse (the spine is
+read by the same DuckDB connection that reads the features); other warehouses take models, tables and SQL.
+
+Example:
+    >>> from featuremart.config import load_dbt_project
+    >>> from featuremart.warehouse import open_warehouse
+    >>> project = load_dbt_project(Path("."))
+    >>> with open_warehouse(project) as warehouse:  # doctest: +SKIP
+    ...     table = training_set(project, warehouse, "fraud_labels", "label_ts", service="fraud_model")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from featuremart.config import DbtProject
+from featuremart.errors import FeaturemartError, TrainingSetError
+from featuremart.manifest import load_manifest
+from featuremart.warehouse import DuckDBWarehouse, Warehouse
+
+#: The name a frame or Parquet spine is registered under on the DuckDB connection while the join runs.
+SPINE_RELATION = "_fm_training_spine"
+#: Where featuremart's own `dbt compile` writes (never target/: its run_results.json tells sync what passed).
+COMPILE_TARGET_DIR = "featuremart_compile"
+
+
+@dataclass(frozen=True)
+class CompiledTrainingSet:
+    """The SQL dbt rendered for one request, and how long dbt took to render it."""
+
+    sql: str
+    compile_seconds: float
+
+
+def training_set(project: DbtProject, warehouse: Warehouse, spine: Any, timestamp: str, *,
+                 service: str | None = None, features: Sequence[str] | None = None) -> pa.Table:
+    """The point-in-time training set of `spine` with a service's features (or a list of features).
+
+    For each spine row and each feature view: the values of the view's latest row with
+    `spine[timestamp] - ttl <= event_ts <= spine[timestamp]`, else nulls. Every spine row comes out once, in
+    the spine's order as read, its columns untouched, followed by the features (named as in online reads,
+    see `featuremart.registry.output_names`). A `timestamptz` spine timestamp is compared in UTC.
+
+    Args:
+        project: the dbt project (its target decides the warehouse and the macro's dialect).
+        warehouse: an open warehouse of that target; its connection is closed while dbt compiles.
+        spine: a dbt model name, a table name, a SQL query, a Parquet path, or a pandas/Arrow frame.
+        timestamp: the spine's timestamp column.
+        service: a feature service (a dbt exposure of type ml), or
+        features: a list of `view.feature` / `view.*`; give exactly one of the two.
+
+    Raises:
+        TrainingSetError: a frame/Parquet spine on a warehouse other than DuckDB, an unknown name, or a dbt
+            compile error (its message says what is wrong: missing column, unknown feature, ...).
+    """
+    compiled, frame = compile_training_set(project, warehouse, spine, timestamp, service=service,
+                                           features=features)
+    return run_training_set(warehouse, compiled.sql, frame)
+
+
+def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, timestamp: str, *,
+                         service: str | None = None, features: Sequence[str] | None = None
+                         ) -> tuple[CompiledTrainingSet, pa.Table | None]:
+    """The SQL of `featuremart.training_set` for this request, and the frame to register as its spine (or
+    None when the spine is already in the warehouse)."""
+    if (service is None) == (features is None):
+        raise TrainingSetError("name either a feature service (service=...) or a list of features "
+                               "(features=['view.feature', ...]), not both or neither")
+    if features is not None and (isinstance(features, str) or not list(features)):
+        raise TrainingSetError(f"features must be a non-empty list of 'view.feature' strings, got {features!r}")
+    if not isinstance(timestamp, str) or not timestamp:
+        raise TrainingSetError(f"timestamp must be the name of the spine's timestamp column, got {timestamp!r}")
+
+    spine_arg, spine_columns, frame = _spine(project, warehouse, spine)
+    args = [spine_arg, _jinja(timestamp)]
+    args.append(f"service={_jinja(service)}" if service is not None else f"features={_jinja(list(features))}")
+    if spine_columns is not None:
+        args.append(f"spine_columns={_jinja(spine_columns)}")
+    # dbt records refs while parsing, before it knows a service's views: declare them (see training_set.sql).
+    depends = "".join(f"-- depends_on: {{{{ ref({_jinja(v)}) }}}}\n"
+                      for v in _view_names(project, service, features))
+    inline = depends + "{{ featuremart.training_set(" + ", ".join(args) + ") }}"
+
+    warehouse.close()  # DuckDB: dbt opens the file itself; the warehouse reopens it lazily afterwards
+    started = time.perf_counter()
+    sql = _dbt_compile(project, inline)
+    return CompiledTrainingSet(sql, time.perf_counter() - started), frame
+
+
+def run_training_set(warehouse: Warehouse, sql: str, frame: pa.Table | None = None) -> pa.Table:
+    """Run compiled training-set SQL, with `frame` registered as the spine relation (DuckDB only)."""
+    if frame is not None:
+        con = warehouse.con  # type: ignore[attr-defined]  # checked by _spine: a DuckDBWarehouse
+        con.register(SPINE_RELATION, frame)
+    try:
+        batches = list(warehouse.stream(sql))
+    finally:
+        if frame is not None:
+            con.unregister(SPINE_RELATION)
+    if batches:
+        return pa.Table.from_batches(batches)
+    if isinstance(warehouse, DuckDBWarehouse):  # no rows: keep the columns and their types
+        return warehouse.con.sql(sql).to_arrow_table()
+    return pa.table({})
+
+
+# --- the spine --------------------------------------------------------------------------------------------
+
+def _spine(project: DbtProject, warehouse: Warehouse, spine: Any) -> tuple[str, dict | None, pa.Table | None]:
+    """(the macro's `spine` argument as Jinja, the spine's columns when dbt cannot read them, a frame)."""
+    frame = _as_arrow(spine)
+    if frame is not None or _is_parquet(spine):
+        if not isinstance(warehouse, DuckDBWarehouse):
+            raise TrainingSetError(
+                f"a {'Parquet file' if frame is None else type(spine).__name__} spine needs the DuckDB warehouse; "
+                f"target {project.target_name!r} is {project.adapter_type}: load the spine into a table there "
+                "and pass its name (or a SQL query) instead")
+        if frame is not None:
+            return _jinja(f"select * from {SPINE_RELATION}"), _column_types(frame.schema), frame
+        import pyarrow.parquet as pq
+
+        path = Path(spine).resolve()
+        if not path.exists():
+            raise TrainingSetError(f"spine file {path} does not exist")
+        literal = "'" + str(path).replace("'", "''") + "'"
+        return (_jinja(f"select * from read_parquet({literal})"), _column_types(pq.read_schema(path)), None)
+    if not isinstance(spine, str) or not spine.strip():
+        raise TrainingSetError(f"spine must be a model or table name, a SQL query, a Parquet path or a frame, "
+                               f"got {type(spine).__name__}")
+    text = spine.strip()
+    if text.split(None, 1)[0].lower() in ("select", "with") or text.startswith("("):
+        return _jinja(text), None, None
+    manifest_path = project.target_dir / "manifest.json"
+    if manifest_path.exists() and load_manifest(project.target_dir).model_named(text) is not None:
+        return f"ref({_jinja(text)})", None, None
+    return _jinja(f"select * from {text}"), None, None
+
+
+def _as_arrow(spine: Any) -> pa.Table | None:
+    if isinstance(spine, pa.Table):
+        return spine
+    if isinstance(spine, pa.RecordBatch):
+        return pa.Table.from_batches([spine])
+    if type(spine).__module__.split(".")[0] == "pandas" and hasattr(spine, "columns"):
+        return pa.Table.from_pandas(spine, preserve_index=False)
+    return None
+
+
+def _is_parquet(spine: Any) -> bool:
+    return isinstance(spine, Path) or (isinstance(spine, str) and spine.strip().lower().endswith(".parquet"))
+
+
+def _column_types(schema: pa.Schema) -> dict[str, str]:
+    """The spine's columns and the SQL type names the macro needs (only the timestamp's matters to it)."""
+    def sql_type(t: pa.DataType) -> str:
+        if pa.types.is_timestamp(t):
+            return "timestamp with time zone" if t.tz else "timestamp"
+        if pa.types.is_date(t):
+            return "date"
+        return str(t)
+
+    return {field.name: sql_type(field.type) for field in schema}
+
+
+# --- dbt --------------------------------------------------------------------------------------------------
+
+def _view_names(project: DbtProject, service: str | None, features: Sequence[str] | None) -> list[str]:
+    """The feature views a request reads, from the manifest (unknown names are left for the macro to report)."""
+    if features is not None:
+        refs = [str(f) for f in features]
+    else:
+        manifest = load_manifest(project.target_dir)
+        exposure = manifest.exposures.get(service or "")
+        if exposure is None:
+            services = sorted(e.name for e in manifest.exposures.values() if e.type == "ml")
+            raise TrainingSetError(f"no feature service {service!r} in {manifest.path}; services (dbt exposures "
+                                   f"of type ml): {', '.join(services) or 'none'}")
+        refs = [str(f) for f in exposure.meta.get("features") or []]
+    names = dict.fromkeys(r.partition(".")[0] for r in refs if r.partition(".")[0])
+    return list(names)
+
+
+def _dbt_compile(project: DbtProject, inline: str) -> str:
+    """Render `inline` with `dbt compile --inline` for the project's target; returns the compiled SQL."""
+    from dbt.cli.main import dbtRunner
+
+    errors: list[str] = []
+
+    def keep_errors(event: Any) -> None:
+        if event.info.level == "error":
+            errors.append(event.info.msg)
+
+    args = ["compile", "--inline", inline, "--project-dir", str(project.project_dir),
+            "--profiles-dir", str(project.profiles_dir), "--target", project.target_name,
+            "--target-path", str(project.target_dir / COMPILE_TARGET_DIR),
+            "--quiet", "--log-level", "none", "--no-send-anonymous-usage-stats"]
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # dbt resolves relative paths in profiles.yml (a DuckDB file) from the working directory; featuremart
+    # resolves them from the project directory, where `dbt build` runs: compile from there too.
+    cwd = os.getcwd()
+    try:
+        os.chdir(project.project_dir)
+        result = dbtRunner(callbacks=[keep_errors]).invoke(args)
+    except Exception as exc:  # dbt raises its own types for configuration problems
+        raise TrainingSetError(f"dbt could not compile the training set: {exc}") from None
+    finally:
+        os.chdir(cwd)
+        if project.adapter_type == "duckdb":
+            _release_dbt_duckdb()
+    if not result.success:
+        detail = "\n".join(errors) or str(result.exception or "unknown error")
+        raise TrainingSetError(f"dbt could not compile the training set ({project.target_name}): {detail}")
+    return result.result.results[0].node.compiled_code
+
+
+def _release_dbt_duckdb() -> None:
+    """Close the DuckDB database dbt-duckdb keeps open in-process after a run (a class-level environment that
+    outlives the invocation): until then this process cannot open the file read-only for the warehouse."""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # pragma: no cover - dbt-duckdb is how a duckdb target compiles at all
+        return
+    with DuckDBConnectionManager._LOCK:
+        env, DuckDBConnectionManager._ENV = DuckDBConnectionManager._ENV, None
+        if env is not None:
+            env.close()
+
+
+def _jinja(value: Any) -> str:
+    """A Python value as a Jinja literal (JSON is valid Jinja for strings, numbers, lists and mappings)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_jinja(k)}: {_jinja(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_jinja(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,25 @@
+{#- The spine's timestamp as UTC wall-clock time without time zone, the type of featuremart's event
+    timestamps, so that both sides compare as UTC whatever the session's TimeZone:
+      timestamp (without time zone)  taken as UTC, used as is
+      timestamptz / with time zone   converted: `x at time zone 'UTC'` gives the UTC wall-clock `timestamp`
+      date                           cast to `timestamp` (midnight UTC)
+    `data_type` is the warehouse's name for the type, or none when unknown (then used as is).
+
+    default: `at time zone` on PostgreSQL
+    (https://www.postgresql.org/docs/current/functions-datetime.html#FUNCTIONS-DATETIME-ZONECONVERT) and on
+    DuckDB with its ICU extension, bundled in the Python package
+    (https://duckdb.org/docs/stable/sql/functions/timestamptz#at-time-zone). -#}
+{% macro _pit_utc_timestamp(expression, data_type) -%}
+    {{ return(adapter.dispatch('_pit_utc_timestamp', 'featuremart')(expression, data_type)) }}
+{%- endmacro %}
+
+{% macro default___pit_utc_timestamp(expression, data_type) -%}
+    {%- set type_name = (data_type or '') | lower -%}
+    {%- if 'with time zone' in type_name or 'tz' in type_name -%}
+        ({{ expression }} at time zone 'UTC')
+    {%- elif type_name == 'date' -%}
+        cast({{ expression }} as {{ dbt.type_timestamp() }})
+    {%- else -%}
+        {{ expression }}
+    {%- endif -%}
+{%- endmacro %}
