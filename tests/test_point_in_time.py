@@ -179,6 +179,9 @@ def _write_fixture_project(dest: Path) -> Path:
     for name, text in FIXTURE_FILES.items():
         path = dest / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The DuckDB file lives in the fixture project: dbt resolves a relative path against the working
+        # directory, which for the in-process compile is wherever pytest runs (a clean clone has no target/).
+        text = text.replace("'target/fixture.duckdb'", f"'{dest / 'fixture.duckdb'}'")
         path.write_text(textwrap.dedent(text).strip() + "\n")
     return dest
 
