@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from featuremart.config import format_duration
 from featuremart.errors import FeaturemartError, ValidationError
@@ -209,18 +210,16 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
 
 def render_run(run: SyncRun) -> Table:
     title = f"sync {run.run_id}: {run.status}" + (" (dry run)" if run.dry_run else "") + f" in {run.seconds:.2f}s"
-    table = Table(title=title)
-    for column in ("view", "status", "inserted", "updated", "deleted", "unchanged", "seconds", "note"):
-        table.add_column(column, justify="right" if column in ("inserted", "updated", "deleted", "unchanged",
-                                                               "seconds") else "left", overflow="fold")
+    numbers = ("inserted", "updated", "deleted", "unchanged", "seconds")
+    rows = []
     for v in run.views:
-        skipped = v.status == "skipped"
-        table.add_row(v.view, v.status, *("" if skipped else str(n) for n in (v.inserted, v.updated, v.deleted,
-                                                                             v.unchanged)),
-                      "" if skipped else f"{v.seconds:.2f}",
-                      v.reason or (f"{v.skipped_older} older rows not written" if v.skipped_older else ""))
+        counts = ("",) * 5 if v.status == "skipped" else (
+            str(v.inserted), str(v.updated), str(v.deleted), str(v.unchanged), f"{v.seconds:.2f}")
+        note = v.reason or (f"{v.skipped_older} older rows not written" if v.skipped_older else "")
+        rows.append((v.view, v.status, *counts, note))
+    table = _table(title, ("view", "status", *numbers, "note"), rows, wraps=("view", "note"), right=numbers)
     if run.error:
-        table.caption = f"[red]{run.error}[/]"
+        table.caption = f"[red]{escape(run.error)}[/]"
     return table
 
 
@@ -236,14 +235,29 @@ def cmd_get(store: FeatureStore, args: argparse.Namespace, console: Console) -> 
     if args.json:
         console.print_json(json.dumps({name: _json_value(v) for name, v in record.items()}, default=str))
         return 0
-    table = Table(title=", ".join(f"{k}={v}" for k, v in entity.items()))
-    for column in ("feature", "value", "event time", "status"):
-        table.add_column(column, overflow="fold")
-    for name, value in record.items():
-        table.add_row(name, "" if value.value is None else repr(value.value) if isinstance(value.value, str)
-                      else str(value.value), _ts(value.event_ts), value)
-    console.print(table)
+    rows = [(name, "" if value.value is None else repr(value.value) if isinstance(value.value, str)
+             else str(value.value), _ts(value.event_ts), Text(value.status, style=_STATUS_STYLE[value.status]))
+            for name, value in record.items()]
+    console.print(_table(", ".join(f"{k}={v}" for k, v in entity.items()),
+                         ("feature", "value", "event time", "status"), rows, wraps=("value",)))
     return 0
+
+
+_STATUS_STYLE = {"present": "green", "missing": "yellow", "expired": "red"}
+
+
+def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], wraps: Sequence[str],
+           right: Sequence[str] = ()) -> Table:
+    """A table whose short columns keep their full width; only the `wraps` columns fold on a narrow screen."""
+    table = Table(title=title)
+    for i, header in enumerate(headers):
+        widest = max([len(header)] + [len(getattr(r[i], "plain", str(r[i]))) for r in rows])
+        fixed = header not in wraps
+        table.add_column(header, justify="right" if header in right else "left", no_wrap=fixed,
+                         min_width=min(widest, 40) if fixed else None, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _json_value(v: FeatureValue) -> dict[str, Any]:
