@@ -157,12 +157,11 @@ class SyncState:
         plan = _q("plan__" + view)
         self.con.execute("begin")
         try:
-            self.con.execute(f"""
-                create or replace table {state} as
-                select p.key, case when p.action = 'older' then s.h else hash(p.value) end as h,
-                       case when p.action = 'older' then s.ts_us else p.ts_us end as ts_us
-                from {plan} p left join {state} s on s.key = p.key
-            """)
+            # Change only what changed: an unchanged rerun or a small diff must not rewrite a million rows.
+            self.con.execute(f"delete from {state} where key not in (select key from {_q('new__' + view)}) "
+                             f"or key in (select key from {plan} where action in ('insert', 'update'))")
+            self.con.execute(f"insert into {state} select key, hash(value), ts_us from {plan} "
+                             "where action in ('insert', 'update')")
             self.con.execute(
                 "insert or replace into fm_views values (?, ?, ?, now()::timestamp, "
                 f"(select count(*) from {state}))", [view, version, store_id])
