@@ -172,6 +172,20 @@ class SyncState:
         for prefix in ("new__", "plan__"):
             self.con.execute(f"drop table if exists {_q(prefix + view)}")
 
+    def views(self) -> list[str]:
+        """Every view with recorded state."""
+        return [r[0] for r in self.con.execute("select view from fm_views order by view").fetchall()]
+
+    def keys(self, view: str, batch_rows: int = 50_000) -> Iterator[list[str]]:
+        """Every key recorded for a view."""
+        for batch in batches(self.con.sql(f"select key from {_q('state__' + view)}").to_arrow_reader(batch_rows)):
+            yield batch.column(0).to_pylist()
+
+    def drop(self, view: str) -> None:
+        """Forget a view entirely (after its keys were deleted)."""
+        self.con.execute("delete from fm_views where view = ?", [view])
+        self.con.execute(f"drop table if exists {_q('state__' + view)}")
+
     def forget(self, store_id: str) -> None:
         """Drop state recorded against another online store (it was flushed or replaced)."""
         self.con.execute("delete from fm_views where store_id <> ?", [store_id])

@@ -39,7 +39,7 @@ RUNS_KEPT = 100
 @dataclass
 class ViewResult:
     view: str
-    status: str  # "synced" | "skipped" | "dry-run" | "failed"
+    status: str  # "synced" | "skipped" | "dry-run" | "removed" (the view left the project)
     reason: str = ""
     version: str = ""
     inserted: int = 0
@@ -169,7 +169,10 @@ class Syncer:
                         self.store.delete(batch)
                 view = published[name]
                 state.commit(name, view.version, store_id)
-            run.status = "success" if all(v.status == "synced" for v in run.views) else "partial"
+            for name in state.views():  # views dropped or renamed in the project: remove what they left online
+                if name not in self.registry.views:
+                    run.views.append(self._remove(state, name))
+            run.status = "success" if all(v.status in ("synced", "removed") for v in run.views) else "partial"
         finally:
             state.close()
 
@@ -200,6 +203,16 @@ class Syncer:
             state.commit(view.name, view.version, store_id)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
+
+    def _remove(self, state: SyncState, name: str) -> ViewResult:
+        started = time.perf_counter()
+        deleted = 0
+        with closing(state.keys(name)) as batches:
+            for batch in batches:
+                deleted += self.store.delete(batch)
+        state.drop(name)
+        return ViewResult(name, "removed", "no longer a feature view of the project", deleted=deleted,
+                          seconds=round(time.perf_counter() - started, 3))
 
     def _tracked(self, chunks, view: str, total: int, progress):
         """Pass write chunks through, reporting progress and stopping if the sync lost its lock."""

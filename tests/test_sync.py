@@ -51,14 +51,14 @@ class Harness:
         self.store = OnlineStore.connect(redis_url, embedded_dir=root, prefix="fm")
         self.set_features(features)
 
-    def set_features(self, names) -> None:
+    def set_features(self, names, view_name: str = "feats") -> None:
         types = {"a": "int", "b": "float", "c": "string"}
         self.view = FeatureView(
-            name="feats", entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts", ttl=TTL,
+            name=view_name, entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts", ttl=TTL,
             relation=Relation(None, "main", "feats"), model_id="model.t.feats",
             features=tuple(Feature("feats", n, types[n]) for n in names))
         self.registry = Registry({"customer": Entity("customer", (("customer_id", "string"),))},
-                                 {"feats": self.view}, {})
+                                 {view_name: self.view}, {})
 
     def sql(self, query: str, params=None) -> None:
         con = duckdb.connect(str(self.db))
@@ -67,7 +67,7 @@ class Harness:
 
     def sync(self, **kw):
         manifest = Manifest(self.db, 12, "1.11", "", "duckdb", "checksum", {}, (), {}, {})
-        results = RunResults(self.db, "", "build", {"model.t.feats": RunResult("model.t.feats", "success", None)})
+        results = RunResults(self.db, "", "build", {self.view.model_id: RunResult(self.view.model_id, "success", None)})
         lock_ttl = kw.pop("lock_ttl", 30)
         with DuckDBWarehouse(self.db) as wh:
             return Syncer(self.registry, manifest, results, wh, self.store, self.root / "state",
@@ -302,3 +302,15 @@ def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_serve
     time.sleep(2.5)
     assert harness.sync().status == "success"
     assert harness.online() == harness.expected()
+
+
+def test_a_renamed_view_replaces_the_old_one(harness):
+    harness.sql("insert into feats values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
+    harness.sync()
+    harness.set_features(("a", "b"), view_name="spend")
+    run = harness.sync()
+    assert run.status == "success"
+    assert {(v.view, v.status, v.inserted, v.deleted) for v in run.views} == {
+        ("spend", "synced", 2, 0), ("feats", "removed", 0, 2)}
+    keys = sorted(k.decode() for k in harness.store.scan("fm:{*"))
+    assert keys == [f"fm:{{customer_id=C{i}}}:spend:{harness.view.version}" for i in (1, 2)]
