@@ -185,6 +185,9 @@ def main() -> None:
                 # What training_set renders for views carrying the feature_keys_unique test.
                 "macro": compile_point_in_time_sql(project, project, "select * from spine", "label_ts", unique,
                                                    spine_columns=SPINE_COLUMNS),
+                # What a dbt model renders (ordered=false: a table keeps no order), as fair to the bare ASOF join.
+                "macro_model": compile_point_in_time_sql(project, project, "select * from spine", "label_ts",
+                                                         unique, spine_columns=SPINE_COLUMNS, ordered=False),
                 # Untested views: one row per (keys, timestamp) first, for a deterministic tie-break.
                 "macro_dedup": compile_point_in_time_sql(project, project, "select * from spine", "label_ts",
                                                          views, spine_columns=SPINE_COLUMNS),
@@ -204,7 +207,7 @@ def main() -> None:
                               "rows": rs[0]["rows"]}
                        for name, rs in runs.items()}
             base, ordered = summary["hand_written_asof"], summary["hand_written_asof_ordered"]
-            for name in ("hand_written_asof_ordered", "macro", "macro_dedup"):
+            for name in ("hand_written_asof_ordered", "macro", "macro_model", "macro_dedup"):
                 s = summary[name]
                 s["time_ratio"] = s["median_seconds"] / base["median_seconds"]
                 s["memory_ratio"] = s["median_peak_rss_mb"] / base["median_peak_rss_mb"]
@@ -227,14 +230,14 @@ def main() -> None:
         "compile_seconds": [round(s, 3) for s in compile_seconds],
         "bars": {"time_ratio": 1.1, "memory_ratio": 1.2},
         "results": results,
-        "pass": all(r["macro"]["time_ratio"] <= 1.1 and r["macro"]["memory_ratio"] <= 1.2
+        "pass": all(r["macro_model"]["time_ratio"] <= 1.1 and r["macro_model"]["memory_ratio"] <= 1.2
                     for r in results.values()),
         "pass_vs_ordered": all(r["macro"]["time_ratio_vs_ordered"] <= 1.1
                                and r["macro"]["memory_ratio_vs_ordered"] <= 1.2 for r in results.values()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}; bars met (macro, unique views): {report['pass']}; "
+    print(f"\nwrote {args.out}; bars met (the model's SQL vs a bare ASOF join): {report['pass']}; "
           f"against the ordered baseline: {report['pass_vs_ordered']}")
 
 

@@ -8,6 +8,7 @@
                      config.meta.featuremart.features lists `view.feature` / `view.*`.
       features       or a list of `view.feature` / `view.*` strings (give exactly one of service, features).
       spine_columns  optional, as in point_in_time_join (featuremart's Python side passes it for frames).
+      ordered        default true (rows in spine order); a model may pass false: a table keeps no order.
 
     Views are joined in the order they first appear in the list, each with its features in listed order
     (`view.*`: the model's columns in warehouse order, minus keys, timestamp and `feature: false` opt-outs).
@@ -20,17 +21,17 @@
 
     Usage:
       {{ featuremart.training_set(spine=ref('fraud_labels'), timestamp='label_ts', service='fraud_model') }} -#}
-{% macro training_set(spine, timestamp, service=none, features=none, spine_columns=none) -%}
-    {{ return(adapter.dispatch('training_set', 'featuremart')(spine, timestamp, service, features, spine_columns)) }}
+{% macro training_set(spine, timestamp, service=none, features=none, spine_columns=none, ordered=true) -%}
+    {{ return(adapter.dispatch('training_set', 'featuremart')(spine, timestamp, service, features, spine_columns, ordered)) }}
 {%- endmacro %}
 
 
 {#- Resolution reads the graph (https://docs.getdbt.com/reference/dbt-jinja-functions/graph) and the join is
     point_in_time_join's, itself dispatched per warehouse: nothing here is dialect-specific. -#}
-{% macro default__training_set(spine, timestamp, service=none, features=none, spine_columns=none) -%}
+{% macro default__training_set(spine, timestamp, service=none, features=none, spine_columns=none, ordered=true) -%}
     {%- set views = featuremart._training_set_views('training_set', service, features) -%}
     {%- if views is none -%}
         {{ return(featuremart._pit_parse_placeholder()) }}
     {%- endif -%}
-    {{ return(featuremart.point_in_time_join(spine, timestamp, views, spine_columns)) }}
+    {{ return(featuremart.point_in_time_join(spine, timestamp, views, spine_columns, ordered)) }}
 {%- endmacro %}

@@ -8,4 +8,5 @@
 -- depends_on: {{ ref('merchant_risk') }}
 -- depends_on: {{ ref('customer_merchant_pair') }}
 
-{{ featuremart.training_set(spine=ref('fraud_labels'), timestamp='label_ts', service='fraud_model') }}
+{# ordered=false: a table keeps no row order, so the join skips its final sort. #}
+{{ featuremart.training_set(spine=ref('fraud_labels'), timestamp='label_ts', service='fraud_model', ordered=false) }}
