@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, Iterable, Mapping
 
 from featuremart import types
-from featuremart.config import Freshness, ProjectConfig, format_duration, parse_duration
+from featuremart.config import Entity, Freshness, ProjectConfig, format_duration, parse_duration
 from featuremart.errors import ConfigError, UnknownNameError, ValidationError
 from featuremart.manifest import Manifest, Model
 
@@ -167,8 +167,6 @@ class Registry:
 
     @classmethod
     def from_snapshot(cls, data: Mapping[str, Any]) -> Registry:
-        from featuremart.config import Entity
-
         if data.get("format") != SNAPSHOT_FORMAT:
             raise ConfigError(f"registry snapshot format {data.get('format')!r} is not {SNAPSHOT_FORMAT}: "
                               "upgrade featuremart, or rerun `featuremart sync` with this version")

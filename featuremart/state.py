@@ -116,12 +116,6 @@ class SyncState:
         return Diff(view, counts.get("insert", 0), counts.get("update", 0), deleted, counts.get("unchanged", 0),
                     counts.get("older", 0), version_change)
 
-    def upserts(self, view: str, batch_rows: int = 50_000) -> Iterator[pa.RecordBatch]:
-        """The (key, value, ts_us) rows to write, in Arrow batches."""
-        yield from batches(self.con.sql(
-            f"select key, value, ts_us from {_q('plan__' + view)} where action in ('insert', 'update')"
-        ).to_arrow_reader(batch_rows))
-
     def upsert_commands(self, view: str, ttl_ms: int, batch_rows: int = 10_000) -> Iterator[tuple[memoryview, pa.Array]]:
         """The rows to write as ready-to-send Redis commands: (RESP bytes of `SET key value PXAT ms` for a batch,
         the batch's keys). Encoding in DuckDB keeps per-row Python out of the sync's hot path."""
@@ -186,6 +180,3 @@ class SyncState:
         self.con.execute("delete from fm_views where view = ?", [view])
         self.con.execute(f"drop table if exists {_q('state__' + view)}")
 
-    def forget(self, store_id: str) -> None:
-        """Drop state recorded against another online store (it was flushed or replaced)."""
-        self.con.execute("delete from fm_views where store_id <> ?", [store_id])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from featuremart import sql
 from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
 from featuremart.errors import ArtifactError, FeaturemartError
-from featuremart.manifest import Manifest, RunResults, load_manifest, load_run_results
+from featuremart.manifest import Manifest, load_manifest, load_run_results
 from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of

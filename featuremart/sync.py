@@ -28,7 +28,7 @@ from featuremart.manifest import Manifest, RunResults
 from featuremart.online import keys
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Registry
-from featuremart.state import Diff, SyncState
+from featuremart.state import SyncState
 from featuremart.warehouse import Warehouse
 
 #: A crashed sync blocks the next for at most this long; a running one renews its lock every third of it.
@@ -217,10 +217,10 @@ class Syncer:
     def _tracked(self, chunks, view: str, total: int, progress):
         """Pass write chunks through, reporting progress and stopping if the sync lost its lock."""
         done = 0
-        for buffer, keys in chunks:
+        for buffer, chunk_keys in chunks:
             self._alive.check()
-            yield buffer, keys
-            done += len(keys)
+            yield buffer, chunk_keys
+            done += len(chunk_keys)
             progress(view, "writing", done, total)
 
     def _store_id(self, create: bool) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from featuremart.config import DbtProject
-from featuremart.errors import FeaturemartError, TrainingSetError
+from featuremart.errors import TrainingSetError
 from featuremart.manifest import load_manifest
 from featuremart.warehouse import DuckDBWarehouse, Warehouse
 

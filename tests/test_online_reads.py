@@ -87,7 +87,7 @@ def write_models(project, extra: str = "") -> None:
     models = project / "models"
     models.mkdir(exist_ok=True)
     (models / "all_types.sql").write_text(ALL_TYPES_SQL.format(
-        unicode=sql_text(UNICODE), big=f"repeat('x', 100000) || 'é'", odd=sql_text(ODD_KEY), extra=extra))
+        unicode=sql_text(UNICODE), big="repeat('x', 100000) || 'é'", odd=sql_text(ODD_KEY), extra=extra))
     (models / "all_types.yml").write_text(ALL_TYPES_YML)
     (models / "balances.sql").write_text(BALANCES_SQL)
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from featuremart.errors import OnlineStoreError, SyncLockedError
 from featuremart.online.store import OnlineStore, redact_url

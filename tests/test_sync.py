@@ -8,7 +8,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featuremart.config import Entity
-from featuremart.errors import OnlineStoreError
 from featuremart.manifest import Manifest, RunResult, RunResults
 from featuremart.online.reader import OnlineReader
 from featuremart.online.store import OnlineStore

@@ -41,10 +41,6 @@ def registry_key(prefix: str) -> str:
     return f"{prefix}:registry"
 
 
-def lock_key(prefix: str) -> str:
-    return f"{prefix}:lock:sync"
-
-
 def runs_key(prefix: str) -> str:
     """A list of sync run records, newest first."""
     return f"{prefix}:runs"

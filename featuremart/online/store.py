@@ -424,11 +424,6 @@ class OnlineStore:
 
         self._call(f"LPUSH {key}", push)
 
-    def records(self, key: str, count: int = 10) -> list[Any]:
-        """The newest `count` JSON records of the list at `key`."""
-        raw = self._call(f"LRANGE {key}", lambda: self._redis.lrange(key, 0, count - 1))
-        return [json.loads(r) for r in raw]
-
     # ---- lock ------------------------------------------------------------------------------------------------
 
     def lock(self, name: str, ttl_seconds: float) -> StoreLock:
