@@ -312,3 +312,45 @@ def test_a_renamed_view_replaces_the_old_one(harness):
         ("spend", "synced", 2, 0), ("feats", "removed", 0, 2)}
     keys = sorted(k.decode() for k in harness.store.scan("fm:{*"))
     assert keys == [f"fm:{{customer_id=C{i}}}:spend:{harness.view.version}" for i in (1, 2)]
+
+
+def test_sync_over_tls(tmp_path):
+    """rediss:// end to end: the hand-encoded bulk writes and the reads go through TLS like everything else."""
+    import subprocess
+
+    from tests.redis_server import free_port, redis_server_binary
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen([redis_server_binary(), "--port", "0", "--tls-port", str(port), "--tls-cert-file",
+                               cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no",
+                               "--save", "", "--appendonly", "no", "--dir", tmp_path],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if server.poll() is not None:
+                    pytest.skip(f"this redis-server has no TLS support: {server.stdout.read()[-300:]}")
+                assert time.monotonic() < deadline, "TLS redis-server did not start"
+                time.sleep(0.05)
+        h = Harness(tmp_path, url)
+        h.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(30000) t(i)", [h.t0])
+        assert h.sync().status == "success"
+        assert h.online() == h.expected()
+        reader = OnlineReader(h.store)
+        [row] = reader.get([{"customer_id": "C7"}], features=["feats.*"])
+        assert (row["a"].value, row["a"].status) == (7, "present")
+        h.store.close()
+    finally:
+        server.kill()
+        server.wait()
