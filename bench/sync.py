@@ -5,9 +5,10 @@ redis-server, and measures:
 
   full       a full sync (warehouse query, diff against empty state, writes) in entities/s, and its ratio to
              raw: redis-py MSET of exactly the same (key, value) bytes, chunks of 10k (the fastest redis-py write)
-  unchanged  a rerun with nothing changed (must write nothing), as a ratio to the bare warehouse query +
-             diff (a dry run computes exactly that)
-  1%         a sync after 1% of entities got a newer row, as a fraction of the full sync's time
+  unchanged  a rerun with nothing changed (must write nothing), diffing every entity (--no-incremental), as
+             a ratio to the bare warehouse query + diff (a dry run computes exactly that); and incrementally
+  1%         a sync after 1% of entities got a newer row (incremental: the view declares changed_at), as a
+             fraction of the full sync's time
   memory     peak RSS of a full sync at H and at 10×H history rows (same entities), each in its own process
 
 Results: bench/results/sync.json.  python bench/sync.py --entities 1000000 --history 1
@@ -53,7 +54,8 @@ def make_table(path: Path, entities: int, history: int) -> None:
     con.execute(f"""
         create or replace table feats as
         select 'C' || lpad(i::varchar, 8, '0') as customer_id,
-               timestamp '{NOW:%Y-%m-%d %H:%M:%S}' - interval (h) day - interval (i % 3600) second as ts, {cols}
+               timestamp '{NOW:%Y-%m-%d %H:%M:%S}' - interval (h) day - interval (i % 3600) second as ts, {cols},
+               timestamp '{NOW:%Y-%m-%d %H:%M:%S}' - interval 1 day as changed_at
         from range({entities}) e(i), range({history}) r(h)
     """)
     con.close()
@@ -62,6 +64,7 @@ def make_table(path: Path, entities: int, history: int) -> None:
 def view() -> FeatureView:
     return FeatureView(name="feats", entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts",
                        ttl=timedelta(days=30), relation=Relation(None, "main", "feats"), model_id="model.b.feats",
+                       changed_at="changed_at",
                        features=tuple(Feature("feats", f, "int" if int(f[1:]) < 5 else "float") for f in FEATURES))
 
 
@@ -126,21 +129,26 @@ def main() -> None:
         raw_s, rows = raw_mset_seconds(db, server.url)
         full_s, v = sync(db, server.url, state)
         assert v.inserted == rows
-        unchanged_s, again = sync(db, server.url, state)
+        unchanged_s, again = sync(db, server.url, state, incremental=False)
         assert again.inserted + again.updated + again.deleted == 0
-        diff_s, _ = sync(db, server.url, state, dry_run=True)
+        diff_s, _ = sync(db, server.url, state, dry_run=True, incremental=False)
+        unchanged_inc_s, again = sync(db, server.url, state)
+        assert again.incremental and again.inserted + again.updated + again.deleted == 0
 
         con = duckdb.connect(str(db))
         con.execute(f"""insert into feats select customer_id, max(ts) + interval 1 second, {", ".join(
-            f"any_value({f}) + 1" for f in FEATURES)} from feats where hash(customer_id) % 100 = 0 group by all""")
+            f"any_value({f}) + 1" for f in FEATURES)}, now()::timestamp
+            from feats where hash(customer_id) % 100 = 0 group by all""")
         con.close()
         change_s, changed = sync(db, server.url, state)
+        assert changed.incremental
 
         results["full"] = {"seconds": round(full_s, 3), "entities_per_s": round(rows / full_s),
                            "raw_mset_seconds": round(raw_s, 3), "raw_mset_rows_per_s": round(rows / raw_s),
                            "ratio_to_raw": round(raw_s / full_s, 3)}
         results["unchanged"] = {"seconds": round(unchanged_s, 3), "writes": 0, "diff_query_seconds": round(diff_s, 3),
-                                "ratio_to_diff_query": round(unchanged_s / diff_s, 3)}
+                                "ratio_to_diff_query": round(unchanged_s / diff_s, 3),
+                                "incremental_seconds": round(unchanged_inc_s, 3)}
         results["one_percent"] = {"entities": changed.updated, "seconds": round(change_s, 3),
                                   "fraction_of_full": round(change_s / full_s, 3)}
 

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--exclude", nargs="+", default=[], help="model names, tag:<tag>, tier:<tier>")
     sync.add_argument("--full-refresh", action="store_true", help="rewrite every value, not only what changed")
     sync.add_argument("--dry-run", action="store_true", help="print what would be inserted, updated, deleted")
+    sync.add_argument("--no-incremental", action="store_true",
+                      help="diff every entity even of views with a changed_at column (finds deleted rows)")
     sync.add_argument("--json", action="store_true", help="print the run record as JSON (for CI logs)")
 
     get = sub.add_parser("get", parents=[common], help="read features of one entity from the online store")
@@ -198,7 +200,7 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
 
     with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
         run = store.sync(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh,
-                         dry_run=args.dry_run, progress=progress.update)
+                         dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update)
     if args.json:
         console.print_json(json.dumps(run.to_json()))
     else:

@@ -19,7 +19,7 @@ from featuremart.config import Entity, Freshness, ProjectConfig, format_duration
 from featuremart.errors import ConfigError, UnknownNameError, ValidationError
 from featuremart.manifest import Manifest, Model
 
-VIEW_META_KEYS = ("entity", "timestamp", "ttl", "online", "owner", "tier", "tags", "freshness")
+VIEW_META_KEYS = ("entity", "timestamp", "ttl", "online", "owner", "tier", "tags", "freshness", "changed_at")
 COLUMN_META_KEYS = ("feature",)
 SNAPSHOT_FORMAT = 1
 
@@ -68,6 +68,7 @@ class FeatureView:
     yaml_path: str | None = None
     model_id: str = ""
     upstream: tuple[str, ...] = ()
+    changed_at: str | None = None  # a column that is newer on every row (re)written: enables incremental syncs
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -326,8 +327,18 @@ def _build_view(
         elif types.logical_type(columns[col]) not in (types.TIMESTAMP, types.DATE):
             error(f"timestamp column {timestamp!r} has type {columns[col]}; it must be a timestamp or date")
 
+    changed_at = meta.get("changed_at")
+    if changed_at is not None:
+        col = actual(str(changed_at))
+        if col is None:
+            error(f"changed_at column {changed_at!r} is not an output column; the model outputs: {', '.join(columns)}")
+        elif types.logical_type(columns[col]) != types.TIMESTAMP:
+            error(f"changed_at column {changed_at!r} has type {columns[col]}; it must be a timestamp")
+        changed_at = col
     excluded = {c.name.lower() for c in model.columns.values() if c.meta.get("feature") is False}
     skip = {k.lower() for k, _ in join_keys} | {str(timestamp).lower()} | excluded
+    if changed_at:
+        skip.add(changed_at.lower())
     features = []
     for col, wtype in columns.items():
         if col.lower() in skip:
@@ -365,6 +376,7 @@ def _build_view(
         yaml_path=model.yaml_path,
         model_id=model.unique_id,
         upstream=model.depends_on,
+        changed_at=changed_at,
     )
 
 

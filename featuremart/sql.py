@@ -52,11 +52,13 @@ def to_us(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[str] | None = None) -> exp.Select:
+def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[str] | None = None,
+                changed_since_us: int | None = None) -> exp.Select:
     """The latest row per entity whose event time is in [now - ttl, now]: what the online store serves at `now`.
 
     Rows dated after `now` are not valid yet; an entity whose latest row is older than the ttl has no value.
-    Selects the join keys, `__fm_ts_us` and the feature columns (or `columns`).
+    Selects the join keys, `__fm_ts_us` and the feature columns (or `columns`). With `changed_since_us`, only
+    entities having a row whose `changed_at` is newer than that (an incremental sync).
     """
     keys = [col(k) for k in view.key_names]
     ts = col(view.timestamp)
@@ -81,6 +83,15 @@ def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[st
         .where(exp.and_(*(exp.Not(this=exp.Is(this=k.copy(), expression=exp.Null())) for k in keys),
                         exp.LTE(this=ts_us.copy(), expression=exp.Literal.number(now_us))))
     )
+    if changed_since_us is not None:
+        if not view.changed_at:
+            raise ValueError(f"view {view.name} declares no changed_at column")
+        changed = (
+            sqlglot.select(*(col(k) for k in view.key_names)).distinct()
+            .from_(table(view.relation))
+            .where(exp.GT(this=epoch_us(col(view.changed_at), dialect), expression=exp.Literal.number(changed_since_us)))
+        )
+        ranked = ranked.join(changed.subquery("__fm_changed"), using=[ident(k) for k in view.key_names])
     oldest = now_us - int(view.ttl.total_seconds() * 1_000_000)
     out = [col(k, "r") for k in view.key_names] + [col(TS_US, "r")]
     out += [col(c, "r") for c in (columns if columns is not None else [f.name for f in view.features])]
@@ -92,13 +103,19 @@ def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[st
     )
 
 
-def online_payload(view: FeatureView, prefix: str, now: datetime, dialect: str) -> exp.Select:
+def max_changed_us(view: FeatureView, dialect: str) -> exp.Select:
+    """The newest `changed_at` of a view, in µs: the watermark an incremental sync starts from next time."""
+    return sqlglot.select(exp.Max(this=epoch_us(col(view.changed_at), dialect)).as_("m")).from_(table(view.relation))
+
+
+def online_payload(view: FeatureView, prefix: str, now: datetime, dialect: str,
+                   changed_since_us: int | None = None) -> exp.Select:
     """Rows of (key, value, ts_us) ready to write: the Redis key and the encoded value of each entity's latest row.
 
     key   = <prefix>:{<k1>=<v1>,<k2>=<v2>}:<view>:<version>
     value = JSON array [event_ts_us, feature_1, ..., feature_n]
     """
-    latest = latest_rows(view, now, dialect)
+    latest = latest_rows(view, now, dialect, changed_since_us=changed_since_us)
     src = "l"
     parts: list[exp.Expression] = [exp.Literal.string(f"{prefix}:{{")]
     for i, key in enumerate(view.key_names):

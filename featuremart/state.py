@@ -27,6 +27,17 @@ create table if not exists fm_views (
     entities bigint not null
 )
 """
+# Added after the first release of the state file: the newest `changed_at` seen by the view's last sync.
+_VIEWS_MIGRATE = "alter table fm_views add column if not exists watermark bigint"
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What the state records of a view's last completed sync."""
+
+    version: str
+    store_id: str
+    watermark: int | None  # newest changed_at (µs) it read, for views that declare one
 
 
 @dataclass(frozen=True)
@@ -64,14 +75,15 @@ class SyncState:
             raise WarehouseError(f"sync state {path} is in use by another process ({exc}); is another "
                                  "`featuremart sync` running against this project?") from None
         self.con.execute(_VIEWS_DDL)
+        self.con.execute(_VIEWS_MIGRATE)
 
     def close(self) -> None:
         self.con.close()
 
-    def synced(self, view: str) -> tuple[str, str] | None:
-        """(version, store_id) of the view's last completed sync, or None."""
-        rows = self.con.execute("select version, store_id from fm_views where view = ?", [view]).fetchall()
-        return (rows[0][0], rows[0][1]) if rows else None
+    def synced(self, view: str) -> Synced | None:
+        """The view's last completed sync, or None."""
+        rows = self.con.execute("select version, store_id, watermark from fm_views where view = ?", [view]).fetchall()
+        return Synced(*rows[0]) if rows else None
 
     def stage(self, view: str, payload: pa.RecordBatchReader) -> int:
         """Load the warehouse's latest (key, value, ts_us) rows of a view next to its state; returns the row count."""
@@ -94,16 +106,23 @@ class SyncState:
         self.con.execute(f"create table if not exists {table} (key varchar, h ubigint, ts_us bigint)")
         return table
 
-    def diff(self, view: str, version: str, store_id: str, full_refresh: bool) -> Diff:
-        """Compare the staged rows with the view's state. A new version or another store means a full rewrite."""
+    def diff(self, view: str, version: str, store_id: str, full_refresh: bool, *,
+             partial_expired_before_us: int | None = None) -> Diff:
+        """Compare the staged rows with the view's state. A new version or another store means a full rewrite.
+
+        `partial_expired_before_us` marks an incremental sync: only some entities were staged, so nothing
+        counts as departed, and state older than that time (its key expired in Redis) counts as absent.
+        """
         state, new = self._ensure_state(view), _q("new__" + view)
         synced = self.synced(view)
-        version_change = synced is not None and synced[0] != version
-        rewrite = full_refresh or synced is None or version_change or synced[1] != store_id
+        version_change = synced is not None and synced.version != version
+        rewrite = full_refresh or synced is None or version_change or synced.store_id != store_id
+        partial = partial_expired_before_us is not None
+        absent = f"s.key is null or s.ts_us < {int(partial_expired_before_us)}" if partial else "s.key is null"
         self.con.execute(f"""
             create or replace temp table {_q('plan__' + view)} as
             select n.key, n.value, n.ts_us,
-                   case when s.key is null then 'insert'
+                   case when {absent} then 'insert'
                         when {'true' if rewrite else 'false'} then 'update'
                         when n.h = s.h then 'unchanged'
                         when n.ts_us < s.ts_us then 'older'
@@ -112,7 +131,7 @@ class SyncState:
         """)
         counts = dict(self.con.execute(
             f"select action, count(*) from {_q('plan__' + view)} group by action").fetchall())
-        deleted = self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
+        deleted = 0 if partial else self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
         return Diff(view, counts.get("insert", 0), counts.get("update", 0), deleted, counts.get("unchanged", 0),
                     counts.get("older", 0), version_change)
 
@@ -145,20 +164,25 @@ class SyncState:
         for batch in batches(reader):
             yield batch.column(0).to_pylist()
 
-    def commit(self, view: str, version: str, store_id: str) -> None:
-        """Record the staged rows as what is online (keeping newer values that were not overwritten)."""
+    def commit(self, view: str, version: str, store_id: str, watermark: int | None = None,
+               partial: bool = False) -> None:
+        """Record the staged rows as what is online (keeping newer values that were not overwritten).
+
+        `partial`: only some entities were staged (an incremental sync); the others keep their state."""
         state = self._ensure_state(view)
         plan = _q("plan__" + view)
         self.con.execute("begin")
         try:
             # Change only what changed: an unchanged rerun or a small diff must not rewrite a million rows.
-            self.con.execute(f"delete from {state} where key not in (select key from {_q('new__' + view)}) "
+            departed = "false" if partial else f"key not in (select key from {_q('new__' + view)})"
+            self.con.execute(f"delete from {state} where {departed} "
                              f"or key in (select key from {plan} where action in ('insert', 'update'))")
             self.con.execute(f"insert into {state} select key, hash(value), ts_us from {plan} "
                              "where action in ('insert', 'update')")
             self.con.execute(
-                "insert or replace into fm_views values (?, ?, ?, now()::timestamp, "
-                f"(select count(*) from {state}))", [view, version, store_id])
+                "insert or replace into fm_views (view, version, store_id, synced_at, entities, watermark) "
+                f"values (?, ?, ?, now()::timestamp, (select count(*) from {state}), ?)",
+                [view, version, store_id, watermark])
             self.con.execute("commit")
         except Exception:
             self.con.execute("rollback")

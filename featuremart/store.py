@@ -134,7 +134,8 @@ class FeatureStore:
         return self._reader
 
     def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False,
-             dry_run: bool = False, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
+             dry_run: bool = False, incremental: bool = True,
+             progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
         """Publish the latest value per entity of the selected online views (see featuremart.sync)."""
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
@@ -144,7 +145,7 @@ class FeatureStore:
         views = select_views(registry, select, exclude)
         with self.warehouse() as wh:
             return Syncer(registry, manifest, run_results, wh, self.online, self.state_dir).run(
-                views, full_refresh=full_refresh, dry_run=dry_run, progress=progress)
+                views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
 
     def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
                             features: Iterable[str] | None = None) -> list[dict[str, FeatureValue]]:

@@ -48,6 +48,7 @@ class ViewResult:
     unchanged: int = 0
     skipped_older: int = 0
     version_switch: bool = False  # a new schema version: its old keys go after the registry switch
+    incremental: bool = False  # only entities with rows changed since the last sync were read (changed_at)
     seconds: float = 0.0
 
 
@@ -117,14 +118,16 @@ class Syncer:
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
         self.prefix = store.prefix
         self.lock_ttl = lock_ttl
+        self._watermarks: dict[str, int | None] = {}
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
-            progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
+            incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
         """Sync `views`; returns the run record (also when a view failed: then status is 'failed')."""
         started = time.perf_counter()
         run = SyncRun(uuid.uuid4().hex[:12], _iso(datetime.now(timezone.utc)), self.manifest.checksum, dry_run,
                       full_refresh)
         progress = progress or (lambda *a: None)
+        self.incremental = incremental
         try:
             if dry_run:
                 self._run_views(run, views, full_refresh, dry_run, progress)
@@ -168,7 +171,7 @@ class Syncer:
                     for batch in departed:
                         self.store.delete(batch)
                 view = published[name]
-                state.commit(name, view.version, store_id)
+                state.commit(name, view.version, store_id, self._watermarks.get(name))
             for name in state.views():  # views dropped or renamed in the project: remove what they left online
                 if name not in self.registry.views:
                     run.views.append(self._remove(state, name))
@@ -179,16 +182,29 @@ class Syncer:
     def _sync_view(self, view: FeatureView, state: SyncState, store_id: str, full_refresh: bool, dry_run: bool,
                    progress: Callable[[str, str, int, int], None]) -> ViewResult:
         started = time.perf_counter()
-        query = sql.render(sql.online_payload(view, self.prefix, self.now, self.warehouse.dialect),
-                           self.warehouse.dialect)
+        dialect = self.warehouse.dialect
+        # Incremental: a view with a changed_at column, synced before under the same version and store, reads
+        # only the entities with rows changed since; anything else (or --full-refresh) diffs every entity.
+        synced = state.synced(view.name)
+        since = (synced.watermark if self.incremental and view.changed_at and synced and not full_refresh
+                 and synced.version == view.version and synced.store_id == store_id else None)
+        watermark = None
+        if view.changed_at:  # read before the rows, so rows changed meanwhile are read again next time
+            table = self.warehouse.query(sql.render(sql.max_changed_us(view, dialect), dialect))
+            watermark = table.column(0)[0].as_py() if table.num_rows else None
+        query = sql.render(sql.online_payload(view, self.prefix, self.now, dialect, changed_since_us=since), dialect)
         schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("ts_us", pa.int64())])
         progress(view.name, "staging", 0, 0)
         with closing(self.warehouse.stream(query)) as stream:
             state.stage(view.name, pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in stream)))
-        diff = state.diff(view.name, view.version, store_id, full_refresh)
+        expired_before = sql.to_us(self.now) - int(view.ttl.total_seconds() * 1_000_000)
+        diff = state.diff(view.name, view.version, store_id, full_refresh,
+                          partial_expired_before_us=expired_before if since is not None else None)
         result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
                             inserted=diff.inserted, updated=diff.updated, deleted=diff.deleted,
-                            unchanged=diff.unchanged, skipped_older=diff.skipped_older)
+                            unchanged=diff.unchanged, skipped_older=diff.skipped_older,
+                            incremental=since is not None)
+        self._watermarks[view.name] = watermark
         if dry_run:
             result.seconds = round(time.perf_counter() - started, 3)
             return result
@@ -197,10 +213,11 @@ class Syncer:
             self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress))
         result.version_switch = diff.version_change
         if not diff.version_change:  # else the old keys are still served until the registry switches
-            with closing(state.departed(view.name)) as departed:
-                for batch in departed:
-                    self.store.delete(batch)
-            state.commit(view.name, view.version, store_id)
+            if since is None:  # an incremental sync saw only changed entities: none can be known to have left
+                with closing(state.departed(view.name)) as departed:
+                    for batch in departed:
+                        self.store.delete(batch)
+            state.commit(view.name, view.version, store_id, watermark, partial=since is not None)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 

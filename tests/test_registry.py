@@ -249,3 +249,12 @@ def test_features_yml_errors(tmp_path, yml, message):
 def test_features_yml_missing(tmp_path):
     with pytest.raises(ConfigError, match="features.yml not found"):
         load_features_yml(tmp_path)
+
+
+def test_changed_at_is_checked_and_not_a_feature(tmp_path, config):
+    view = build(tmp_path, config, [model_node("spend", {**GOOD, "changed_at": "computed_at"})]).view("spend")
+    assert view.changed_at == "computed_at" and "computed_at" not in [f.name for f in view.features]
+    [msg] = errors_of(tmp_path, config, [model_node("spend", {**GOOD, "changed_at": "loaded_at"})])
+    assert "changed_at column 'loaded_at' is not an output column" in msg
+    [msg] = errors_of(tmp_path, config, [model_node("spend", {**GOOD, "changed_at": "n_7d"})])
+    assert "changed_at column 'n_7d' has type BIGINT; it must be a timestamp" in msg

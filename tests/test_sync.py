@@ -44,15 +44,16 @@ class Harness:
         self.t0 = utcnow()
         if create:
             con = duckdb.connect(str(self.db))
-            con.execute("create table feats (customer_id varchar, ts timestamp, a bigint, b double)")
+            con.execute("create table feats (customer_id varchar, ts timestamp, a bigint, b double, "
+                        "changed_at timestamp default now()::timestamp)")
             con.close()
         self.store = OnlineStore.connect(redis_url, embedded_dir=root, prefix="fm")
         self.set_features(features)
 
-    def set_features(self, names, view_name: str = "feats") -> None:
+    def set_features(self, names, view_name: str = "feats", changed_at: str | None = None) -> None:
         types = {"a": "int", "b": "float", "c": "string"}
         self.view = FeatureView(
-            name=view_name, entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts", ttl=TTL,
+            name=view_name, changed_at=changed_at, entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts", ttl=TTL,
             relation=Relation(None, "main", "feats"), model_id="model.t.feats",
             features=tuple(Feature("feats", n, types[n]) for n in names))
         self.registry = Registry({"customer": Entity("customer", (("customer_id", "string"),))},
@@ -80,7 +81,7 @@ class Harness:
         now = utcnow()
         con = duckdb.connect(str(self.db), read_only=True)
         cols = ", ".join(f.name for f in self.view.features)
-        rows = con.execute(f"select customer_id, ts, {cols} from feats").fetchall()
+        rows = con.execute(f"select customer_id, ts, {cols} from feats").fetchall()  # changed_at is no feature
         con.close()
         latest: dict[str, tuple] = {}
         for row in rows:
@@ -122,7 +123,7 @@ def test_incremental_sync_converges_to_the_brute_force_state(redis_server, steps
                     ages = FRESH_AGES if op == "upsert" else STALE_AGES
                     ts = h.t0 - ages[age % len(ages)]
                     h.sql("delete from feats where customer_id = ? and ts = ?", [cid, ts])
-                    h.sql("insert into feats values (?, ?, ?, ?)", [cid, ts, value, value / 4])
+                    h.sql("insert into feats (customer_id, ts, a, b) values (?, ?, ?, ?)", [cid, ts, value, value / 4])
             before = h.online()
             run = h.sync()
             assert run.status == "success", run
@@ -140,7 +141,7 @@ def test_incremental_sync_converges_to_the_brute_force_state(redis_server, steps
 
 
 def test_dry_run_counts_and_writes_nothing(harness):
-    harness.sql("insert into feats values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
     run = harness.sync(dry_run=True)
     assert run.status == "dry-run" and (run.views[0].inserted, run.views[0].deleted) == (2, 0)
     assert harness.online() == {}
@@ -153,7 +154,7 @@ def test_dry_run_counts_and_writes_nothing(harness):
 
 
 def test_full_refresh_rewrites_everything(harness):
-    harness.sql("insert into feats values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
     harness.sync()
     v = harness.sync(full_refresh=True).views[0]
     assert v.updated == 2 and harness.online() == harness.expected()
@@ -161,7 +162,7 @@ def test_full_refresh_rewrites_everything(harness):
 
 def test_never_older_over_newer(harness):
     new, old = harness.t0 - timedelta(minutes=5), harness.t0 - timedelta(minutes=20)
-    harness.sql("insert into feats values ('C1', ?, 2, 2.0), ('C1', ?, 1, 1.0)", [new, old])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 2, 2.0), ('C1', ?, 1, 1.0)", [new, old])
     harness.sync()
     harness.sql("delete from feats where ts = ?", [new])  # the warehouse now says the latest row is older
     v = harness.sync().views[0]
@@ -172,7 +173,7 @@ def test_never_older_over_newer(harness):
 
 def test_keys_expire_in_redis_at_event_time_plus_ttl(harness):
     ts = harness.t0 - timedelta(minutes=30)
-    harness.sql("insert into feats values ('C1', ?, 1, 0.5)", [ts])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5)", [ts])
     harness.sync()
     [key] = harness.online()
     client = redis.Redis.from_url(harness.store.url)
@@ -181,7 +182,7 @@ def test_keys_expire_in_redis_at_event_time_plus_ttl(harness):
 
 
 def test_a_store_that_lost_its_data_is_rewritten(harness, redis_server):
-    harness.sql("insert into feats values ('C1', ?, 1, 0.5)", [harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5)", [harness.t0])
     harness.sync()
     redis_server.client().flushall()  # e.g. a restarted server without persistence
     v = harness.sync().views[0]
@@ -189,7 +190,7 @@ def test_a_store_that_lost_its_data_is_rewritten(harness, redis_server):
 
 
 def test_second_sync_is_refused_while_one_holds_the_lock(harness):
-    harness.sql("insert into feats values ('C1', ?, 1, 0.5)", [harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5)", [harness.t0])
     with harness.store.lock("sync", 30):
         run = harness.sync()
     assert run.status == "failed" and "holds the lock" in run.error
@@ -198,7 +199,7 @@ def test_second_sync_is_refused_while_one_holds_the_lock(harness):
 
 def test_schema_change_switches_atomically_for_readers(harness, redis_url):
     """Readers looping during a sync that adds a feature see all-old or all-new rows, never a mix or a gap."""
-    harness.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(2000) t(i)", [harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(2000) t(i)", [harness.t0])
     harness.sync()
     reader_store = OnlineStore.connect(redis_url, embedded_dir=harness.root, prefix="fm")
     reader = OnlineReader(reader_store)
@@ -241,7 +242,7 @@ def test_redis_killed_mid_write_then_rerun_converges(tmp_path):
 
     with RedisServer() as server:
         h = Harness(tmp_path, server.url)
-        h.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(300000) t(i)", [h.t0])
+        h.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(300000) t(i)", [h.t0])
         killer = threading.Timer(0.3, server.kill)
         killer.start()
         try:
@@ -259,11 +260,11 @@ def test_redis_killed_mid_write_then_rerun_converges(tmp_path):
 
 def test_failed_write_keeps_previous_values_and_state(harness, redis_server):
     """A sync that fails mid-way (here: Redis out of memory) leaves served values readable and is redone."""
-    harness.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(1000) t(i)", [harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000) t(i)", [harness.t0])
     harness.sync()
     before = harness.online()
     harness.sql("update feats set a = a + 1000")
-    harness.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(1000, 20000) t(i)", [harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000, 20000) t(i)", [harness.t0])
     client = redis_server.client()
     used = client.info("memory")["used_memory"]
     client.config_set("maxmemory-policy", "noeviction")
@@ -283,7 +284,7 @@ def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_serve
     import subprocess
     import sys
 
-    harness.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(400000) t(i)", [harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(400000) t(i)", [harness.t0])
     script = ("import sys; from pathlib import Path; from tests.test_sync import Harness; "
               "h = Harness(Path(sys.argv[1]), sys.argv[2], create=False); h.sync(lock_ttl=2)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(harness.root), redis_server.url],
@@ -303,7 +304,7 @@ def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_serve
 
 
 def test_a_renamed_view_replaces_the_old_one(harness):
-    harness.sql("insert into feats values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
     harness.sync()
     harness.set_features(("a", "b"), view_name="spend")
     run = harness.sync()
@@ -344,7 +345,7 @@ def test_sync_over_tls(tmp_path):
                 assert time.monotonic() < deadline, "TLS redis-server did not start"
                 time.sleep(0.05)
         h = Harness(tmp_path, url)
-        h.sql("insert into feats select 'C' || i, ?, i, i / 4 from range(30000) t(i)", [h.t0])
+        h.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(30000) t(i)", [h.t0])
         assert h.sync().status == "success"
         assert h.online() == h.expected()
         reader = OnlineReader(h.store)
@@ -354,3 +355,47 @@ def test_sync_over_tls(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.lists(st.tuples(st.sampled_from(["upsert", "upsert", "stale"]), st.integers(0, 7),
+                                         st.sampled_from(range(len(FRESH_AGES))), st.integers(-8, 8)),
+                               min_size=1, max_size=6), min_size=2, max_size=4))
+def test_incremental_sync_with_changed_at_converges(redis_server, steps):
+    """A view with a changed_at column: after the first sync, only changed entities are read, and the online
+    state still equals the brute-force one (rows are added and rewritten; deletions need --no-incremental)."""
+    client = redis_server.client()
+    client.flushall()
+    root = Path(tempfile.mkdtemp())
+    h = Harness(root, redis_server.url)
+    h.set_features(("a", "b"), changed_at="changed_at")
+    try:
+        for n, ops in enumerate(steps):
+            for op, entity, age, value in ops:
+                ages = FRESH_AGES if op == "upsert" else STALE_AGES
+                ts = h.t0 - ages[age % len(ages)]
+                h.sql("delete from feats where customer_id = ? and ts = ?", [f"C{entity}", ts])
+                h.sql("insert into feats values (?, ?, ?, ?, now()::timestamp)", [f"C{entity}", ts, value, value / 4])
+            run = h.sync()
+            assert run.status == "success", run
+            assert run.views[0].incremental == (n > 0)
+            assert h.online() == h.expected()
+    finally:
+        h.store.close()
+        shutil.rmtree(root)
+
+
+def test_incremental_reads_only_changed_entities_and_a_full_diff_finds_deletes(harness):
+    harness.set_features(("a", "b"), changed_at="changed_at")
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000) t(i)",
+                [harness.t0 - timedelta(minutes=10)])
+    first = harness.sync().views[0]
+    assert (first.incremental, first.inserted) == (False, 1000)
+    harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 100, 1.0), ('C2000', ?, 1, 1.0)",
+                [harness.t0, harness.t0])
+    harness.sql("delete from feats where customer_id = 'C5'")
+    v = harness.sync().views[0]
+    assert v.incremental and (v.inserted, v.updated, v.unchanged, v.deleted) == (1, 1, 0, 0)
+    full = harness.sync(incremental=False).views[0]
+    assert not full.incremental and (full.inserted, full.updated, full.deleted) == (0, 0, 1)
+    assert harness.online() == harness.expected()
