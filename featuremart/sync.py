@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -167,9 +167,7 @@ class Syncer:
                 return
             self._publish(published)
             for name in retired:
-                with closing(state.departed(name)) as departed:
-                    for batch in departed:
-                        self.store.delete(batch)
+                self._delete(state.departed(name))
                 view = published[name]
                 state.commit(name, view.version, store_id, self._watermarks.get(name))
             for name in state.views():  # views dropped or renamed in the project: remove what they left online
@@ -214,22 +212,22 @@ class Syncer:
         result.version_switch = diff.version_change
         if not diff.version_change:  # else the old keys are still served until the registry switches
             if since is None:  # an incremental sync saw only changed entities: none can be known to have left
-                with closing(state.departed(view.name)) as departed:
-                    for batch in departed:
-                        self.store.delete(batch)
+                self._delete(state.departed(view.name))
             state.commit(view.name, view.version, store_id, watermark, partial=since is not None)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 
     def _remove(self, state: SyncState, name: str) -> ViewResult:
         started = time.perf_counter()
-        deleted = 0
-        with closing(state.keys(name)) as batches:
-            for batch in batches:
-                deleted += self.store.delete(batch)
+        deleted = self._delete(state.keys(name))
         state.drop(name)
         return ViewResult(name, "removed", "no longer a feature view of the project", deleted=deleted,
                           seconds=round(time.perf_counter() - started, 3))
+
+    def _delete(self, key_batches: Iterator[list[str]]) -> int:
+        """Delete batches of keys read from the state; returns how many existed in Redis."""
+        with closing(key_batches) as batches:
+            return sum(self.store.delete(batch) for batch in batches)
 
     def _tracked(self, chunks, view: str, total: int, progress):
         """Pass write chunks through, reporting progress and stopping if the sync lost its lock."""
