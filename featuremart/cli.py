@@ -18,7 +18,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from featuremart.config import format_duration
 from featuremart.errors import FeaturemartError, ValidationError
 from featuremart.online.reader import FeatureValue
 from featuremart.registry import Feature, FeatureService, FeatureView
@@ -98,7 +97,7 @@ def cmd_list(store: FeatureStore, args: argparse.Namespace, console: Console) ->
     for view in store.registry.views.values():
         table = Table(title_justify="left", expand=False, title=(
             f"[bold]{view.name}[/]  entity {', '.join(view.entities)} · owner {view.owner or '-'} · tier "
-            f"{view.tier or '-'} · ttl {format_duration(view.ttl)} · online {'yes' if view.online else 'no'}"))
+            f"{view.tier or '-'} · ttl {view.ttl_label} · online {'yes' if view.online else 'no'}"))
         table.add_column("feature", no_wrap=True)
         table.add_column("type", no_wrap=True)
         table.add_column("description", overflow="fold")
@@ -141,7 +140,7 @@ def _describe_view(store: FeatureStore, view: FeatureView, console: Console) -> 
     rows: list[tuple[str, Any]] = [
         ("feature view", view.name), ("description", view.description), ("entities", ", ".join(view.entities)),
         ("join keys", ", ".join(f"{k} ({t})" for k, t in view.join_keys)), ("timestamp", view.timestamp),
-        ("ttl", format_duration(view.ttl)), ("online", "yes" if view.online else "no"),
+        ("ttl", view.ttl_label), ("online", "yes" if view.online else "no"),
         ("owner", view.owner or ""), ("tier", view.tier or ""), ("tags", ", ".join(view.tags)),
         ("SQL model", view.sql_path), ("YAML", view.yaml_path or ""), ("relation", str(view.relation)),
         ("upstream", ", ".join(upstream)), ("version", view.version),
@@ -166,7 +165,7 @@ def _describe_feature(view: FeatureView, feature: Feature, console: Console) -> 
     grid.add_column()
     for key, value in (("feature", feature.ref), ("type", f"{feature.dtype} ({feature.warehouse_type})"),
                        ("description", feature.description), ("entities", ", ".join(view.entities)),
-                       ("ttl", format_duration(view.ttl)), ("owner", view.owner or ""), ("tier", view.tier or ""),
+                       ("ttl", view.ttl_label), ("owner", view.owner or ""), ("tier", view.tier or ""),
                        ("SQL model", view.sql_path)):
         grid.add_row(key, value)
     console.print(grid)

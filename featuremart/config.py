@@ -1,18 +1,20 @@
 """Read the project's configuration: features.yml, dbt_project.yml and the dbt profile's target.
 
-features.yml holds what dbt has no place for: entities and their join keys, the online store, defaults and
-tier policies. profiles.yml is dbt's own; we render it the way dbt does (Jinja with `env_var`) to find the
+features.yml holds what dbt has no place for: the online store, defaults and tier policies. Entities and the
+default ttl are dbt vars (`featuremart_entities`, `featuremart_default_ttl`), written once where dbt's macros
+can read them too; their shapes are declared in featuremart.schema. profiles.yml is dbt's own; we render it the way dbt does (Jinja with `env_var`) to find the
 warehouse the feature models were built in.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jinja2
 import yaml
@@ -20,11 +22,14 @@ import yaml
 from featuremart.errors import ConfigError
 
 KEY_TYPES = ("string", "int")
+DEFAULT_URL_ENV = "FEATUREMART_REDIS_URL"
 _DURATION_RE = re.compile(
     r"^\s*(\d+)\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|"
     r"d|day|days|w|wk|week|weeks)\s*$",
     re.IGNORECASE,
 )
+#: The longest ttl accepted: an expiry instant (event time + ttl) must stay a valid date for Redis and Python.
+MAX_TTL = timedelta(days=36500)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PERIOD_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
@@ -43,7 +48,10 @@ def parse_duration(text: Any) -> timedelta:
     unit = match.group(2).lower()
     # "m"/"min..." are minutes; months are deliberately not accepted (they have no fixed length).
     key = "m" if unit.startswith("mi") or unit == "m" else unit[0]
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[key])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[key])
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration: the longest ttl is {MAX_TTL.days}d (100 years)") from None
 
 
 def format_duration(td: timedelta) -> str:
@@ -63,22 +71,12 @@ class Freshness:
     error_after: timedelta | None = None
 
     @classmethod
-    def parse(cls, raw: Any, where: str) -> Freshness:
-        if raw is None:
+    def from_spec(cls, spec: Any) -> Freshness:
+        """Thresholds from a checked `schema.FreshnessSpec` (or None: no thresholds)."""
+        if spec is None:
             return cls()
-        if not isinstance(raw, dict) or set(raw) - {"warn_after", "error_after"}:
-            raise ConfigError(f"{where}: freshness takes warn_after and error_after, e.g. "
-                              "{warn_after: {count: 2, period: day}}")
-        return cls(*(cls._threshold(raw.get(k), f"{where}: freshness.{k}") for k in ("warn_after", "error_after")))
-
-    @staticmethod
-    def _threshold(raw: Any, where: str) -> timedelta | None:
-        if raw is None:
-            return None
-        try:
-            return timedelta(seconds=int(raw["count"]) * _PERIOD_SECONDS[str(raw["period"])])
-        except (TypeError, KeyError, ValueError):
-            raise ConfigError(f"{where} is {raw!r}; write {{count: <int>, period: minute|hour|day}}") from None
+        return cls(*(None if t is None else timedelta(seconds=t.count * _PERIOD_SECONDS[t.period])
+                     for t in (spec.warn_after, spec.error_after)))
 
     def status(self, age: timedelta) -> str:
         """'error', 'warn' or 'pass' for data whose newest row is `age` old."""
@@ -110,18 +108,30 @@ class Tier:
 
 @dataclass(frozen=True)
 class OnlineStoreConfig:
-    url_env: str = "FEATUREMART_REDIS_URL"
+    url_env: str | None = None  # None: the user named no variable (FEATUREMART_REDIS_URL, else embedded)
     key_prefix: str = "fm"
 
     @property
     def url(self) -> str | None:
-        """The Redis URL from the environment, or None for the embedded server."""
-        return os.environ.get(self.url_env) or None
+        """The Redis URL from the environment, or None for the embedded server.
+
+        The embedded server is a default only for a user who configured no store: no `online_store.url_env`
+        and FEATUREMART_REDIS_URL unset. A variable the user named that is unset is an error (a typo there
+        must not publish into a private Redis under target/ and report success).
+        """
+        if self.url_env is None:
+            return os.environ.get(DEFAULT_URL_ENV) or None
+        url = os.environ.get(self.url_env)
+        if not url:
+            raise ConfigError(f"features.yml: online_store.url_env names {self.url_env}, which is unset or empty: "
+                              f"export {self.url_env}=redis://host:6379/0, or delete url_env to use "
+                              f"{DEFAULT_URL_ENV} (when that is unset too: an embedded redis-server under target/)")
+        return url
 
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """features.yml, parsed and checked."""
+    """features.yml and the featuremart dbt vars, parsed and checked."""
 
     path: Path
     entities: dict[str, Entity]
@@ -130,68 +140,62 @@ class ProjectConfig:
     default_online: bool
     default_tier: str | None
     tiers: dict[str, Tier] = field(default_factory=dict)
+    default_ttl_text: str = "30d"  # as written in vars.featuremart_default_ttl, shown as written
 
 
-def load_features_yml(project_dir: Path) -> ProjectConfig:
-    """Read and check `features.yml` at the project root."""
+def project_vars(project_dir: Path) -> dict[str, Any]:
+    """The `vars:` of dbt_project.yml, read as YAML: where the entities and the default ttl live (dbt's macros
+    need them too). The dbt module's rendered `DbtProject.vars` replaces this once it exists."""
+    path = Path(project_dir) / "dbt_project.yml"
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run featuremart in a dbt project directory or pass --project-dir")
+    raw = _load_yaml(path).get("vars")
+    return raw if isinstance(raw, dict) else {}
+
+
+def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = None) -> ProjectConfig:
+    """Read and check `features.yml` at the project root, and the entities and default ttl of the dbt vars.
+
+    `dbt_vars` are the root project's vars (read from dbt_project.yml when None). Every wrong shape is one line
+    naming the file and the path inside it; all of them are reported at once, in one ConfigError.
+    """
+    from featuremart import schema
+
     path = Path(project_dir) / "features.yml"
     if not path.exists():
         raise ConfigError(
-            f"{path} not found: featuremart needs a features.yml at the dbt project root declaring at least "
-            "your entities (see docs/metadata.md)."
+            f"{path} not found: featuremart needs a features.yml at the dbt project root (version: 1 and the "
+            "online store; see docs/metadata.md)."
         )
-    raw = _load_yaml(path)
-    where = str(path)
-    unknown = set(raw) - {"version", "entities", "online_store", "defaults", "tiers"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; "
-                          "allowed: version, entities, online_store, defaults, tiers")
-    entities = {}
-    for name, spec in (raw.get("entities") or {}).items():
-        keys = (spec or {}).get("join_keys")
-        if not isinstance(keys, dict) or not keys:
-            raise ConfigError(f"{where}: entity {name!r} needs join_keys, e.g. join_keys: {{{name}_id: string}}")
-        for key, typ in keys.items():
-            if typ not in KEY_TYPES:
-                raise ConfigError(f"{where}: entity {name!r} join key {key!r} has type {typ!r}; "
-                                  f"use one of {', '.join(KEY_TYPES)}")
-        entities[name] = Entity(name, tuple(keys.items()), (spec or {}).get("description", ""))
-    if not entities:
-        raise ConfigError(f"{where}: declare at least one entity under `entities:`")
-
-    store = raw.get("online_store") or {}
-    prefix = str(store.get("key_prefix", "fm"))
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", prefix):
-        raise ConfigError(f"{where}: online_store.key_prefix {prefix!r} may only hold letters, digits, _ . -")
-    if "url" in store:
-        raise ConfigError(f"{where}: online_store.url is not read from files (secrets stay out of them); "
-                          "set the URL in the environment variable named by online_store.url_env")
-
-    defaults = raw.get("defaults") or {}
-    try:
-        default_ttl = parse_duration(defaults.get("ttl", "30d"))
-    except ValueError as exc:
-        raise ConfigError(f"{where}: defaults.ttl: {exc}") from None
-    tiers = {
-        name: Tier(
-            name=name,
-            description=(spec or {}).get("description", ""),
-            freshness=Freshness.parse((spec or {}).get("freshness"), f"{where}: tiers.{name}"),
-            online=bool((spec or {}).get("online", True)),
-        )
-        for name, spec in (raw.get("tiers") or {}).items()
-    }
-    default_tier = defaults.get("tier")
-    if default_tier is not None and default_tier not in tiers:
-        raise ConfigError(f"{where}: defaults.tier {default_tier!r} is not a tier; tiers: {sorted(tiers)}")
+    raw = _load_yaml(path, allow_empty=True)
+    spec, problems = schema.validate(schema.FeaturesFile, raw)
+    lines = [f"{path.name}: {p}" for p in problems]
+    variables = project_vars(project_dir) if dbt_vars is None else dict(dbt_vars)
+    found, var_problems = schema.validate(schema.FeaturemartVars, variables, "vars")
+    lines += [f"dbt_project.yml: {p}" for p in var_problems]
+    if "featuremart_entities" not in variables:  # misspelt? say so instead of "required"
+        close = difflib.get_close_matches("featuremart_entities", [str(k) for k in variables], n=1, cutoff=0.7)
+        if close:
+            lines = [line for line in lines if not line.startswith("dbt_project.yml: vars.featuremart_entities:")]
+            lines.append(f"dbt_project.yml: vars.{close[0]}: not a featuremart var; did you mean "
+                         "'featuremart_entities'?")
+    if spec is not None and spec.defaults.tier is not None and spec.defaults.tier not in spec.tiers:
+        lines.append(f"{path.name}: defaults.tier: {spec.defaults.tier!r} is not a tier; tiers: "
+                     f"{', '.join(sorted(spec.tiers)) or 'none'}")
+    if lines or spec is None or found is None:
+        raise ConfigError("\n".join(lines))
+    entities = {name: Entity(name, tuple(e.join_keys.items()), e.description)
+                for name, e in found.featuremart_entities.items()}
+    tiers = {name: Tier(name, t.description, Freshness.from_spec(t.freshness), t.online) for name, t in spec.tiers.items()}
     return ProjectConfig(
         path=path,
         entities=entities,
-        online_store=OnlineStoreConfig(str(store.get("url_env", "FEATUREMART_REDIS_URL")), prefix),
-        default_ttl=default_ttl,
-        default_online=bool(defaults.get("online", True)),
-        default_tier=default_tier,
+        online_store=OnlineStoreConfig(spec.online_store.url_env, spec.online_store.key_prefix),
+        default_ttl=found.featuremart_default_ttl.delta,
+        default_online=spec.defaults.online,
+        default_tier=spec.defaults.tier,
         tiers=tiers,
+        default_ttl_text=found.featuremart_default_ttl.text,
     )
 
 
@@ -262,7 +266,7 @@ def _env_var(name: str, default: str | None = None) -> str:
     raise ConfigError(f"profiles.yml uses env_var({name!r}) but {name} is not set")
 
 
-def _load_yaml(path: Path, render: bool = False) -> dict[str, Any]:
+def _load_yaml(path: Path, render: bool = False, allow_empty: bool = False) -> dict[str, Any]:
     text = path.read_text()
     if render:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
@@ -274,6 +278,8 @@ def _load_yaml(path: Path, render: bool = False) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None and allow_empty:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} should hold a mapping at the top level")
     return data

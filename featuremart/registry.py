@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterable, Mapping
 
-from featuremart import types
+from featuremart import schema, types
 from featuremart.config import Entity, Freshness, ProjectConfig, format_duration, parse_duration
 from featuremart.errors import ConfigError, UnknownNameError, ValidationError
 from featuremart.manifest import Manifest, Model
 
-VIEW_META_KEYS = ("entity", "timestamp", "ttl", "online", "owner", "tier", "tags", "freshness", "changed_at")
-COLUMN_META_KEYS = ("feature",)
+VIEW_META_KEYS = tuple(schema.ViewMeta.model_fields)
+COLUMN_META_KEYS = tuple(schema.ColumnMeta.model_fields)
+_META = "config.meta.featuremart"
 SNAPSHOT_FORMAT = 1
 
 
@@ -69,10 +70,16 @@ class FeatureView:
     model_id: str = ""
     upstream: tuple[str, ...] = ()
     changed_at: str | None = None  # a column that is newer on every row (re)written: enables incremental syncs
+    ttl_text: str = ""  # the ttl as the user wrote it (`14d`, not `2w`); empty: format_duration(ttl)
 
     @property
     def key_names(self) -> tuple[str, ...]:
         return tuple(k for k, _ in self.join_keys)
+
+    @property
+    def ttl_label(self) -> str:
+        """The ttl as the user wrote it, for people (list, describe, the registry snapshot)."""
+        return self.ttl_text or format_duration(self.ttl)
 
     @property
     def version(self) -> str:
@@ -185,7 +192,7 @@ class Registry:
 def _view_to_json(v: FeatureView) -> dict[str, Any]:
     return {
         "entities": list(v.entities), "join_keys": [list(k) for k in v.join_keys], "timestamp": v.timestamp,
-        "ttl": format_duration(v.ttl), "version": v.version, "online": v.online, "owner": v.owner,
+        "ttl": v.ttl_label, "version": v.version, "online": v.online, "owner": v.owner,
         "tier": v.tier, "tags": list(v.tags), "description": v.description, "relation": str(v.relation),
         "features": [{"name": f.name, "type": f.dtype, "description": f.description} for f in v.features],
     }
@@ -194,7 +201,7 @@ def _view_to_json(v: FeatureView) -> dict[str, Any]:
 def _view_from_json(name: str, d: Mapping[str, Any]) -> FeatureView:
     view = FeatureView(
         name=name, entities=tuple(d["entities"]), join_keys=tuple((k, t) for k, t in d["join_keys"]),
-        timestamp=d["timestamp"], ttl=parse_duration(d["ttl"]), online=d["online"], owner=d.get("owner"),
+        timestamp=d["timestamp"], ttl=parse_duration(d["ttl"]), ttl_text=d["ttl"], online=d["online"], owner=d.get("owner"),
         tier=d.get("tier"), tags=tuple(d.get("tags", ())), description=d.get("description", ""),
         relation=Relation(None, "", d.get("relation", "")),
         features=tuple(Feature(name, f["name"], f["type"], f.get("description", "")) for f in d["features"]),
@@ -251,54 +258,40 @@ def _build_view(
     def error(message: str) -> None:
         problems.append(Problem("error", where, f"model {model.name}: {message}"))
 
-    meta = dict(model.meta)
-    if "__invalid__" in meta:
-        error("config.meta.featuremart must be a mapping (entity, timestamp, ttl, ...)")
+    raw_meta = dict(model.meta)
+    if "__invalid__" in raw_meta:
+        error(f"{_META}: expected a mapping (entity, timestamp, ttl, ...), got "
+              f"{schema.describe(raw_meta['__invalid__'])}")
         return None
-    for key in sorted(set(meta) - set(VIEW_META_KEYS)):
-        error(f"unknown featuremart meta key {key!r}; allowed: {', '.join(VIEW_META_KEYS)}")
+    meta, shape_errors = schema.validate_lenient(schema.ViewMeta, raw_meta, _META)
+    for message in shape_errors:
+        error(message)
+    for col in model.columns.values():
+        for message in schema.validate(schema.ColumnMeta, col.meta, f"columns.{col.name}.{_META}")[1]:
+            error(message)
+    if meta is None:
+        return None
 
-    entity_names = meta.get("entity")
-    entity_names = [entity_names] if isinstance(entity_names, str) else list(entity_names or [])
-    if not entity_names:
-        error("featuremart meta needs `entity:` (an entity of features.yml, or a list of them); "
-              f"entities: {', '.join(sorted(config.entities))}")
     join_keys: list[tuple[str, str]] = []
-    for name in entity_names:
+    for name in meta.entity:
         if name not in config.entities:
-            error(f"unknown entity {name!r}; features.yml ({config.path.name}) declares: "
+            error(f"unknown entity {name!r}; dbt_project.yml vars.featuremart_entities declares: "
                   f"{', '.join(sorted(config.entities))}. Fix the name or add the entity there.")
         else:
             join_keys.extend(config.entities[name].join_keys)
-
-    timestamp = meta.get("timestamp")
-    if not timestamp:
-        error("featuremart meta needs `timestamp:`, the event-time column (from when each row's values hold)")
-
-    try:
-        ttl = parse_duration(meta["ttl"]) if "ttl" in meta else config.default_ttl
-    except ValueError as exc:
-        error(f"ttl {exc}")
-        ttl = config.default_ttl
-    tier = meta.get("tier", config.default_tier)
+    timestamp = meta.timestamp
+    ttl, ttl_text = (meta.ttl.delta, meta.ttl.text) if meta.ttl else (config.default_ttl, config.default_ttl_text)
+    tier = meta.tier if meta.tier is not None else config.default_tier
     if tier is not None and config.tiers and tier not in config.tiers:
         error(f"unknown tier {tier!r}; features.yml declares: {', '.join(sorted(config.tiers))}")
     tier_policy = config.tiers.get(tier) if tier else None
-    online = bool(meta.get("online", config.default_online))
+    online = meta.online if meta.online is not None else config.default_online
     if online and tier_policy is not None and not tier_policy.online:
         online = False  # the tier forbids serving; `featuremart validate` says so
         problems.append(Problem("warning", where, f"model {model.name}: tier {tier!r} is never published online, "
                                 "so online: true is ignored"))
-    try:
-        freshness = (Freshness.parse(meta["freshness"], f"model {model.name}") if "freshness" in meta
-                     else tier_policy.freshness if tier_policy else Freshness())
-    except ConfigError as exc:
-        error(str(exc).split(": ", 1)[-1])
-        freshness = Freshness()
-
-    for col in model.columns.values():
-        for key in sorted(set(col.meta) - set(COLUMN_META_KEYS)):
-            error(f"column {col.name}: unknown featuremart meta key {key!r}; allowed: {', '.join(COLUMN_META_KEYS)}")
+    freshness = (Freshness.from_spec(meta.freshness) if meta.freshness is not None
+                 else tier_policy.freshness if tier_policy else Freshness())
 
     if columns is None:
         error(f"relation {relation_of(model)} was not found in the warehouse: run `dbt build --select "
@@ -318,8 +311,8 @@ def _build_view(
         if col is None:
             error(f"entity key {key!r} is not an output column; select it in {model.sql_path}")
         elif types.logical_type(columns[col]) != key_type:
-            error(f"entity key {key!r} has warehouse type {columns[col]} but features.yml declares {key_type}; "
-                  f"cast it in {model.sql_path}")
+            error(f"entity key {key!r} has warehouse type {columns[col]} but dbt_project.yml "
+                  f"vars.featuremart_entities declares {key_type}; cast it in {model.sql_path}")
     if timestamp:
         col = actual(timestamp)
         if col is None:
@@ -327,7 +320,7 @@ def _build_view(
         elif types.logical_type(columns[col]) not in (types.TIMESTAMP, types.DATE):
             error(f"timestamp column {timestamp!r} has type {columns[col]}; it must be a timestamp or date")
 
-    changed_at = meta.get("changed_at")
+    changed_at = meta.changed_at
     if changed_at is not None:
         col = actual(str(changed_at))
         if col is None:
@@ -360,16 +353,16 @@ def _build_view(
         return None
     return FeatureView(
         name=model.name,
-        entities=tuple(entity_names),
+        entities=tuple(meta.entity),
         join_keys=tuple(join_keys),
         timestamp=actual(timestamp) or timestamp,
         ttl=ttl,
         features=tuple(features),
         relation=relation_of(model),
         online=online,
-        owner=meta.get("owner"),
+        owner=meta.owner,
         tier=tier,
-        tags=tuple(meta.get("tags") or ()) + model.tags,
+        tags=tuple(meta.tags) + model.tags,
         description=model.description,
         freshness=freshness,
         sql_path=model.sql_path,
@@ -377,6 +370,7 @@ def _build_view(
         model_id=model.unique_id,
         upstream=model.depends_on,
         changed_at=changed_at,
+        ttl_text=ttl_text,
     )
 
 

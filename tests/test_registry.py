@@ -15,15 +15,16 @@ from featuremart.registry import Registry, Relation, build_registry, output_name
 
 FEATURES_YML = """
 version: 1
-entities:
-  customer: {join_keys: {customer_id: string}}
-  merchant: {join_keys: {merchant_id: string}}
-defaults: {ttl: 30d, tier: silver}
+defaults: {tier: silver}
 tiers:
   gold: {freshness: {error_after: {count: 2, period: day}}}
   silver: {}
   bronze: {online: false}
 """
+
+VARS = {"featuremart_entities": {"customer": {"join_keys": {"customer_id": "string"}},
+                                 "merchant": {"join_keys": {"merchant_id": "string"}}},
+        "featuremart_default_ttl": "30d"}
 
 SPEND_COLUMNS = {"customer_id": "VARCHAR", "event_ts": "TIMESTAMP", "spend_7d": "DOUBLE", "n_7d": "BIGINT",
                  "computed_at": "TIMESTAMP"}
@@ -62,7 +63,7 @@ def write_manifest(tmp_path: Path, models: list[dict], exposures: dict | None = 
 @pytest.fixture
 def config(tmp_path):
     (tmp_path / "features.yml").write_text(FEATURES_YML)
-    return load_features_yml(tmp_path)
+    return load_features_yml(tmp_path, VARS)
 
 
 def build(tmp_path, config, models, columns=None, exposures=None):
@@ -114,7 +115,7 @@ def test_missing_timestamp_column(tmp_path, config):
 def test_no_timestamp_in_meta(tmp_path, config):
     meta = {k: v for k, v in GOOD.items() if k != "timestamp"}
     [msg] = errors_of(tmp_path, config, [model_node("spend", meta)])
-    assert "needs `timestamp:`" in msg
+    assert "model spend: config.meta.featuremart.timestamp: required: the event-time column" in msg
 
 
 def test_feature_the_model_does_not_output(tmp_path, config):
@@ -126,20 +127,21 @@ def test_feature_the_model_does_not_output(tmp_path, config):
 
 def test_bad_ttl(tmp_path, config):
     [msg] = errors_of(tmp_path, config, [model_node("spend", {**GOOD, "ttl": "7 dayz"})])
-    assert "model spend: ttl '7 dayz' is not a duration" in msg and "30d" in msg
+    assert "model spend: config.meta.featuremart.ttl: '7 dayz' is not a duration" in msg and "30d" in msg
 
 
 def test_unknown_meta_key_and_tier_all_reported_at_once(tmp_path, config):
     problems = errors_of(tmp_path, config, [model_node("spend", {**GOOD, "tll": "7d", "tier": "platinum"})])
     assert len(problems) == 2
-    assert any("unknown featuremart meta key 'tll'" in p for p in problems)
+    assert any("config.meta.featuremart.tll: unknown key; did you mean 'ttl'?" in p for p in problems)
     assert any("unknown tier 'platinum'" in p for p in problems)
 
 
 def test_key_type_mismatch_and_unsupported_type(tmp_path, config):
     cols = {**SPEND_COLUMNS, "customer_id": "BIGINT", "blob": "BLOB"}
     problems = errors_of(tmp_path, config, [model_node("spend", GOOD)], columns=cols)
-    assert any("entity key 'customer_id' has warehouse type BIGINT but features.yml declares string" in p
+    assert any("entity key 'customer_id' has warehouse type BIGINT but dbt_project.yml vars.featuremart_entities "
+               "declares string" in p
                for p in problems)
     assert any("column 'blob' has type BLOB, which featuremart cannot serve" in p for p in problems)
 
@@ -232,23 +234,20 @@ def test_no_target_dir(tmp_path):
 
 
 @pytest.mark.parametrize("yml,message", [
-    ("entities: {}", "declare at least one entity"),
-    ("entities: {c: {join_keys: {id: float}}}", "join key 'id' has type 'float'"),
-    ("entities: {c: {}}", "entity 'c' needs join_keys"),
-    ("entities: {c: {join_keys: {id: string}}}\nonline_store: {url: 'redis://x'}", "is not read from files"),
-    ("entities: {c: {join_keys: {id: string}}}\nentites: {}", "unknown top-level key"),
-    ("entities: {c: {join_keys: {id: string}}}\ndefaults: {ttl: soon}", "defaults.ttl"),
-    ("entities: [", "is not valid YAML"),
+    ("online_store: {url: 'redis://x'}", "is not read from files"),
+    ("entites: {}", r"entites: unknown key; did you mean 'entities'\? That moved to dbt_project.yml"),
+    ("defaults: {tier: nope}", "defaults.tier: 'nope' is not a tier"),
+    ("version: [", "is not valid YAML"),
 ])
 def test_features_yml_errors(tmp_path, yml, message):
     (tmp_path / "features.yml").write_text(yml)
     with pytest.raises(ConfigError, match=message):
-        load_features_yml(tmp_path)
+        load_features_yml(tmp_path, VARS)
 
 
 def test_features_yml_missing(tmp_path):
     with pytest.raises(ConfigError, match="features.yml not found"):
-        load_features_yml(tmp_path)
+        load_features_yml(tmp_path, VARS)
 
 
 def test_changed_at_is_checked_and_not_a_feature(tmp_path, config):

@@ -16,7 +16,7 @@
         {%- if one not in entities -%}
             {{ exceptions.raise_compiler_error(where ~ ": model " ~ name ~ " (" ~ file ~ ") has entity " ~ one | string ~ ", which var featuremart_entities does not declare (entities: " ~ entities.keys() | sort | join(', ') ~ ")") }}
         {%- endif -%}
-        {%- do keys.extend(entities[one]) -%}
+        {%- do keys.extend(entities[one].join_keys.keys() if entities[one] is mapping else entities[one]) -%}
     {%- endfor -%}
     {%- if keys | length == 0 or not meta.get('timestamp') -%}
         {{ exceptions.raise_compiler_error(where ~ ": model " ~ name ~ " (" ~ file ~ ") needs featuremart `entity` and `timestamp`, got entity=" ~ entity | string ~ ", timestamp=" ~ meta.get('timestamp') | string) }}
