@@ -82,7 +82,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     try:
         store = FeatureStore(args.project_dir, profiles_dir=args.profiles_dir, target=args.target)
         with store:
-            return COMMANDS[args.command](store, args, console)
+            try:
+                return COMMANDS[args.command](store, args, console)
+            finally:
+                _say_which_store(store)
     except ValidationError as exc:
         err.print(f"[bold red]{len(exc.problems)} error(s) in feature metadata:[/]")
         for problem in exc.problems:
@@ -91,6 +94,13 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except FeaturemartError as exc:
         err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
+
+
+def _say_which_store(store: FeatureStore) -> None:
+    """Name the online store a command used, on stderr (never mixed into stdout, which may be --json)."""
+    used = store.online_store_used
+    if used:
+        Console(stderr=True).print(f"online store: {used}", highlight=False, soft_wrap=True)
 
 
 def cmd_list(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
@@ -289,6 +299,8 @@ def cmd_serve(store: FeatureStore, args: argparse.Namespace, console: Console) -
     for name, value in (("--max-entities", args.max_entities), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise FeaturemartError(f"{name} must be at least 1, got {value}")
+    if not 1 <= args.port <= 65535:
+        raise FeaturemartError(f"--port {args.port}: a TCP port is a number from 1 to 65535")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     console.print(f"serving features from {store.online.url} on http://{args.host}:{args.port}"
                   f"{' (bearer token from $' + args.token_env + ')' if token else ''}", highlight=False)

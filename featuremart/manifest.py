@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from featuremart.errors import ArtifactError
 
@@ -131,9 +132,33 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.exists():
         raise ArtifactError(f"{path} not found: {_BUILD_HINT} (featuremart reads dbt's {what}).")
     try:
-        return json.loads(path.read_bytes())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); {_BUILD_HINT} to rewrite it.") from None
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path} holds {json.dumps(raw)[:40]} where dbt writes its {what} (a JSON object); "
+                            f"{_BUILD_HINT} to rewrite it.")
+    return raw
+
+
+def _entries(raw: dict[str, Any], key: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The `key` section of an artifact (uid -> node), checked to be a JSON object of JSON objects."""
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        raise ArtifactError(f"{path}: {key} is not a JSON object; {_BUILD_HINT} to rewrite it.")
+    return list(section.items())
+
+
+@contextmanager
+def _entry(path: Path, what: str) -> Iterator[None]:
+    """Turn a node that lacks what dbt always writes (a `name`, a `unique_id`) into one line naming it."""
+    try:
+        yield
+    except KeyError as exc:
+        raise ArtifactError(f"{path}: {what} has no {exc.args[0]!r}, which dbt always writes; {_BUILD_HINT} to "
+                            "rewrite it.") from None
+    except (TypeError, AttributeError, ValueError):
+        raise ArtifactError(f"{path}: {what} is not shaped as dbt writes it; {_BUILD_HINT} to rewrite it.") from None
 
 
 def load_manifest(target_dir: Path) -> Manifest:
@@ -141,7 +166,7 @@ def load_manifest(target_dir: Path) -> Manifest:
     path = Path(target_dir) / "manifest.json"
     raw_bytes = path.read_bytes() if path.exists() else b""
     raw = _read_json(path, "manifest")
-    metadata = raw.get("metadata") or {}
+    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     schema_url = str(metadata.get("dbt_schema_version", ""))
     match = _SCHEMA_RE.search(schema_url)
     version = int(match.group(1)) if match else -1
@@ -155,38 +180,30 @@ def load_manifest(target_dir: Path) -> Manifest:
 
     models: dict[str, Model] = {}
     tests: list[Test] = []
-    for uid, node in (raw.get("nodes") or {}).items():
-        kind = node.get("resource_type")
-        if kind == "model":
-            models[uid] = _model(node)
-        elif kind == "test" and node.get("test_metadata"):
-            tm = node["test_metadata"]
-            tests.append(
-                Test(
-                    unique_id=uid,
-                    name=tm.get("name", ""),
-                    namespace=tm.get("namespace"),
-                    kwargs=dict(tm.get("kwargs") or {}),
-                    attached_node=node.get("attached_node"),
+    for uid, node in _entries(raw, "nodes", path):
+        with _entry(path, f"node {uid!r}"):
+            kind = node.get("resource_type")
+            if kind == "model":
+                models[uid] = _model(node)
+            elif kind == "test" and node.get("test_metadata"):
+                tm = node["test_metadata"]
+                tests.append(
+                    Test(
+                        unique_id=uid,
+                        name=tm.get("name", ""),
+                        namespace=tm.get("namespace"),
+                        kwargs=dict(tm.get("kwargs") or {}),
+                        attached_node=node.get("attached_node"),
+                    )
                 )
-            )
     exposures = {}
-    for uid, node in (raw.get("exposures") or {}).items():
-        owner = node.get("owner") or {}
-        exposures[node["name"]] = Exposure(
-            unique_id=uid,
-            name=node["name"],
-            type=node.get("type", ""),
-            description=node.get("description") or "",
-            owner=owner.get("email") or owner.get("name"),
-            path=node.get("original_file_path", ""),
-            meta=_featuremart_meta(node),
-            depends_on=tuple((node.get("depends_on") or {}).get("nodes") or ()),
-        )
-    sources = {
-        uid: Source(uid, f"{node.get('source_name')}.{node.get('name')}", node.get("relation_name") or "")
-        for uid, node in (raw.get("sources") or {}).items()
-    }
+    for uid, node in _entries(raw, "exposures", path):
+        with _entry(path, f"exposure {uid!r}"):
+            exposures[node["name"]] = _exposure(uid, node)
+    sources = {}
+    for uid, node in _entries(raw, "sources", path):
+        with _entry(path, f"source {uid!r}"):
+            sources[uid] = Source(uid, f"{node.get('source_name')}.{node.get('name')}", node.get("relation_name") or "")
     return Manifest(
         path=path,
         schema_version=version,
@@ -198,6 +215,20 @@ def load_manifest(target_dir: Path) -> Manifest:
         tests=tuple(tests),
         exposures=exposures,
         sources=sources,
+    )
+
+
+def _exposure(uid: str, node: dict[str, Any]) -> Exposure:
+    owner = node.get("owner") or {}
+    return Exposure(
+            unique_id=uid,
+        name=node["name"],
+        type=node.get("type", ""),
+        description=node.get("description") or "",
+        owner=owner.get("email") or owner.get("name"),
+        path=node.get("original_file_path", ""),
+        meta=_featuremart_meta(node),
+        depends_on=tuple((node.get("depends_on") or {}).get("nodes") or ()),
     )
 
 
@@ -234,10 +265,13 @@ def load_run_results(target_dir: Path) -> RunResults:
     """Read `target_dir/run_results.json`: which nodes the latest dbt command built and tested, and how."""
     path = Path(target_dir) / "run_results.json"
     raw = _read_json(path, "run results")
-    results = {
-        r["unique_id"]: RunResult(r["unique_id"], str(r.get("status")), r.get("message"))
-        for r in raw.get("results") or []
-    }
+    results = {}
+    listed = raw.get("results") or []
+    if not isinstance(listed, list):
+        raise ArtifactError(f"{path}: results is not a JSON list; {_BUILD_HINT} to rewrite it.")
+    for i, r in enumerate(listed):
+        with _entry(path, f"results[{i}]"):
+            results[r["unique_id"]] = RunResult(r["unique_id"], str(r.get("status")), r.get("message"))
     args = raw.get("args") or {}
     return RunResults(
         path=path,

@@ -278,7 +278,7 @@ def create_app(reader: OnlineReader, *, token: str | None = None, max_entities: 
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # '²'.isdigit() is True, and int('²') raises
             raise ClientError(400, f"Content-Length {length!r} is not a number")
         if int(length) > limit:
             raise ClientError(413, f"request body of {int(length)} bytes; the limit is {limit}")

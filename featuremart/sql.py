@@ -141,14 +141,61 @@ def escape_key(value: exp.Expression) -> exp.Expression:
 
 
 def encode_value(value: exp.Expression, dtype: str, dialect: str) -> exp.Expression:
-    """A feature value as it goes into the JSON array: timestamps as epoch µs, dates as ISO text."""
+    """A feature value as it goes into the JSON array: timestamps as epoch µs, dates as ISO text; NaN and
+    ±Infinity (floats and array<float> items) as null, since JSON has no such numbers (DuckDB would write a bare
+    `NaN`, which JSON parsers refuse, Postgres the string "NaN")."""
     if dtype == types.TIMESTAMP:
         return epoch_us(value, dialect)
     if dtype == types.DATE:
         return exp.cast(value, "text")
     if dtype == types.FLOAT:
-        return exp.cast(value, "double")
+        double = exp.cast(value, "double")
+        return exp.case().when(_non_finite(double.copy()), exp.null()).else_(double)
+    if dtype == types.ARRAY_FLOAT:
+        return _finite_items(value, dialect)
     return value
+
+
+def _non_finite_values() -> list[exp.Expression]:
+    return [exp.cast(exp.Literal.string(v), "double") for v in ("NaN", "Infinity", "-Infinity")]
+
+
+def _non_finite(double: exp.Expression) -> exp.Expression:
+    """`double` is NaN or ±Infinity (both DuckDB and Postgres hold NaN equal to NaN, unlike IEEE)."""
+    return exp.In(this=double, expressions=_non_finite_values())
+
+
+def _finite_items(array: exp.Expression, dialect: str) -> exp.Expression:
+    """An array of doubles with its NaN and ±Infinity items replaced by null (a null array stays null)."""
+    doubles = exp.cast(array, exp.DataType.build("double[]", dialect=dialect))
+    if dialect == "postgres":  # array_replace compares with =, under which NaN equals NaN
+        for bad in _non_finite_values():
+            doubles = exp.func("array_replace", doubles, bad, exp.null())
+        return doubles
+    item = exp.to_identifier("__fm_x")
+    replaced = exp.func("list_transform", doubles.copy(), exp.Lambda(
+        this=exp.case().when(_non_finite(exp.column(item)), exp.null()).else_(exp.column(item)),
+        expressions=[item]))
+    # Fast path: a finite sum means every item is finite (any NaN or ±Infinity makes the sum NaN or infinite).
+    return exp.case().when(exp.func("isfinite", exp.func("list_sum", doubles.copy())), doubles).else_(replaced)
+
+
+def non_finite_counts(view: FeatureView, dialect: str) -> exp.Select | None:
+    """For each float or array<float> feature of `view`, how many rows hold NaN or ±Infinity (None: no such
+    feature). `featuremart validate` warns about them: online they are served as null."""
+    counts = []
+    for f in view.features:
+        value = col(f.name)
+        if f.dtype == types.FLOAT:
+            bad: exp.Expression = _non_finite(exp.cast(value, "double"))
+        elif f.dtype == types.ARRAY_FLOAT:
+            bad = exp.Not(this=exp.EQ(this=_finite_items(value, dialect), expression=exp.cast(
+                value.copy(), exp.DataType.build("double[]", dialect=dialect))))
+        else:
+            continue
+        hits = exp.Sum(this=exp.case().when(bad, exp.Literal.number(1)).else_(exp.Literal.number(0)))
+        counts.append(exp.alias_(hits, f.name, quoted=True))
+    return sqlglot.select(*counts).from_(table(view.relation)) if counts else None
 
 
 def json_array(values: list[exp.Expression], dialect: str) -> exp.Expression:

@@ -96,9 +96,26 @@ class FeatureStore:
         return self._registry
 
     def validate(self) -> list[Problem]:
-        """Every warning about the metadata; raises ValidationError listing every error."""
+        """Every warning about the metadata and the values; raises ValidationError listing every error."""
         self._registry = None
-        return list(self.registry.problems)
+        return list(self.registry.problems) + self.non_finite_values()
+
+    def non_finite_values(self) -> list[Problem]:
+        """A warning per float feature holding NaN or ±Infinity in the warehouse: online reads serve them as null
+        (JSON has no such numbers) while training sets keep them, so a model would see two different values."""
+        found = []
+        with self.warehouse() as wh:
+            for view in self.registry.views.values():
+                query = sql.non_finite_counts(view, wh.dialect)
+                counts = wh.query(sql.render(query, wh.dialect)) if query is not None else None
+                for name in counts.column_names if counts is not None else ():
+                    rows = counts.column(name)[0].as_py() or 0
+                    if rows:
+                        found.append(Problem("warning", view.yaml_path or view.sql_path, (
+                            f"model {view.name}: feature {name}: {rows} row(s) hold NaN or ±Infinity, which online "
+                            "reads serve as null (JSON has no such numbers) while training sets keep them; replace "
+                            f"them in {view.sql_path} (e.g. nullif, or a guarded division) so both agree")))
+        return found
 
     def freshness(self, view: FeatureView, now: datetime | None = None) -> Freshness:
         """The newest event time of a view in the warehouse, its age, and its tier's freshness verdict."""
@@ -125,7 +142,17 @@ class FeatureStore:
             url = self._redis_url or self.config.online_store.url
             self._online = OnlineStore.connect(url, embedded_dir=self.state_dir,
                                                prefix=self.config.online_store.key_prefix)
+            self._embedded = url is None
         return self._online
+
+    @property
+    def online_store_used(self) -> str | None:
+        """Which online store this FeatureStore opened, for people (password redacted); None if it opened none."""
+        if self._online is None:
+            return None
+        if getattr(self, "_embedded", False):
+            return f"embedded redis-server under {self.state_dir} (no online_store.url_env, FEATUREMART_REDIS_URL unset)"
+        return self._online.url
 
     @property
     def reader(self) -> OnlineReader:

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from featuremart import FeatureStore
 from featuremart.errors import UnknownNameError
@@ -29,12 +30,10 @@ ODD_KEY = "a,b=c{d}%25"
 
 FEATURES_YML = """\
 version: 1
-entities:
-  thing: {join_keys: {thing_id: string}}
-  account: {join_keys: {account_id: int}}
 online_store: {url_env: FEATUREMART_REDIS_URL, key_prefix: fm}
-defaults: {ttl: 30d, online: true}
+defaults: {online: true}
 """
+ENTITIES = {"thing": {"join_keys": {"thing_id": "string"}}, "account": {"join_keys": {"account_id": "int"}}}
 
 ALL_TYPES_SQL = """\
 select
@@ -96,8 +95,10 @@ def write_models(project, extra: str = "") -> None:
 def tiny_project(tmp_path_factory):
     """A dbt project with one feature view of every type (built once; tests that change it work on a copy)."""
     project = tmp_path_factory.mktemp("tiny")
-    for name in ("dbt_project.yml", "profiles.yml"):
-        shutil.copy2(ROOT / name, project / name)
+    shutil.copy2(ROOT / "profiles.yml", project / "profiles.yml")
+    dbt_project = yaml.safe_load((ROOT / "dbt_project.yml").read_text())
+    dbt_project["vars"]["featuremart_entities"] = ENTITIES
+    (project / "dbt_project.yml").write_text(yaml.safe_dump(dbt_project))
     shutil.copytree(ROOT / "macros", project / "macros")
     (project / "features.yml").write_text(FEATURES_YML)
     write_models(project)

@@ -32,15 +32,15 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
-# --- dbt cannot read features.yml: its vars must say the same ---------------------------------------------
+# --- entities and the default ttl are written once, in the dbt vars that the macro reads ----------------------
 
-def test_dbt_vars_match_features_yml() -> None:
-    """`featuremart_entities` / `featuremart_default_ttl` (read by the training_set macro) equal features.yml
-    (read by the registry), as `featuremart validate` would require."""
+def test_registry_reads_the_dbt_vars() -> None:
+    """`featuremart_entities` / `featuremart_default_ttl` (read by the training_set macro) are what the registry
+    reads too: written once, in dbt_project.yml."""
     variables = yaml.safe_load((ROOT / "dbt_project.yml").read_text())["vars"]
     config = load_features_yml(ROOT)
-    assert {name: list(keys) for name, keys in variables["featuremart_entities"].items()} == {
-        name: list(entity.key_names) for name, entity in config.entities.items()}
+    assert {name: spec["join_keys"] for name, spec in variables["featuremart_entities"].items()} == {
+        name: dict(entity.join_keys) for name, entity in config.entities.items()}
     assert parse_duration(variables["featuremart_default_ttl"]) == config.default_ttl
 
 

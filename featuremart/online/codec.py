@@ -22,8 +22,17 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+def finite(x: Any) -> float | None:
+    """A stored float as served: NaN and ±Infinity become None. The sync never writes them (featuremart.sql), but
+    a value written by an older version may hold `NaN` (which json.loads reads) or Postgres' string "NaN"."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if x - x else x  # x - x is 0.0 for a finite x, NaN otherwise
+
+
 def _float_array(v: list) -> list:
-    return [x if x is None else float(x) for x in v]
+    return [finite(x) for x in v]
 
 
 class RowDecoder:
@@ -48,8 +57,11 @@ class RowDecoder:
     def convert(self, row: list) -> list:
         """Convert the features of a JSON-decoded row in place; returns it."""
         for i in self.floats:
-            if row[i].__class__ is int:
-                row[i] = float(row[i])
+            value = row[i]
+            if value.__class__ is int:
+                row[i] = float(value)
+            elif value.__class__ is not float or value - value:  # None, or NaN/±Infinity/"NaN" (see finite)
+                row[i] = finite(value)
         for i, fn in self.converters:
             if row[i] is not None:
                 row[i] = fn(row[i])

@@ -8,6 +8,7 @@ one hash slot. Key values are percent-escaped where they would clash with the de
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 # Order matters: '%' first, so that escapes are not escaped again.
@@ -25,6 +26,18 @@ def key_text(value: Any) -> str:
     if isinstance(value, bool):
         raise TypeError("entity key values are strings or integers, not booleans")
     return escape(str(value))
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_int(text: str) -> int | None:
+    """An int key given as text (the CLI's `customer_id=42`), or None when it is not a decimal integer.
+
+    ASCII digits only: `str.isdigit()` also accepts `²` or `١`, which `int()` refuses or reads differently.
+    """
+    text = text.strip()
+    return int(text) if _INT.fullmatch(text) else None
 
 
 def entity_tag(pairs: Sequence[tuple[str, Any]]) -> str:

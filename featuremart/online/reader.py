@@ -186,8 +186,8 @@ def _typed_key(value: Any, name: str, key_type: str) -> Any:
     if key_type == "int":
         if value.__class__ is int:
             return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
+        if isinstance(value, str) and (number := keys.parse_int(value)) is not None:
+            return number
         raise UnknownNameError(f"entity key {name} is an int key; got {value!r} ({type(value).__name__})")
     if not isinstance(value, str):
         raise UnknownNameError(f"entity key {name} is a string key; got {value!r} ({type(value).__name__})")

@@ -31,7 +31,6 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -70,18 +69,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 """
 
 
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>.*)@", re.DOTALL)
+_PASSWORD_ARG = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """`url` with its password (in the userinfo or a `password=` query argument) replaced by `***`."""
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:
-        return "<unparsable Redis URL>"
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _password = userinfo.partition(":")
+    """`url` with its password (in the userinfo or a `password=` query argument) replaced by `***`.
+
+    Found without URL parsing, which a password holding `/ # ? @` defeats (`redis://u:pa/ss#w?d@host/0` parses
+    as host `u`, port `pa`): everything from the first `:` after the scheme up to the LAST `@` is the password.
+    An `@` elsewhere only redacts more than needed, never less.
+    """
+    match = _USERINFO.match(url)
+    if match:
+        user, sep, _password = match["userinfo"].partition(":")
         if sep:
-            url = url.replace(netloc, f"{user}:***@{host}", 1)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+            url = f"{match['scheme'] or ''}{user}:***@{url[match.end():]}"
+    return _PASSWORD_ARG.sub(r"\1***", url)
+
+
+def redacted_error(exc: BaseException, url: str) -> str:
+    """The text of an error about `url`, unless it quotes a piece of the password (redis-py's URL errors can:
+    "Port could not be cast to integer value as 'pa'")."""
+    text = str(exc)
+    match = _USERINFO.match(url)
+    secret = match["userinfo"].partition(":")[2] if match else ""
+    secret_args = [m.group(0).split("=", 1)[1] for m in _PASSWORD_ARG.finditer(url)]
+    pieces = [p for s in (secret, *secret_args) for p in re.split(r"[/#?@:&]", s) if len(p) >= 2]
+    return "it cannot be parsed as a Redis URL" if any(p in text for p in pieces) else text
 
 
 def _get_connection(pool: redis.ConnectionPool) -> Any:
@@ -170,7 +185,7 @@ class OnlineStore:
         except ValueError as exc:
             if embedded is not None:
                 embedded.release()
-            raise OnlineStoreError(f"Invalid Redis URL {shown}: {exc}; {_URL_HINT}") from None
+            raise OnlineStoreError(f"Invalid Redis URL {shown}: {redacted_error(exc, url)}; {_URL_HINT}") from None
         store = cls(client, url=url, prefix=prefix, embedded=embedded)
         try:
             store._retry(f"PING {shown}", client.ping, budget_seconds=5.0)
