@@ -118,7 +118,8 @@ def test_invalid_metadata_names_file_model_and_column(env):
     code, out = run_cli("validate")
     assert code == 1
     assert "error(s) in feature metadata" in out and "Traceback" not in out
-    assert "models/features/customer_spend.yml: model customer_spend: ttl '7 dayz' is not a duration" in out
+    assert ("models/features/customer_spend.yml: model customer_spend: config.meta.featuremart.ttl: '7 dayz' is not "
+            "a duration") in out
     assert "timestamp column 'evt_ts' is not an output column" in out
 
 
