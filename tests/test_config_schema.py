@@ -282,3 +282,17 @@ def test_validate_cli_model_meta(project):
         f"✗ {where}.tll: unknown key; did you mean 'ttl'? (allowed: entity, timestamp, ttl, online, owner, tier, "
         "tags, freshness, changed_at)",
     ]
+
+
+@pytest.mark.integration
+def test_list_and_describe_show_the_ttl_as_written(project):
+    """A ttl of 14d is shown as 14d (it was shown as 2w), by list, describe and from the published snapshot."""
+    path = project / "models" / "features" / "customer_spend.yml"
+    path.write_text(path.read_text().replace("ttl: 30d", "ttl: 14d"))
+    dbt(project, "parse")
+    listed = featuremart(project, "list", env={"COLUMNS": "200"})
+    assert listed.returncode == 0, listed.stderr
+    assert "ttl 14d" in listed.stdout and "2w" not in listed.stdout
+    described = featuremart(project, "describe", "customer_spend", env={"COLUMNS": "200"})
+    assert described.returncode == 0, described.stderr
+    assert [line.split() for line in described.stdout.splitlines() if line.startswith("ttl ")] == [["ttl", "14d"]]
