@@ -1,11 +1,11 @@
 """The declared shape of everything a user writes: features.yml, the featuremart dbt vars, model and column meta.
 
 pydantic v2 models check it (strict types: `'false'` is not a bool and `5` is not a string; unknown keys are
-errors), and `problems()` turns pydantic's errors into one line each, `<path inside the file>: <what is
-expected>`, with a did-you-mean for an unknown key. Callers put the file (and model) in front.
+errors), and `validate()` turns pydantic's errors into one line each, `<path inside the file>: <what is
+expected>, got <what>`, with a did-you-mean for an unknown key. Callers put the file (and model) in front.
 
 Example:
-    >>> problems(OnlineStoreSpec, {"keyprefix": "fm"})
+    >>> validate(OnlineStoreSpec, {"keyprefix": "fm"}, "online_store")[1]
     ["online_store.keyprefix: unknown key; did you mean 'key_prefix'? (allowed: url_env, key_prefix)"]
 """
 
@@ -15,13 +15,12 @@ import difflib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Literal, Mapping, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator
 from pydantic import ValidationError as PydanticError
 from pydantic_core import PydanticCustomError
 
-KEY_TYPES = ("string", "int")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -244,15 +243,8 @@ def validate_lenient(model: type[M], data: Any, path: str = "") -> tuple[M | Non
         return None, messages
 
 
-def problems(model: type[BaseModel], data: Any, path: str = "") -> list[str]:
-    return validate(model, data, path or _default_path(model))[1]
-
-
-def _default_path(model: type[BaseModel]) -> str:
-    return {OnlineStoreSpec: "online_store", DefaultsSpec: "defaults"}.get(model, "")
-
-
 def _message(model: type[BaseModel], error: Mapping[str, Any], path: str) -> str:
+    """One pydantic error as `<path>: <what is expected>, got <what was written>`."""
     loc = list(error["loc"])
     kind, value = error["type"], error.get("input")
     is_key = bool(loc) and loc[-1] == "[key]"
@@ -278,20 +270,20 @@ def _message(model: type[BaseModel], error: Mapping[str, Any], path: str) -> str
         quoted = " (quoted: write it without quotes)" if kind == "bool_type" and isinstance(value, str) else ""
         return f"{where}: expected {_EXPECTED[kind]}, got {got}{quoted}"
     if kind == "literal_error":
-        return f"{where}: expected {error['ctx']['expected'].replace(chr(39), '')}, got {describe(value)}"
-    if kind == "too_short":
+        expected = error["ctx"]["expected"].replace("'", "")
+        return f"{where}: expected {expected}, got {describe(value)}"
+    if kind in ("too_short", "string_too_short"):
         return f"{where}: must not be empty"
     if kind == "greater_than":
         return f"{where}: must be greater than {error['ctx']['gt']}, got {describe(value)}"
-    if kind == "string_too_short":
-        return f"{where}: must not be empty"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg']}"  # our own PydanticCustomError messages, and any kind not foreseen
 
 
 def _join(path: str, loc: list[Any]) -> str:
+    """`vars.featuremart_entities.customer.join_keys`, `config.meta.featuremart.tags[0]`."""
     out = path
     for part in loc:
-        if isinstance(part, int) and not isinstance(part, bool) and out and not out.endswith("]"):
+        if isinstance(part, int) and out:  # a list index (an int mapping key is named by the message instead)
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
@@ -301,8 +293,6 @@ def _join(path: str, loc: list[Any]) -> str:
 def _allowed(model: type[BaseModel], loc: list[Any]) -> tuple[list[str], dict[str, str]]:
     """The keys allowed in the mapping at `loc` of `model` (walking fields, dict values and list items), and the
     keys that moved elsewhere (to where)."""
-    from typing import get_args, get_origin
-
     current: Any = model
     for part in loc:
         current = _unwrap(current)
@@ -325,8 +315,6 @@ def _allowed(model: type[BaseModel], loc: list[Any]) -> tuple[list[str], dict[st
 
 def _unwrap(annotation: Any) -> Any:
     """The type inside Annotated[...] and Optional[...]."""
-    from typing import get_args, get_origin
-
     while True:
         args = get_args(annotation)
         if get_origin(annotation) is Annotated:
