@@ -2,8 +2,8 @@
 
 features.yml holds what dbt has no place for: the online store, defaults and tier policies. Entities and the
 default ttl are dbt vars (`featuremart_entities`, `featuremart_default_ttl`), written once where dbt's macros
-can read them too; their shapes are declared in featuremart.schema. profiles.yml is dbt's own; we render it the way dbt does (Jinja with `env_var`) to find the
-warehouse the feature models were built in.
+can read them too; the shapes of both are declared in featuremart.schema. profiles.yml is dbt's own; we render
+it the way dbt does (Jinja with `env_var`) to find the warehouse the feature models were built in.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
+from featuremart import schema
 from featuremart.errors import ConfigError
 
 KEY_TYPES = ("string", "int")
@@ -159,8 +160,6 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
     `dbt_vars` are the root project's vars (read from dbt_project.yml when None). Every wrong shape is one line
     naming the file and the path inside it; all of them are reported at once, in one ConfigError.
     """
-    from featuremart import schema
-
     path = Path(project_dir) / "features.yml"
     if not path.exists():
         raise ConfigError(
@@ -186,7 +185,8 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
         raise ConfigError("\n".join(lines))
     entities = {name: Entity(name, tuple(e.join_keys.items()), e.description)
                 for name, e in found.featuremart_entities.items()}
-    tiers = {name: Tier(name, t.description, Freshness.from_spec(t.freshness), t.online) for name, t in spec.tiers.items()}
+    tiers = {name: Tier(name, t.description, Freshness.from_spec(t.freshness), t.online)
+             for name, t in spec.tiers.items()}
     return ProjectConfig(
         path=path,
         entities=entities,

@@ -201,8 +201,8 @@ def _view_to_json(v: FeatureView) -> dict[str, Any]:
 def _view_from_json(name: str, d: Mapping[str, Any]) -> FeatureView:
     view = FeatureView(
         name=name, entities=tuple(d["entities"]), join_keys=tuple((k, t) for k, t in d["join_keys"]),
-        timestamp=d["timestamp"], ttl=parse_duration(d["ttl"]), ttl_text=d["ttl"], online=d["online"], owner=d.get("owner"),
-        tier=d.get("tier"), tags=tuple(d.get("tags", ())), description=d.get("description", ""),
+        timestamp=d["timestamp"], ttl=parse_duration(d["ttl"]), ttl_text=d["ttl"], online=d["online"],
+        owner=d.get("owner"), tier=d.get("tier"), tags=tuple(d.get("tags", ())), description=d.get("description", ""),
         relation=Relation(None, "", d.get("relation", "")),
         features=tuple(Feature(name, f["name"], f["type"], f.get("description", "")) for f in d["features"]),
     )

@@ -151,7 +151,8 @@ class FeatureStore:
         if self._online is None:
             return None
         if getattr(self, "_embedded", False):
-            return f"embedded redis-server under {self.state_dir} (no online_store.url_env, FEATUREMART_REDIS_URL unset)"
+            return (f"embedded redis-server under {self.state_dir} (no online_store.url_env, "
+                    "FEATUREMART_REDIS_URL unset)")
         return self._online.url
 
     @property
