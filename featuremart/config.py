@@ -267,7 +267,10 @@ def _env_var(name: str, default: str | None = None) -> str:
 
 
 def _load_yaml(path: Path, render: bool = False, allow_empty: bool = False) -> dict[str, Any]:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{path} cannot be read as UTF-8 text ({exc}); save it as UTF-8") from None
     if render:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
         env.filters["as_number"] = lambda v: v

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Mapping, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator
 from pydantic import ValidationError as PydanticError
 from pydantic_core import PydanticCustomError
 
@@ -58,6 +58,13 @@ def _one_or_list(value: Any) -> Any:
     if not isinstance(value, list):
         raise PydanticCustomError("name_or_list", f"expected a name or a list of names, got {describe(value)}")
     return value
+
+
+def _distinct(names: list[str]) -> list[str]:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PydanticCustomError("repeated", f"names {', '.join(twice)} more than once; list each entity once")
+    return names
 
 
 Ttl = Annotated[Duration, PlainValidator(_duration)]
@@ -154,7 +161,7 @@ class FeaturemartVars(Block):
 
 # -- model and column meta (config.meta.featuremart) --------------------------------------------------------
 class ViewMeta(Block):
-    entity: Annotated[list[Name], BeforeValidator(_one_or_list), Field(min_length=1)]
+    entity: Annotated[list[Name], BeforeValidator(_one_or_list), Field(min_length=1), AfterValidator(_distinct)]
     timestamp: Name
     ttl: Ttl | None = None
     online: bool | None = None

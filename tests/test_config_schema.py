@@ -131,6 +131,7 @@ META_CASES = [
     ({"entity": 5}, ".entity: expected a name or a list of names, got a number 5"),
     ({"entity": []}, ".entity: must not be empty"),
     ({"entity": {"customer": 1}}, ".entity: expected a name or a list of names, got a mapping {'customer': 1}"),
+    ({"entity": ["customer", "customer"]}, ".entity: names customer more than once; list each entity once"),
     ({"tags": [1]}, ".tags[0]: expected a string, got a number 1"),
     ({"tags": {"a": 1}}, ".tags: expected a name or a list of names, got a mapping {'a': 1}"),
     ({"owner": ["a", "b"]}, ".owner: expected a string, got a list ['a', 'b']"),
@@ -146,6 +147,12 @@ META_CASES = [
 
 def test_at_least_forty_variants():
     assert len(FEATURES_CASES) + len(VARS_CASES) + len(META_CASES) >= 40
+
+
+def test_features_yml_not_utf8(tmp_path):
+    (tmp_path / "features.yml").write_bytes(b"version: 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"features.yml cannot be read as UTF-8 text .*; save it as UTF-8"):
+        load_features_yml(tmp_path, VARS)
 
 
 @pytest.mark.parametrize("text,message", FEATURES_CASES, ids=[c[0][:40] for c in FEATURES_CASES])
