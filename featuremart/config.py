@@ -142,6 +142,7 @@ class ProjectConfig:
     default_tier: str | None
     tiers: dict[str, Tier] = field(default_factory=dict)
     default_ttl_text: str = "30d"  # as written in vars.featuremart_default_ttl, shown as written
+    default_max_delete_fraction: float = 0.5  # a sync withholds a view that would delete more of its entities
 
 
 def project_vars(project_dir: Path) -> dict[str, Any]:
@@ -196,6 +197,7 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
         default_tier=spec.defaults.tier,
         tiers=tiers,
         default_ttl_text=found.featuremart_default_ttl.text,
+        default_max_delete_fraction=spec.defaults.max_delete_fraction,
     )
 
 

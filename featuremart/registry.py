@@ -71,6 +71,7 @@ class FeatureView:
     upstream: tuple[str, ...] = ()
     changed_at: str | None = None  # a column that is newer on every row (re)written: enables incremental syncs
     ttl_text: str = ""  # the ttl as the user wrote it (`14d`, not `2w`); empty: format_duration(ttl)
+    max_delete_fraction: float | None = None  # the sync's mass-delete guard; None: features.yml's default
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -371,6 +372,7 @@ def _build_view(
         upstream=model.depends_on,
         changed_at=changed_at,
         ttl_text=ttl_text,
+        max_delete_fraction=meta.max_delete_fraction,
     )
 
 

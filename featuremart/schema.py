@@ -69,6 +69,8 @@ def _distinct(names: list[str]) -> list[str]:
 
 Ttl = Annotated[Duration, PlainValidator(_duration)]
 Name = Annotated[str, Field(min_length=1)]
+#: The largest share of a view's entities one sync may delete (the reliability branch's mass-delete guard).
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Block(BaseModel):
@@ -102,6 +104,7 @@ class OnlineStoreSpec(Block):
 class DefaultsSpec(Block):
     online: bool = True
     tier: Name | None = None
+    max_delete_fraction: Fraction = 0.5
     ttl: Any = Field(default=None, json_schema_extra={"moved": "vars.featuremart_default_ttl"})
 
     @field_validator("ttl")
@@ -170,6 +173,7 @@ class ViewMeta(Block):
     tags: Annotated[list[Name], BeforeValidator(_one_or_list)] = []
     freshness: FreshnessSpec | None = None
     changed_at: Name | None = None
+    max_delete_fraction: Fraction | None = None
 
 
 class ColumnMeta(Block):
@@ -283,6 +287,10 @@ def _message(model: type[BaseModel], error: Mapping[str, Any], path: str) -> str
         return f"{where}: must not be empty"
     if kind == "greater_than":
         return f"{where}: must be greater than {error['ctx']['gt']}, got {describe(value)}"
+    if kind == "greater_than_equal":
+        return f"{where}: must be at least {error['ctx']['ge']:g}, got {describe(value)}"
+    if kind == "less_than_equal":
+        return f"{where}: must be at most {error['ctx']['le']:g}, got {describe(value)}"
     return f"{where}: {error['msg']}"  # our own PydanticCustomError messages, and any kind not foreseen
 
 

@@ -35,7 +35,7 @@ FEATURES_CASES = [
      "(the dbt macros need it too, and dbt cannot read features.yml); delete it here and write "
      "`featuremart_default_ttl: 3d` under vars: there"),
     ("defaults: {tll: 3d}", "features.yml: defaults.tll: unknown key; did you mean 'ttl'? That moved to "
-     "dbt_project.yml vars.featuremart_default_ttl (allowed: online, tier)"),
+     "dbt_project.yml vars.featuremart_default_ttl (allowed: online, tier, max_delete_fraction)"),
     ("online_store: redis://host:6379", "features.yml: online_store: expected a mapping (key: value), got a string "
      "'redis://host:6379'"),
     ("online_store: {keyprefix: fm}", "features.yml: online_store.keyprefix: unknown key; did you mean "
@@ -73,6 +73,8 @@ FEATURES_CASES = [
     ("tiers: {gold: {freshness: {warn_afer: {count: 2, period: day}}}}", "features.yml: "
      "tiers.gold.freshness.warn_afer: unknown key; did you mean 'warn_after'? (allowed: warn_after, error_after)"),
     ("version: 99", "features.yml: version: expected 1, got a number 99"),
+    ("defaults: {max_delete_fraction: 2}", "features.yml: defaults.max_delete_fraction: must be at most 1, got a "
+     "number 2"),
     ("version: '1'", "features.yml: version: expected 1, got a string '1'"),
     ("verison: 1", "features.yml: verison: unknown key; did you mean 'version'? (allowed: version, online_store, "
      "defaults, tiers)"),
@@ -140,8 +142,10 @@ META_CASES = [
     ({"freshness": {"warn_after": {"count": 2}}}, ".freshness.warn_after.period: required: minute, hour or day, as in "
      "{count: 2, period: day}"),
     ({"changed_at": True}, ".changed_at: expected a string, got a boolean True"),
+    ({"max_delete_fraction": -0.1}, ".max_delete_fraction: must be at least 0, got a number -0.1"),
+    ({"max_delete_fraction": "half"}, ".max_delete_fraction: expected a number, got a string 'half'"),
     ({"tll": "7d"}, ".tll: unknown key; did you mean 'ttl'? (allowed: entity, timestamp, ttl, online, owner, tier, "
-     "tags, freshness, changed_at)"),
+     "tags, freshness, changed_at, max_delete_fraction)"),
 ]
 
 
@@ -287,7 +291,7 @@ def test_validate_cli_model_meta(project):
         f"✗ {where}.timestamp: expected a string, got a list ['event_ts']",
         f"✗ {where}.online: expected true or false, got a string 'false' (quoted: write it without quotes)",
         f"✗ {where}.tll: unknown key; did you mean 'ttl'? (allowed: entity, timestamp, ttl, online, owner, tier, "
-        "tags, freshness, changed_at)",
+        "tags, freshness, changed_at, max_delete_fraction)",
     ]
 
 
