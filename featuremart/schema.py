@@ -60,6 +60,11 @@ def _one_or_list(value: Any) -> Any:
     return value
 
 
+def _empty_if_null(value: Any) -> Any:
+    """`bronze:` with nothing after it is a tier with every default, as YAML users expect."""
+    return {} if value is None else value
+
+
 def _distinct(names: list[str]) -> list[str]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -137,7 +142,7 @@ class FeaturesFile(Block):
     version: Literal[1] = 1
     online_store: OnlineStoreSpec = OnlineStoreSpec()
     defaults: DefaultsSpec = DefaultsSpec()
-    tiers: dict[Name, TierSpec] = {}
+    tiers: dict[Name, Annotated[TierSpec, BeforeValidator(_empty_if_null)]] = {}
     entities: Any = Field(default=None, json_schema_extra={"moved": "vars.featuremart_entities"})
 
     @field_validator("entities")

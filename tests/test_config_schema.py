@@ -153,6 +153,11 @@ def test_at_least_forty_variants():
     assert len(FEATURES_CASES) + len(VARS_CASES) + len(META_CASES) >= 40
 
 
+def test_a_tier_with_nothing_after_it_takes_every_default(tmp_path):
+    (tmp_path / "features.yml").write_text("tiers:\n  bronze:\n")
+    assert load_features_yml(tmp_path, VARS).tiers["bronze"].online is True
+
+
 def test_features_yml_not_utf8(tmp_path):
     (tmp_path / "features.yml").write_bytes(b"version: 1\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"features.yml cannot be read as UTF-8 text .*; save it as UTF-8"):
