@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from featuremart.errors import FeaturemartError, ValidationError
+from featuremart.errors import ConfigProblems, FeaturemartError, ValidationError
 from featuremart.online.reader import FeatureValue
 from featuremart.registry import Feature, FeatureService, FeatureView
 from featuremart.store import FeatureStore
@@ -90,6 +90,13 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         err.print(f"[bold red]{len(exc.problems)} error(s) in feature metadata:[/]")
         for problem in exc.problems:
             err.print(f"  [red]✗[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        return 1
+    except ConfigProblems as exc:
+        if len(exc.problems) > 1:
+            err.print(f"[bold red]{len(exc.problems)} error(s) in features.yml and the featuremart dbt vars:[/]")
+        for problem in exc.problems:
+            err.print(f"  [red]✗[/] {escape(problem)}" if len(exc.problems) > 1 else
+                      f"[bold red]Error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
         return 1
     except FeaturemartError as exc:
         err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)

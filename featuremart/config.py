@@ -20,7 +20,7 @@ import jinja2
 import yaml
 
 from featuremart import schema
-from featuremart.errors import ConfigError
+from featuremart.errors import ConfigError, ConfigProblems
 
 KEY_TYPES = ("string", "int")
 DEFAULT_URL_ENV = "FEATUREMART_REDIS_URL"
@@ -183,7 +183,7 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
         lines.append(f"{path.name}: defaults.tier: {spec.defaults.tier!r} is not a tier; tiers: "
                      f"{', '.join(sorted(spec.tiers)) or 'none'}")
     if lines or spec is None or found is None:
-        raise ConfigError("\n".join(lines))
+        raise ConfigProblems(lines)
     entities = {name: Entity(name, tuple(e.join_keys.items()), e.description)
                 for name, e in found.featuremart_entities.items()}
     tiers = {name: Tier(name, t.description, Freshness.from_spec(t.freshness), t.online)

@@ -19,6 +19,14 @@ class ConfigError(FeaturemartError):
     """features.yml or profiles.yml is missing or invalid."""
 
 
+class ConfigProblems(ConfigError):
+    """Wrong shapes in features.yml and the featuremart dbt vars: one line each, all found in one run."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
 class ValidationError(FeaturemartError):
     """Feature metadata contradicts the manifest, features.yml or the warehouse; holds every problem found."""
 

@@ -312,3 +312,18 @@ def test_list_and_describe_show_the_ttl_as_written(project):
     described = featuremart(project, "describe", "customer_spend", env={"COLUMNS": "200"})
     assert described.returncode == 0, described.stderr
     assert [line.split() for line in described.stdout.splitlines() if line.startswith("ttl ")] == [["ttl", "14d"]]
+
+
+def test_validate_cli_reports_every_problem_at_once(tmp_path):
+    variables = {"featuremart_entities": {"customer": ["customer_id"]}, "featuremart_default_ttl": "0s"}
+    proc = featuremart(small_project(tmp_path, "version: 2\ndefaults: {online: 'yes'}\n", variables), "validate")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [line.strip() for line in proc.stderr.splitlines()] == [
+        "4 error(s) in features.yml and the featuremart dbt vars:",
+        "✗ features.yml: version: expected 1, got a number 2",
+        "✗ features.yml: defaults.online: expected true or false, got a string 'yes' (quoted: write it without quotes)",
+        "✗ dbt_project.yml: vars.featuremart_entities.customer: expected a mapping (key: value), got a list "
+        "['customer_id']",
+        "✗ dbt_project.yml: vars.featuremart_default_ttl: a ttl of '0s' would expire every value as soon as it is "
+        "written (and delete every key of the view); use at least 1s",
+    ]
