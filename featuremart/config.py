@@ -145,14 +145,14 @@ class ProjectConfig:
     default_max_delete_fraction: float = 0.5  # a sync withholds a view that would delete more of its entities
 
 
-def project_vars(project_dir: Path) -> dict[str, Any]:
+def project_vars(project_dir: Path) -> Any:
     """The `vars:` of dbt_project.yml, read as YAML: where the entities and the default ttl live (dbt's macros
     need them too). The dbt module's rendered `DbtProject.vars` replaces this once it exists."""
     path = Path(project_dir) / "dbt_project.yml"
     if not path.exists():
         raise ConfigError(f"{path} not found: run featuremart in a dbt project directory or pass --project-dir")
     raw = _load_yaml(path).get("vars")
-    return raw if isinstance(raw, dict) else {}
+    return {} if raw is None else raw  # not a mapping: the schema says so, located
 
 
 def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = None) -> ProjectConfig:
@@ -170,10 +170,10 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
     raw = _load_yaml(path, allow_empty=True)
     spec, problems = schema.validate(schema.FeaturesFile, raw)
     lines = [f"{path.name}: {p}" for p in problems]
-    variables = project_vars(project_dir) if dbt_vars is None else dict(dbt_vars)
+    variables = project_vars(project_dir) if dbt_vars is None else dbt_vars
     found, var_problems = schema.validate(schema.FeaturemartVars, variables, "vars")
     lines += [f"dbt_project.yml: {p}" for p in var_problems]
-    if "featuremart_entities" not in variables:  # misspelt? say so instead of "required"
+    if isinstance(variables, Mapping) and "featuremart_entities" not in variables:  # misspelt? not "required"
         close = difflib.get_close_matches("featuremart_entities", [str(k) for k in variables], n=1, cutoff=0.7)
         if close:
             lines = [line for line in lines if not line.startswith("dbt_project.yml: vars.featuremart_entities:")]

@@ -105,6 +105,8 @@ VARS_CASES = [
     ({"featuremart_entities": {"customer": {"description": ["a", "b"], "join_keys": {"customer_id": "string"}}}},
      "dbt_project.yml: vars.featuremart_entities.customer.description: expected a string, got a list ['a', 'b']"),
     ({"featuremart_entities": {}}, "dbt_project.yml: vars.featuremart_entities: must not be empty"),
+    (["featuremart_entities"], "dbt_project.yml: vars: expected a mapping (key: value), got a list "
+     "['featuremart_entities']"),
     ({}, "dbt_project.yml: vars.featuremart_entities: required: declare your entities under vars:, e.g. "
      "featuremart_entities: {customer: {join_keys: {customer_id: string}}}"),
     ({"featuremart_entitys": ENTITIES}, "dbt_project.yml: vars.featuremart_entitys: not a featuremart var; did you "
