@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 
 from featuremart.errors import ConfigError
@@ -265,6 +264,8 @@ def _env_var(name: str, default: str | None = None) -> str:
 def _load_yaml(path: Path, render: bool = False) -> dict[str, Any]:
     text = path.read_text()
     if render:
+        import jinja2  # only here: the serving path (featuremart get/serve) must not pay for importing it
+
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
         env.filters["as_number"] = lambda v: v
         env.filters["as_bool"] = lambda v: v
