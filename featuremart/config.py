@@ -14,8 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from featuremart.errors import ConfigError
 
 KEY_TYPES = ("string", "int")
@@ -262,6 +260,8 @@ def _env_var(name: str, default: str | None = None) -> str:
 
 
 def _load_yaml(path: Path, render: bool = False) -> dict[str, Any]:
+    import yaml  # here, not at the top: online readers import this module for its dataclasses only
+
     text = path.read_text()
     if render:
         import jinja2  # only here: the serving path (featuremart get/serve) must not pay for importing it

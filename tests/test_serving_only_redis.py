@@ -16,7 +16,7 @@ from tests.feature_server import FeatureServer, featuremart_command, serving_env
 
 pytestmark = pytest.mark.integration
 
-HEAVY = ("dbt", "duckdb", "sqlglot", "pyarrow", "jinja2", "numpy", "pandas", "agate")
+HEAVY = ("dbt", "duckdb", "sqlglot", "pyarrow", "jinja2", "numpy", "pandas", "agate", "yaml", "pydantic")
 
 
 @pytest.fixture
