@@ -83,13 +83,17 @@ def test_get_without_a_url_or_a_project_says_what_to_do(tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_needs_only_the_redis_url(published, redis_url, tmp_path, workers):
     entity, expected = published
-    with FeatureServer(tmp_path, serving_env(redis_url), "--workers", str(workers)) as server:
+    auth = {"Authorization": "Bearer w0rker-t0ken"}
+    env = serving_env(redis_url, FM_SERVE_TOKEN="w0rker-t0ken")
+    with FeatureServer(tmp_path, env, "--workers", str(workers), "--token-env", "FM_SERVE_TOKEN") as server:
         if workers > 1:
             assert len(server.children()) >= workers, server.children()
+        request = {"service": "fraud_model", "entities": [entity]}
+        assert server.request("POST", "/features", request)[0] == 401  # every worker knows the token
         for _ in range(20):  # several connections: with two workers both answer
-            status, body = server.request("POST", "/features", {"service": "fraud_model", "entities": [entity]})
+            status, body = server.request("POST", "/features", request, headers=auth)
             assert status == 200, body
             assert body["results"][0]["values"] == expected
         status, ready = server.request("GET", "/readyz")
         assert status == 200 and ready["views"] >= 3
-    assert "Traceback" not in server.output
+    assert "Traceback" not in server.output and "w0rker-t0ken" not in server.output
