@@ -456,6 +456,21 @@ class _Observed:
         return False
 
 
+#: Descriptors a server process needs besides its client connections (Redis pool, threadpool, logs, imports).
+SPARE_DESCRIPTORS = 64
+
+
+def _check_descriptors(max_connections: int) -> None:
+    """Refuse a connection cap the process cannot honour: past `ulimit -n`, accept() fails instead."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_connections + SPARE_DESCRIPTORS > soft:
+        raise ConfigError(f"--max-connections {max_connections} needs about {max_connections + SPARE_DESCRIPTORS} "
+                          f"file descriptors but this process may open {soft} (ulimit -n): lower "
+                          f"--max-connections or raise the limit")
+
+
 def serve(reader: OnlineReader | None, settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, workers: int = 1) -> None:
     """Run the server until interrupted (uvicorn; access log off: see /metrics).
@@ -467,6 +482,7 @@ def serve(reader: OnlineReader | None, settings: ServerSettings, *, host: str = 
 
     from featuremart.http_guard import GuardedH11Protocol, throttle_logs
 
+    _check_descriptors(settings.max_connections)
     settings.to_env()  # read by the worker processes and by GuardedH11Protocol
     throttle_logs()
     limits: dict[str, Any] = dict(

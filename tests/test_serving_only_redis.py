@@ -97,3 +97,16 @@ def test_serve_needs_only_the_redis_url(published, redis_url, tmp_path, workers)
         status, ready = server.request("GET", "/readyz")
         assert status == 200 and ready["views"] >= 3
     assert "Traceback" not in server.output and "w0rker-t0ken" not in server.output
+
+
+def test_serve_refuses_a_connection_cap_beyond_the_descriptor_limit(redis_url, tmp_path):
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no descriptor limit to exceed")
+    proc = subprocess.run(featuremart_command() + ["serve", "--max-connections", str(soft)], cwd=tmp_path,
+                          env=serving_env(redis_url), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"--max-connections {soft} needs about" in proc.stderr and "ulimit -n" in proc.stderr
+    assert "Traceback" not in proc.stderr
