@@ -38,9 +38,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from featuremart.errors import (ArtifactError, ConfigError, FeaturemartError, NotPublishedError,
+    from featuremart.errors import (ArtifactError, ConfigError, FeaturemartError, NotPublishedError,  # noqa: F401
                                     OnlineStoreError, SyncLockedError, TrainingSetError, UnknownNameError,
                                     ValidationError, WarehouseError)
-    from featuremart.online.reader import EXPIRED, MISSING, PRESENT, FeatureValue
-    from featuremart.registry import Feature, FeatureService, FeatureView, Registry
-    from featuremart.store import FeatureStore
+    from featuremart.online.reader import EXPIRED, MISSING, PRESENT, FeatureValue  # noqa: F401
+    from featuremart.registry import Feature, FeatureService, FeatureView, Registry  # noqa: F401
+    from featuremart.store import FeatureStore  # noqa: F401
