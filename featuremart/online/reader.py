@@ -430,8 +430,9 @@ class OnlineReader:
             snapshot, registry_id = self.store.read_registry(keys.registry_key(self.store.prefix))
             if snapshot is None:
                 raise NotPublishedError(f"no registry published in the online store at {self.store.url} "
-                                       f"(key {keys.registry_key(self.store.prefix)}): run `featuremart sync` "
-                                       "first")
+                                        f"(key {keys.registry_key(self.store.prefix)}): run `featuremart sync` "
+                                        f"first, or if it wrote under another online_store.key_prefix, pass "
+                                        f"--prefix (or set {PREFIX_ENV})")
             if self._state is None or self._state.registry_id != registry_id:
                 self._state = _State(Registry.from_snapshot(snapshot), registry_id, _PlanCache())
 
