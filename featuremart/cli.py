@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,8 +22,11 @@ from rich.text import Text
 from featuremart.errors import ConfigProblems, FeaturemartError, ValidationError
 from featuremart.online.reader import FeatureValue
 from featuremart.registry import Feature, FeatureService, FeatureView
-from featuremart.store import FeatureStore
-from featuremart.sync import SyncRun
+
+if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` must not load dbt or DuckDB
+    from featuremart.online.reader import OnlineReader
+    from featuremart.store import FeatureStore
+    from featuremart.sync import SyncRun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,14 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="diff every entity even of views with a changed_at column (finds deleted rows)")
     sync.add_argument("--json", action="store_true", help="print the run record as JSON (for CI logs)")
 
-    get = sub.add_parser("get", parents=[common], help="read features of one entity from the online store")
+    online = argparse.ArgumentParser(add_help=False)
+    online.add_argument("--redis-url", metavar="URL", default=None,
+                        help="the online store (default: $FEATUREMART_REDIS_URL); with either, no dbt project is read")
+    online.add_argument("--prefix", default=None,
+                        help="the key prefix the sync wrote under (default: $FEATUREMART_PREFIX, else fm)")
+
+    get = sub.add_parser("get", parents=[common, online], help="read features of one entity from the online store")
     what = get.add_mutually_exclusive_group(required=True)
     what.add_argument("--service", help="a feature service (a dbt exposure of type ml)")
     what.add_argument("--features", help="comma-separated view.feature (or view.*) references")
     get.add_argument("keys", nargs="+", metavar="KEY=VALUE", help="entity keys, e.g. customer_id=C123")
     get.add_argument("--json", action="store_true", help="print JSON")
 
-    serve = sub.add_parser("serve", parents=[common], help="serve features over HTTP (docs/serving.md)")
+    serve = sub.add_parser("serve", parents=[common, online], help="serve features over HTTP (docs/serving.md)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     serve.add_argument("--token-env", metavar="VAR", default=None,
@@ -63,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the largest batch of entities one request may ask for (default: 1000)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
                        help="the largest request body accepted (default: 1 MiB)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="server processes (default: 1); more than one needs --redis-url or FEATUREMART_REDIS_URL")
+    serve.add_argument("--max-connections", type=int, default=512, metavar="N",
+                       help="open connections per process; more are closed at once (default: 512)")
+    serve.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="time a connection has to send a request's headers (default: 10)")
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="time a request has to send its body (default: 30; 408 after)")
+    serve.add_argument("--keep-alive", type=float, default=5.0, metavar="SECONDS",
+                       help="how long an idle keep-alive connection stays open (default: 5)")
     training = sub.add_parser("training-set", parents=[common],
                               help="build a point-in-time correct training set from a spine of labelled events")
     training.add_argument("--spine", required=True,
@@ -80,6 +100,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     console = console or Console()
     err = Console(stderr=True) if console.file is sys.stdout else console
     try:
+        if args.command in SERVING_COMMANDS:  # need only Redis: the dbt project is opened only as a fallback
+            return SERVING_COMMANDS[args.command](args, console)
+        from featuremart.store import FeatureStore
+
         store = FeatureStore(args.project_dir, profiles_dir=args.profiles_dir, target=args.target)
         with store:
             try:
@@ -108,6 +132,45 @@ def _say_which_store(store: FeatureStore) -> None:
     used = store.online_store_used
     if used:
         Console(stderr=True).print(f"online store: {used}", highlight=False, soft_wrap=True)
+
+
+def serving_url(args: argparse.Namespace) -> str | None:
+    """The Redis URL `get` and `serve` read from: --redis-url, else FEATUREMART_REDIS_URL, else None."""
+    import os
+
+    from featuremart.online.reader import URL_ENV
+
+    return args.redis_url or os.environ.get(URL_ENV) or None
+
+
+@contextmanager
+def open_reader(args: argparse.Namespace) -> Iterator[OnlineReader]:
+    """The online reader for `get` and `serve`: from the Redis URL alone when one is given (no dbt project, no
+    warehouse secrets); otherwise from the dbt project in --project-dir (its features.yml names the store, or
+    the embedded quick-start store under target/)."""
+    from pathlib import Path
+
+    from featuremart.online.reader import URL_ENV, OnlineReader
+
+    url = serving_url(args)
+    if url:
+        reader = OnlineReader.connect(url, prefix=args.prefix)
+        try:
+            yield reader
+        finally:
+            Console(stderr=True).print(f"online store: {reader.store.url}", highlight=False, soft_wrap=True)
+            reader.store.close()
+        return
+    if not (Path(args.project_dir) / "dbt_project.yml").is_file():
+        raise FeaturemartError(f"no online store to read: pass --redis-url URL or set {URL_ENV} (no dbt project "
+                               f"in {Path(args.project_dir).resolve()} to take it from)")
+    from featuremart.store import FeatureStore
+
+    with FeatureStore(args.project_dir, profiles_dir=args.profiles_dir, target=args.target) as store:
+        try:
+            yield store.reader
+        finally:
+            _say_which_store(store)
 
 
 def cmd_list(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
@@ -241,7 +304,7 @@ def render_run(run: SyncRun) -> Table:
     return table
 
 
-def cmd_get(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+def cmd_get(args: argparse.Namespace, console: Console) -> int:
     entity = {}
     for pair in args.keys:
         key, sep, value = pair.partition("=")
@@ -249,7 +312,8 @@ def cmd_get(store: FeatureStore, args: argparse.Namespace, console: Console) -> 
             raise FeaturemartError(f"entity key {pair!r} should be written KEY=VALUE, e.g. customer_id=C123")
         entity[key] = value
     features = [f.strip() for f in args.features.split(",")] if args.features else None
-    record = store.get_online_features([entity], service=args.service, features=features)[0]
+    with open_reader(args) as reader:
+        record = reader.get([entity], service=args.service, features=features)[0]
     if args.json:
         console.print_json(json.dumps({name: _json_value(v) for name, v in record.items()}, default=str))
         return 0
@@ -291,11 +355,11 @@ def _age(age: Any) -> str:
     return f"{hours / 24:.1f}d" if hours >= 48 else f"{hours:.1f}h"
 
 
-def cmd_serve(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     import logging
     import os
 
-    from featuremart.server import serve
+    from featuremart.server import ServerSettings, serve
 
     token = None
     if args.token_env:
@@ -303,16 +367,31 @@ def cmd_serve(store: FeatureStore, args: argparse.Namespace, console: Console) -
         if not token:
             raise FeaturemartError(f"--token-env {args.token_env}: that environment variable is unset or empty; "
                                    "set it to the bearer token clients will send")
-    for name, value in (("--max-entities", args.max_entities), ("--max-body-bytes", args.max_body_bytes)):
+    for name, value in (("--max-entities", args.max_entities), ("--max-body-bytes", args.max_body_bytes),
+                        ("--workers", args.workers), ("--max-connections", args.max_connections)):
         if value < 1:
             raise FeaturemartError(f"{name} must be at least 1, got {value}")
     if not 1 <= args.port <= 65535:
         raise FeaturemartError(f"--port {args.port}: a TCP port is a number from 1 to 65535")
+    for name, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout),
+                        ("--keep-alive", args.keep_alive)):
+        if not value > 0:
+            raise FeaturemartError(f"{name} must be a positive number of seconds, got {value}")
+    url = serving_url(args)
+    if args.workers > 1 and not url:
+        raise FeaturemartError("--workers above 1 needs --redis-url or FEATUREMART_REDIS_URL: each process "
+                               "connects to Redis itself (the embedded quick-start store serves one process)")
+    settings = ServerSettings(redis_url=url, prefix=args.prefix, token_env=args.token_env,
+                              max_entities=args.max_entities, max_body_bytes=args.max_body_bytes,
+                              max_connections=args.max_connections, header_timeout=args.header_timeout,
+                              body_timeout=args.body_timeout, keep_alive=args.keep_alive)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    console.print(f"serving features from {store.online.url} on http://{args.host}:{args.port}"
-                  f"{' (bearer token from $' + args.token_env + ')' if token else ''}", highlight=False)
-    serve(store.reader, host=args.host, port=args.port, token=token, max_entities=args.max_entities,
-          max_body_bytes=args.max_body_bytes)
+    with open_reader(args) as reader:  # connects now: a wrong URL fails here, with one message
+        console.print(f"serving features from {reader.store.url} on http://{args.host}:{args.port}"
+                      f"{f' with {args.workers} workers' if args.workers > 1 else ''}"
+                      f"{' (bearer token from $' + args.token_env + ')' if token else ''}", highlight=False)
+        serve(reader if args.workers == 1 else None, settings, host=args.host, port=args.port, token=token,
+              workers=args.workers)
     return 0
 
 
@@ -336,9 +415,10 @@ def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Con
     return 0
 
 
-COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync, "get": cmd_get,
-            "training-set": cmd_training_set,
-            "serve": cmd_serve}
+COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync,
+            "training-set": cmd_training_set}
+#: Commands that read the online store only: they take (args, console) and open no dbt project unless needed.
+SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,10 +16,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
-import jinja2
-import yaml
-
-from featuremart import schema
 from featuremart.errors import ConfigError, ConfigProblems
 
 KEY_TYPES = ("string", "int")
@@ -167,6 +163,8 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
             f"{path} not found: featuremart needs a features.yml at the dbt project root (version: 1 and the "
             "online store; see docs/metadata.md)."
         )
+    from featuremart import schema  # pydantic: not on the serving path, which imports this module
+
     raw = _load_yaml(path, allow_empty=True)
     spec, problems = schema.validate(schema.FeaturesFile, raw)
     lines = [f"{path.name}: {p}" for p in problems]
@@ -273,7 +271,11 @@ def _load_yaml(path: Path, render: bool = False, allow_empty: bool = False) -> d
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{path} cannot be read as UTF-8 text ({exc}); save it as UTF-8") from None
+    import yaml  # here, not at the top: online readers import this module for its dataclasses only
+
     if render:
+        import jinja2  # only here: the serving path (featuremart get/serve) must not pay for importing it
+
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
         env.filters["as_number"] = lambda v: v
         env.filters["as_bool"] = lambda v: v

@@ -53,3 +53,7 @@ class UnknownNameError(FeaturemartError):
 
 class TrainingSetError(FeaturemartError):
     """A training set request that cannot be served: bad spine, unknown features, or dbt failed to compile."""
+
+
+class NotPublishedError(FeaturemartError):
+    """The online store answers but holds no published registry: no `featuremart sync` has run against it."""

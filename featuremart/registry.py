@@ -14,13 +14,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterable, Mapping
 
-from featuremart import schema, types
+from featuremart import types
 from featuremart.config import Entity, Freshness, ProjectConfig, format_duration, parse_duration
 from featuremart.errors import ConfigError, UnknownNameError, ValidationError
 from featuremart.manifest import Manifest, Model
 
-VIEW_META_KEYS = tuple(schema.ViewMeta.model_fields)
-COLUMN_META_KEYS = tuple(schema.ColumnMeta.model_fields)
+
+
+def __getattr__(name: str) -> Any:
+    """VIEW_META_KEYS and COLUMN_META_KEYS, the meta keys the schema declares; read lazily so that online
+    readers (which import this module for the snapshot) never import pydantic."""
+    if name in ("VIEW_META_KEYS", "COLUMN_META_KEYS"):
+        from featuremart import schema
+
+        return tuple((schema.ViewMeta if name == "VIEW_META_KEYS" else schema.ColumnMeta).model_fields)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 _META = "config.meta.featuremart"
 SNAPSHOT_FORMAT = 1
 
@@ -253,6 +261,8 @@ def _build_view(
     columns: Mapping[str, str] | None,
     problems: list[Problem],
 ) -> FeatureView | None:
+    from featuremart import schema  # pydantic: imported only when metadata is validated
+
     where = model.yaml_path or model.sql_path
     start = len(problems)
 

@@ -54,13 +54,18 @@ class FeatureStore:
         self._reader: OnlineReader | None = None
 
     @classmethod
-    def from_url(cls, redis_url: str, *, prefix: str = "fm") -> FeatureStore:
-        """A read-only store needing only the Redis URL: the registry is the snapshot the last sync published."""
+    def from_url(cls, redis_url: str | None = None, *, prefix: str | None = None) -> FeatureStore:
+        """A read-only store needing only Redis: the registry is the snapshot the last sync published.
+
+        `redis_url` and `prefix` default to FEATUREMART_REDIS_URL and FEATUREMART_PREFIX (then `fm`); no dbt
+        project, warehouse or profile is read.
+        """
         self = cls.__new__(cls)
         self.project = None  # type: ignore[assignment]
         self.config = None  # type: ignore[assignment]
-        self._redis_url, self._registry, self._reader = redis_url, None, None
-        self._online = OnlineStore.connect(redis_url, embedded_dir=Path("."), prefix=prefix)
+        self._registry = None
+        self._reader = OnlineReader.connect(redis_url, prefix=prefix)
+        self._redis_url, self._online = redis_url, self._reader.store
         return self
 
     # -- the dbt side -------------------------------------------------------------------------------------

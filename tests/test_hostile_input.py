@@ -248,7 +248,7 @@ def test_superscript_int_key_is_a_clear_error_in_cli_and_server(tiny_project, re
                        env={"FEATUREMART_REDIS_URL": redis_url})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [f"online store: {redis_url}",
-                                        "Error: entity key account_id is an int key; got '²' (str)"]
+                                        "Error: entity key account_id is an int key; got '²' (str): give an integer or a decimal string"]
     with FeatureStore.from_url(redis_url) as store, TestClient(create_app(store.reader)) as http:
         response = http.post("/features", json={"features": ["balances.balance"], "entities": [{"account_id": "²"}]})
         assert response.status_code == 400 and "account_id is an int key" in response.json()["error"]

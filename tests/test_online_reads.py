@@ -245,3 +245,68 @@ def test_registry_refresh_under_concurrent_reads(tiny_project, tmp_path, redis_u
         reader.close()
     assert not failures, failures[:3]
     assert old_version in seen and len(seen) == 2, seen
+
+
+def test_numpy_scalars_are_entity_keys(synced):
+    """Keys taken from numpy arrays or pandas frames (numpy.int64, numpy.str_) read like plain ints and strs."""
+    import numpy as np
+
+    plain = synced.get_online_features([{"account_id": 7, "thing_id": "a"}],
+                                       features=["balances.balance", "all_types.f_int"])
+    for account, thing in ((np.int64(7), np.str_("a")), (np.int32(7), "a"), (np.uint8(7), np.str_("a"))):
+        assert synced.get_online_features([{"account_id": account, "thing_id": thing}],
+                                          features=["balances.balance", "all_types.f_int"]) == plain
+    table = synced.get_online_features_arrow([{"account_id": np.int64(7), "thing_id": np.str_("a")}],
+                                             features=["balances.balance", "all_types.f_int"])
+    assert table.column("account_id").to_pylist() == [7] and table.column("thing_id").to_pylist() == ["a"]
+    assert table.column("balance").to_pylist() == [10.5]
+    for wrong in (np.float64(7.0), np.bool_(True), "²", "7.0", 7.0):
+        with pytest.raises(UnknownNameError, match=r"account_id is an int key; got .*give an integer"):
+            synced.get_online_features([{"account_id": wrong}], features=["balances.balance"])
+
+
+SHORT_TTL_SQL = """\
+select 'gone' as thing_id, timestamp '2000-01-01 00:00:00' as event_ts, 1 as v
+union all
+select 'here', timestamp '2025-01-01 00:00:00', 2
+"""
+SHORT_TTL_YML = """\
+version: 2
+models:
+  - name: short_ttl
+    config:
+      meta:
+        featuremart: {entity: thing, timestamp: event_ts, ttl: 3650d}
+"""
+
+
+def test_an_outlived_value_reads_missing_and_expired_only_while_its_key_remains(tiny_project, tmp_path,
+                                                                                  redis_url):
+    """What docs/serving.md says: keys expire in Redis at event time + ttl, so an entity whose value outlived
+    its ttl reads `missing` (nothing is kept for it); `expired` is what a read sees of a key still there past
+    the ttl (the instant before Redis removes it, or a read with an explicit later `now`)."""
+    import redis
+
+    project = tmp_path / "tiny"
+    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("logs"))
+    (project / "models" / "short_ttl.sql").write_text(SHORT_TTL_SQL)
+    (project / "models" / "short_ttl.yml").write_text(SHORT_TTL_YML)
+    dbt(project, "build")
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        run = fs.sync(full_refresh=True)  # the copied target/ holds the state of another test's sync
+        assert run.status == "success", run.to_json()
+    with FeatureStore.from_url(redis_url) as fs:
+        entities = [{"thing_id": "gone"}, {"thing_id": "here"}, {"thing_id": "never"}]
+        gone, here, never = (r["v"] for r in fs.get_online_features(entities, features=["short_ttl.v"]))
+        assert gone == never == FeatureValue(None, None, MISSING)
+        assert here.status == PRESENT and here.value == 2
+        [later] = fs.reader.get([{"thing_id": "here"}], features=["short_ttl.v"], now=here.event_ts + TTL + timedelta(seconds=1))
+        assert later["v"] == FeatureValue(None, here.event_ts, EXPIRED)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not list(client.scan_iter(match="fm:{thing_id=gone}:*"))
+        [key] = client.scan_iter(match="fm:{thing_id=here}:short_ttl:*")
+        expires_ms = client.pexpiretime(key)
+        assert expires_ms == int((here.event_ts + TTL).timestamp() * 1000)
+    finally:
+        client.close()

@@ -3,9 +3,14 @@ against a real `featuremart serve` process (uvicorn) on a free port that asserts
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import warnings
 
 import pytest
@@ -13,7 +18,8 @@ import pytest
 from featuremart import FeatureStore
 from featuremart.server import create_app
 from tests.conftest import ROOT
-from tests.redis_server import free_port
+from tests.feature_server import FeatureServer, serving_env
+from tests.redis_server import RedisServer, free_port
 from tests.test_online_reads import EVENT, tiny_project  # noqa: F401 - the module-scoped fixture
 
 with warnings.catch_warnings():
@@ -177,3 +183,157 @@ def test_serve_under_load_with_zero_errors(store, tiny_project, redis_url):  # n
         output, _ = server.communicate(timeout=10)
     assert TOKEN not in output
     assert f"http://127.0.0.1:{port}" in output
+
+
+# -- a real server process: what no client may break --------------------------------------------------------
+
+DEEP = b'{"features": ["all_types.f_int"], "entities": [{"thing_id": ' + b"[" * 1000 + b"]" * 1000 + b"}]}"
+DEEPER = b"[" * 2000 + b"]" * 2000  # beyond any parser's depth limit
+
+
+@pytest.fixture
+def server(store, redis_url, tmp_path):
+    """`featuremart serve` needing only the Redis URL, with short timeouts and a small connection cap."""
+    with FeatureServer(tmp_path, serving_env(redis_url), "--max-connections", "40", "--header-timeout", "1",
+                       "--body-timeout", "1", "--keep-alive", "1") as s:
+        yield s
+
+
+def _post(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, dict, dict]:
+    conn.request("POST", "/features", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(resp.read())
+
+
+def test_deeply_nested_json_is_a_400_and_the_connection_stays_usable(server):
+    assert len(DEEP) < 2100
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for body in (DEEP, DEEPER, b"[" * 1000 + b"]" * 1000):
+            status, headers, payload = _post(conn, body)
+            assert status == 400, payload
+            assert "connection" not in headers  # answered, not dropped: the next request reuses the socket
+        status, _, payload = _post(conn, b'{"features": ["all_types.f_int"], "entities": [{"thing_id": "a"}]}')
+        assert status == 200 and payload["results"][0]["values"]["f_int"]["value"] == 42
+    finally:
+        conn.close()
+    assert "Traceback" not in server.stop() and "RecursionError" not in server.output
+
+
+def test_slow_and_idle_connections_are_closed_and_capped(server):
+    """50 sockets against a cap of 40 and a 1 s header deadline: 10 are closed at once, the rest within
+    seconds whether idle or trickling a header, the server's descriptors return, and it answers again."""
+    baseline_fds = server.open_fds()
+    sockets = []
+    try:
+        for i in range(50):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            if i % 2:
+                s.sendall(b"POST /features HTTP/1.1\r\nHost: x\r\n")  # a header that never ends
+            sockets.append(s)
+            time.sleep(0.005)
+        time.sleep(0.3)
+        closed_at_once = sum(_closed_by_server(s, wait=0.05) for s in sockets)
+        assert closed_at_once >= 10, closed_at_once
+        for s in sockets[1::2]:  # trickle: a byte every 0.3 s does not extend the deadline
+            for _ in range(3):
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    break
+                time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(_closed_by_server(s, wait=0.05) for s in sockets):
+            time.sleep(0.2)
+        assert all(_closed_by_server(s, wait=0.05) for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
+    time.sleep(0.3)
+    assert server.open_fds() <= baseline_fds + 2
+    status, body = server.request("POST", "/features", {"features": ["all_types.f_int"],
+                                                         "entities": [{"thing_id": "a"}]})
+    assert status == 200, body
+    output = server.stop()
+    assert "Traceback" not in output
+    # each kind of failure logged once per 10 s, not once per socket
+    assert output.count("sent no complete request headers") <= 2, output
+    assert 1 <= output.count("closed a new connection") <= 2, output
+
+
+def _closed_by_server(s: socket.socket, wait: float) -> bool:
+    s.settimeout(wait)
+    try:
+        return s.recv(1 << 16) == b""
+    except socket.timeout:
+        return False
+    except OSError:  # reset by the server
+        return True
+
+
+def test_slow_body_gets_408_and_cut_off_body_is_a_client_error(server):
+    head = (b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"features\"")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(head)  # and nothing more: the body timeout is 1 s
+        reply = b""
+        while chunk := s.recv(1 << 16):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"connection: close" in reply.lower(), reply
+    for _ in range(3):  # clients that hang up mid-body
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(head)
+        time.sleep(0.1)
+    time.sleep(0.3)
+    status, _ = server.request("GET", "/healthz")
+    assert status == 200
+    metrics = urllib.request.urlopen(server.url + "/metrics", timeout=5).read().decode()
+    assert 'code="499"} 3' in metrics and 'code="408"} 1' in metrics, metrics
+    assert 'code="500"' not in metrics
+    assert "Traceback" not in server.stop()
+
+
+def test_plan_cache_is_bounded_by_memory(server):
+    """Requests naming one feature 20,000+ times (each list distinct, ~360 KB): the server's memory stays flat."""
+    for i in range(3):  # warm up: first plans, threadpool, allocator
+        server.request("POST", "/features", {"features": ["all_types.f_int"] * (20_000 + i), "entities": []})
+    before = server.rss_mb()
+    for i in range(80):
+        status, body = server.request("POST", "/features", {"features": ["all_types.f_int"] * (20_100 + i),
+                                                             "entities": [{"thing_id": "a"}]})
+        assert status == 200 and body["results"][0]["values"]["f_int"]["value"] == 42
+    grown = server.rss_mb() - before
+    assert grown < 40, f"RSS grew {grown:.0f} MB over 80 requests"
+
+
+def test_plan_cache_accounts_bytes(store):
+    from featuremart.online.reader import PLAN_CACHE_BYTES
+
+    reader = store.reader
+    for i in range(300):
+        reader.read([{"thing_id": "a"}], features=["all_types.f_int"] * (1 + i % 7) + ["all_types.f_bool"] * i)
+    plans = reader._current().plans
+    assert 0 < plans.nbytes <= PLAN_CACHE_BYTES and len(plans) <= 256
+
+
+def test_unavailable_store_reveals_nothing_about_it(tiny_project, tmp_path):  # noqa: F811
+    """503 bodies and the unauthenticated /readyz say "online store unavailable"; the log has the detail."""
+    with RedisServer() as redis_server:
+        admin = redis_server.client()
+        admin.execute_command("ACL", "SETUSER", "fmreader", "on", ">s3cret-pw", "~*", "+@all")
+        url = f"redis://fmreader:s3cret-pw@127.0.0.1:{redis_server.port}/3"
+        with FeatureStore(tiny_project, redis_url=url) as fs:
+            assert fs.sync().status == "success"
+        with FeatureServer(tmp_path, serving_env(url)) as server:
+            assert server.request("GET", "/readyz")[0] == 200
+            redis_server.kill()
+            status, ready = server.request("GET", "/readyz")
+            assert (status, ready) == (503, {"error": "not ready: online store unavailable"})
+            status, body = server.request("POST", "/features", {"features": ["all_types.f_int"],
+                                                                 "entities": [{"thing_id": "a"}]})
+            assert (status, body) == (503, {"error": "online store unavailable"})
+            status, body = server.request("GET", "/services")
+            assert (status, body) == (503, {"error": "online store unavailable"})
+            output = server.stop()
+    assert str(redis_server.port) in output  # the operator sees where it failed
+    assert "s3cret-pw" not in output

@@ -1,7 +1,9 @@
 """Online reads: features of a service or a feature list, for a batch of entities, in one round trip.
 
-Each value comes with its event timestamp and a status: present, missing (never synced, or the entity left)
-or expired (older than the view's ttl: never served as present; the ttl is inclusive). The registry id is read
+Each value comes with its event timestamp and a status: present, missing (no key: never synced, the entity
+left, or its value outlived the ttl and Redis removed the key, which expires at event time + ttl) or expired (the
+key is still there but older than the view's ttl: the instant between the ttl passing and Redis removing it, or a
+read with an explicit `now`; never served as present; the ttl is inclusive). The registry id is read
 in the same MGET as the values, so a reader notices a new sync's registry at once and never mixes two versions
 of a view.
 
@@ -23,14 +25,18 @@ Example:
 
 from __future__ import annotations
 
+import operator
+import os
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from featuremart import types
-from featuremart.errors import FeaturemartError, UnknownNameError
+from featuremart.errors import ConfigError, FeaturemartError, NotPublishedError, UnknownNameError
 from featuremart.online import keys
 from featuremart.online.codec import EPOCH, RowDecoder, from_us
 from featuremart.online.store import OnlineStore
@@ -40,11 +46,17 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
+#: Where a reader that needs only Redis finds its settings (featuremart get/serve, the server's app factory).
+URL_ENV, PREFIX_ENV, DEFAULT_PREFIX = "FEATUREMART_REDIS_URL", "FEATUREMART_PREFIX", "fm"
 STATUSES = (PRESENT, MISSING, EXPIRED)
 #: Suffixes of the per-feature status and event time columns of `OnlineResult.to_columns` / `to_arrow`.
 STATUS_SUFFIX, EVENT_TS_SUFFIX = "__status", "__event_ts"
-#: Request shapes (service or feature list) whose plans are kept per registry; beyond it the cache restarts.
+#: Request shapes (service or feature list) whose plans are kept per registry, and the memory they may hold
+#: (estimated, see `_plan_cost`): a client sending huge feature lists must not grow the cache without bound.
 PLAN_CACHE_SIZE = 256
+PLAN_CACHE_BYTES = 8 << 20
+#: A plan estimated above this is built for its request and not kept.
+PLAN_CACHE_MAX_ENTRY_BYTES = PLAN_CACHE_BYTES // 16
 
 _ONE_US = timedelta(microseconds=1)
 _NEEDS_ESCAPE = re.compile(r"[%,={}]")
@@ -55,7 +67,7 @@ class FeatureValue(NamedTuple):
 
     value: Any
     event_ts: datetime | None
-    status: str  # present | missing | expired
+    status: str  # present | missing (no key) | expired (key still there, past the ttl)
 
     def __rich__(self) -> str:
         colour = {PRESENT: "green", MISSING: "yellow", EXPIRED: "red"}[self.status]
@@ -175,23 +187,32 @@ def _key_text(value: Any, key: tuple[str, str]) -> str:
     name, key_type = key
     if key_type == types.STRING:
         if value.__class__ is not str:
-            if not isinstance(value, str):
+            if not isinstance(value, str):  # numpy.str_ is a str subclass: accepted, as its plain text
                 raise UnknownNameError(f"entity key {name} is a string key; got {value!r} ({type(value).__name__})")
+            value = str(value)
         return keys.escape(value) if _NEEDS_ESCAPE.search(value) else value
     return str(_typed_key(value, name, key_type))
 
 
 def _typed_key(value: Any, name: str, key_type: str) -> Any:
-    """The key value as its declared type: int keys accept ints and decimal strings (as the CLI passes them)."""
+    """The key value as its declared type. Int keys accept ints, integer scalars (numpy.int64...) and decimal
+    strings (as the CLI passes them); string keys accept str and its subclasses (numpy.str_)."""
     if key_type == "int":
         if value.__class__ is int:
             return value
-        if isinstance(value, str) and (number := keys.parse_int(value)) is not None:
-            return number
-        raise UnknownNameError(f"entity key {name} is an int key; got {value!r} ({type(value).__name__})")
+        if isinstance(value, str):
+            if (number := keys.parse_int(value)) is not None:
+                return number
+        elif not isinstance(value, bool) and hasattr(value, "__index__") and not hasattr(value, "__len__"):
+            try:  # numpy / pandas integer scalars implement __index__; numpy.bool_ and floats refuse it
+                return operator.index(value)
+            except TypeError:
+                pass
+        raise UnknownNameError(f"entity key {name} is an int key; got {value!r} ({type(value).__name__}): "
+                               "give an integer or a decimal string")
     if not isinstance(value, str):
         raise UnknownNameError(f"entity key {name} is a string key; got {value!r} ({type(value).__name__})")
-    return value
+    return value if value.__class__ is str else str(value)
 
 
 class OnlineResult:
@@ -314,10 +335,52 @@ def arrow_type(dtype: str) -> pa.DataType:
     }[dtype]
 
 
+class _PlanCache:
+    """Plans by request shape, bounded by count and by estimated bytes; the oldest are evicted first.
+
+    The estimate counts the request shape (a client may send a feature list of a megabyte, repeating one
+    reference: the key is then far bigger than the plan) and the plan (per output name and per view). Reads
+    are lock-free dict lookups; inserts take a lock so that concurrent evictions keep the byte count right.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, tuple[_Plan, int]] = {}
+        self._lock = threading.Lock()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def get(self, shape: tuple) -> _Plan | None:
+        hit = self._plans.get(shape)
+        return None if hit is None else hit[0]
+
+    def put(self, shape: tuple, plan: _Plan) -> None:
+        cost = _plan_cost(shape, plan)
+        if cost > PLAN_CACHE_MAX_ENTRY_BYTES:
+            return  # built for this request only
+        with self._lock:
+            if shape in self._plans:
+                return
+            while self._plans and (len(self._plans) >= PLAN_CACHE_SIZE or self.nbytes + cost > PLAN_CACHE_BYTES):
+                self.nbytes -= self._plans.pop(next(iter(self._plans)))[1]
+            self._plans[shape] = (plan, cost)
+            self.nbytes += cost
+
+
+def _plan_cost(shape: tuple, plan: _Plan) -> int:
+    """Estimated bytes held by a cache entry: the shape tuple and its strings, and the plan's per-name data."""
+    service, features = shape
+    size = sys.getsizeof(shape) + (sys.getsizeof(service) if service is not None else 0)
+    if features is not None:
+        size += sys.getsizeof(features) + sum(map(sys.getsizeof, features))
+    return size + 400 * len(plan.names) + 1000 * len(plan.views)
+
+
 class _State(NamedTuple):
     registry: Registry
     registry_id: bytes | None
-    plans: dict[tuple, _Plan]
+    plans: _PlanCache
 
 
 class OnlineReader:
@@ -331,6 +394,16 @@ class OnlineReader:
         self.store = store
         self._state: _State | None = None
         self._refresh_lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, url: str | None = None, *, prefix: str | None = None) -> OnlineReader:
+        """A reader needing only Redis (no dbt project, no warehouse): `url` and `prefix` default to the
+        environment variables FEATUREMART_REDIS_URL and FEATUREMART_PREFIX, then the prefix to `fm`."""
+        url = url or os.environ.get(URL_ENV)
+        if not url:
+            raise ConfigError(f"no online store URL: pass --redis-url or set {URL_ENV} (e.g. redis://host:6379/0)")
+        prefix = prefix or os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX
+        return cls(OnlineStore.connect(url, embedded_dir=Path("."), prefix=prefix))
 
     @property
     def registry(self) -> Registry:
@@ -355,11 +428,12 @@ class OnlineReader:
         with self._refresh_lock:
             snapshot, registry_id = self.store.read_registry(keys.registry_key(self.store.prefix))
             if snapshot is None:
-                raise FeaturemartError(f"no registry published in the online store at {self.store.url} "
-                                       f"(key {keys.registry_key(self.store.prefix)}): run `featuremart sync` "
-                                       "first")
+                raise NotPublishedError(f"no registry published in the online store at {self.store.url} "
+                                        f"(key {keys.registry_key(self.store.prefix)}): run `featuremart sync` "
+                                        f"first, or if it wrote under another online_store.key_prefix, pass "
+                                        f"--prefix (or set {PREFIX_ENV})")
             if self._state is None or self._state.registry_id != registry_id:
-                self._state = _State(Registry.from_snapshot(snapshot), registry_id, {})
+                self._state = _State(Registry.from_snapshot(snapshot), registry_id, _PlanCache())
 
     def check_registry(self) -> Registry:
         """The current registry, after checking (one GET) that it is still the published one."""
@@ -377,9 +451,7 @@ class OnlineReader:
                 raise UnknownNameError("name either a feature service or a list of features, not both")
             wanted = state.registry.resolve(service=service, features=None if features is None else list(shape[1]))
             plan = _Plan(state.registry, state.registry_id, wanted, self.store.prefix)
-            if len(state.plans) >= PLAN_CACHE_SIZE:
-                state.plans.clear()
-            state.plans[shape] = plan
+            state.plans.put(shape, plan)
         return plan
 
     def read(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
