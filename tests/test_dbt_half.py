@@ -124,24 +124,21 @@ def test_reference_project_builds_on_duckdb(reference_project: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.postgres
-def test_reference_project_builds_on_postgres(reference_project: Path) -> None:
-    psycopg2 = pytest.importorskip("psycopg2")
-    from demo.load_postgres import default_dsn, load
+def test_reference_project_builds_on_postgres(reference_project: Path, postgres_dsn: str) -> None:
+    import psycopg2
 
-    try:
-        psycopg2.connect(default_dsn(), connect_timeout=3).close()
-    except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL server: {error}")
+    from demo.load_postgres import load
+
     suffix = uuid.uuid4().hex[:8]
     raw_schema, schema = f"fm_test_raw_{suffix}", f"fm_test_{suffix}"
     try:
-        load(reference_project / "data" / "raw", default_dsn(), schema=raw_schema)
+        load(reference_project / "data" / "raw", postgres_dsn, schema=raw_schema)
         env = {"FEATUREMART_TARGET": "postgres", "FEATUREMART_RAW_SCHEMA": raw_schema, "FEATUREMART_PG_SCHEMA": schema}
         result = _dbt(["build"], reference_project, env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert set(_statuses(reference_project).values()) <= {"success", "pass", "no-op"}
     finally:
-        with psycopg2.connect(default_dsn()) as connection, connection.cursor() as cursor:
+        with psycopg2.connect(postgres_dsn) as connection, connection.cursor() as cursor:
             for name in (raw_schema, schema):
                 cursor.execute(f'drop schema if exists "{name}" cascade')
         connection.close()
