@@ -95,15 +95,23 @@ def skip_or_fail_in_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI a skipped test fails, whatever skipped it (a test's own "no PostgreSQL" check included)."""
-    outcome = yield
-    report = outcome.get_result()
+def _fail_skips_in_ci(report) -> None:
     if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"CI=true, so this test must run, but it was skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skipped test fails, whatever skipped it (a test's own "no PostgreSQL" check included)."""
+    _fail_skips_in_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """In CI a skipped module (e.g. `pytest.importorskip` of a missing test dependency) fails too."""
+    _fail_skips_in_ci((yield).get_result())
 
 
 @pytest.fixture(scope="session")

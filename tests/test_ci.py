@@ -39,7 +39,7 @@ def _child_pytest(tmp_path: Path, ci: str | None, **env: str) -> subprocess.Comp
     if ci is not None:
         full_env["CI"] = ci
     command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:randomly", "-p", "no:cacheprovider",
-               "-q", "-rA", "--rootdir", str(tmp_path), "--confcutdir", str(tmp_path), str(tmp_path / "test_probe.py")]
+               "-q", "-rA", "--rootdir", str(tmp_path), "--confcutdir", str(tmp_path), str(tmp_path)]
     return subprocess.run(command, cwd=ROOT, env={**full_env, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=120)
 
@@ -61,6 +61,17 @@ def test_without_postgres_ci_fails(tmp_path: Path, ci: str) -> None:
     assert "CI=true, so this test must run, but: no PostgreSQL server reachable" in result.stdout
     assert "CI=true, so this test must run, but it was skipped: " in result.stdout
     assert "the test's own check" in result.stdout
+
+
+def test_ci_fails_a_module_skipped_for_a_missing_dependency(tmp_path: Path) -> None:
+    (tmp_path / "test_needs.py").write_text('import pytest\npytest.importorskip("no_such_module_fm")\n'
+                                            "def test_x():\n    pass\n")
+    laptop = _child_pytest(tmp_path, ci=None)
+    assert laptop.returncode == 0 and "3 skipped" in laptop.stdout, laptop.stdout + laptop.stderr
+    ci = _child_pytest(tmp_path, ci="true")
+    assert ci.returncode != 0
+    assert "CI=true, so this test must run, but it was skipped: " in ci.stdout
+    assert "could not import 'no_such_module_fm'" in ci.stdout
 
 
 def test_ci_false_is_a_laptop(tmp_path: Path) -> None:
