@@ -66,9 +66,9 @@ def test_every_http_endpoint_is_documented(redis_url):
     from featuremart.server import create_app
     from featuremart.store import FeatureStore
 
-    store = FeatureStore.from_url(redis_url)
-    app = create_app(store.reader)
-    routes = getattr(app, "app", app).routes
+    with FeatureStore.from_url(redis_url) as store:
+        app = create_app(store.reader)
+        routes = getattr(app, "app", app).routes
     endpoints = {f"{method} {route.path}" for route in routes for method in route.methods if method != "HEAD"}
     assert "POST /features" in endpoints  # the introspection found the routes
     missing = sorted(endpoint for endpoint in endpoints if endpoint not in DOCS)
