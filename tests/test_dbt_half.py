@@ -241,6 +241,8 @@ def test_package_tests_fail_when_they_must(package_project: Path) -> None:
     [
         ("{keys: customer_id, timestamp: event_ts}", "feature_keys_unique: `keys` must be a list of column names"),
         ("{keys: [customer_id], timestamp: [event_ts]}", "feature_keys_unique: `timestamp` must be a column name"),
+        ("{keys: [customer_id]}", "feature_keys_unique: the argument `timestamp` is required, e.g. arguments: {timestamp: event_ts}"),
+        ("{timestamp: event_ts}", "feature_keys_unique: the argument `keys` is required, e.g. arguments: {keys: [customer_id]}"),
     ],
 )
 def test_bad_test_arguments_name_the_test_and_value(package_project: Path, tmp_path: Path, arguments: str, message: str) -> None:
@@ -261,6 +263,7 @@ def test_bad_test_arguments_name_the_test_and_value(package_project: Path, tmp_p
     [
         ("{timestamp: event_ts}", "feature_freshness: set warn_after or error_after"),
         ("{timestamp: event_ts, warn_after: {count: 2, period: week}}", "feature_freshness: `warn_after` must look like"),
+        ("{warn_after: {count: 2, period: day}}", "feature_freshness: the argument `timestamp` is required"),
     ],
 )
 def test_bad_freshness_arguments(package_project: Path, tmp_path: Path, arguments: str, message: str) -> None:
