@@ -83,9 +83,41 @@ def project(built_project, tmp_path):
     return dest
 
 
+def in_ci() -> bool:
+    """CI sets CI=true (GitHub Actions, GitLab, .ci/run): there every test must run, none may be skipped."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail_in_ci(reason: str) -> None:
+    """Skip (with the reason) where a service is missing on a laptop; fail in CI, where a skip would hide it."""
+    if in_ci():
+        pytest.fail(f"CI=true, so this test must run, but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _fail_skips_in_ci(report) -> None:
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true, so this test must run, but it was skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skipped test fails, whatever skipped it (a test's own "no PostgreSQL" check included)."""
+    _fail_skips_in_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """In CI a skipped module (e.g. `pytest.importorskip` of a missing test dependency) fails too."""
+    _fail_skips_in_ci((yield).get_result())
+
+
 @pytest.fixture(scope="session")
 def postgres_dsn():
-    """The local PostgreSQL server's DSN; the test is skipped (never passed) where none answers."""
+    """The local PostgreSQL server's DSN. Where none answers the test is skipped with the reason (never
+    passed); in CI (CI=true) it fails instead: .ci/run starts PostgreSQL before the tests."""
     psycopg2 = pytest.importorskip("psycopg2")
     from demo.load_postgres import default_dsn
 
@@ -93,8 +125,13 @@ def postgres_dsn():
     try:
         psycopg2.connect(dsn, connect_timeout=3).close()
     except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL server reachable ({error.__class__.__name__}: {str(error).strip()})")
+        skip_or_fail_in_ci(f"no PostgreSQL server reachable at {_redacted(dsn)} "
+                           f"(set PGHOST/PGPORT/PGUSER/PGDATABASE): {str(error).strip()}")
     return dsn
+
+
+def _redacted(dsn: str) -> str:
+    return " ".join(part for part in dsn.split() if not part.startswith("password="))
 
 
 @pytest.fixture(scope="session")

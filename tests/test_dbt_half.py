@@ -15,13 +15,17 @@ import sys
 import uuid
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from demo.generate import generate
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_PROJECT = ROOT / "tests" / "dbt_package_project"
+PACKAGE_PROJECT = ROOT / "integration_tests"
+# What a consumer installs: the repository root is the dbt package (integration_tests/ installs it as `../`).
+PACKAGE_FILES = ("dbt_project.yml", "macros", "models")
 AS_OF = dt.date(2024, 3, 1)
 
 
@@ -43,6 +47,10 @@ def _dbt(args: list[str], project_dir: Path, env: dict[str, str] | None = None) 
     command = [sys.executable, "-m", "dbt.cli.main", *args, "--project-dir", str(project_dir)]
     command += ["--profiles-dir", str(project_dir)]
     return subprocess.run(command, cwd=project_dir, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def _unique_ids(project_dir: Path) -> list[str]:
+    return [result["unique_id"] for result in json.loads((project_dir / "target" / "run_results.json").read_text())["results"]]
 
 
 def _statuses(project_dir: Path) -> dict[str, str]:
@@ -116,24 +124,21 @@ def test_reference_project_builds_on_duckdb(reference_project: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.postgres
-def test_reference_project_builds_on_postgres(reference_project: Path) -> None:
-    psycopg2 = pytest.importorskip("psycopg2")
-    from demo.load_postgres import default_dsn, load
+def test_reference_project_builds_on_postgres(reference_project: Path, postgres_dsn: str) -> None:
+    import psycopg2
 
-    try:
-        psycopg2.connect(default_dsn(), connect_timeout=3).close()
-    except psycopg2.OperationalError as error:
-        pytest.skip(f"no PostgreSQL server: {error}")
+    from demo.load_postgres import load
+
     suffix = uuid.uuid4().hex[:8]
     raw_schema, schema = f"fm_test_raw_{suffix}", f"fm_test_{suffix}"
     try:
-        load(reference_project / "data" / "raw", default_dsn(), schema=raw_schema)
+        load(reference_project / "data" / "raw", postgres_dsn, schema=raw_schema)
         env = {"FEATUREMART_TARGET": "postgres", "FEATUREMART_RAW_SCHEMA": raw_schema, "FEATUREMART_PG_SCHEMA": schema}
         result = _dbt(["build"], reference_project, env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert set(_statuses(reference_project).values()) <= {"success", "pass", "no-op"}
     finally:
-        with psycopg2.connect(default_dsn()) as connection, connection.cursor() as cursor:
+        with psycopg2.connect(postgres_dsn) as connection, connection.cursor() as cursor:
             for name in (raw_schema, schema):
                 cursor.execute(f'drop schema if exists "{name}" cascade')
         connection.close()
@@ -144,12 +149,18 @@ def test_reference_project_builds_on_postgres(reference_project: Path) -> None:
 
 @pytest.fixture(scope="module")
 def package_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of tests/dbt_package_project that installs this repository as a local package."""
-    project = tmp_path_factory.mktemp("package_project") / "consumer"
+    """integration_tests/ as committed (packages.yml `- local: ../`, zero adoption lines), after `dbt deps`.
+
+    It is copied into a stand-in for the repository whose package files link to the real ones, so dbt
+    writes its target/, logs and dbt_packages/ under a temp dir and the packages.yml is the committed one.
+    """
+    repo = tmp_path_factory.mktemp("package_repo")
+    for name in PACKAGE_FILES:
+        (repo / name).symlink_to(ROOT / name)
+    project = repo / "integration_tests"
     shutil.copytree(
         PACKAGE_PROJECT, project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", "package-lock.yml")
     )
-    (project / "packages.yml").write_text(f"packages:\n  - local: {json.dumps(str(ROOT))}\n")
     result = _dbt(["deps"], project)
     assert result.returncode == 0, result.stdout + result.stderr
     return project
@@ -166,12 +177,44 @@ def test_package_project_does_not_build_reference_models(package_project: Path) 
 
 
 @pytest.mark.integration
+def test_package_adds_only_macros_with_zero_adoption_lines(package_project: Path) -> None:
+    """The consumer's dbt_project.yml says nothing about featuremart, yet it gets no model, source, exposure
+    or test of the reference project (so `dbt source freshness` checks none of ours either), and its own
+    `models:` block still decides how its feature tables materialize."""
+    consumer = yaml.safe_load((package_project / "dbt_project.yml").read_text())
+    for block in ("models", "seeds", "sources", "exposures", "data_tests", "tests"):
+        assert "featuremart" not in (consumer.get(block) or {}), f"an adoption line in {block}:"
+    result = _dbt(["parse"], package_project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads((package_project / "target" / "manifest.json").read_text())
+    enabled = {
+        unique_id: node
+        for kind in ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
+        for unique_id, node in manifest.get(kind, {}).items()
+    }
+    ours = sorted(unique_id for unique_id, node in enabled.items() if node["package_name"] == "featuremart")
+    assert ours == [], f"nodes of package featuremart enabled in a consumer: {ours}"
+    disabled = {unique_id.split(".")[0] for unique_id in manifest["disabled"] if ".featuremart." in unique_id}
+    assert {"model", "source", "exposure", "test"} <= disabled  # they were seen, and switched off
+    macros = {macro["name"] for macro in manifest["macros"].values() if macro["package_name"] == "featuremart"}
+    assert {"test_feature_keys_unique", "test_feature_freshness", "training_set"} <= macros
+    assert manifest["nodes"]["model.featuremart_consumer.card_spend"]["config"]["materialized"] == "table"
+    freshness = _dbt(["source", "freshness"], package_project)
+    assert freshness.returncode == 0, freshness.stdout + freshness.stderr
+    assert "raw." not in freshness.stdout
+
+
+@pytest.mark.integration
 def test_package_project_builds(package_project: Path) -> None:
     result = _dbt(["build"], package_project)
     assert result.returncode == 0, result.stdout + result.stderr
     statuses = _statuses(package_project)
     assert statuses["card_spend"] == "success"
     assert set(statuses.values()) <= {"success", "pass", "no-op"}, statuses
+    assert not any(unique_id.split(".")[1] == "featuremart" for unique_id in _unique_ids(package_project))
+    with duckdb.connect(str(package_project / "target" / "consumer.duckdb"), read_only=True) as connection:
+        kind = connection.execute("select table_type from information_schema.tables where table_name = 'card_spend'")
+        assert kind.fetchall() == [("BASE TABLE",)]  # the consumer's `models:` block decided, not ours
     # The inverted unique test on the broken seed passes because it found the collisions, and says which.
     assert "featuremart: duplicate_card_events has 2 duplicate (customer_id, event_date)" in result.stdout
 
@@ -198,6 +241,8 @@ def test_package_tests_fail_when_they_must(package_project: Path) -> None:
     [
         ("{keys: customer_id, timestamp: event_ts}", "feature_keys_unique: `keys` must be a list of column names"),
         ("{keys: [customer_id], timestamp: [event_ts]}", "feature_keys_unique: `timestamp` must be a column name"),
+        ("{keys: [customer_id]}", "feature_keys_unique: the argument `timestamp` is required, e.g. arguments: {timestamp: event_ts}"),
+        ("{timestamp: event_ts}", "feature_keys_unique: the argument `keys` is required, e.g. arguments: {keys: [customer_id]}"),
     ],
 )
 def test_bad_test_arguments_name_the_test_and_value(package_project: Path, tmp_path: Path, arguments: str, message: str) -> None:
@@ -218,6 +263,7 @@ def test_bad_test_arguments_name_the_test_and_value(package_project: Path, tmp_p
     [
         ("{timestamp: event_ts}", "feature_freshness: set warn_after or error_after"),
         ("{timestamp: event_ts, warn_after: {count: 2, period: week}}", "feature_freshness: `warn_after` must look like"),
+        ("{warn_after: {count: 2, period: day}}", "feature_freshness: the argument `timestamp` is required"),
     ],
 )
 def test_bad_freshness_arguments(package_project: Path, tmp_path: Path, arguments: str, message: str) -> None:
