@@ -75,6 +75,9 @@ class BuildGate:
                      f"in target/run_results.json, and {self.relation} does not exist yet (featuremart's "
                      "on-run-end hook creates it during `dbt build`)")
             return f"never built: no dbt result of model {name} {where}: run `dbt build -s {name}`"
+        if build.status == "empty":
+            return (f"its latest build at {_utc(build.completed_at)} ran with `--empty` (no rows): "
+                    f"run `dbt build -s {name}`")
         if build.status != "success":
             detail = f": {build.message}" if build.message else ""
             return (f"its latest build failed at {_utc(build.completed_at)} ({build.status}){detail}; "
@@ -116,15 +119,15 @@ def read_recorded(warehouse: Warehouse, relation: Relation) -> dict[str, NodeRes
     query = sqlglot.select(*(sql.col(c) for c in ("unique_id", "status", "message", "checksum", "completed_at"))) \
         .from_(sql.table(relation))
     table = warehouse.query(sql.render(query, warehouse.dialect))
-    results = {}
+    rows = []
     for row in table.to_pylist():
         moment = row["completed_at"]
         if moment is None:
             continue
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
-        results[row["unique_id"]] = NodeResult(row["unique_id"], row["status"], row["message"], moment,
-                                               row["checksum"] or None)
-    return results
+        rows.append({row["unique_id"]: NodeResult(row["unique_id"], row["status"], row["message"], moment,
+                                                  row["checksum"] or None)})
+    return newest(*rows)  # two dbt runs writing at once may leave two rows of a node: the newer counts
 
 
 def read_run_results(project: DbtProject, manifest: Manifest) -> dict[str, NodeResult]:
@@ -144,7 +147,8 @@ def read_run_results(project: DbtProject, manifest: Manifest) -> dict[str, NodeR
             continue
         model = manifest.models.get(uid)
         checksum = model.checksum if same_invocation and model is not None else None
-        results[uid] = NodeResult(uid, result.status, result.message, result.completed_at or written, checksum)
+        status = "empty" if run_results.empty and model is not None and result.status == "success" else result.status
+        results[uid] = NodeResult(uid, status, result.message, result.completed_at or written, checksum)
     return results
 
 

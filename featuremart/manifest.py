@@ -118,6 +118,7 @@ class RunResults:
     command: str
     results: dict[str, RunResult] = field(default_factory=dict)
     invocation_id: str = ""
+    empty: bool = False  # built with `--empty`: the models hold no rows
 
 
 def _featuremart_meta(node: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +254,7 @@ def load_run_results(target_dir: Path) -> RunResults:
         command=str(args.get("which") or args.get("invocation_command") or ""),
         results=results,
         invocation_id=str(metadata.get("invocation_id") or ""),
+        empty=bool(args.get("empty")),
     )
 
 

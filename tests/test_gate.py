@@ -191,6 +191,57 @@ def test_without_the_record_run_results_json_alone_decides(env, redis_url):
     assert online_views(redis_url) == set()
 
 
+def test_a_build_with_empty_vouches_for_nothing(env, redis_url):
+    dbt(env, "build", "--empty", "-s", "customer_profile")
+    code, record = sync_json()
+    assert code == EXIT_WITHHELD and reasons(record)["customer_profile"].startswith("its latest build at ")
+    assert "ran with `--empty` (no rows)" in reasons(record)["customer_profile"]
+    assert online_views(redis_url) == VIEWS - {"customer_profile"}
+    (env / "target" / "run_results.json").unlink()  # the record alone says so too
+    code, record = sync_json()
+    assert code == EXIT_WITHHELD and "--empty" in reasons(record)["customer_profile"]
+
+
+def test_two_rows_of_a_node_the_newer_counts(env, redis_url):
+    """Two dbt runs writing the record at once may leave two rows of a node: an older failure does not count."""
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"))
+    con.execute("insert into main.featuremart_build_results (unique_id, resource_type, status, message, "
+                "completed_at) values ('model.featuremart.customer_spend', 'model', 'error', 'old', "
+                "timestamp '2000-01-01 00:00:00')")
+    con.close()
+    (env / "target" / "run_results.json").unlink()
+    code, record = sync_json()
+    assert code == EXIT_OK and statuses(record)["customer_spend"] == "synced", record
+    assert "customer_spend" in online_views(redis_url)
+
+
+def test_a_consumer_project_records_results_with_no_line_of_its_own(tmp_path):
+    """The hook comes with the package: a project that only installs featuremart gets the record."""
+    from tests.conftest import ROOT
+
+    project = tmp_path / "consumer"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text("name: gate_consumer\nversion: '1.0.0'\nconfig-version: 2\n"
+                                             "profile: gate_consumer\nmodel-paths: [models]\n")
+    (project / "profiles.yml").write_text("gate_consumer:\n  target: dev\n  outputs:\n    dev:\n"
+                                          "      type: duckdb\n      path: consumer.duckdb\n      threads: 1\n")
+    (project / "packages.yml").write_text(f"packages:\n  - local: {json.dumps(str(ROOT))}\n")
+    (project / "models" / "scores.sql").write_text("select 'C1' as customer_id, 0.5 as score\n")
+    (project / "models" / "scores.yml").write_text(
+        "models:\n  - name: scores\n    columns:\n      - name: customer_id\n        data_tests: [not_null]\n")
+    dbt(project, "deps")
+    dbt(project, "build", "-s", "scores")
+    con = duckdb.connect(str(project / "consumer.duckdb"), read_only=True)
+    try:
+        rows = con.sql("select unique_id, status, command from main.featuremart_build_results "
+                       "order by unique_id").fetchall()
+    finally:
+        con.close()
+    assert [(".".join(uid.split(".")[:3]), status, command) for uid, status, command in rows] == [
+        ("model.gate_consumer.scores", "success", "build"),
+        ("test.gate_consumer.not_null_scores_customer_id", "pass", "build")]
+
+
 def test_each_reason_on_the_real_manifest(built_project):
     """The decision per view, from given results, on the reference project's real manifest and registry."""
     from datetime import datetime, timedelta

@@ -68,13 +68,16 @@
 {%- endmacro %}
 
 {#- The rows to record: executed models, seeds, snapshots and tests (a skipped node did not run, so its previous
-    result stands), each with its node's checksum and when it completed, in UTC. -#}
+    result stands), each with its node's checksum and when it completed, in UTC. A model built with `--empty`
+    holds no rows: it is recorded as `empty`, which vouches for nothing. -#}
 {% macro _build_result_rows(results) %}
   {%- set rows = [] -%}
   {%- set command = invocation_args_dict.get('which') or '' -%}
+  {%- set empty = invocation_args_dict.get('empty') -%}
   {%- for result in results -%}
     {%- set node = result.node -%}
     {%- set status = result.status | string -%}
+    {%- set status = 'empty' if empty and status == 'success' and node.resource_type == 'model' else status -%}
     {%- if node.resource_type in ('model', 'seed', 'snapshot', 'test', 'unit_test') and status != 'skipped' -%}
       {%- set completed = [] -%}
       {%- for timing in result.timing if timing.completed_at is not none -%}
