@@ -9,7 +9,7 @@ result per node winning, since it is the newer one when the hook could not write
 Example:
     >>> gate = BuildGate.load(project, manifest, warehouse)     # doctest: +SKIP
     >>> gate.withheld_reason(view)                               # doctest: +SKIP
-    'test feature_keys_unique_customer_spend_customer_id__event_ts failed at 2026-11-29 06:39:32 UTC: Got 3 results'
+    'test featuremart_feature_keys_unique_merchant_risk_merchant_id__event_ts failed at 2026-11-29 06:39:32 UTC: ...'
 """
 
 from __future__ import annotations
