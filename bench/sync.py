@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from bench.raw_redis_ceiling import mset  # noqa: E402
 from featuremart import sql  # noqa: E402
 from featuremart.config import Entity  # noqa: E402
-from featuremart.manifest import Manifest, RunResult, RunResults  # noqa: E402
+from featuremart.gate import BuildGate, NodeResult  # noqa: E402
+from featuremart.manifest import Manifest  # noqa: E402
 from featuremart.online.store import OnlineStore  # noqa: E402
 from featuremart.registry import Feature, FeatureView, Registry, Relation  # noqa: E402
 from featuremart.sync import Syncer  # noqa: E402
@@ -72,10 +73,11 @@ def sync(db: Path, url: str, state: Path, **kw):
     v = view()
     registry = Registry({"customer": Entity("customer", (("customer_id", "string"),))}, {"feats": v}, {})
     manifest = Manifest(db, 12, "", "", "duckdb", "bench", {}, (), {}, {})
-    results = RunResults(db, "", "build", {v.model_id: RunResult(v.model_id, "success", None)})
+    built = {v.model_id: NodeResult(v.model_id, "success", None, datetime.now(timezone.utc).replace(tzinfo=None))}
+    gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
     with OnlineStore.connect(url, embedded_dir=state, prefix="fm") as store, DuckDBWarehouse(db) as wh:
         started = time.perf_counter()
-        run = Syncer(registry, manifest, results, wh, store, state).run([v], **kw)
+        run = Syncer(registry, manifest, gate, wh, store, state).run([v], **kw)
         seconds = time.perf_counter() - started
     assert run.status in ("success", "dry-run"), run
     return seconds, run.views[0]

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from featuremart.errors import ConfigProblems, FeaturemartError, ValidationError
+from featuremart.errors import ConfigProblems, FeaturemartError, OnlineStoreError, ValidationError, WarehouseError
 from featuremart.online.reader import FeatureValue
 from featuremart.registry import Feature, FeatureService, FeatureView
 
@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` m
     from featuremart.online.reader import OnlineReader
     from featuremart.store import FeatureStore
     from featuremart.sync import SyncRun
+
+#: Exit codes (docs/operations.md): everything asked for happened; a user error, nothing written; at least one
+#: selected view was withheld (the others were published); the sync failed, the previous values still served.
+EXIT_OK, EXIT_USER_ERROR, EXIT_WITHHELD, EXIT_FAILED = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,17 +118,17 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         err.print(f"[bold red]{len(exc.problems)} error(s) in feature metadata:[/]")
         for problem in exc.problems:
             err.print(f"  [red]✗[/] {escape(problem)}", highlight=False, soft_wrap=True)
-        return 1
+        return EXIT_USER_ERROR
     except ConfigProblems as exc:
         if len(exc.problems) > 1:
             err.print(f"[bold red]{len(exc.problems)} error(s) in features.yml and the featuremart dbt vars:[/]")
         for problem in exc.problems:
             err.print(f"  [red]✗[/] {escape(problem)}" if len(exc.problems) > 1 else
                       f"[bold red]Error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
-        return 1
+        return EXIT_USER_ERROR
     except FeaturemartError as exc:
         err.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 1
+        return EXIT_USER_ERROR
 
 
 def _say_which_store(store: FeatureStore) -> None:
@@ -276,17 +280,28 @@ def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console
 
 def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
     from featuremart.progress import SyncProgress
+    from featuremart.sync import SyncRun
 
-    with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
-        run = store.sync(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh,
-                         dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update)
+    try:
+        with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
+            run = store.sync(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh,
+                             dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update)
+    except (OnlineStoreError, WarehouseError) as exc:  # could not start: still a run record, saying why
+        run = SyncRun.failed(str(exc), dry_run=args.dry_run, full_refresh=args.full_refresh)
     if args.json:
         console.print_json(json.dumps(run.to_json()))
     else:
         console.print(render_run(run))
+    return sync_exit_code(run)
+
+
+def sync_exit_code(run: SyncRun) -> int:
+    """0: every selected view published or unchanged; 2: some withheld, the rest published; 3: failed."""
     if run.status == "failed":
-        return 1
-    return 0
+        return EXIT_FAILED
+    if any(v.status == "withheld" for v in run.views):
+        return EXIT_WITHHELD
+    return EXIT_OK
 
 
 def render_run(run: SyncRun) -> Table:
@@ -294,7 +309,7 @@ def render_run(run: SyncRun) -> Table:
     numbers = ("inserted", "updated", "deleted", "unchanged", "seconds")
     rows = []
     for v in run.views:
-        counts = ("",) * 5 if v.status == "skipped" else (
+        counts = ("",) * 5 if v.status in ("skipped", "withheld") else (
             str(v.inserted), str(v.updated), str(v.deleted), str(v.unchanged), f"{v.seconds:.2f}")
         note = v.reason or (f"{v.skipped_older} older rows not written" if v.skipped_older else "")
         rows.append((v.view, v.status, *counts, note))

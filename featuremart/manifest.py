@@ -12,6 +12,7 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,6 +48,7 @@ class Model:
     tags: tuple[str, ...]
     columns: dict[str, Column]
     depends_on: tuple[str, ...]
+    checksum: str = ""  # dbt's checksum of the model's file: differs from the built one when the SQL changed
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Manifest:
     tests: tuple[Test, ...]
     exposures: dict[str, Exposure]  # by name
     sources: dict[str, Source]  # by unique_id
+    invocation_id: str = ""  # the dbt command that wrote this manifest
 
     def model_named(self, name: str) -> Model | None:
         """The root project's model called `name` (dbt model names are unique within a project)."""
@@ -106,6 +109,7 @@ class RunResult:
     unique_id: str
     status: str  # success | error | fail | warn | pass | skipped | ...
     message: str | None
+    completed_at: datetime | None = None  # UTC (naive): when the node's last step finished
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class RunResults:
     generated_at: str
     command: str
     results: dict[str, RunResult] = field(default_factory=dict)
+    invocation_id: str = ""
+    empty: bool = False  # built with `--empty`: the models hold no rows
 
 
 def _featuremart_meta(node: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +221,7 @@ def load_manifest(target_dir: Path) -> Manifest:
         tests=tuple(tests),
         exposures=exposures,
         sources=sources,
+        invocation_id=str(metadata.get("invocation_id") or ""),
     )
 
 
@@ -258,11 +265,12 @@ def _model(node: dict[str, Any]) -> Model:
         tags=tuple(node.get("tags") or ()),
         columns=columns,
         depends_on=tuple((node.get("depends_on") or {}).get("nodes") or ()),
+        checksum=str((node.get("checksum") or {}).get("checksum") or ""),
     )
 
 
 def load_run_results(target_dir: Path) -> RunResults:
-    """Read `target_dir/run_results.json`: which nodes the latest dbt command built and tested, and how."""
+    """Read `target_dir/run_results.json`: which nodes the latest dbt command built and tested, how and when."""
     path = Path(target_dir) / "run_results.json"
     raw = _read_json(path, "run results")
     results = {}
@@ -271,11 +279,24 @@ def load_run_results(target_dir: Path) -> RunResults:
         raise ArtifactError(f"{path}: results is not a JSON list; {_BUILD_HINT} to rewrite it.")
     for i, r in enumerate(listed):
         with _entry(path, f"results[{i}]"):
-            results[r["unique_id"]] = RunResult(r["unique_id"], str(r.get("status")), r.get("message"))
+            results[r["unique_id"]] = RunResult(r["unique_id"], str(r.get("status")), r.get("message"),
+                                                    _completed_at(r))
     args = raw.get("args") or {}
+    metadata = raw.get("metadata") or {}
     return RunResults(
         path=path,
-        generated_at=str((raw.get("metadata") or {}).get("generated_at", "")),
+        generated_at=str(metadata.get("generated_at", "")),
         command=str(args.get("which") or args.get("invocation_command") or ""),
         results=results,
+        invocation_id=str(metadata.get("invocation_id") or ""),
+        empty=bool(args.get("empty")),
     )
+
+
+def _completed_at(result: dict[str, Any]) -> datetime | None:
+    """When a node's last timed step (compile, execute) finished, as a naive UTC datetime."""
+    ends = [t.get("completed_at") for t in result.get("timing") or [] if t.get("completed_at")]
+    if not ends:
+        return None
+    moment = datetime.fromisoformat(str(ends[-1]).replace("Z", "+00:00"))
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment

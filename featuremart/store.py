@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from featuremart import sql
 from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
 from featuremart.errors import ArtifactError, FeaturemartError
-from featuremart.manifest import Manifest, load_manifest, load_run_results
+from featuremart.gate import BuildGate
+from featuremart.manifest import Manifest, load_manifest
 from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
@@ -174,10 +175,10 @@ class FeatureStore:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
         registry = self.registry
         manifest = self.manifest()
-        run_results = load_run_results(self.project.target_dir)
         views = select_views(registry, select, exclude)
         with self.warehouse() as wh:
-            return Syncer(registry, manifest, run_results, wh, self.online, self.state_dir).run(
+            gate = BuildGate.load(self.project, manifest, wh)
+            return Syncer(registry, manifest, gate, wh, self.online, self.state_dir).run(
                 views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
 
     def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,

@@ -18,13 +18,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import pyarrow as pa
 
 from featuremart import sql
 from featuremart.errors import FeaturemartError
-from featuremart.manifest import Manifest, RunResults
+from featuremart.manifest import Manifest
 from featuremart.online import keys
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Registry
@@ -39,7 +39,7 @@ RUNS_KEPT = 100
 @dataclass
 class ViewResult:
     view: str
-    status: str  # "synced" | "skipped" | "dry-run" | "removed" (the view left the project)
+    status: str  # "synced" | "withheld" (by the build gate) | "skipped" (online: false) | "dry-run" | "removed"
     reason: str = ""
     version: str = ""
     inserted: int = 0
@@ -62,13 +62,21 @@ class SyncRun:
     dry_run: bool
     full_refresh: bool
     finished_at: str = ""
-    status: str = "running"  # "success" | "partial" (some views skipped) | "failed" | "dry-run"
+    status: str = "running"  # "success" | "withheld" (some views withheld, others published) | "failed" | "dry-run"
     error: str = ""
     seconds: float = 0.0
     views: list[ViewResult] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def failed(cls, error: str, *, manifest_checksum: str = "", dry_run: bool = False,
+               full_refresh: bool = False) -> SyncRun:
+        """The record of a sync that could not start (online store or warehouse unreachable): nothing written."""
+        now = _iso(datetime.now(timezone.utc))
+        return cls(uuid.uuid4().hex[:12], now, manifest_checksum, dry_run, full_refresh, finished_at=now,
+                   status="failed", error=error)
 
 
 def select_views(registry: Registry, select: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[FeatureView]:
@@ -91,29 +99,19 @@ def select_views(registry: Registry, select: Iterable[str] = (), exclude: Iterab
     return sorted(chosen, key=lambda v: v.name)
 
 
-def build_gate(view: FeatureView, manifest: Manifest, run_results: RunResults) -> str | None:
-    """Why a view may not be published, from the latest dbt build's results; None when it may."""
-    result = run_results.results.get(view.model_id)
-    if result is None:
-        return "not built by the latest dbt invocation (run_results.json): run `dbt build`"
-    if result.status != "success":
-        return f"latest dbt build of the model ended '{result.status}'" + (f": {result.message}" if result.message else "")
-    for test in manifest.tests_on(view.model_id):
-        outcome = run_results.results.get(test.unique_id)
-        if outcome is None:
-            return f"test {test.name} did not run in the latest dbt build: run `dbt build` (not `dbt run`)"
-        if outcome.status not in ("pass", "warn"):
-            return f"test {test.name} ended '{outcome.status}'" + (f": {outcome.message}" if outcome.message else "")
-    return None
+class Gate(Protocol):
+    """Decides which views may be published (featuremart.gate.BuildGate)."""
+
+    def withheld_reason(self, view: FeatureView) -> str | None: ...
 
 
 class Syncer:
     """One sync of a project's registry from a warehouse to an online store."""
 
-    def __init__(self, registry: Registry, manifest: Manifest, run_results: RunResults, warehouse: Warehouse,
+    def __init__(self, registry: Registry, manifest: Manifest, gate: Gate, warehouse: Warehouse,
                  store: OnlineStore, state_dir: Path, now: datetime | None = None,
                  lock_ttl: float = LOCK_TTL_SECONDS):
-        self.registry, self.manifest, self.run_results = registry, manifest, run_results
+        self.registry, self.manifest, self.gate = registry, manifest, gate
         self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
         self.prefix = store.prefix
@@ -152,10 +150,12 @@ class Syncer:
             published: dict[str, FeatureView] = {}
             retired: list[str] = []  # views whose old version's keys go after the registry switch
             for view in views:
-                reason = None if view.online else "online: false"
-                reason = reason or build_gate(view, self.manifest, self.run_results)
+                if not view.online:
+                    run.views.append(ViewResult(view.name, "skipped", "online: false", view.version))
+                    continue
+                reason = self.gate.withheld_reason(view)
                 if reason:
-                    run.views.append(ViewResult(view.name, "skipped", reason, view.version))
+                    run.views.append(ViewResult(view.name, "withheld", reason, view.version))
                     continue
                 result = self._sync_view(view, state, store_id, full_refresh, dry_run, progress)
                 run.views.append(result)
@@ -173,7 +173,7 @@ class Syncer:
             for name in state.views():  # views dropped or renamed in the project: remove what they left online
                 if name not in self.registry.views:
                     run.views.append(self._remove(state, name))
-            run.status = "success" if all(v.status in ("synced", "removed") for v in run.views) else "partial"
+            run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
             state.close()
 

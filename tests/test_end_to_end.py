@@ -133,7 +133,7 @@ def test_unknown_entity_blocks_sync_and_changes_nothing(env, redis_url):
 
 
 def test_failed_tests_gate_the_sync(env, redis_url):
-    """A model whose keys collide fails `dbt build` (naming the keys); sync skips it and publishes the rest."""
+    """A model whose keys collide fails `dbt build` (naming the keys); sync withholds it and publishes the rest."""
     sql = env / "models" / "features" / "merchant_risk.sql"
     sql.write_text(f"select * from ({sql.read_text()}) as m union all select * from ({sql.read_text()}) as d "
                    "where merchant_id = 'M00001'")
@@ -143,9 +143,9 @@ def test_failed_tests_gate_the_sync(env, redis_url):
     code, out = run_cli("sync", "--json")
     record = json.loads(out)
     views = {v["view"]: v for v in record["views"]}
-    assert views["merchant_risk"]["status"] == "skipped"
+    assert views["merchant_risk"]["status"] == "withheld"
     assert "feature_keys_unique" in views["merchant_risk"]["reason"] and "fail" in views["merchant_risk"]["reason"]
-    assert views["customer_spend"]["status"] == "synced" and record["status"] == "partial"
+    assert views["customer_spend"]["status"] == "synced" and record["status"] == "withheld" and code == 2
 
 
 def test_unknown_manifest_schema(env):
@@ -176,14 +176,14 @@ def test_duckdb_locked_by_a_writer(env):
     finally:
         holder.kill()
         holder.wait()
-    assert code == 1 and "is locked by another process" in out and "dbt build" in out
+    assert code == 3 and "is locked by another process" in out and "dbt build" in out
 
 
 def test_unreachable_redis(env, monkeypatch):
     monkeypatch.setenv("FEATUREMART_REDIS_URL", "redis://user:s3cret@127.0.0.1:1/0")
     started = time.monotonic()
     code, out = run_cli("sync")
-    assert code == 1 and "Cannot reach the online store" in out and "s3cret" not in out
+    assert code == 3 and "Cannot reach the online store" in out and "s3cret" not in out
     assert time.monotonic() - started < 30
     assert not (env / "target" / "featuremart" / "sync_state.duckdb").exists()
 

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featuremart.config import Entity
-from featuremart.manifest import Manifest, RunResult, RunResults
+from featuremart.gate import BuildGate, NodeResult
+from featuremart.manifest import Manifest
 from featuremart.online.reader import OnlineReader
 from featuremart.online.store import OnlineStore
 from featuremart.registry import Feature, FeatureView, Registry, Relation
@@ -66,10 +67,11 @@ class Harness:
 
     def sync(self, **kw):
         manifest = Manifest(self.db, 12, "1.11", "", "duckdb", "checksum", {}, (), {}, {})
-        results = RunResults(self.db, "", "build", {self.view.model_id: RunResult(self.view.model_id, "success", None)})
+        built = {self.view.model_id: NodeResult(self.view.model_id, "success", None, utcnow())}  # no tests attached
+        gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
         lock_ttl = kw.pop("lock_ttl", 30)
         with DuckDBWarehouse(self.db) as wh:
-            return Syncer(self.registry, manifest, results, wh, self.store, self.root / "state",
+            return Syncer(self.registry, manifest, gate, wh, self.store, self.root / "state",
                           lock_ttl=lock_ttl).run([self.view], **kw)
 
     def online(self) -> dict[str, list]:

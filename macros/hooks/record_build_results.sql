@@ -1,0 +1,103 @@
+{#-
+  The package's on-run-end hook (wired in this project's dbt_project.yml, so every project that installs the
+  package runs it with no line of its own): keep each node's latest dbt result in the warehouse, in
+  `<target schema>.featuremart_build_results`, so that `featuremart sync` knows what was built and tested
+  whatever dbt commands ran since and wherever it runs (a fresh checkout, after `dbt clean`, another machine).
+
+  One row per node (the latest non-skipped result replaces the previous one): the table stays as small as the
+  project. Only adapter-agnostic dbt macros are used (create_schema, statement, cross-db types, commit).
+-#}
+{% macro record_build_results(results) %}
+  {{ return(adapter.dispatch('record_build_results', 'featuremart')(results)) }}
+{% endmacro %}
+
+{% macro default__record_build_results(results) %}
+  {%- if not execute -%}
+    {{ return('') }}
+  {%- endif -%}
+  {%- set rows = featuremart._build_result_rows(results) -%}
+  {%- if rows | length == 0 -%}
+    {{ return('') }}
+  {%- endif -%}
+  {%- set relation = featuremart._build_results_relation() -%}
+  {%- do adapter.create_schema(relation) -%}
+  {%- call statement('featuremart_build_results_create', auto_begin=True) -%}
+    create table if not exists {{ relation }} (
+      unique_id {{ dbt.type_string() }},
+      resource_type {{ dbt.type_string() }},
+      status {{ dbt.type_string() }},
+      message {{ dbt.type_string() }},
+      checksum {{ dbt.type_string() }},
+      completed_at {{ dbt.type_timestamp() }},
+      invocation_id {{ dbt.type_string() }},
+      command {{ dbt.type_string() }}
+    )
+  {%- endcall -%}
+  {%- for batch in rows | batch(500) -%}
+    {%- call statement('featuremart_build_results_delete', auto_begin=True) -%}
+      delete from {{ relation }} where unique_id in (
+        {%- for row in batch %}{{ featuremart._build_results_literal(row.unique_id) }}{{ ", " if not loop.last }}{% endfor -%}
+      )
+    {%- endcall -%}
+    {%- call statement('featuremart_build_results_insert', auto_begin=True) -%}
+      insert into {{ relation }}
+        (unique_id, resource_type, status, message, checksum, completed_at, invocation_id, command)
+      values
+      {%- for row in batch %}
+        ({{ featuremart._build_results_literal(row.unique_id) }}, {{ featuremart._build_results_literal(row.resource_type) }},
+         {{ featuremart._build_results_literal(row.status) }}, {{ featuremart._build_results_literal(row.message) }},
+         {{ featuremart._build_results_literal(row.checksum) }},
+         cast({{ featuremart._build_results_literal(row.completed_at) }} as {{ dbt.type_timestamp() }}),
+         {{ featuremart._build_results_literal(invocation_id) }}, {{ featuremart._build_results_literal(row.command) }}){{ "," if not loop.last }}
+      {%- endfor %}
+    {%- endcall -%}
+  {%- endfor -%}
+  {%- do adapter.commit() -%}
+  {{ return('') }}
+{% endmacro %}
+
+{#- Where the results live: the target's own schema, named the same in every project. -#}
+{% macro _build_results_relation() %}
+  {{ return(api.Relation.create(database=target.database, schema=target.schema,
+                                identifier='featuremart_build_results')) }}
+{% endmacro %}
+
+{#- A quoted string literal, or null. -#}
+{% macro _build_results_literal(value) -%}
+  {%- if value is none -%}null{%- else -%}'{{ dbt.escape_single_quotes(value | string) }}'{%- endif -%}
+{%- endmacro %}
+
+{#- The rows to record: executed models, seeds, snapshots and tests (a skipped node did not run, so its previous
+    result stands), each with its node's checksum and when it completed, in UTC. A model built with `--empty`
+    holds no rows: it is recorded as `empty`, which vouches for nothing. -#}
+{% macro _build_result_rows(results) %}
+  {%- set rows = [] -%}
+  {%- set command = invocation_args_dict.get('which') or '' -%}
+  {%- set empty = invocation_args_dict.get('empty') -%}
+  {%- for result in results -%}
+    {%- set node = result.node -%}
+    {%- set status = result.status | string -%}
+    {%- set status = 'empty' if empty and status == 'success' and node.resource_type == 'model' else status -%}
+    {%- if node.resource_type in ('model', 'seed', 'snapshot', 'test', 'unit_test') and status != 'skipped' -%}
+      {%- set completed = [] -%}
+      {%- for timing in result.timing if timing.completed_at is not none -%}
+        {%- do completed.append(timing.completed_at) -%}
+      {%- endfor -%}
+      {%- set when = completed[-1] if completed else modules.datetime.datetime.utcnow() -%}
+      {%- if when.tzinfo is not none -%}
+        {%- set when = when.astimezone(modules.pytz.utc).replace(tzinfo=none) -%}
+      {%- endif -%}
+      {%- set message = result.message -%}
+      {%- do rows.append({
+          'unique_id': node.unique_id,
+          'resource_type': node.resource_type | string,
+          'status': status,
+          'message': (message | string)[:2000] if message is not none else none,
+          'checksum': (node.checksum.checksum or none) if node.checksum is defined and node.checksum else none,
+          'completed_at': when.strftime('%Y-%m-%d %H:%M:%S.%f'),
+          'command': command,
+      }) -%}
+    {%- endif -%}
+  {%- endfor -%}
+  {{ return(rows) }}
+{% endmacro %}
