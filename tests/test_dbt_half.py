@@ -179,7 +179,7 @@ def test_package_project_does_not_build_reference_models(package_project: Path) 
 @pytest.mark.integration
 def test_package_adds_only_macros_with_zero_adoption_lines(package_project: Path) -> None:
     """The consumer's dbt_project.yml says nothing about featuremart, yet it gets no model, source, exposure
-    or test of the reference project (so `dbt source freshness` checks none of ours either), and its own
+    or test of the reference project (only the hook recording build results) (so `dbt source freshness` checks none of ours either), and its own
     `models:` block still decides how its feature tables materialize."""
     consumer = yaml.safe_load((package_project / "dbt_project.yml").read_text())
     for block in ("models", "seeds", "sources", "exposures", "data_tests", "tests"):
@@ -193,7 +193,8 @@ def test_package_adds_only_macros_with_zero_adoption_lines(package_project: Path
         for unique_id, node in manifest.get(kind, {}).items()
     }
     ours = sorted(unique_id for unique_id, node in enabled.items() if node["package_name"] == "featuremart")
-    assert ours == [], f"nodes of package featuremart enabled in a consumer: {ours}"
+    # Only the on-run-end hook that records build results for the sync's gate (docs/operations.md).
+    assert ours == ["operation.featuremart.featuremart-on-run-end-0"], f"featuremart nodes in a consumer: {ours}"
     disabled = {unique_id.split(".")[0] for unique_id in manifest["disabled"] if ".featuremart." in unique_id}
     assert {"model", "source", "exposure", "test"} <= disabled  # they were seen, and switched off
     macros = {macro["name"] for macro in manifest["macros"].values() if macro["package_name"] == "featuremart"}
@@ -211,7 +212,9 @@ def test_package_project_builds(package_project: Path) -> None:
     statuses = _statuses(package_project)
     assert statuses["card_spend"] == "success"
     assert set(statuses.values()) <= {"success", "pass", "no-op"}, statuses
-    assert not any(unique_id.split(".")[1] == "featuremart" for unique_id in _unique_ids(package_project))
+    # Nothing of the package ran but its hook recording build results (docs/operations.md).
+    ours = {u for u in _unique_ids(package_project) if u.split(".")[1] == "featuremart"}
+    assert ours == {"operation.featuremart.featuremart-on-run-end-0"}, ours
     with duckdb.connect(str(package_project / "target" / "consumer.duckdb"), read_only=True) as connection:
         kind = connection.execute("select table_type from information_schema.tables where table_name = 'card_spend'")
         assert kind.fetchall() == [("BASE TABLE",)]  # the consumer's `models:` block decided, not ours
