@@ -19,6 +19,10 @@ class ConfigError(FeaturemartError):
     """features.yml or profiles.yml is missing or invalid."""
 
 
+class SelectionError(FeaturemartError):
+    """A `--select/--exclude/--selector` that dbt cannot parse, or that selects no feature view."""
+
+
 class ValidationError(FeaturemartError):
     """Feature metadata contradicts the manifest, features.yml or the warehouse; holds every problem found."""
 
