@@ -85,9 +85,7 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
         profile, project = _load_parts(flags)
     credentials = profile.credentials
     rendered_target = {"type": credentials.type, **credentials.to_dict(omit_none=True)}
-    raw_vars = project.vars.to_dict() if hasattr(project.vars, "to_dict") else dict(project.vars.vars)
-    scoped = raw_vars.get(project.project_name)
-    root_vars = {**raw_vars, **(scoped if isinstance(scoped, dict) else {}), **cli_vars}
+    root_vars = _root_vars(project, cli_vars)
     target_path = Path(project.target_path)
     return DbtProject(
         project_dir=project_dir,
@@ -100,6 +98,24 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
         vars=root_vars,
         cli_vars=cli_vars,
     )
+
+
+def _root_vars(project, cli_vars: dict[str, Any]) -> dict[str, Any]:
+    """The vars a root-project model's `var()` returns: global vars, then those scoped to the project, then
+    `--vars`; a string value is rendered as dbt's `var()` renders it (e.g. `{{ env_var('TTL', '30d') }}`)."""
+    from dbt.clients.jinja import get_rendered
+    from dbt.context.base import generate_base_context
+    from dbt_common.exceptions import DbtBaseException
+
+    raw = dict(project.vars.to_dict())
+    scoped = raw.get(project.project_name)
+    merged = {**raw, **(scoped if isinstance(scoped, dict) else {}), **cli_vars}
+    context = generate_base_context(cli_vars)
+    try:
+        return {name: get_rendered(value, dict(context)) if isinstance(value, str) else value
+                for name, value in merged.items()}
+    except DbtBaseException as exc:
+        raise ConfigError(f"{Path(project.project_root) / 'dbt_project.yml'}: vars: {_one_line(exc)}") from None
 
 
 def _cli_vars(vars: Mapping[str, Any] | str | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 from rich.console import Console
 
 from featuremart.cli import main
@@ -102,6 +103,17 @@ def test_dbt_loading_rules_apply(bare_project, monkeypatch, tmp_path):
 
     project = load_dbt_project(bare_project, vars="{featuremart_default_ttl: 7d, extra: 1}")
     assert project.vars["featuremart_default_ttl"] == "7d" and project.vars["extra"] == 1
+
+    # vars as a root-project model's var() returns them: a string is rendered, scoped vars override global ones
+    path = bare_project / "dbt_project.yml"
+    raw = yaml.safe_load(path.read_text())
+    raw["vars"].update({"fm_probe": "{{ env_var('FM_PROBE', 'fallback') }}", "featuremart": {"fm_scoped": 2},
+                        "fm_scoped": 1})
+    path.write_text(yaml.safe_dump(raw))
+    assert load_dbt_project(bare_project).vars["fm_probe"] == "fallback"
+    monkeypatch.setenv("FM_PROBE", "from the environment")
+    project = load_dbt_project(bare_project)
+    assert project.vars["fm_probe"] == "from the environment" and project.vars["fm_scoped"] == 2
 
 
 @pytest.mark.parametrize("file, text, expected", [
