@@ -232,7 +232,7 @@ class Selection:
                 ([f"--exclude {' '.join(self.exclude)}"] if self.exclude else []) + \
                 ([f"--selector {self.selector}"] if self.selector else []) + \
                 ([f"--state {self.state}"] if self.state else [])
-        return " ".join(parts) or "the default selection"
+        return " ".join(parts) or "the default selector of selectors.yml"
 
 
 def select_models(project: DbtProject, selection: Selection, manifest_path: Path | None = None) -> set[str]:
@@ -265,7 +265,7 @@ def select_views(project: DbtProject, views: Iterable[V], selection: Selection, 
         return sorted(candidates, key=lambda v: v.name)
     chosen_ids = select_models(project, selection, manifest_path)
     chosen = sorted((v for v in candidates if v.model_id in chosen_ids), key=lambda v: v.name)
-    if not chosen and (selection or chosen_ids):
+    if not chosen and (selection or candidates):  # nothing asked and nothing to give is not a mistake
         kind = "online feature view" if online_only else "feature view"
         names = sorted(uid.rsplit(".", 1)[-1] for uid in chosen_ids)
         models = (f"it selects the models {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}, none of "
@@ -347,9 +347,13 @@ def _check_criteria(selector, spec, selection: Selection) -> None:
             found = selector.select_included(selector.graph.nodes(), criterion)
         except DbtBaseException as exc:
             raise SelectionError(f"{selection.describe()}: selector {criterion.raw!r}: {_one_line(exc)}") from None
-        if not found and isinstance(criterion, SelectionCriteria) and not criterion.method.startswith("state"):
+        if not found and isinstance(criterion, SelectionCriteria) and criterion.method not in _RUN_DEPENDENT:
             raise SelectionError(f"{selection.describe()}: {criterion.raw!r} matches no node of the project (a "
                                  "typo? see `dbt ls -s ...`)")
+
+
+#: Selector methods whose matches depend on a previous run: matching nothing there is an answer, not a typo.
+_RUN_DEPENDENT = ("state", "result", "source_status")
 
 
 def _criteria(spec) -> Iterator[Any]:

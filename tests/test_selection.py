@@ -179,3 +179,16 @@ def test_list_takes_dbts_selection(selection_project, monkeypatch):
     assert code == 1 and "--selector cannot be combined" in out
     code, out = run_cli("list", "--select", "state:modified", "--state", str(selection_project / "prod_state"))
     assert code == 0 and [line.split()[0] for line in out.splitlines() if "  entity " in line] == ["merchant_risk"]
+
+
+def test_a_default_selector_applies_when_nothing_is_selected(selection_project, dbt_ls, tmp_path, monkeypatch):
+    """As in dbt: selectors.yml's `default: true` selector is the selection of a bare `list` or `sync`."""
+    project = tmp_path / "project"
+    shutil.copytree(selection_project, project)
+    (project / "selectors.yml").write_text(SELECTORS_YML.replace("  - name: gold_views\n",
+                                                                 "  - name: gold_views\n    default: true\n"))
+    monkeypatch.chdir(project)
+    code, out = run_cli("list")
+    gold = sorted(set(dbt_ls[CASES.index(([], [], "gold_views", False))]) & set(FeatureStore(project).registry.views))
+    assert code == 0 and [line.split()[0] for line in out.splitlines() if "  entity " in line] == gold
+    assert len(gold) == 3
