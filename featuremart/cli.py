@@ -195,10 +195,10 @@ def _describe_service(service: FeatureService, console: Console) -> None:
 
 
 def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
-    warnings = store.validate()
+    registry = store.validated_registry()
+    warnings = registry.problems
     for problem in warnings:
         console.print(f"  [yellow]![/] {escape(str(problem))}", highlight=False, soft_wrap=True)
-    registry = store.registry
     console.print(f"[green]OK[/]: {len(registry.views)} feature views, "
                   f"{sum(len(v.features) for v in registry.views.values())} features, "
                   f"{len(registry.services)} services; {len(warnings)} warning(s)")

@@ -98,25 +98,30 @@ class FeatureStore:
         return build_registry(manifest, self.config, columns)
 
     def validate(self) -> list[Problem]:
-        """Every warning about the metadata as the user wrote it; raises ValidationError listing every error.
+        """Every warning about the metadata as the user wrote it; raises ValidationError listing every error."""
+        return list(self.validated_registry().problems)
+
+    def validated_registry(self) -> Registry:
+        """The registry of what the user wrote, validated; raises ValidationError listing every error.
 
         When a project file changed after target/manifest.json was written, dbt parses the project first
         (in-process, partial parse, into a private target path: target/ keeps what the last build wrote) and
-        that manifest is validated, so a YAML edit is checked before the next `dbt build`.
+        that manifest is validated, so a YAML edit is checked before the next `dbt build`. `registry` (what
+        sync publishes) stays the last build's.
         """
         self._registry = None
         built = self.manifest()
         newer = dbtcore.project_files_newer_than(self.project, os.path.getmtime(built.path))
         if not newer:
-            return list(self.registry.problems)
-        parsed = load_manifest(dbtcore.parse_project(self.project))
-        problems = list(self._build_registry(parsed).problems)
+            return self.registry
+        registry = self._build_registry(load_manifest(dbtcore.parse_project(self.project)))
         first = newer[0].relative_to(self.project.project_dir)
         more = f" and {len(newer) - 1} more file(s)" if len(newer) > 1 else ""
-        problems.append(Problem("warning", str(built.path.relative_to(self.project.project_dir)),
-                                f"older than {first}{more}: validated what dbt parses from your files now; "
-                                "`featuremart sync` publishes the last build until you run `dbt build`"))
-        return problems
+        registry.problems.append(Problem(
+            "warning", str(built.path.relative_to(self.project.project_dir)),
+            f"older than {first}{more}: validated what dbt parses from your files now; `featuremart sync` "
+            "publishes the last build until you run `dbt build`"))
+        return registry
 
     def select(self, select: Iterable[str] = (), exclude: Iterable[str] = (), selector: str | None = None,
                state: str | Path | None = None, *, online_only: bool = False) -> list[FeatureView]:
@@ -231,5 +236,3 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-

@@ -82,7 +82,8 @@ print(json.dumps(out))
 def selection_project(tmp_path_factory, built_project):
     """The built project with dbt tags on two models, selectors.yml, a state dir, and then one model changed."""
     dest = tmp_path_factory.mktemp("selection") / "project"
-    shutil.copytree(built_project, dest, ignore=shutil.ignore_patterns("logs"))
+    # Not target/featuremart: other tests sync the shared build, and its sync state is not this project's.
+    shutil.copytree(built_project, dest, ignore=shutil.ignore_patterns("logs", "featuremart"))
     for model in ("merchant_risk", "customer_profile"):
         yml = dest / "models" / "features" / f"{model}.yml"
         yml.write_text(yml.read_text().replace("    config:\n      meta:", "    config:\n      tags: [risk]\n      meta:", 1))
@@ -161,7 +162,7 @@ def test_sync_publishes_exactly_the_views_dbt_selects(selection_project, redis_u
     record = json.loads(out)
     assert code == 0, out
     assert {v["view"] for v in record["views"]} == {"customer_spend", "customer_merchant_pair"}
-    assert all(v["status"] == "synced" and v["inserted"] > 0 for v in record["views"])
+    assert all(v["status"] == "synced" and v["inserted"] > 0 for v in record["views"]), out
     published = {key.rsplit(b":", 2)[1] for key in client.scan_iter(match="fm:{*")}  # fm:{keys}:view:version
     assert published == {b"customer_spend", b"customer_merchant_pair"}
     reader = FeatureStore.from_url(redis_url)
