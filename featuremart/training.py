@@ -2,8 +2,9 @@
 
 There is one implementation of the point-in-time join, the dbt macros under `macros/training/`. Python does
 not rebuild it: it asks dbt to render `{{ featuremart.training_set(...) }}` for the active target
-(`dbt compile --inline`, in-process, through `featuremart.dbtcore`, which caches the rendered SQL), then runs the rendered SQL on the warehouse and streams the result
-into Arrow. A dbt model built with the same macro and this function therefore return the same table.
+(`dbt compile --inline`, in-process, through `featuremart.dbtcore`, which caches the rendered SQL), then runs
+the rendered SQL on the warehouse and streams the result into Arrow. A dbt model built with the same macro
+and this function therefore return the same table.
 
 Spines: a dbt model name, a table name, a SQL query (text starting with `select` or `with`), a Parquet file
 path, or a pandas / Arrow frame. Frames and Parquet files need the embedded DuckDB warehouse (the spine is

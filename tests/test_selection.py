@@ -86,7 +86,8 @@ def selection_project(tmp_path_factory, built_project):
     shutil.copytree(built_project, dest, ignore=shutil.ignore_patterns("logs", "featuremart"))
     for model in ("merchant_risk", "customer_profile"):
         yml = dest / "models" / "features" / f"{model}.yml"
-        yml.write_text(yml.read_text().replace("    config:\n      meta:", "    config:\n      tags: [risk]\n      meta:", 1))
+        text = yml.read_text().replace("    config:\n      meta:", "    config:\n      tags: [risk]\n      meta:", 1)
+        yml.write_text(text)
     (dest / "selectors.yml").write_text(SELECTORS_YML)
     dbt(dest, "parse")
     state = dest / "prod_state"
