@@ -124,8 +124,10 @@ def _cli_vars(vars: Mapping[str, Any] | str | None) -> dict[str, Any]:
     if isinstance(vars, Mapping):
         return dict(vars)
     from dbt.config.utils import parse_cli_vars
+    from dbt_common.events.event_manager_client import cleanup_event_logger
     from dbt_common.exceptions import DbtBaseException
 
+    cleanup_event_logger()  # dbt logs a bad --vars to stdout before raising: the error below says it once
     try:
         return parse_cli_vars(str(vars))
     except DbtBaseException as exc:

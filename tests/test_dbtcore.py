@@ -198,3 +198,9 @@ def test_the_online_read_path_does_not_import_dbt():
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_bad_vars_are_one_clear_error(bare_project, capfd):
+    code, out = run_cli("list", "--project-dir", str(bare_project), "--vars", "[1]")
+    assert code == 1 and out.startswith("Error: --vars '[1]': ") and "YAML dictionary" in out
+    assert capfd.readouterr().out == ""  # dbt's own log line stays quiet: the error is said once
