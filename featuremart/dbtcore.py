@@ -418,7 +418,8 @@ def compile_inline(project: DbtProject, inline: str, cache: bool = False) -> str
     out = project.target_dir / COMPILE_TARGET_DIR
     cached = out / "cache" / f"{_compile_key(project, inline)}.sql" if cache else None
     if cached is not None and cached.exists():
-        os.utime(cached)  # recently used: pruned last
+        with contextlib.suppress(OSError):
+            os.utime(cached)  # recently used: pruned last
         return cached.read_text()
     result = _invoke(project, ["compile", "--inline", inline], out, TrainingSetError,
                      "dbt could not compile the training set")
