@@ -35,6 +35,7 @@ COMPILE_TARGET_DIR = "featuremart_compile"
 COMPILE_CACHE_ENTRIES = 64
 #: Files whose change makes a manifest stale: what `dbt parse` reads.
 PROJECT_FILE_SUFFIXES = (".sql", ".yml", ".yaml", ".csv", ".md", ".py")
+_PROJECT_YAML = ("dbt_project.yml", "features.yml", "selectors.yml", "packages.yml", "dependencies.yml")
 
 V = TypeVar("V")
 _LOCK = threading.RLock()  # dbt keeps its flags and adapters in process globals: one dbt call at a time
@@ -370,23 +371,24 @@ def _criteria(spec) -> Iterator[Any]:
 
 # --- parsing ----------------------------------------------------------------------------------------------
 
-def project_files_newer_than(project: DbtProject, moment: float) -> list[Path]:
-    """The project files (models, macros, YAML, dbt_project.yml, features.yml, selectors.yml, ...) changed
-    after `moment` (a file mtime), in the folders dbt reads."""
+def project_files(project: DbtProject) -> list[Path]:
+    """The files dbt reads for the project (its model, macro, test, seed, snapshot, analysis and docs paths,
+    installed packages) and the project's own YAML (dbt_project.yml, features.yml, selectors.yml, ...)."""
     with _LOCK:
         config = _runtime_config(project)
     folders = {*config.model_paths, *config.macro_paths, *config.seed_paths, *config.test_paths,
-               *config.snapshot_paths, *config.analysis_paths, *config.docs_paths}
+               *config.snapshot_paths, *config.analysis_paths, *config.docs_paths, config.packages_install_path}
     root = project.project_dir
-    newer = [root / name for name in ("dbt_project.yml", "features.yml", "selectors.yml", "packages.yml",
-                                       "dependencies.yml")
-             if (root / name).exists() and (root / name).stat().st_mtime > moment]
+    files = [root / name for name in _PROJECT_YAML if (root / name).exists()]
     for folder in sorted(folders):
-        base = root / folder
-        if base.is_dir():
-            newer += sorted(p for p in base.rglob("*") if p.suffix in PROJECT_FILE_SUFFIXES and p.is_file()
-                            and p.stat().st_mtime > moment)
-    return newer
+        if (root / folder).is_dir():
+            files += sorted(p for p in (root / folder).rglob("*") if p.suffix in PROJECT_FILE_SUFFIXES and p.is_file())
+    return files
+
+
+def project_files_newer_than(project: DbtProject, moment: float) -> list[Path]:
+    """The project files (see `project_files`) changed after `moment` (a file mtime)."""
+    return [p for p in project_files(project) if p.stat().st_mtime > moment]
 
 
 def parse_project(project: DbtProject) -> Path:
@@ -436,20 +438,10 @@ def compile_inline(project: DbtProject, inline: str, cache: bool = False) -> str
 def _compile_key(project: DbtProject, inline: str) -> str:
     manifest = project.target_dir / "manifest.json"
     manifest_sum = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
-    newest = max((p.stat().st_mtime_ns for p in _project_files(project)), default=0)
+    newest = max((p.stat().st_mtime_ns for p in project_files(project)), default=0)
     material = json.dumps([manifest_sum, newest, project.target_name, project.target, project.cli_vars, inline],
                           sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
-
-
-def _project_files(project: DbtProject) -> Iterator[Path]:
-    root = project.project_dir
-    for name in ("dbt_project.yml", "profiles.yml", "packages.yml", "selectors.yml"):
-        if (root / name).exists():
-            yield root / name
-    for folder in ("models", "macros", "dbt_packages", "tests", "seeds", "snapshots", "analyses"):
-        if (root / folder).is_dir():
-            yield from (p for p in (root / folder).rglob("*") if p.suffix in PROJECT_FILE_SUFFIXES)
 
 
 def _prune(folder: Path, keep: int) -> None:
