@@ -38,17 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--project-dir", default=".", help="the dbt project directory (default: .)")
     common.add_argument("--profiles-dir", default=None, help="where profiles.yml is (default: as dbt finds it)")
     common.add_argument("--target", default=None, help="the dbt target to read (default: the profile's target)")
+    common.add_argument("--vars", default=None, help="dbt vars as a YAML mapping, as for `dbt build --vars`")
+    # dbt's own node selection (docs: "Selecting feature views"), narrowed to feature views.
+    selecting = argparse.ArgumentParser(add_help=False)
+    selecting.add_argument("-s", "--select", nargs="+", default=[],
+                           help="dbt node selection, as `dbt build --select` (graph operators, tag:, path:, ...)")
+    selecting.add_argument("--exclude", nargs="+", default=[], help="dbt node selection of models to leave out")
+    selecting.add_argument("--selector", default=None, help="a selector defined in selectors.yml")
+    selecting.add_argument("--state", default=None, metavar="DIR",
+                           help="the artifacts of a previous run, for state:modified (as `dbt build --state`)")
 
     parser = argparse.ArgumentParser(prog="featuremart", description="A dbt/SQL-first feature store.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("list", parents=[common], help="list feature views and features")
+    sub.add_parser("list", parents=[common, selecting], help="list feature views and features")
     describe = sub.add_parser("describe", parents=[common], help="show a feature view, a feature or a service")
     describe.add_argument("name", help="a view, view.feature, or a feature service")
     sub.add_parser("validate", parents=[common], help="check metadata against the manifest and the warehouse")
 
-    sync = sub.add_parser("sync", parents=[common], help="publish the latest feature values to the online store")
-    sync.add_argument("-s", "--select", nargs="+", default=[], help="model names, tag:<tag>, tier:<tier>")
-    sync.add_argument("--exclude", nargs="+", default=[], help="model names, tag:<tag>, tier:<tier>")
+    sync = sub.add_parser("sync", parents=[common, selecting],
+                          help="publish the latest feature values to the online store")
     sync.add_argument("--full-refresh", action="store_true", help="rewrite every value, not only what changed")
     sync.add_argument("--dry-run", action="store_true", help="print what would be inserted, updated, deleted")
     sync.add_argument("--no-incremental", action="store_true",
@@ -108,7 +116,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             return SERVING_COMMANDS[args.command](args, console)
         from featuremart.store import FeatureStore
 
-        store = FeatureStore(args.project_dir, profiles_dir=args.profiles_dir, target=args.target)
+        store = FeatureStore(args.project_dir, profiles_dir=args.profiles_dir, target=args.target, vars=args.vars)
         with store:
             try:
                 return COMMANDS[args.command](store, args, console)
@@ -178,7 +186,8 @@ def open_reader(args: argparse.Namespace) -> Iterator[OnlineReader]:
 
 
 def cmd_list(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
-    for view in store.registry.views.values():
+    views = store.select(args.select, args.exclude, args.selector, args.state)
+    for view in views:
         table = Table(title_justify="left", expand=False, title=(
             f"[bold]{view.name}[/]  entity {', '.join(view.entities)} · owner {view.owner or '-'} · tier "
             f"{view.tier or '-'} · ttl {view.ttl_label} · online {'yes' if view.online else 'no'}"))
@@ -188,7 +197,8 @@ def cmd_list(store: FeatureStore, args: argparse.Namespace, console: Console) ->
         for f in view.features:
             table.add_row(f.name, f.dtype, " ".join(f.description.split()))
         console.print(table)
-    services = store.registry.services
+    shown = {v.name for v in views}
+    services = {name: s for name, s in store.registry.services.items() if set(s.view_names) & shown}
     if services:
         st = Table(title="Feature services")
         for column in ("service", "views", "features", "owner"):
@@ -268,10 +278,10 @@ def _describe_service(service: FeatureService, console: Console) -> None:
 
 
 def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
-    warnings = store.validate()
+    registry = store.validated_registry()
+    warnings = registry.problems
     for problem in warnings:
         console.print(f"  [yellow]![/] {escape(str(problem))}", highlight=False, soft_wrap=True)
-    registry = store.registry
     console.print(f"[green]OK[/]: {len(registry.views)} feature views, "
                   f"{sum(len(v.features) for v in registry.views.values())} features, "
                   f"{len(registry.services)} services; {len(warnings)} warning(s)")
@@ -284,7 +294,8 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
 
     try:
         with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
-            run = store.sync(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh,
+            run = store.sync(select=args.select, exclude=args.exclude, selector=args.selector, state=args.state,
+                             full_refresh=args.full_refresh,
                              dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update)
     except (OnlineStoreError, WarehouseError) as exc:  # could not start: still a run record, saying why
         run = SyncRun.failed(str(exc), dry_run=args.dry_run, full_refresh=args.full_refresh)

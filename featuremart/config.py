@@ -2,8 +2,9 @@
 
 features.yml holds what dbt has no place for: the online store, defaults and tier policies. Entities and the
 default ttl are dbt vars (`featuremart_entities`, `featuremart_default_ttl`), written once where dbt's macros
-can read them too; the shapes of both are declared in featuremart.schema. profiles.yml is dbt's own; we render
-it the way dbt does (Jinja with `env_var`) to find the warehouse the feature models were built in.
+can read them too; the shapes of both are declared in featuremart.schema. dbt_project.yml and profiles.yml
+are dbt's own: `featuremart.dbtcore` loads them with dbt's loader (DbtProject and load_dbt_project are
+re-exported here for callers that import them from config).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
+from featuremart.dbtcore import DbtProject, load_dbt_project  # noqa: F401  (dbt's loading lives in dbtcore)
 from featuremart.errors import ConfigError, ConfigProblems
 
 KEY_TYPES = ("string", "int")
@@ -142,13 +144,8 @@ class ProjectConfig:
 
 
 def project_vars(project_dir: Path) -> Any:
-    """The `vars:` of dbt_project.yml, read as YAML: where the entities and the default ttl live (dbt's macros
-    need them too). The dbt module's rendered `DbtProject.vars` replaces this once it exists."""
-    path = Path(project_dir) / "dbt_project.yml"
-    if not path.exists():
-        raise ConfigError(f"{path} not found: run featuremart in a dbt project directory or pass --project-dir")
-    raw = _load_yaml(path).get("vars")
-    return {} if raw is None else raw  # not a mapping: the schema says so, located
+    """The root project's vars as dbt renders them (where the entities and the default ttl live)."""
+    return load_dbt_project(Path(project_dir)).vars
 
 
 def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = None) -> ProjectConfig:
@@ -199,88 +196,13 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
     )
 
 
-@dataclass(frozen=True)
-class DbtProject:
-    """What featuremart needs of dbt_project.yml and the profile's active target."""
-
-    project_dir: Path
-    profiles_dir: Path
-    name: str
-    target_dir: Path
-    profile_name: str
-    target_name: str
-    target: dict[str, Any]  # the rendered output block: type, path, host, ...
-
-    @property
-    def adapter_type(self) -> str:
-        return str(self.target.get("type", ""))
-
-
-def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target: str | None = None) -> DbtProject:
-    """Read dbt_project.yml and resolve the profile target the way dbt does (flags, env, then default)."""
-    project_dir = Path(project_dir).resolve()
-    path = project_dir / "dbt_project.yml"
-    if not path.exists():
-        raise ConfigError(f"{path} not found: run featuremart in a dbt project directory or pass --project-dir")
-    project = _load_yaml(path)
-    target_path = os.environ.get("DBT_TARGET_PATH") or project.get("target-path") or "target"
-    profile_name = str(project.get("profile") or "")
-
-    profiles_dir = Path(profiles_dir or os.environ.get("DBT_PROFILES_DIR") or _default_profiles_dir(project_dir))
-    profiles_path = profiles_dir / "profiles.yml"
-    if not profiles_path.exists():
-        raise ConfigError(f"{profiles_path} not found: pass --profiles-dir or set DBT_PROFILES_DIR")
-    profiles = _load_yaml(profiles_path, render=True)
-    profile = profiles.get(profile_name)
-    if not isinstance(profile, dict):
-        raise ConfigError(f"{profiles_path}: no profile {profile_name!r} (named by {path})")
-    target_name = target or os.environ.get("DBT_TARGET") or str(profile.get("target", ""))
-    outputs = profile.get("outputs") or {}
-    if target_name not in outputs:
-        raise ConfigError(f"{profiles_path}: profile {profile_name!r} has no target {target_name!r}; "
-                          f"targets: {', '.join(sorted(outputs))}")
-    return DbtProject(
-        project_dir=project_dir,
-        profiles_dir=profiles_dir.resolve(),
-        name=str(project.get("name", "")),
-        target_dir=(project_dir / target_path).resolve(),
-        profile_name=profile_name,
-        target_name=target_name,
-        target=dict(outputs[target_name]),
-    )
-
-
-def _default_profiles_dir(project_dir: Path) -> Path:
-    # dbt >= 1.5 looks in the current directory first, then ~/.dbt; we also try the project directory.
-    for candidate in (Path.cwd(), project_dir):
-        if (candidate / "profiles.yml").exists():
-            return candidate
-    return Path.home() / ".dbt"
-
-
-def _env_var(name: str, default: str | None = None) -> str:
-    if name in os.environ:
-        return os.environ[name]
-    if default is not None:
-        return default
-    raise ConfigError(f"profiles.yml uses env_var({name!r}) but {name} is not set")
-
-
-def _load_yaml(path: Path, render: bool = False, allow_empty: bool = False) -> dict[str, Any]:
+def _load_yaml(path: Path, allow_empty: bool = False) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{path} cannot be read as UTF-8 text ({exc}); save it as UTF-8") from None
     import yaml  # here, not at the top: online readers import this module for its dataclasses only
 
-    if render:
-        import jinja2  # only here: the serving path (featuremart get/serve) must not pay for importing it
-
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-        env.filters["as_number"] = lambda v: v
-        env.filters["as_bool"] = lambda v: v
-        env.filters["as_text"] = lambda v: v
-        text = env.from_string(text).render(env_var=_env_var)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

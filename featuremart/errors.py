@@ -27,6 +27,10 @@ class ConfigProblems(ConfigError):
         super().__init__("\n".join(self.problems))
 
 
+class SelectionError(FeaturemartError):
+    """A `--select/--exclude/--selector` that dbt cannot parse, or that selects no feature view."""
+
+
 class ValidationError(FeaturemartError):
     """Feature metadata contradicts the manifest, features.yml or the warehouse; holds every problem found."""
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from featuremart import sql
+from featuremart import dbtcore, sql
 from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
 from featuremart.errors import ArtifactError, FeaturemartError
 from featuremart.gate import BuildGate
@@ -20,7 +20,7 @@ from featuremart.manifest import Manifest, load_manifest
 from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
-from featuremart.sync import SyncRun, Syncer, select_views
+from featuremart.sync import SyncRun, Syncer
 from featuremart.warehouse import Warehouse, open_warehouse
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,10 +45,11 @@ class FeatureStore:
     """
 
     def __init__(self, project_dir: str | Path = ".", *, profiles_dir: str | Path | None = None,
-                 target: str | None = None, redis_url: str | None = None):
+                 target: str | None = None, redis_url: str | None = None,
+                 vars: Mapping[str, Any] | str | None = None):
         self.project: DbtProject = load_dbt_project(Path(project_dir), Path(profiles_dir) if profiles_dir else None,
-                                                    target)
-        self.config: ProjectConfig = load_features_yml(self.project.project_dir)
+                                                    target, vars)
+        self.config: ProjectConfig = load_features_yml(self.project.project_dir, self.project.vars)
         self._redis_url = redis_url
         self._registry: Registry | None = None
         self._online: OnlineStore | None = None
@@ -94,17 +95,50 @@ class FeatureStore:
             if self.project is None:
                 self._registry = self.reader.registry
             else:
-                manifest = self.manifest()
-                with self.warehouse() as wh:
-                    columns = wh.columns(relation_of(m) for m in feature_models(manifest))
-                self._registry = build_registry(manifest, self.config, columns)
-                self._registry.problems.extend(stale_artifacts(self.project, manifest))
+                self._registry = self._build_registry(self.manifest())
         return self._registry
 
+    def _build_registry(self, manifest: Manifest) -> Registry:
+        with self.warehouse() as wh:
+            columns = wh.columns(relation_of(m) for m in feature_models(manifest))
+        return build_registry(manifest, self.config, columns)
+
     def validate(self) -> list[Problem]:
-        """Every warning about the metadata and the values; raises ValidationError listing every error."""
+        """Every warning about the metadata as the user wrote it, and about its values; raises ValidationError listing every error."""
+        return list(self.validated_registry().problems) + self.non_finite_values()
+
+    def validated_registry(self) -> Registry:
+        """The registry of what the user wrote, validated; raises ValidationError listing every error.
+
+        When a project file changed after target/manifest.json was written, dbt parses the project first
+        (in-process, partial parse, into a private target path: target/ keeps what the last build wrote) and
+        that manifest is validated, so a YAML edit is checked before the next `dbt build`. `registry` (what
+        sync publishes) stays the last build's.
+        """
         self._registry = None
-        return list(self.registry.problems) + self.non_finite_values()
+        built = self.manifest()
+        newer = dbtcore.project_files_newer_than(self.project, os.path.getmtime(built.path))
+        if not newer:
+            return self.registry
+        registry = self._build_registry(load_manifest(dbtcore.parse_project(self.project)))
+        first = newer[0].relative_to(self.project.project_dir)
+        more = f" and {len(newer) - 1} more file(s)" if len(newer) > 1 else ""
+        registry.problems.append(Problem(
+            "warning", str(built.path.relative_to(self.project.project_dir)),
+            f"older than {first}{more}: validated what dbt parses from your files now; `featuremart sync` "
+            "publishes the last build until you run `dbt build`"))
+        return registry
+
+    def select(self, select: Iterable[str] = (), exclude: Iterable[str] = (), selector: str | None = None,
+               state: str | Path | None = None, *, online_only: bool = False) -> list[FeatureView]:
+        """The feature views whose models dbt's node selection picks (`dbt ls --resource-type model` with the
+        same `--select/--exclude/--selector/--state`), over target/manifest.json; SelectionError when none."""
+        if self.project is None:
+            raise FeaturemartError("a FeatureStore opened from a Redis URL cannot select with dbt: open it on the "
+                                   "dbt project")
+        views = self.registry.views.values()
+        return dbtcore.select_views(self.project, views, dbtcore.Selection.of(select, exclude, selector, state),
+                                    online_only=online_only, manifest_path=self.manifest().path)
 
     def non_finite_values(self) -> list[Problem]:
         """A warning per float feature holding NaN or ±Infinity in the warehouse: online reads serve them as null
@@ -167,15 +201,18 @@ class FeatureStore:
             self._reader = OnlineReader(self.online)
         return self._reader
 
-    def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False,
-             dry_run: bool = False, incremental: bool = True,
-             progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
-        """Publish the latest value per entity of the selected online views (see featuremart.sync)."""
+    def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), selector: str | None = None,
+             state: str | Path | None = None, full_refresh: bool = False, dry_run: bool = False,
+             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
+        """Publish the latest value per entity of the selected online views (see featuremart.sync).
+
+        The selection is dbt's own (`select`, `exclude`, `selector`, `state` as for `dbt build`), narrowed to
+        online feature views; one that keeps none raises SelectionError."""
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
         registry = self.registry
         manifest = self.manifest()
-        views = select_views(registry, select, exclude)
+        views = self.select(select, exclude, selector, state, online_only=True)
         with self.warehouse() as wh:
             gate = BuildGate.load(self.project, manifest, wh)
             return Syncer(registry, manifest, gate, wh, self.online, self.state_dir).run(
@@ -233,16 +270,3 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def stale_artifacts(project: DbtProject, manifest: Manifest) -> list[Problem]:
-    """A warning when a model or YAML file changed after the manifest was written."""
-    built = os.path.getmtime(manifest.path)
-    newer = [p for folder in ("models", "macros") for p in (project.project_dir / folder).rglob("*")
-             if p.suffix in (".sql", ".yml", ".yaml") and p.stat().st_mtime > built]
-    if not newer:
-        return []
-    first = newer[0].relative_to(project.project_dir)
-    more = f" and {len(newer) - 1} more" if len(newer) > 1 else ""
-    return [Problem("warning", str(manifest.path.relative_to(project.project_dir)),
-                    f"older than {first}{more}: run `dbt build` so featuremart sees your latest definitions")]

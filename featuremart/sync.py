@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import pyarrow as pa
 
@@ -77,26 +77,6 @@ class SyncRun:
         now = _iso(datetime.now(timezone.utc))
         return cls(uuid.uuid4().hex[:12], now, manifest_checksum, dry_run, full_refresh, finished_at=now,
                    status="failed", error=error)
-
-
-def select_views(registry: Registry, select: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[FeatureView]:
-    """Views matched by dbt-like selectors: a model name, `tag:<tag>` or `tier:<tier>` (`*` in names)."""
-    import fnmatch
-
-    def matches(view: FeatureView, selector: str) -> bool:
-        kind, _, value = selector.partition(":")
-        if not _:
-            return fnmatch.fnmatchcase(view.name, selector)
-        if kind == "tag":
-            return value in view.tags
-        if kind == "tier":
-            return view.tier == value
-        raise FeaturemartError(f"selector {selector!r}: use a model name, tag:<tag> or tier:<tier>")
-
-    select, exclude = list(select), list(exclude)
-    chosen = [v for v in registry.views.values()
-              if (not select or any(matches(v, s) for s in select)) and not any(matches(v, s) for s in exclude)]
-    return sorted(chosen, key=lambda v: v.name)
 
 
 class Gate(Protocol):

@@ -2,8 +2,9 @@
 
 There is one implementation of the point-in-time join, the dbt macros under `macros/training/`. Python does
 not rebuild it: it asks dbt to render `{{ featuremart.training_set(...) }}` for the active target
-(`dbt compile --inline`, in-process), then runs the rendered SQL on the warehouse and streams the result
-into Arrow. A dbt model built with the same macro and this function therefore return the same table.
+(`dbt compile --inline`, in-process, through `featuremart.dbtcore`, which caches the rendered SQL), then runs
+the rendered SQL on the warehouse and streams the result into Arrow. A dbt model built with the same macro
+and this function therefore return the same table.
 
 Spines: a dbt model name, a table name, a SQL query (text starting with `select` or `with`), a Parquet file
 path, or a pandas / Arrow frame. Frames and Parquet files need the embedded DuckDB warehouse (the spine is
@@ -20,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +29,13 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from featuremart.config import DbtProject
+from featuremart.dbtcore import compile_inline
 from featuremart.errors import TrainingSetError
 from featuremart.manifest import load_manifest
 from featuremart.warehouse import DuckDBWarehouse, Warehouse
 
 #: The name a frame or Parquet spine is registered under on the DuckDB connection while the join runs.
 SPINE_RELATION = "_fm_training_spine"
-#: Where featuremart's own `dbt compile` writes (never target/: its run_results.json tells sync what passed).
-COMPILE_TARGET_DIR = "featuremart_compile"
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,10 @@ def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, 
 
     warehouse.close()  # DuckDB: dbt opens the file itself; the warehouse reopens it lazily afterwards
     started = time.perf_counter()
-    sql = _dbt_compile(project, inline)
+    # The rendered SQL depends on the project, the target and the columns dbt reads from the warehouse: those
+    # of dbt models change only with a new manifest (part of the cache key), a table or query spine's may not.
+    cacheable = spine_columns is not None or spine_arg.startswith("ref(")
+    sql = compile_inline(project, inline, cache=cacheable)
     return CompiledTrainingSet(sql, time.perf_counter() - started), frame
 
 
@@ -193,52 +195,6 @@ def _view_names(project: DbtProject, service: str | None, features: Sequence[str
         refs = [str(f) for f in exposure.meta.get("features") or []]
     names = dict.fromkeys(r.partition(".")[0] for r in refs if r.partition(".")[0])
     return list(names)
-
-
-def _dbt_compile(project: DbtProject, inline: str) -> str:
-    """Render `inline` with `dbt compile --inline` for the project's target; returns the compiled SQL."""
-    from dbt.cli.main import dbtRunner
-
-    errors: list[str] = []
-
-    def keep_errors(event: Any) -> None:
-        if event.info.level == "error":
-            errors.append(event.info.msg)
-
-    args = ["compile", "--inline", inline, "--project-dir", str(project.project_dir),
-            "--profiles-dir", str(project.profiles_dir), "--target", project.target_name,
-            "--target-path", str(project.target_dir / COMPILE_TARGET_DIR),
-            "--quiet", "--log-level", "none", "--no-send-anonymous-usage-stats"]
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # dbt resolves relative paths in profiles.yml (a DuckDB file) from the working directory; featuremart
-    # resolves them from the project directory, where `dbt build` runs: compile from there too.
-    cwd = os.getcwd()
-    try:
-        os.chdir(project.project_dir)
-        result = dbtRunner(callbacks=[keep_errors]).invoke(args)
-    except Exception as exc:  # dbt raises its own types for configuration problems
-        raise TrainingSetError(f"dbt could not compile the training set: {exc}") from None
-    finally:
-        os.chdir(cwd)
-        if project.adapter_type == "duckdb":
-            _release_dbt_duckdb()
-    if not result.success:
-        detail = "\n".join(errors) or str(result.exception or "unknown error")
-        raise TrainingSetError(f"dbt could not compile the training set ({project.target_name}): {detail}")
-    return result.result.results[0].node.compiled_code
-
-
-def _release_dbt_duckdb() -> None:
-    """Close the DuckDB database dbt-duckdb keeps open in-process after a run (a class-level environment that
-    outlives the invocation): until then this process cannot open the file read-only for the warehouse."""
-    try:
-        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
-    except ImportError:  # pragma: no cover - dbt-duckdb is how a duckdb target compiles at all
-        return
-    with DuckDBConnectionManager._LOCK:
-        env, DuckDBConnectionManager._ENV = DuckDBConnectionManager._ENV, None
-        if env is not None:
-            env.close()
 
 
 def _jinja(value: Any) -> str:

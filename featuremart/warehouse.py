@@ -147,7 +147,9 @@ class DbtAdapterWarehouse(Warehouse):
     @property
     def handle(self):
         if self._handle is None:
-            self._adapter = _dbt_adapter(self.project)
+            from featuremart.dbtcore import open_adapter
+
+            self._adapter = open_adapter(self.project)
             self._context = self._adapter.connection_named("featuremart")
             self._context.__enter__()
             try:
@@ -212,31 +214,3 @@ class DbtAdapterWarehouse(Warehouse):
 _SQLGLOT_DIALECTS = {"postgres": "postgres", "duckdb": "duckdb"}
 #: The dialects featuremart's generated SQL is written and tested for.
 SUPPORTED_DIALECTS = ("duckdb", "postgres")
-
-
-def _dbt_adapter(project: DbtProject):
-    """dbt's adapter for the project's target, configured from profiles.yml as `dbt build` would be."""
-    import os
-    from argparse import Namespace
-
-    from dbt.adapters.factory import get_adapter, register_adapter
-    from dbt.config.runtime import RuntimeConfig
-    from dbt.flags import set_from_args
-    from dbt.mp_context import get_mp_context
-    from dbt_common.context import set_invocation_context
-
-    args = Namespace(project_dir=str(project.project_dir), profiles_dir=str(project.profiles_dir),
-                     target=project.target_name, profile=None, threads=None, vars={}, quiet=True,
-                     log_level="none", log_level_file="none")
-    set_from_args(args, {})
-    set_invocation_context(os.environ)
-    from dbt.events.logging import setup_event_logger
-    from dbt.flags import get_flags
-
-    setup_event_logger(get_flags())  # log_level none: dbt's event lines must not mix into our output
-    try:
-        config = RuntimeConfig.from_args(args)
-    except Exception as exc:  # dbt's own configuration errors carry a readable message
-        raise WarehouseError(f"dbt could not load target {project.target_name!r}: {exc}") from None
-    register_adapter(config, get_mp_context())
-    return get_adapter(config)
