@@ -201,13 +201,15 @@ def _one_line(exc: BaseException) -> str:
 
 def open_adapter(project: DbtProject):
     """dbt's adapter for the project's target, configured from profiles.yml as `dbt build` would be."""
-    from dbt.adapters.factory import get_adapter, register_adapter
+    from dbt.adapters.factory import FACTORY
     from dbt.mp_context import get_mp_context
 
     with _LOCK:
         config = _runtime_config(project)
-        register_adapter(config, get_mp_context())
-        return get_adapter(config)
+        # A private instance, not dbt's process-wide registry: that keeps the first adapter of a type, so a second
+        # project (or other credentials) in the same process would silently reuse the first one's connection.
+        FACTORY.load_plugin(config.credentials.type)
+        return FACTORY.get_adapter_class_by_name(config.credentials.type)(config, get_mp_context())
 
 
 # --- node selection ---------------------------------------------------------------------------------------

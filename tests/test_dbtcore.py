@@ -95,7 +95,7 @@ def test_dbt_loading_rules_apply(bare_project, monkeypatch, tmp_path):
     other = tmp_path / "profiles"
     other.mkdir()
     (other / "profiles.yml").write_text(
-        "featuremart:\n  target: ci\n  outputs:\n    ci: {type: duckdb, path: ci.duckdb, threads: 1}\n")
+        "featuremart_reference:\n  target: ci\n  outputs:\n    ci: {type: duckdb, path: ci.duckdb, threads: 1}\n")
     monkeypatch.delenv("DBT_TARGET")
     monkeypatch.setenv("DBT_PROFILES_DIR", str(other))
     project = load_dbt_project(bare_project)
@@ -117,11 +117,11 @@ def test_dbt_loading_rules_apply(bare_project, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("file, text, expected", [
-    ("profiles.yml", "featuremart:\n  target: dev\n  outputs:\n    dev: {type: duckdb, path: [unclosed\n",
+    ("profiles.yml", "featuremart_reference:\n  target: dev\n  outputs:\n    dev: {type: duckdb, path: [unclosed\n",
      "profiles.yml: "),
-    ("profiles.yml", "featuremart:\n  target: nope\n  outputs:\n    dev: {type: duckdb, path: x.duckdb}\n",
+    ("profiles.yml", "featuremart_reference:\n  target: nope\n  outputs:\n    dev: {type: duckdb, path: x.duckdb}\n",
      "does not have a target named 'nope'"),
-    ("dbt_project.yml", "name: featuremart\nconfig-version: 2\nprofile: featuremart\nversion: [1]\n",
+    ("dbt_project.yml", "name: featuremart\nconfig-version: 2\nprofile: featuremart_reference\nversion: [1]\n",
      "dbt_project.yml: "),
 ])
 def test_dbt_errors_are_one_line_config_errors(bare_project, file, text, expected):
