@@ -1,6 +1,8 @@
 {#- Checks the arguments of a point-in-time join and resolves everything its dialect versions render:
       {spine_from, spine_columns: [{name, quoted, data_type}], timestamp_sql, views: [{index, name, relation,
-       keys, timestamp, ttl_seconds, unique, features: [{column, output}]}]}
+       key_columns, timestamp, timestamp_sql, ttl_seconds, unique, features: [{column, output}]}]}
+    timestamp_sql (spine and views) is the timestamp as a UTC `timestamp`, whatever its type and the session's
+    TimeZone (see _pit_utc_timestamp); a view's timestamp type is `timestamp_type`, or read from its relation.
     Returns none at parse time when the spine's columns must be read from the warehouse (nothing to render
     yet). Errors name `macro_name`, the argument and the value it got. -#}
 {% macro _pit_prepare(macro_name, spine, spine_timestamp, views, spine_columns=none) -%}
@@ -92,6 +94,10 @@
             {{ exceptions.raise_compiler_error(where ~ " (" ~ name ~ "): `ttl_seconds` must be a whole number of seconds >= 0, or none for no ttl, got " ~ ttl | string) }}
         {%- endif -%}
         {%- set relation = view['relation'] -%}
+        {%- set timestamp_type = view.get('timestamp_type') -%}
+        {%- if timestamp_type is none and execute -%}
+            {%- set timestamp_type = featuremart._pit_column_type(where ~ " (" ~ name ~ ")", relation, view['timestamp']) -%}
+        {%- endif -%}
         {%- set seen = [] -%}
         {%- for feature in view['features'] -%}
             {%- if feature | lower in seen -%}
@@ -109,24 +115,31 @@
             'relation': relation if relation is string else relation | string,
             'key_columns': view['keys'],
             'timestamp': view['timestamp'],
+            'timestamp_sql': featuremart._pit_utc_timestamp(view['timestamp'], timestamp_type),
             'ttl_seconds': ttl,
             'unique': view.get('unique', false) is sameas true,
             'features': view['features'],
         }) -%}
     {%- endfor -%}
 
-    {#- Output names: prefixed with the view's name when the name collides (see point_in_time_join). -#}
+    {#- Output names (the rule of featuremart.registry.output_names, the same online): a feature keeps its
+        name unless another requested feature has it too or it is a join key of a view in the join; then it
+        is <view>__<feature>. The spine's other columns never rename a feature: a spine column named like an
+        output is an error, so a model sees the same names in training and in serving. -#}
+    {%- set join_keys = [] -%}
+    {%- for view in resolved -%}
+        {%- do join_keys.extend(view.key_columns | map('lower')) -%}
+    {%- endfor -%}
     {%- set outputs = [] -%}
     {%- for view in resolved -%}
         {%- set features = [] -%}
         {%- for feature in view.features -%}
-            {%- if feature_counts[feature | lower] > 1 or feature | lower in spine_names -%}
-                {%- set output = view.name ~ '__' ~ feature -%}
-            {%- else -%}
-                {%- set output = feature -%}
+            {%- set output = featuremart._pit_output_name(view.name, feature, feature_counts, join_keys) -%}
+            {%- if output | lower in spine_names -%}
+                {{ exceptions.raise_compiler_error(macro_name ~ ": the spine column " ~ spine_names[output | lower].name ~ " has the name of the output column of feature " ~ view.name ~ "." ~ feature ~ " (a feature is named the same in training sets and online): rename the spine column") }}
             {%- endif -%}
-            {%- if output | lower in outputs or output | lower in spine_names -%}
-                {{ exceptions.raise_compiler_error(macro_name ~ ": the output column " ~ output ~ " (feature " ~ feature ~ " of view " ~ view.name ~ ") collides with another column of the join: rename the feature or the spine column") }}
+            {%- if output | lower in outputs -%}
+                {{ exceptions.raise_compiler_error(macro_name ~ ": the output column " ~ output ~ " (feature " ~ feature ~ " of view " ~ view.name ~ ") collides with another feature's output column: rename one of the features") }}
             {%- endif -%}
             {%- do outputs.append(output | lower) -%}
             {%- do features.append({'column': feature, 'output': output}) -%}
@@ -139,4 +152,28 @@
         'timestamp_sql': timestamp_sql,
         'views': resolved,
     }) }}
+{%- endmacro %}
+
+
+{#- The output name of `feature` of view `view_name`: `feature_counts` maps each requested feature name
+    (lower case) to how many views asked for it, `join_keys` holds the join's key columns (lower case). -#}
+{% macro _pit_output_name(view_name, feature, feature_counts, join_keys) -%}
+    {%- if feature_counts.get(feature | lower, 0) > 1 or feature | lower in join_keys -%}
+        {{ return(view_name ~ '__' ~ feature) }}
+    {%- endif -%}
+    {{ return(feature) }}
+{%- endmacro %}
+
+
+{#- The warehouse type of `column` in `relation` (a relation, or a table name or query as a string). -#}
+{% macro _pit_column_type(where, relation, column) -%}
+    {%- if relation is string -%}
+        {%- set columns = get_column_schema_from_query('select * from ' ~ relation) -%}
+    {%- else -%}
+        {%- set columns = adapter.get_columns_in_relation(relation) -%}
+    {%- endif -%}
+    {%- for found in columns if found.name | lower == column | lower -%}
+        {{ return(found.dtype) }}
+    {%- endfor -%}
+    {{ exceptions.raise_compiler_error(where ~ ": the timestamp " ~ column ~ " is not a column of " ~ relation | string ~ " (columns: " ~ (columns | map(attribute='name') | join(', ') or 'none: was it built?') ~ ")") }}
 {%- endmacro %}
