@@ -61,10 +61,9 @@
     {%- set ts_column = spine_names[spine_timestamp | lower] -%}
     {%- set timestamp_sql = featuremart._pit_utc_timestamp('_fm_source.' ~ ts_column.quoted, ts_column.data_type) -%}
 
-    {#- The views, checked; output names counted for collisions. -#}
+    {#- The views, checked. -#}
     {%- set resolved = [] -%}
     {%- set view_names = [] -%}
-    {%- set feature_counts = {} -%}
     {%- for view in views -%}
         {%- set where = macro_name ~ ": views[" ~ loop.index0 ~ "]" -%}
         {%- if view is not mapping -%}
@@ -107,7 +106,6 @@
                 {{ exceptions.raise_compiler_error(where ~ " (" ~ name ~ "): " ~ feature ~ " is a key or the timestamp of the view, not a feature") }}
             {%- endif -%}
             {%- do seen.append(feature | lower) -%}
-            {%- do feature_counts.update({feature | lower: feature_counts.get(feature | lower, 0) + 1}) -%}
         {%- endfor -%}
         {%- do resolved.append({
             'index': loop.index0,
@@ -122,26 +120,20 @@
         }) -%}
     {%- endfor -%}
 
-    {#- Output names (the rule of featuremart.registry.output_names, the same online): a feature keeps its
-        name unless another requested feature has it too or it is a join key of a view in the join; then it
-        is <view>__<feature>. The spine's other columns never rename a feature: a spine column named like an
-        output is an error, so a model sees the same names in training and in serving. -#}
-    {%- set join_keys = [] -%}
+    {#- Output names: the spine's other columns never rename a feature (online reads have no spine), so a spine
+        column named like an output column is an error. -#}
+    {%- set named = featuremart._pit_output_names(resolved) -%}
+    {%- if named.error is not none -%}
+        {{ exceptions.raise_compiler_error(macro_name ~ ": " ~ named.error) }}
+    {%- endif -%}
     {%- for view in resolved -%}
-        {%- do join_keys.extend(view.key_columns | map('lower')) -%}
-    {%- endfor -%}
-    {%- set outputs = [] -%}
-    {%- for view in resolved -%}
+        {%- set outputs = named.names[loop.index0] -%}
         {%- set features = [] -%}
         {%- for feature in view.features -%}
-            {%- set output = featuremart._pit_output_name(view.name, feature, feature_counts, join_keys) -%}
+            {%- set output = outputs[loop.index0] -%}
             {%- if output | lower in spine_names -%}
                 {{ exceptions.raise_compiler_error(macro_name ~ ": the spine column " ~ spine_names[output | lower].name ~ " has the name of the output column of feature " ~ view.name ~ "." ~ feature ~ " (a feature is named the same in training sets and online): rename the spine column") }}
             {%- endif -%}
-            {%- if output | lower in outputs -%}
-                {{ exceptions.raise_compiler_error(macro_name ~ ": the output column " ~ output ~ " (feature " ~ feature ~ " of view " ~ view.name ~ ") collides with another feature's output column: rename one of the features") }}
-            {%- endif -%}
-            {%- do outputs.append(output | lower) -%}
             {%- do features.append({'column': feature, 'output': output}) -%}
         {%- endfor -%}
         {%- do view.update({'features': features}) -%}
@@ -155,13 +147,35 @@
 {%- endmacro %}
 
 
-{#- The output name of `feature` of view `view_name`: `feature_counts` maps each requested feature name
-    (lower case) to how many views asked for it, `join_keys` holds the join's key columns (lower case). -#}
-{% macro _pit_output_name(view_name, feature, feature_counts, join_keys) -%}
-    {%- if feature_counts.get(feature | lower, 0) > 1 or feature | lower in join_keys -%}
-        {{ return(view_name ~ '__' ~ feature) }}
-    {%- endif -%}
-    {{ return(feature) }}
+{#- The output column names of the features of `views` ([{name, key_columns, features}]), per view:
+    {names: [[name, ...], ...], error: none or a message}. A feature keeps its name unless another requested
+    feature has it too or it is a join key of a view in the join (case-insensitively); then it is
+    <view>__<feature>. The rule of featuremart.registry.output_names, which names online reads: one rule for
+    training and serving (tests/test_parity.py runs the same cases through both). -#}
+{% macro _pit_output_names(views) -%}
+    {%- set counts = {} -%}
+    {%- set join_keys = [] -%}
+    {%- for view in views -%}
+        {%- do join_keys.extend(view.key_columns | map('lower')) -%}
+        {%- for feature in view.features -%}
+            {%- do counts.update({feature | lower: counts.get(feature | lower, 0) + 1}) -%}
+        {%- endfor -%}
+    {%- endfor -%}
+    {%- set names = [] -%}
+    {%- set taken = {} -%}
+    {%- for view in views -%}
+        {%- set outputs = [] -%}
+        {%- for feature in view.features -%}
+            {%- set output = view.name ~ '__' ~ feature if counts[feature | lower] > 1 or feature | lower in join_keys else feature -%}
+            {%- if output | lower in taken -%}
+                {{ return({'names': none, 'error': "the output column " ~ output ~ " of feature " ~ view.name ~ "." ~ feature ~ " collides with the output column of feature " ~ taken[output | lower] ~ ": rename one of the features"}) }}
+            {%- endif -%}
+            {%- do taken.update({output | lower: view.name ~ '.' ~ feature}) -%}
+            {%- do outputs.append(output) -%}
+        {%- endfor -%}
+        {%- do names.append(outputs) -%}
+    {%- endfor -%}
+    {{ return({'names': names, 'error': none}) }}
 {%- endmacro %}
 
 
