@@ -582,3 +582,34 @@ def test_training_set_model_builds_on_postgres(fixture_project, zone):
         with con.cursor() as cur:
             cur.execute(f"drop schema if exists {schema} cascade")
         con.close()
+
+
+def test_view_timestamp_type_is_read_from_a_table_named_as_text(fixture_project, tmp_path):
+    """A view given as a table name (text) without `timestamp_type`: its type is read from the warehouse at
+    compile time, and a timestamptz event time is compared in UTC in any session time zone."""
+    import duckdb
+
+    db = tmp_path / "seeded.duckdb"
+    _dbt(fixture_project, "seed", env={"PIT_DUCKDB_PATH": str(db)})
+    views = [{"relation": "main.fx_merchant_risk", "name": "merch_risk", "keys": ["merchant_id"],
+              "timestamp": "event_ts", "ttl_seconds": 36 * 3600, "features": ["chargeback_rate"]}]
+    os.environ["PIT_DUCKDB_PATH"] = str(db)
+    try:
+        compiled_sql = compile_point_in_time_sql(fixture_project, fixture_project, "select * from main.fx_labels",
+                                                 "label_ts", views)
+    finally:
+        os.environ.pop("PIT_DUCKDB_PATH")
+        from featuremart.training import _release_dbt_duckdb
+
+        _release_dbt_duckdb()  # dbt-duckdb keeps the file open in-process after the compile
+    labels = _read_csv(fixture_project, "fx_labels")
+    view = View("merch_risk", ("merchant_id",), "event_ts", 36 * 3600, ("chargeback_rate",),
+                _read_csv(fixture_project, "fx_merchant_risk"))
+    expected = point_in_time_oracle(labels, list(labels[0]), "label_ts", [view])
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for zone in ZONES:
+            con.execute(f"set TimeZone = '{zone}'")
+            assert _as_numbers(con.sql(compiled_sql).fetchall()) == _as_numbers(expected), zone
+    finally:
+        con.close()
