@@ -6,7 +6,7 @@
 - which columns of a view are features: the registry (Python) and `view.*` in a training set
   (`_non_feature_columns` + `_feature_columns`, Jinja);
 - the Redis key format and value encoding: `featuremart.online.keys` / `codec` (Python, the read side) and
-  `featuremart.sql.online_payload` (SQL run by DuckDB, the write side).
+  `featuremart.sql.online_payload` (SQL run by DuckDB and by PostgreSQL, the write side).
 
 The Jinja side is rendered by real dbt: one `dbt run-operation` renders every case (a macro added to a copy of
 the project prints the results as JSON).
@@ -263,38 +263,105 @@ def _same(got, want) -> bool:
     return type(got) is type(want) and got == want
 
 
-@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Pacific/Chatham"])
-def test_redis_keys_and_values(zone):
-    """The keys and values SQL writes are the keys Python builds and decode to the values the warehouse held,
-    for adversarial key values and every type (nulls, unicode, extreme numbers, arrays, timestamps), in any
-    session time zone."""
-    import duckdb
-
+def _rows() -> list[tuple]:
     rows = []
     for r, key in enumerate(KEY_VALUES):
         values = [vs[r % len(vs)] for _, _, _, vs in VALUE_COLUMNS]
         rows.append((key, INT_KEYS[r % len(INT_KEYS)], datetime(2024, 6, 1) + timedelta(seconds=r), *values))
+    return rows
+
+
+_VIEW = FeatureView(
+    name="parity_view", entities=("customer", "merchant"), join_keys=(("k", "string"), ("n", "int")),
+    timestamp="event_ts", ttl=timedelta(days=30),
+    features=tuple(Feature("parity_view", c, logical, "", t) for c, t, logical, _ in VALUE_COLUMNS),
+    relation=Relation(None, "", "parity_values"))
+
+
+def _check_written(rows: list[tuple], written: dict[str, tuple[str, int]]) -> list[tuple]:
+    """Every row's key is the one Python builds and its value decodes to the row's values; returns the
+    (key, column, got, want) that differ."""
+    decoder = RowDecoder([f.dtype for f in _VIEW.features])
+    assert len(written) == len(rows)
+    wrong = []
+    for key, n, event_ts, *values in rows:
+        expected_key = keys.row_key("fm", _VIEW.name, _VIEW.version, [("k", key), ("n", n)])
+        assert expected_key in written, (key, n, expected_key, sorted(written)[:3])
+        value, ts_us = written[expected_key]
+        decoded = decoder.decode(value.encode())
+        assert decoded[0] == ts_us == sql.to_us(event_ts)
+        wrong += [(key, column, got, want) for (column, _, _, _), got, want in zip(VALUE_COLUMNS, decoded[1:], values)
+                  if not _same(got, want)]
+    return wrong
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Pacific/Chatham"])
+def test_redis_keys_and_values(zone):
+    """The keys and values SQL writes (DuckDB) are the keys Python builds and decode to the values the
+    warehouse held, for adversarial key values and every type (nulls, unicode, extreme numbers, arrays,
+    timestamps), in any session time zone."""
+    import duckdb
+
+    rows = _rows()
     con = duckdb.connect()
     con.execute(f"set TimeZone = '{zone}'")
     columns = ", ".join(f'"{c}" {t}' for c, t, _, _ in VALUE_COLUMNS)
     con.execute(f"create table parity_values (k varchar, n bigint, event_ts timestamp, {columns})")
     con.executemany(f"insert into parity_values values ({', '.join(['?'] * (3 + len(VALUE_COLUMNS)))})", rows)
-    view = FeatureView(
-        name="parity_view", entities=("customer", "merchant"), join_keys=(("k", "string"), ("n", "int")),
-        timestamp="event_ts", ttl=timedelta(days=30),
-        features=tuple(Feature("parity_view", c, logical, "", t) for c, t, logical, _ in VALUE_COLUMNS),
-        relation=Relation(None, "main", "parity_values"))
-    query = sql.render(sql.online_payload(view, "fm", datetime(2024, 6, 2), "duckdb"), "duckdb")
+    query = sql.render(sql.online_payload(_VIEW, "fm", datetime(2024, 6, 2), "duckdb"), "duckdb")
     written = {key: (value, ts_us) for key, value, ts_us in con.sql(query).fetchall()}
     con.close()
+    assert _check_written(rows, written) == []
 
-    decoder = RowDecoder([f.dtype for f in view.features])
-    assert len(written) == len(rows)
-    for key, n, event_ts, *values in rows:
-        expected_key = keys.row_key("fm", view.name, view.version, [("k", key), ("n", n)])
-        assert expected_key in written, (key, n, expected_key, sorted(written)[:3])
-        value, ts_us = written[expected_key]
-        decoded = decoder.decode(value.encode())
-        assert decoded[0] == ts_us == sql.to_us(event_ts)
-        for (column, _, _, _), got, want in zip(VALUE_COLUMNS, decoded[1:], values):
-            assert _same(got, want), (key, column, got, want)
+
+_PG_TYPES = {"VARCHAR": "text", "BIGINT": "bigint", "DOUBLE": "double precision", "BOOLEAN": "boolean",
+             "TIMESTAMP": "timestamp", "TIMESTAMPTZ": "timestamptz", "DATE": "date",
+             "DOUBLE[]": "double precision[]", "BIGINT[]": "bigint[]", "VARCHAR[]": "text[]"}
+
+
+def _postgres_differences(dsn: str, zone: str) -> list[tuple]:
+    """Write the rows in PostgreSQL, run the sync's payload query with the session in `zone`, and return what
+    decodes differently (see _check_written)."""
+    import uuid
+
+    import psycopg2
+
+    rows = _rows()
+    schema = f"fm_parity_{uuid.uuid4().hex[:8]}"
+    con = psycopg2.connect(dsn)
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            cur.execute(f"create schema {schema}; set search_path to {schema}; set time zone '{zone}'")
+            columns = ", ".join(f'"{c}" {_PG_TYPES[t]}' for c, t, _, _ in VALUE_COLUMNS)
+            cur.execute(f"create table parity_values (k text, n bigint, event_ts timestamp, {columns})")
+            cur.executemany(f"insert into parity_values values ({', '.join(['%s'] * (3 + len(VALUE_COLUMNS)))})",
+                            rows)
+            cur.execute(sql.render(sql.online_payload(_VIEW, "fm", datetime(2024, 6, 2), "postgres"), "postgres"))
+            written = {key: (value, ts_us) for key, value, ts_us in cur.fetchall()}
+    finally:
+        with con.cursor() as cur:
+            cur.execute(f"drop schema if exists {schema} cascade")
+        con.close()
+    return _check_written(rows, written)
+
+
+def _float_edge(value) -> bool:
+    return isinstance(value, float) and (not math.isfinite(value) or (value == 0 and math.copysign(1, value) < 0))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Chatham"])
+def test_redis_keys_and_values_on_postgres(postgres_dsn, zone):
+    """The same on PostgreSQL (json_build_array), with the session in `zone`: every key and value but the
+    float edges below."""
+    assert [d for d in _postgres_differences(postgres_dsn, zone) if not _float_edge(d[3])] == []
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(strict=True, reason=(
+    "PostgreSQL's JSON writes NaN and ±Infinity as the strings \"NaN\"/\"Infinity\" (served as str for a float "
+    "feature: RowDecoder converts only ints at float positions) and -0.0 as -0 (sign lost); DuckDB writes bare "
+    "NaN/Infinity, which Python reads but strict JSON parsers reject. The format needs one documented spelling."))
+def test_non_finite_floats_on_postgres(postgres_dsn):
+    assert _postgres_differences(postgres_dsn, "UTC") == []
