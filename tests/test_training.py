@@ -428,10 +428,11 @@ CLI_RUNS = [("UTC", "naive"), ("America/New_York", "naive"), ("Pacific/Chatham",
             ("Asia/Kolkata", "aware")]
 
 
-def _cli(project: Path, zone: str, *args: str) -> subprocess.CompletedProcess:
+def _cli(project: Path, zone: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     import sys
 
-    env = {**os.environ, "TZ": zone, "DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    env = {**os.environ, "TZ": zone, "DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+           **(extra_env or {})}
     return subprocess.run([str(Path(sys.executable).with_name("featuremart")), *args, "--project-dir", str(project)],
                           cwd=project, env=env, capture_output=True, text=True)
 
@@ -548,3 +549,52 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
     write_training_set(table.slice(0, 3), path)  # and a write that fits replaces it whole
     assert path.read_text().splitlines() == ['"row","embedding"', '0,"[0.0, null]"', '1,"[0.1, null]"',
                                              '2,"[0.2, null]"']
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_train_serve_consistency_on_postgres_in_every_time_zone(postgres_project, redis_url, tmp_path, monkeypatch):
+    """On PostgreSQL: sync at T and read the fraud_model service online; build its training set at T with the
+    CLI in processes whose TZ and PGTZ (the session's time zone) differ, from a naive and a zone-aware SQL
+    spine: the same names and values as online, and the same table in every time zone."""
+    project_dir, env = postgres_project
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    schema = env["FEATUREMART_PG_SCHEMA"]
+    with FeatureStore(project_dir, redis_url=redis_url) as fs:
+        with fs.warehouse() as wh:
+            pairs = wh.query(f'select customer_id, merchant_id from "{schema}".customer_merchant_pair '
+                             "order by md5(customer_id || merchant_id) limit 100").to_pylist()
+        pairs.append({"customer_id": "NOBODY", "merchant_id": "M00000"})
+        t = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        run = fs.sync()
+        assert run.status == "success", run
+        online = fs.get_online_features(pairs, service="fraud_model")
+
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    values = ", ".join(f"({i}, {literal(p['customer_id'])}, {literal(p['merchant_id'])})" for i, p in enumerate(pairs))
+    stamps = {"naive": f"timestamp '{t.isoformat(' ')}'",
+              "aware": f"timestamptz '{t.replace(tzinfo=timezone.utc).astimezone(ZONES[1]).isoformat(' ')}'"}
+    tables = {}
+    for zone, kind in [*CLI_RUNS[1:], ("America/New_York", "aware")]:
+        spine = (f"select row_id, customer_id, merchant_id, {stamps[kind]} as ts "
+                 f"from (values {values}) as spine (row_id, customer_id, merchant_id)")
+        out = tmp_path / f"train_{zone.replace('/', '_')}_{kind}.parquet"
+        proc = _cli(project_dir, zone, "training-set", "--spine", spine, "--timestamp", "ts", "--service",
+                    "fraud_model", "--output", str(out), extra_env={"PGTZ": zone})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        tables[zone, kind] = pq.read_table(out).sort_by("row_id")
+    baseline = next(iter(tables.values()))
+    for key, table in tables.items():
+        assert table.drop(["ts"]).equals(baseline.drop(["ts"])), key
+    # the spine's own timestamptz column too: read in UTC, whatever the session's zone
+    assert tables["Asia/Kolkata", "aware"].equals(tables["America/New_York", "aware"])
+    assert baseline.column_names == ["row_id", "customer_id", "merchant_id", "ts", *online[0]]
+    present = 0
+    for served, trained in zip(online, baseline.to_pylist()):
+        for name, value in served.items():
+            assert trained[name] == (value.value if value.status == "present" else None), (trained["row_id"], name)
+            present += value.status == "present"
+    assert present > len(pairs) * 4
