@@ -532,7 +532,8 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
 
     from featuremart.training import write_training_set
 
-    table = pa.table({"row": pa.array(range(200_000)), "embedding": pa.array([[0.1 * i, None] for i in range(200_000)])})
+    rows = range(200_000)
+    table = pa.table({"row": pa.array(rows), "embedding": pa.array([[0.1 * i, None] for i in rows])})
     path = tmp_path / "train.csv"
     path.write_text("an earlier training set\n")
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
