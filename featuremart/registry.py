@@ -454,13 +454,26 @@ def _build_services(manifest: Manifest, views: dict[str, FeatureView], broken: s
 
 
 def output_names(features: Iterable[Feature], reserved: Iterable[str] = ()) -> list[str]:
-    """Column names for features in a result: the feature name, or `<view>__<feature>` where that name is taken
-    by another requested feature or by a reserved (spine or entity key) column. Online reads and training sets
-    both name columns this way, so a model sees the same names in training and in serving."""
+    """Column names for requested features: the feature's name, or `<view>__<feature>` where another requested
+    feature has the same name or the name is one of `reserved`, the join keys of the requested views.
+
+    Online reads and training sets both name columns this way (the dbt macro `_pit_prepare` implements the
+    same rule; tests/test_parity.py runs the same cases through both), so a model sees the same names in
+    training and in serving: nothing else (a training spine's other columns) changes a name.
+
+    Raises ValidationError when two outputs still collide (a feature named `a__x` beside `a.x` and `b.x`).
+    """
     features = list(features)
-    taken = {n.lower() for n in reserved}
+    keys = {n.lower() for n in reserved}
     counts: dict[str, int] = {}
     for f in features:
         counts[f.name.lower()] = counts.get(f.name.lower(), 0) + 1
-    return [f"{f.view}__{f.name}" if counts[f.name.lower()] > 1 or f.name.lower() in taken else f.name
-            for f in features]
+    names = [f"{f.view}__{f.name}" if counts[f.name.lower()] > 1 or f.name.lower() in keys else f.name
+             for f in features]
+    seen: dict[str, Feature] = {}
+    for name, f in zip(names, features):
+        other = seen.setdefault(name.lower(), f)
+        if other is not f:
+            raise ValidationError([f"the output column {name} of feature {f.ref} collides with the output column of "
+                                   f"feature {other.ref}: rename one of the features"])
+    return names

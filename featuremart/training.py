@@ -121,6 +121,57 @@ def run_training_set(warehouse: Warehouse, sql: str, frame: pa.Table | None = No
     return pa.table({})
 
 
+# --- writing it -------------------------------------------------------------------------------------------
+
+#: The file formats `write_training_set` writes, by suffix.
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+
+def write_training_set(table: pa.Table, path: str | Path) -> None:
+    """Write a training set to a .parquet or .csv file, whole or not at all.
+
+    The file is written beside its destination under a temporary name and renamed over it once complete, so
+    a failure leaves no partial file (and an earlier file of that name untouched). CSV has no arrays or
+    structs: such a cell is written as JSON text (`[0.25,-1.5,null]`, null cells empty), which
+    `json.loads` reads back exactly (floats are written in their shortest round-trip form).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise TrainingSetError(f"--output {str(path)!r}: write a .parquet or .csv file")
+    if not path.parent.is_dir():
+        raise TrainingSetError(f"--output {str(path)!r}: the directory {path.parent} does not exist")
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        else:
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(_csv_ready(table), tmp)
+        os.replace(tmp, path)
+    except (OSError, pa.ArrowException) as exc:  # a full disk, a type the format cannot hold
+        Path(tmp).unlink(missing_ok=True)
+        raise TrainingSetError(f"could not write {path}: {exc}; nothing was written") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """The table with every nested column (list, struct, map) as JSON text, which CSV can hold."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            cells = [None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                     for v in table.column(i).to_pylist()]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(cells, pa.string()))
+    return table
+
+
 # --- the spine --------------------------------------------------------------------------------------------
 
 def _spine(project: DbtProject, warehouse: Warehouse, spine: Any) -> tuple[str, dict | None, pa.Table | None]:

@@ -67,6 +67,8 @@ class DuckDBWarehouse(Warehouse):
                 self._con = duckdb.connect(str(self.path), read_only=True)
             except duckdb.IOException as exc:
                 raise WarehouseError(_lock_message(self.path, str(exc))) from None
+            # Time is UTC: timestamptz values come out as UTC Arrow timestamps, whatever the process's TZ.
+            self._con.execute("set TimeZone = 'UTC'")
         return self._con
 
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
@@ -154,6 +156,9 @@ class DbtAdapterWarehouse(Warehouse):
             self._context.__enter__()
             try:
                 self._handle = self._adapter.connections.get_thread_connection().handle
+                with self._handle.cursor() as cur:  # timestamptz values read in UTC, whatever PGTZ says
+                    cur.execute("set time zone 'UTC'")
+                self._handle.commit()
             except Exception as exc:  # the driver's own error type: say which target failed
                 self.close()
                 raise WarehouseError(f"cannot connect to target {self.project.target_name!r} "

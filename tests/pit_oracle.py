@@ -29,17 +29,18 @@ class View:
     rows: Sequence[dict[str, Any]] = field(default=(), compare=False)
 
 
-def output_names(spine_columns: Sequence[str], views: Sequence[View]) -> list[list[str]]:
-    """Each view's output column names: `<view>__<feature>` when the name is also a spine column or a feature of
-    another view (case-insensitively), else the feature's own name."""
+def output_names(views: Sequence[View]) -> list[list[str]]:
+    """Each view's output column names: `<view>__<feature>` when the name is also a feature of another view or
+    a join key of a view in the join (case-insensitively), else the feature's own name. The spine's other
+    columns play no part (a spine column named like an output is an error)."""
     counts = Counter(f.lower() for v in views for f in v.features)
-    spine = {c.lower() for c in spine_columns}
-    return [[f"{v.name}__{f}" if counts[f.lower()] > 1 or f.lower() in spine else f for f in v.features]
+    keys = {k.lower() for v in views for k in v.keys}
+    return [[f"{v.name}__{f}" if counts[f.lower()] > 1 or f.lower() in keys else f for f in v.features]
             for v in views]
 
 
 def utc_naive(value: datetime | None) -> datetime | None:
-    """A spine timestamp as UTC wall-clock time: aware values converted, naive ones taken as UTC already."""
+    """A timestamp as UTC wall-clock time: aware values converted, naive ones taken as UTC already."""
     if value is None or value.tzinfo is None:
         return value
     return value.astimezone(timezone.utc).replace(tzinfo=None)
@@ -65,11 +66,11 @@ def point_in_time_oracle(spine: Sequence[dict[str, Any]], spine_columns: Sequenc
                 for row in view.rows:
                     if any(row[k] is None or spine_row[k] is None or row[k] != spine_row[k] for k in view.keys):
                         continue
-                    vts = row[view.timestamp]
+                    vts = utc_naive(row[view.timestamp])
                     if vts is None or vts > ts or (lower is not None and vts < lower):
                         continue
                     if best is None or (vts, _tie_key(row, view.features)) > (
-                            best[view.timestamp], _tie_key(best, view.features)):
+                            utc_naive(best[view.timestamp]), _tie_key(best, view.features)):
                         best = row
             out.extend(None if best is None else best[f] for f in view.features)
         result.append(tuple(out))

@@ -2,7 +2,9 @@
 brute-force oracle (tests/pit_oracle.py) row for row, on DuckDB and on PostgreSQL, over random histories.
 
 The macros are tested the dbt-utils way: a small fixture dbt project (written to a temp dir) installs the
-featuremart package. The SQL is compiled once per shape and warehouse; hypothesis then only inserts data.
+featuremart package. The SQL is compiled once per shape and warehouse; hypothesis then only inserts data, and
+every example is read back under several session time zones: the result must not depend on them, whether
+the spine's and the views' timestamps are `timestamp` or `timestamptz`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = datetime(2024, 3, 10, 23, 59, 50)  # near midnight: a wrong timezone shift changes the day
+#: Session / process time zones every result is checked under: a DST zone, a half-hour one, one past +13.
+ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]
 PG_DSN = dict(host=os.environ.get("PGHOST", "127.0.0.1"), port=int(os.environ.get("PGPORT", "5432")),
               user=os.environ.get("PGUSER", "postgres"), password=os.environ.get("PGPASSWORD", ""),
               dbname=os.environ.get("PGDATABASE", "test"))
@@ -40,25 +44,20 @@ FIXTURE_FILES = {
         version: "1.0.0"
         config-version: 2
         profile: pit_fixture
-        # featuremart lends only its macros and tests here (see tests/dbt_package_project).
         models:
-          featuremart: {+enabled: false}
           pit_fixture: {+materialized: table}
-        sources:
-          featuremart: {+enabled: false}
-        exposures:
-          featuremart: {+enabled: false}
-        data_tests:
-          featuremart: {+enabled: false}
         seeds:
           pit_fixture:
             +quote_columns: false
             fx_labels: {+column_types: {label_ts: timestamp}}
             fx_customer_spend: {+column_types: {event_ts: timestamp, computed_at: timestamp}}
-            fx_merchant_risk: {+column_types: {event_ts: timestamp}}
+            fx_merchant_risk: {+column_types: {event_ts: timestamptz}}
             fx_pair: {+column_types: {event_ts: timestamp}}
         vars:
-          featuremart_entities: {customer: [customer_id], merchant: [merchant_id]}
+          featuremart_entities:
+            customer: {description: A card holder., join_keys: {customer_id: int}}
+            merchant: {description: A business., join_keys: {merchant_id: int}}
+          featuremart_default_ttl: 30d
     """,
     "packages.yml": f"""
         packages:
@@ -103,9 +102,9 @@ FIXTURE_FILES = {
     """,
     "seeds/fx_merchant_risk.csv": """
         merchant_id,event_ts,chargeback_rate,txn_count_7d
-        10,2024-01-01 00:00:00,0.25,40
-        10,2024-01-04 00:00:00,0.5,41
-        20,2024-01-03 12:00:00,0.125,7
+        10,2023-12-31 19:00:00-05:00,0.25,40
+        10,2024-01-04 05:30:00+05:30,0.5,41
+        20,2024-01-03 12:00:00+00:00,0.125,7
     """,
     "seeds/fx_pair.csv": """
         customer_id,merchant_id,event_ts,pair_txn_count
@@ -122,16 +121,7 @@ FIXTURE_FILES = {
           - name: cust_spend
             config:
               meta:
-                featuremart: {entity: customer, timestamp: event_ts, ttl: 2d}
-            columns:
-              - name: customer_id
-              - name: event_ts
-              - name: spend_7d
-              - name: txn_count_7d
-              - name: computed_at
-                config:
-                  meta:
-                    featuremart: {feature: false}
+                featuremart: {entity: customer, timestamp: event_ts, ttl: 2d, changed_at: computed_at}
             data_tests:
               - featuremart.feature_keys_unique:
                   arguments: {keys: [customer_id], timestamp: event_ts}
@@ -221,7 +211,9 @@ class DuckDBWarehouse:
         import duckdb
 
         self.con = duckdb.connect()
-        self.con.execute("set TimeZone = 'America/New_York'")  # the join must not depend on it
+
+    def set_timezone(self, zone: str) -> None:
+        self.con.execute(f"set TimeZone = '{zone}'")
 
     def create(self, table: str, columns: dict[str, str]) -> None:
         cols = ", ".join(f"{c} {self.types[t]}" for c, t in columns.items())
@@ -251,7 +243,10 @@ class PostgresWarehouse:
         with self.con.cursor() as cur:
             cur.execute(f"create schema {self.schema}")
             cur.execute(f"set search_path to {self.schema}")
-            cur.execute("set timezone to 'Asia/Kolkata'")  # the join must not depend on it
+
+    def set_timezone(self, zone: str) -> None:
+        with self.con.cursor() as cur:
+            cur.execute(f"set timezone to '{zone}'")
 
     def create(self, table: str, columns: dict[str, str]) -> None:
         cols = ", ".join(f"{c} {self.types[t]}" for c, t in columns.items())
@@ -289,38 +284,50 @@ def warehouse(request):
 
 SPINE = {"customer_id": "int", "merchant_id": "int", "label_ts": "ts", "label": "int"}
 SPINE_TZ = {"customer_id": "int", "merchant_id": "int", "label_ts": "tstz", "label": "int"}
-VIEW_TABLES = {
-    # `label` collides with a spine column, `x` with another view: both come out prefixed.
-    "pit_customer": {"customer_id": "int", "event_ts": "ts", "x": "int", "spend": "float", "label": "int"},
-    "pit_merchant": {"merchant_id": "int", "event_ts": "ts", "risk": "float"},
-    "pit_pair": {"customer_id": "int", "merchant_id": "int", "event_ts": "ts", "x": "int", "n": "int"},
-}
+
+def view_tables(ts: str = "ts") -> dict[str, dict[str, str]]:
+    """The views' tables, their event times of type `ts` ("ts" or "tstz"). `merchant_id` of the customer view
+    is a join key of the other views and `x` a feature of two views: both come out prefixed."""
+    return {
+        "pit_customer": {"customer_id": "int", "event_ts": ts, "x": "int", "spend": "float", "merchant_id": "int"},
+        "pit_merchant": {"merchant_id": "int", "event_ts": ts, "risk": "float"},
+        "pit_pair": {"customer_id": "int", "merchant_id": "int", "event_ts": ts, "x": "int", "n": "int"},
+    }
+
+
+VIEW_TABLES = view_tables()
 VIEWS = [
-    View("customer", ("customer_id",), "event_ts", 5, ("x", "spend", "label")),
+    View("customer", ("customer_id",), "event_ts", 5, ("x", "spend", "merchant_id")),
     View("merchant", ("merchant_id",), "event_ts", None, ("risk",)),
     View("pair", ("customer_id", "merchant_id"), "event_ts", 0, ("x", "n")),
 ]
 TABLE_OF = {"customer": "pit_customer", "merchant": "pit_merchant", "pair": "pit_pair"}
 SHAPES = {
-    # name: (spine schema, views declared unique (no duplicate (keys, ts) generated then))
-    "naive": (SPINE, False),
-    "unique": (SPINE, True),
-    "timestamptz": (SPINE_TZ, False),
+    # name: (spine schema, views declared unique (no duplicate (keys, ts) generated then), views' ts type)
+    "naive": (SPINE, False, "ts"),
+    "unique": (SPINE, True, "ts"),
+    "timestamptz": (SPINE_TZ, False, "ts"),
+    "views_timestamptz": (SPINE, False, "tstz"),
+    "both_timestamptz": (SPINE_TZ, True, "tstz"),
 }
+#: Offsets (hours) that zone-aware values are written in: the same instants, other wall-clock times.
+OFFSETS = [0, 5, -4, 9, 5.75]
 
 
-def _macro_views(unique: bool) -> list[dict]:
+def _macro_views(unique: bool, timestamp_type: str | None = None) -> list[dict]:
     return [{"relation": TABLE_OF[v.name], "name": v.name, "keys": list(v.keys), "timestamp": v.timestamp,
-             "ttl_seconds": v.ttl_seconds, "features": list(v.features), "unique": unique} for v in VIEWS]
+             "timestamp_type": timestamp_type, "ttl_seconds": v.ttl_seconds, "features": list(v.features),
+             "unique": unique} for v in VIEWS]
 
 
 @pytest.fixture(scope="module")
 def compiled(fixture_project, warehouse):
     """shape -> SQL, compiled by dbt for the warehouse's target, once per module."""
     sqls = {}
-    for shape, (spine, unique) in SHAPES.items():
+    for shape, (spine, unique, view_ts) in SHAPES.items():
         sqls[shape] = compile_point_in_time_sql(
-            fixture_project, fixture_project, "select * from pit_spine", "label_ts", _macro_views(unique),
+            fixture_project, fixture_project, "select * from pit_spine", "label_ts",
+            _macro_views(unique, warehouse.types[view_ts]),
             target=warehouse.target,
             spine_columns={c: warehouse.types[t] for c, t in spine.items()})
     return sqls
@@ -372,13 +379,26 @@ def _ts(offset):
     return None if offset is None else BASE + timedelta(seconds=offset)
 
 
-def _run_example(warehouse, sql: str, spine_schema: dict, data) -> None:
+def _aware(when: datetime | None, hours: float) -> datetime | None:
+    """The same instant as the UTC wall-clock time `when`, written with an offset of `hours`."""
+    if when is None:
+        return None
+    return when.replace(tzinfo=timezone.utc).astimezone(timezone(timedelta(hours=hours)))
+
+
+def _run_example(warehouse, sql: str, spine_schema: dict, data, view_ts: str = "ts") -> None:
     customer, merchant, pair, spine = data
     view_rows = {
         "pit_customer": [(c, _ts(o), x, s, lb) for c, o, x, s, lb in customer],
         "pit_merchant": [(m, _ts(o), r) for m, o, r in merchant],
         "pit_pair": [(c, m, _ts(o), x, n) for c, m, o, x, n in pair],
     }
+    tables = view_tables(view_ts)
+    if view_ts == "tstz":  # the same instants, each row written in another zone
+        for rows in view_rows.values():
+            for i, row in enumerate(rows):
+                at = next(j for j, v in enumerate(row) if isinstance(v, datetime))
+                rows[i] = row[:at] + (_aware(row[at], OFFSETS[i % len(OFFSETS)]),) + row[at + 1:]
     tz = spine_schema["label_ts"] == "tstz"
     spine_values = []  # what goes in, and what the oracle (and the result) hold
     for c, m, o, label, hours in spine:
@@ -386,18 +406,21 @@ def _run_example(warehouse, sql: str, spine_schema: dict, data) -> None:
         if tz and when is not None:  # the same instant, written in another zone
             when = when.replace(tzinfo=timezone.utc).astimezone(timezone(timedelta(hours=hours)))
         spine_values.append((c, m, when, label))
-    for table, columns in VIEW_TABLES.items():
-        warehouse.replace_rows(table, columns, view_rows[table])
+    for table, columns in tables.items():
+        warehouse.replace_rows(table, columns, [tuple(v.isoformat() if isinstance(v, datetime) and v.tzinfo else v
+                                                      for v in row) for row in view_rows[table]])
     warehouse.replace_rows("pit_spine", spine_schema,
                            [(c, m, w.isoformat() if tz and w else w, lb) for c, m, w, lb in spine_values])
 
     views = [View(v.name, v.keys, v.timestamp, v.ttl_seconds, v.features,
-                  [dict(zip(VIEW_TABLES[TABLE_OF[v.name]], r)) for r in view_rows[TABLE_OF[v.name]]])
+                  [dict(zip(tables[TABLE_OF[v.name]], r)) for r in view_rows[TABLE_OF[v.name]]])
              for v in VIEWS]
     spine_dicts = [dict(zip(spine_schema, r)) for r in spine_values]
     expected = point_in_time_oracle(spine_dicts, list(spine_schema), "label_ts", views)
-    got = warehouse.fetch(sql)
-    assert got == expected, _diff(got, expected)
+    for zone in ZONES:  # the session's TimeZone must change nothing
+        warehouse.set_timezone(zone)
+        got = warehouse.fetch(sql)
+        assert got == expected, f"session TimeZone {zone}: " + _diff(got, expected)
 
 
 def _diff(got, expected) -> str:
@@ -410,15 +433,15 @@ def _diff(got, expected) -> str:
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_point_in_time_join_matches_oracle(warehouse, compiled, shape):
-    spine_schema, unique = SHAPES[shape]
-    for table, columns in {**VIEW_TABLES, "pit_spine": spine_schema}.items():
+    spine_schema, unique, view_ts = SHAPES[shape]
+    for table, columns in {**view_tables(view_ts), "pit_spine": spine_schema}.items():
         warehouse.create(table, columns)
     sql = compiled[shape]
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(histories(unique=unique, tz=spine_schema["label_ts"] == "tstz"))
     def check(data):
-        _run_example(warehouse, sql, spine_schema, data)
+        _run_example(warehouse, sql, spine_schema, data, view_ts)
 
     check()
 
@@ -441,9 +464,8 @@ def test_edges_are_inclusive_and_nulls_stay_null(warehouse, compiled):
     data = (customer, [(1, 2, 0.5)], [(1, 1, 0, 5, 6), (1, 1, 1, 9, 9)], spine)
     _run_example(warehouse, compiled["naive"], SPINE, data)
     got = warehouse.fetch(compiled["naive"])
-    names = ["customer_id", "merchant_id", "label_ts", "label"] + [n for ns in output_names(list(SPINE), VIEWS)
-                                                                    for n in ns]
-    assert names[4:7] == ["customer__x", "spend", "customer__label"]
+    names = ["customer_id", "merchant_id", "label_ts", "label"] + [n for ns in output_names(VIEWS) for n in ns]
+    assert names[4:7] == ["customer__x", "spend", "customer__merchant_id"]
     col = {n: i for i, n in enumerate(names)}
     assert [r[col["customer__x"]] for r in got] == [None, 1, None, None, None, 8, None]
     assert [r[col["spend"]] for r in got] == [None, 1.0, None, None, None, None, None]
@@ -452,7 +474,7 @@ def test_edges_are_inclusive_and_nulls_stay_null(warehouse, compiled):
 
 
 def test_bad_arguments_name_the_macro_and_value(fixture_project):
-    views = _macro_views(False)
+    views = _macro_views(False, "timestamp")
     views[0]["ttl_seconds"] = "30d"
     with pytest.raises(RuntimeError, match=r"point_in_time_join: views\[0\] \(customer\): `ttl_seconds` .* got 30d"):
         compile_point_in_time_sql(fixture_project, fixture_project, "select 1", "label_ts", views,
@@ -460,6 +482,19 @@ def test_bad_arguments_name_the_macro_and_value(fixture_project):
     with pytest.raises(RuntimeError, match=r"point_in_time_join: `spine_timestamp` ts is not a column of the spine"):
         compile_point_in_time_sql(fixture_project, fixture_project, "select 1", "ts", _macro_views(False),
                                   spine_columns=list(SPINE))
+
+
+def test_a_spine_column_named_like_a_feature_is_an_error(fixture_project):
+    """Online reads have no spine: a spine column never renames a feature, it is refused (rename it)."""
+    views = _macro_views(False, "timestamp")
+    with pytest.raises(RuntimeError, match=r"point_in_time_join: the spine column Spend has the name of the "
+                                           r"output column of feature customer.spend .*rename the spine column"):
+        compile_point_in_time_sql(fixture_project, fixture_project, "select 1", "label_ts", views,
+                                  spine_columns=list(SPINE) + ["Spend"])
+    with pytest.raises(RuntimeError, match=r"spine column customer__x has the name of the output column of "
+                                           r"feature customer.x"):
+        compile_point_in_time_sql(fixture_project, fixture_project, "select 1", "label_ts", views,
+                                  spine_columns=list(SPINE) + ["customer__x"])
 
 
 # --- the user-facing macro, in a dbt model --------------------------------------------------------------
@@ -489,7 +524,7 @@ def _expected_fraud_training_set(project: Path) -> tuple[list[str], list[tuple]]
              ("pair_txn_count",), _read_csv(project, "fx_pair")),
     ]
     spine_columns = list(labels[0])
-    names = spine_columns + [n for ns in output_names(spine_columns, views) for n in ns]
+    names = spine_columns + [n for ns in output_names(views) for n in ns]
     return names, point_in_time_oracle(labels, spine_columns, "label_ts", views)
 
 
@@ -498,11 +533,14 @@ def _as_numbers(rows):
             for r in rows]
 
 
-def test_training_set_model_builds_on_duckdb(fixture_project, tmp_path):
+@pytest.mark.parametrize("zone", ZONES[1:])
+def test_training_set_model_builds_on_duckdb(fixture_project, tmp_path, zone):
+    """`dbt build` in a process whose time zone is `zone` (DuckDB's session TimeZone follows it): merch_risk's
+    event times are timestamptz, the labels' timestamp without time zone; the result is the oracle's."""
     import duckdb
 
     db = tmp_path / "fixture.duckdb"
-    _dbt(fixture_project, "build", env={"PIT_DUCKDB_PATH": str(db)})
+    _dbt(fixture_project, "build", env={"PIT_DUCKDB_PATH": str(db), "TZ": zone})
     names, expected = _expected_fraud_training_set(fixture_project)
     con = duckdb.connect(str(db), read_only=True)
     try:
@@ -517,12 +555,15 @@ def test_training_set_model_builds_on_duckdb(fixture_project, tmp_path):
 
 
 @pytest.mark.postgres
-def test_training_set_model_builds_on_postgres(fixture_project):
+@pytest.mark.parametrize("zone", ZONES[1:])
+def test_training_set_model_builds_on_postgres(fixture_project, zone):
+    """As on DuckDB, with dbt's PostgreSQL session in `zone` (libpq sets it from PGTZ)."""
     con = _postgres_connection()
     con.autocommit = True
     schema = f"pit_fixture_{uuid.uuid4().hex[:8]}"
     try:
-        _dbt(fixture_project, "build", "--target", "postgres", env={"PIT_PG_SCHEMA": schema})
+        _dbt(fixture_project, "build", "--target", "postgres",
+             env={"PIT_PG_SCHEMA": schema, "TZ": zone, "PGTZ": zone})
         names, expected = _expected_fraud_training_set(fixture_project)
         with con.cursor() as cur:
             cur.execute(f"select * from {schema}.fraud_training_set")
@@ -532,4 +573,35 @@ def test_training_set_model_builds_on_postgres(fixture_project):
     finally:
         with con.cursor() as cur:
             cur.execute(f"drop schema if exists {schema} cascade")
+        con.close()
+
+
+def test_view_timestamp_type_is_read_from_a_table_named_as_text(fixture_project, tmp_path):
+    """A view given as a table name (text) without `timestamp_type`: its type is read from the warehouse at
+    compile time, and a timestamptz event time is compared in UTC in any session time zone."""
+    import duckdb
+
+    db = tmp_path / "seeded.duckdb"
+    _dbt(fixture_project, "seed", env={"PIT_DUCKDB_PATH": str(db)})
+    views = [{"relation": "main.fx_merchant_risk", "name": "merch_risk", "keys": ["merchant_id"],
+              "timestamp": "event_ts", "ttl_seconds": 36 * 3600, "features": ["chargeback_rate"]}]
+    os.environ["PIT_DUCKDB_PATH"] = str(db)
+    try:
+        compiled_sql = compile_point_in_time_sql(fixture_project, fixture_project, "select * from main.fx_labels",
+                                                 "label_ts", views)
+    finally:
+        os.environ.pop("PIT_DUCKDB_PATH")
+        from featuremart.training import _release_dbt_duckdb
+
+        _release_dbt_duckdb()  # dbt-duckdb keeps the file open in-process after the compile
+    labels = _read_csv(fixture_project, "fx_labels")
+    view = View("merch_risk", ("merchant_id",), "event_ts", 36 * 3600, ("chargeback_rate",),
+                _read_csv(fixture_project, "fx_merchant_risk"))
+    expected = point_in_time_oracle(labels, list(labels[0]), "label_ts", [view])
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for zone in ZONES:
+            con.execute(f"set TimeZone = '{zone}'")
+            assert _as_numbers(con.sql(compiled_sql).fetchall()) == _as_numbers(expected), zone
+    finally:
         con.close()

@@ -1,30 +1,35 @@
-"""Training sets: the dbt macro's SQL against the brute-force oracle (tests/pit_oracle.py), and the Python API
-(`featuremart.training.training_set`) against the reference project's dbt model built with the same macro.
+"""Training sets: the dbt macro's SQL against the brute-force oracle (tests/pit_oracle.py), the Python API
+(`featuremart.training.training_set`) against the reference project's dbt model built with the same macro, and
+training sets against what the online store served (train/serve consistency).
 
 Real dbt, DuckDB always, PostgreSQL when a server answers (skipped, never passed, otherwise). The property
 tests compile the macro once per shape and warehouse, with SQL over fixed tables; hypothesis then only
-rewrites the tables' rows.
+rewrites the tables' rows, and every example is read under several session time zones. The consistency test
+runs the CLI in processes whose TZ differs: the result must not depend on it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from featuremart import FeatureStore
 from featuremart.config import load_dbt_project, load_features_yml, parse_duration
 from featuremart.registry import Feature, output_names
 from featuremart.training import TrainingSetError, compile_training_set, run_training_set, training_set
 from featuremart.warehouse import open_warehouse
-from tests.conftest import ROOT, copy_project
+from tests.conftest import ROOT, copy_project, dbt
 from tests.pit_oracle import View, point_in_time_oracle
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -55,9 +60,11 @@ VIEWS = {  # name: (keys, features with SQL types), in the order the join output
     "merchant_risk": (("merchant_id",), (("chargeback_rate_90d", "double precision"), ("txn_count_30d", "bigint"))),
     "customer_merchant_pair": (("customer_id", "merchant_id"), (("pair_txn_count_30d", "bigint"),)),
 }
-# The spine has a column named like a feature: that feature comes out as <view>__<feature>.
-SPINE_COLUMNS = ["row_id", "customer_id", "merchant_id", "ts", "spend_7d"]
-SHAPES = {"naive": "timestamp", "tz": "timestamp with time zone"}
+# The spine's own columns never rename a feature (a spine column named like an output is an error).
+SPINE_COLUMNS = ["row_id", "customer_id", "merchant_id", "ts", "amount"]
+SHAPES = {"naive": "timestamp", "tz": "timestamp with time zone"}  # the spine's timestamp
+#: Session time zones every result is read under (DuckDB: SET TimeZone; PostgreSQL: SET TIME ZONE).
+SESSION_ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]
 CUSTOMERS, MERCHANTS = ["C1", "C2"], ["M1", "M2"]
 ZONES = [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
 
@@ -178,12 +185,16 @@ class _Postgres:
         self.con.close()
 
 
-@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+@pytest.fixture(scope="module", params=[("duckdb", "timestamp"), ("duckdb", "timestamptz"),
+                                        ("postgres", "timestamp"), ("postgres", "timestamptz")],
+                ids=lambda p: "-".join(p))
 def pit(request, tmp_path_factory):
-    """(database, project, warehouse, {shape: compiled SQL}): the macro compiled by dbt through the Python
-    API, over empty tables named as the reference project's models (no dbt build: refs name tables)."""
-    work = tmp_path_factory.mktemp(f"pit_{request.param}")
-    db = _DuckDB(work / "featuremart.duckdb") if request.param == "duckdb" else _Postgres()
+    """(database, project, warehouse, {shape: compiled SQL}, views' event-time type): the macro compiled by
+    dbt through the Python API, over empty tables named as the reference project's models (no dbt build:
+    refs name tables). The views' event times are `timestamp` or `timestamptz`."""
+    kind, view_ts = request.param
+    work = tmp_path_factory.mktemp(f"pit_{kind}_{view_ts}")
+    db = _DuckDB(work / "featuremart.duckdb") if kind == "duckdb" else _Postgres()
     project_dir = copy_project(work / "project")
     try:
         with _environ(**db.env):  # only while dbt and the warehouse read the profile: never across the yield
@@ -192,11 +203,11 @@ def pit(request, tmp_path_factory):
             s = db.schema
             ddl = []
             for name, (keys, features) in VIEWS.items():
-                cols = [f"{k} varchar" for k in keys] + ["event_ts timestamp"] + [f"{f} {t}" for f, t in features]
+                cols = [f"{k} varchar" for k in keys] + [f"event_ts {view_ts}"] + [f"{f} {t}" for f, t in features]
                 ddl.append((f"create table {s}.{name} ({', '.join(cols)})", []))
             for shape, ts_type in SHAPES.items():
                 ddl.append((f"create table {s}.spine_{shape} (row_id integer, customer_id varchar, "
-                            f"merchant_id varchar, ts {ts_type}, spend_7d double precision)", []))
+                            f"merchant_id varchar, ts {ts_type}, amount double precision)", []))
             db.execute(warehouse, ddl)
             compiled = {}
             for shape in SHAPES:
@@ -204,18 +215,33 @@ def pit(request, tmp_path_factory):
                                                  features=FEATURES)
                 compiled[shape] = result.sql
             warehouse.close()
-        yield db, project, warehouse, compiled
+        yield db, project, warehouse, compiled, view_ts
         warehouse.close()
     finally:
         db.cleanup()
 
 
-def _oracle_views(data) -> list[View]:
+def _view_event_time(ts: datetime, i: int, view_ts: str) -> datetime:
+    """A view row's event time as inserted: a timestamptz one written in one of ZONES (the same instant)."""
+    return ts.replace(tzinfo=timezone.utc).astimezone(ZONES[i % len(ZONES)]) if view_ts == "timestamptz" else ts
+
+
+def _set_session_zone(warehouse, zone: str) -> None:
+    if hasattr(warehouse, "handle"):  # PostgreSQL through dbt's adapter: keep the setting past its rollbacks
+        with warehouse.handle.cursor() as cur:
+            cur.execute(f"set time zone '{zone}'")
+        warehouse.handle.commit()
+    else:
+        warehouse.con.execute(f"set TimeZone = '{zone}'")
+
+
+def _oracle_views(data, view_ts: str = "timestamp") -> list[View]:
     views = []
     for name, (keys, features) in VIEWS.items():
         rows = []
-        for key, values in data[name].items():
+        for i, (key, values) in enumerate(data[name].items()):
             *key_values, ts = key
+            ts = _view_event_time(ts, i, view_ts)
             rows.append({**dict(zip(keys, key_values)), "event_ts": ts,
                          **{f: v for (f, _), v in zip(features, values)}})
         views.append(View(name, keys, "event_ts", int(TTL.total_seconds()), tuple(f for f, _ in features), rows))
@@ -225,7 +251,7 @@ def _oracle_views(data) -> list[View]:
 @pytest.mark.integration
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_macro_matches_oracle(pit, shape):
-    db, project, warehouse, compiled = pit
+    db, project, warehouse, compiled, view_ts = pit
     sql = compiled[shape]
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -236,7 +262,8 @@ def test_macro_matches_oracle(pit, shape):
         statements = []
         for name, (keys, features) in VIEWS.items():
             cols = [*keys, "event_ts", *(f for f, _ in features)]
-            rows = [[*key, *values] for key, values in data[name].items()]
+            rows = [[*key[:-1], _view_event_time(key[-1], i, view_ts), *values]
+                    for i, (key, values) in enumerate(data[name].items())]
             statements += [(f"delete from {s}.{name}", []),
                            (f"insert into {s}.{name} ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
                             rows)]
@@ -244,24 +271,27 @@ def test_macro_matches_oracle(pit, shape):
         for i, (customer, merchant, ts, value, zone) in enumerate(data["spine"]):
             when = ts.replace(tzinfo=timezone.utc).astimezone(zone) if shape == "tz" else ts
             spine.append({"row_id": i, "customer_id": customer, "merchant_id": merchant, "ts": when,
-                          "spend_7d": value})
+                          "amount": value})
         statements += [(f"delete from {s}.spine_{shape}", []),
                        (f"insert into {s}.spine_{shape} values (?, ?, ?, ?, ?)",
                         [[r[c] for c in SPINE_COLUMNS] for r in spine])]
-        with _environ(**db.env):
-            db.execute(warehouse, statements)
-            got = run_training_set(warehouse, sql)
-            warehouse.close()
-        views = _oracle_views(data)
+        views = _oracle_views(data, view_ts)
         expected = point_in_time_oracle(spine, SPINE_COLUMNS, "ts", views)
         requested = [Feature(v.name, f, "float") for v in views for f in v.features]
-        assert got.column_names == SPINE_COLUMNS + output_names(requested, SPINE_COLUMNS)
-        assert "customer_spend__spend_7d" in got.column_names and "merchant_risk__txn_count_30d" in got.column_names
-        rows = [tuple(r.values()) for r in got.to_pylist()]
-        assert sorted(r[0] for r in rows) == list(range(len(spine))), "every spine row exactly once"
-        if db.schema == "main":  # DuckDB reads the spine table in insertion order: the output keeps it
-            assert [r[0] for r in rows] == list(range(len(spine)))
-        assert sorted(rows, key=lambda r: r[0]) == expected
+        names = SPINE_COLUMNS + output_names(requested, [k for v in views for k in v.keys])
+        with _environ(**db.env):
+            db.execute(warehouse, statements)
+            for zone in SESSION_ZONES:  # the session's time zone must change nothing
+                _set_session_zone(warehouse, zone)
+                got = run_training_set(warehouse, sql)
+                assert got.column_names == names
+                rows = [tuple(r.values()) for r in got.to_pylist()]
+                assert sorted(r[0] for r in rows) == list(range(len(spine))), "every spine row exactly once"
+                if db.schema == "main":  # DuckDB reads the spine table in insertion order: the output keeps it
+                    assert [r[0] for r in rows] == list(range(len(spine)))
+                assert sorted(rows, key=lambda r: r[0]) == expected, f"session time zone {zone}"
+            warehouse.close()
+        assert "customer_spend__txn_count_30d" in names and "merchant_risk__txn_count_30d" in names
 
     check()
 
@@ -360,3 +390,204 @@ def test_python_training_set_equals_the_dbt_model_on_postgres(postgres_project, 
             with pytest.raises(TrainingSetError, match="needs the DuckDB warehouse"):
                 training_set(project, warehouse, pa.table({"customer_id": ["C1"], "ts": [datetime(2024, 1, 1)]}),
                              "ts", service="fraud_model")
+
+
+# --- train/serve consistency, whatever the process's time zone ---------------------------------------------
+
+#: A feature view whose event time is timestamptz and which declares a changed_at column (not a feature).
+ACTIVITY_SQL = """
+select
+    customer_id,
+    event_ts at time zone 'UTC' as event_ts,
+    spend_7d,
+    txn_count_7d,
+    event_ts at time zone 'UTC' as window_end,
+    computed_at as changed_at
+from {{ ref('customer_spend') }}
+"""
+ACTIVITY_YML = """
+version: 2
+models:
+  - name: customer_activity
+    description: customer_spend with a timestamptz event time (test fixture).
+    config:
+      meta:
+        featuremart: {entity: customer, timestamp: event_ts, ttl: 3d, changed_at: changed_at}
+"""
+CONSISTENCY_FEATURES = ["customer_activity.*", "customer_spend.spend_7d", "customer_spend.spend_1d"]
+#: Process time zones the CLI runs under, and the spine's timestamp type in each run.
+CLI_RUNS = [("UTC", "naive"), ("America/New_York", "naive"), ("Pacific/Chatham", "naive"),
+            ("Asia/Kolkata", "aware")]
+
+
+def _cli(project: Path, zone: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import sys
+
+    env = {**os.environ, "TZ": zone, "DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+           **(extra_env or {})}
+    return subprocess.run([str(Path(sys.executable).with_name("featuremart")), *args, "--project-dir", str(project)],
+                          cwd=project, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.integration
+def test_train_serve_consistency_in_every_time_zone(project, redis_url, tmp_path):
+    """Sync at T, read online; build the training set at T with the CLI in processes whose TZ differs, from a
+    naive and a zone-aware spine: the same column names as online (no changed_at, no renaming by the
+    spine), the same values, and the same table in every time zone (rows at other times included)."""
+    (project / "models" / "features" / "customer_activity.sql").write_text(ACTIVITY_SQL)
+    (project / "models" / "features" / "customer_activity.yml").write_text(ACTIVITY_YML)
+    dbt(project, "build", "--select", "customer_spend+", env={"TZ": "America/New_York"})
+
+    con = duckdb.connect(str(project / "target" / "featuremart.duckdb"), read_only=True)
+    customers = [r[0] for r in con.sql("select distinct customer_id from main.customer_spend "
+                                       "order by hash(customer_id) limit 150").fetchall()] + ["NOBODY"]
+    con.close()
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        t = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        run = fs.sync(select=["customer_activity", "customer_spend"])
+        assert run.status == "success", run
+        online = fs.get_online_features([{"customer_id": c} for c in customers], features=CONSISTENCY_FEATURES)
+        # A spine column named like an output column is refused, never silently renamed.
+        clash = pa.table({"customer_id": ["C1"], "ts": pa.array([t], pa.timestamp("us")), "txn_count_7d": [1]})
+        with pytest.raises(TrainingSetError, match="spine column txn_count_7d .*rename the spine column"):
+            fs.training_set(clash, "ts", features=CONSISTENCY_FEATURES)
+
+    # Spine rows at T (compared with what was served) and at other times near day and ttl edges.
+    times = [t] + [t - timedelta(hours=h) for h in (3, 7, 13, 30, 71, 72, 73)]
+    rows = [(c, when) for when in times for c in customers]
+    naive = pa.array([w for _, w in rows], pa.timestamp("us"))
+    spines = {"naive": naive, "aware": naive.cast(pa.timestamp("us", tz="UTC")).cast(
+        pa.timestamp("us", tz="Asia/Kolkata"))}
+    tables = {}
+    for zone, kind in CLI_RUNS:
+        spine_path = tmp_path / f"spine_{kind}.parquet"
+        pq.write_table(pa.table({"customer_id": [c for c, _ in rows], "ts": spines[kind]}), spine_path)
+        out = tmp_path / f"train_{zone.replace('/', '_')}_{kind}.parquet"
+        proc = _cli(project, zone, "training-set", "--spine", str(spine_path), "--timestamp", "ts",
+                    "--features", ",".join(CONSISTENCY_FEATURES), "--output", str(out))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        tables[zone, kind] = pq.read_table(out)
+
+    names = list(online[0])
+    assert names == ["customer_activity__spend_7d", "txn_count_7d", "window_end", "customer_spend__spend_7d",
+                     "spend_1d"]
+    baseline = tables["UTC", "naive"]
+    assert baseline.column_names == ["customer_id", "ts", *names]
+    for (zone, kind), table in tables.items():
+        assert table.drop(["ts"]).equals(baseline.drop(["ts"])), (zone, kind)
+    at_t = baseline.slice(0, len(customers)).to_pylist()
+    present = 0
+    for served, trained in zip(online, at_t):
+        for name, value in served.items():
+            assert trained[name] == (value.value if value.status == "present" else None), (trained["customer_id"], name)
+            present += value.status == "present"
+    assert present > len(customers) * 2
+
+
+# --- writing training sets -----------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_csv_output_holds_arrays_as_json(reference, tmp_path):
+    """An array feature in a CSV training set is a JSON array per cell, read back exactly as in Parquet."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from featuremart.cli import main
+
+    project, warehouse = reference
+    warehouse.close()  # the CLI opens the DuckDB file itself
+    paths = {suffix: tmp_path / f"train{suffix}" for suffix in (".csv", ".parquet")}
+    for path in paths.values():
+        out = io.StringIO()
+        code = main(["training-set", "--project-dir", str(project.project_dir), "--spine", "fraud_labels",
+                     "--timestamp", "label_ts", "--features", "customer_embedding.embedding,customer_spend.spend_7d",
+                     "--output", str(path)], console=Console(file=out, width=100, color_system=None))
+        assert code == 0, out.getvalue()
+    parquet = pq.read_table(paths[".parquet"])
+    import pyarrow.csv as pacsv
+
+    csv = pacsv.read_csv(paths[".csv"], convert_options=pacsv.ConvertOptions(
+        column_types={"embedding": pa.string()}, strings_can_be_null=True))
+    embeddings = [None if v is None else json.loads(v) for v in csv.column("embedding").to_pylist()]
+    assert embeddings == parquet.column("embedding").to_pylist()
+    assert sum(v is not None for v in embeddings) > 0 and sum(v is None for v in embeddings) > 0
+    assert csv.column("spend_7d").to_pylist() == parquet.column("spend_7d").to_pylist()
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    """The file system refuses the write half way (RLIMIT_FSIZE, as a full disk would): the error is a
+    TrainingSetError naming the file, the earlier file of that name is intact, no temporary file is left."""
+    import resource
+    import signal
+
+    from featuremart.training import write_training_set
+
+    rows = range(200_000)
+    table = pa.table({"row": pa.array(rows), "embedding": pa.array([[0.1 * i, None] for i in rows])})
+    path = tmp_path / "train.csv"
+    path.write_text("an earlier training set\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(TrainingSetError, match=r"could not write .*train\.csv.*nothing was written"):
+            write_training_set(table, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert path.read_text() == "an earlier training set\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["train.csv"]
+    write_training_set(table.slice(0, 3), path)  # and a write that fits replaces it whole
+    assert path.read_text().splitlines() == ['"row","embedding"', '0,"[0.0, null]"', '1,"[0.1, null]"',
+                                             '2,"[0.2, null]"']
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_train_serve_consistency_on_postgres_in_every_time_zone(postgres_project, redis_url, tmp_path, monkeypatch):
+    """On PostgreSQL: sync at T and read the fraud_model service online; build its training set at T with the
+    CLI in processes whose TZ and PGTZ (the session's time zone) differ, from a naive and a zone-aware SQL
+    spine: the same names and values as online, and the same table in every time zone."""
+    project_dir, env = postgres_project
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    schema = env["FEATUREMART_PG_SCHEMA"]
+    with FeatureStore(project_dir, redis_url=redis_url) as fs:
+        with fs.warehouse() as wh:
+            pairs = wh.query(f'select customer_id, merchant_id from "{schema}".customer_merchant_pair '
+                             "order by md5(customer_id || merchant_id) limit 100").to_pylist()
+        pairs.append({"customer_id": "NOBODY", "merchant_id": "M00000"})
+        t = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        run = fs.sync()
+        assert run.status == "success", run
+        online = fs.get_online_features(pairs, service="fraud_model")
+
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    values = ", ".join(f"({i}, {literal(p['customer_id'])}, {literal(p['merchant_id'])})" for i, p in enumerate(pairs))
+    stamps = {"naive": f"timestamp '{t.isoformat(' ')}'",
+              "aware": f"timestamptz '{t.replace(tzinfo=timezone.utc).astimezone(ZONES[1]).isoformat(' ')}'"}
+    tables = {}
+    for zone, kind in [*CLI_RUNS[1:], ("America/New_York", "aware")]:
+        spine = (f"select row_id, customer_id, merchant_id, {stamps[kind]} as ts "
+                 f"from (values {values}) as spine (row_id, customer_id, merchant_id)")
+        out = tmp_path / f"train_{zone.replace('/', '_')}_{kind}.parquet"
+        proc = _cli(project_dir, zone, "training-set", "--spine", spine, "--timestamp", "ts", "--service",
+                    "fraud_model", "--output", str(out), extra_env={"PGTZ": zone})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        tables[zone, kind] = pq.read_table(out).sort_by("row_id")
+    baseline = next(iter(tables.values()))
+    for key, table in tables.items():
+        assert table.drop(["ts"]).equals(baseline.drop(["ts"])), key
+    # the spine's own timestamptz column too: read in UTC, whatever the session's zone
+    assert tables["Asia/Kolkata", "aware"].equals(tables["America/New_York", "aware"])
+    assert baseline.column_names == ["row_id", "customer_id", "merchant_id", "ts", *online[0]]
+    present = 0
+    for served, trained in zip(online, baseline.to_pylist()):
+        for name, value in served.items():
+            assert trained[name] == (value.value if value.status == "present" else None), (trained["row_id"], name)
+            present += value.status == "present"
+    assert present > len(pairs) * 4

@@ -1,6 +1,8 @@
 {#- Checks the arguments of a point-in-time join and resolves everything its dialect versions render:
       {spine_from, spine_columns: [{name, quoted, data_type}], timestamp_sql, views: [{index, name, relation,
-       keys, timestamp, ttl_seconds, unique, features: [{column, output}]}]}
+       key_columns, timestamp, timestamp_sql, ttl_seconds, unique, features: [{column, output}]}]}
+    timestamp_sql (spine and views) is the timestamp as a UTC `timestamp`, whatever its type and the session's
+    TimeZone (see _pit_utc_timestamp); a view's timestamp type is `timestamp_type`, or read from its relation.
     Returns none at parse time when the spine's columns must be read from the warehouse (nothing to render
     yet). Errors name `macro_name`, the argument and the value it got. -#}
 {% macro _pit_prepare(macro_name, spine, spine_timestamp, views, spine_columns=none) -%}
@@ -59,10 +61,9 @@
     {%- set ts_column = spine_names[spine_timestamp | lower] -%}
     {%- set timestamp_sql = featuremart._pit_utc_timestamp('_fm_source.' ~ ts_column.quoted, ts_column.data_type) -%}
 
-    {#- The views, checked; output names counted for collisions. -#}
+    {#- The views, checked. -#}
     {%- set resolved = [] -%}
     {%- set view_names = [] -%}
-    {%- set feature_counts = {} -%}
     {%- for view in views -%}
         {%- set where = macro_name ~ ": views[" ~ loop.index0 ~ "]" -%}
         {%- if view is not mapping -%}
@@ -92,6 +93,10 @@
             {{ exceptions.raise_compiler_error(where ~ " (" ~ name ~ "): `ttl_seconds` must be a whole number of seconds >= 0, or none for no ttl, got " ~ ttl | string) }}
         {%- endif -%}
         {%- set relation = view['relation'] -%}
+        {%- set timestamp_type = view.get('timestamp_type') -%}
+        {%- if timestamp_type is none and execute -%}
+            {%- set timestamp_type = featuremart._pit_column_type(where ~ " (" ~ name ~ ")", relation, view['timestamp']) -%}
+        {%- endif -%}
         {%- set seen = [] -%}
         {%- for feature in view['features'] -%}
             {%- if feature | lower in seen -%}
@@ -101,7 +106,6 @@
                 {{ exceptions.raise_compiler_error(where ~ " (" ~ name ~ "): " ~ feature ~ " is a key or the timestamp of the view, not a feature") }}
             {%- endif -%}
             {%- do seen.append(feature | lower) -%}
-            {%- do feature_counts.update({feature | lower: feature_counts.get(feature | lower, 0) + 1}) -%}
         {%- endfor -%}
         {%- do resolved.append({
             'index': loop.index0,
@@ -109,26 +113,27 @@
             'relation': relation if relation is string else relation | string,
             'key_columns': view['keys'],
             'timestamp': view['timestamp'],
+            'timestamp_sql': featuremart._pit_utc_timestamp(view['timestamp'], timestamp_type),
             'ttl_seconds': ttl,
             'unique': view.get('unique', false) is sameas true,
             'features': view['features'],
         }) -%}
     {%- endfor -%}
 
-    {#- Output names: prefixed with the view's name when the name collides (see point_in_time_join). -#}
-    {%- set outputs = [] -%}
+    {#- Output names: the spine's other columns never rename a feature (online reads have no spine), so a spine
+        column named like an output column is an error. -#}
+    {%- set named = featuremart._pit_output_names(resolved) -%}
+    {%- if named.error is not none -%}
+        {{ exceptions.raise_compiler_error(macro_name ~ ": " ~ named.error) }}
+    {%- endif -%}
     {%- for view in resolved -%}
+        {%- set outputs = named.names[loop.index0] -%}
         {%- set features = [] -%}
         {%- for feature in view.features -%}
-            {%- if feature_counts[feature | lower] > 1 or feature | lower in spine_names -%}
-                {%- set output = view.name ~ '__' ~ feature -%}
-            {%- else -%}
-                {%- set output = feature -%}
+            {%- set output = outputs[loop.index0] -%}
+            {%- if output | lower in spine_names -%}
+                {{ exceptions.raise_compiler_error(macro_name ~ ": the spine column " ~ spine_names[output | lower].name ~ " has the name of the output column of feature " ~ view.name ~ "." ~ feature ~ " (a feature is named the same in training sets and online): rename the spine column") }}
             {%- endif -%}
-            {%- if output | lower in outputs or output | lower in spine_names -%}
-                {{ exceptions.raise_compiler_error(macro_name ~ ": the output column " ~ output ~ " (feature " ~ feature ~ " of view " ~ view.name ~ ") collides with another column of the join: rename the feature or the spine column") }}
-            {%- endif -%}
-            {%- do outputs.append(output | lower) -%}
             {%- do features.append({'column': feature, 'output': output}) -%}
         {%- endfor -%}
         {%- do view.update({'features': features}) -%}
@@ -140,3 +145,4 @@
         'views': resolved,
     }) }}
 {%- endmacro %}
+

@@ -1,5 +1,7 @@
-{#- The spine's timestamp as UTC wall-clock time without time zone, the type of featuremart's event
-    timestamps, so that both sides compare as UTC whatever the session's TimeZone:
+{#- A timestamp (the spine's, or a view's event time) as UTC wall-clock time without time zone, so that both
+    sides of a point-in-time join compare as UTC instants whatever the session's TimeZone. Comparing a
+    `timestamp` with a `timestamptz` directly would cast the former by the session's TimeZone (a laptop in
+    New York would shift every spine time by 5 hours and serve values from the future):
       timestamp (without time zone)  taken as UTC, used as is
       timestamptz / with time zone   converted: `x at time zone 'UTC'` gives the UTC wall-clock `timestamp`
       date                           cast to `timestamp` (midnight UTC)

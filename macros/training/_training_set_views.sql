@@ -42,10 +42,7 @@
     {%- endif -%}
 
     {#- Group by view, in first-appearance order; `view.*` expands to the model's columns. -#}
-    {%- set entities = var('featuremart_entities', none) -%}
-    {%- if entities is none or entities is not mapping -%}
-        {{ exceptions.raise_compiler_error(macro_name ~ ": the var featuremart_entities (entity -> list of join keys, as in features.yml) is not set; add to dbt_project.yml  vars: {featuremart_entities: {customer: [customer_id]}}") }}
-    {%- endif -%}
+    {%- set entities = featuremart._featuremart_entities(macro_name) -%}
     {%- set views = [] -%}
     {%- set by_name = {} -%}
     {%- for item in refs -%}
@@ -73,7 +70,7 @@
     {%- endfor -%}
     {%- for view in views -%}
         {%- do view.pop('_excluded') -%}
-        {%- do view.pop('_node') -%}
+        {%- do view.pop('_columns') -%}
     {%- endfor -%}
     {{ return(views) }}
 {%- endmacro %}

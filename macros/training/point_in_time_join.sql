@@ -7,13 +7,16 @@
     Arguments:
       spine            a relation (ref(), source(), api.Relation) or a SQL query string (used as a subquery).
       spine_timestamp  the spine's timestamp column. `timestamp` is taken as UTC; `timestamptz` is converted to
-                       UTC wall-clock time (`timestamp`); `date` is cast to midnight. Feature views' event
-                       timestamps are UTC `timestamp`s (the featuremart metadata contract).
+                       UTC wall-clock time (`timestamp`); `date` is cast to midnight. Views' event timestamps
+                       are normalised the same way, so both sides compare as UTC instants whatever the
+                       session's TimeZone (see _pit_utc_timestamp).
       views            a list of mappings, one per feature view:
                          relation     a relation, or a table name as a string (rendered as given)
                          name         the view's name (prefix of colliding feature names)
                          keys         join keys: the same column names in the spine and in the view
                          timestamp    the view's event-time column
+                         timestamp_type  optional: its warehouse type (e.g. 'timestamp with time zone');
+                                      read from the relation when not given
                          ttl_seconds  an int >= 0, or none for no ttl
                          features     the feature columns to take (at least one)
                          unique       optional, default false. true promises no two rows share (keys, timestamp)
@@ -24,9 +27,11 @@
       ordered          default true: rows come out in the spine's order. A dbt table keeps no order, so a model
                        may pass false and save the final sort (most of what the join costs over a bare ASOF join).
 
-    Output names: a feature keeps its name unless the same name (case-insensitively) is also a spine column or
-    a feature of another view in the join; then it is named `<view name>__<feature>` (every colliding
-    occurrence, whatever the views' order). A prefixed name that still collides is an error.
+    Output names: a feature keeps its name unless the same name (case-insensitively) is also a feature of
+    another view in the join or a join key of a view in the join; then it is named `<view name>__<feature>`
+    (every colliding occurrence, whatever the views' order). The spine's other columns never rename a feature
+    (online reads name it the same way, without a spine): a spine column named like an output column is an
+    error asking to rename the spine column, and so is a prefixed name that still collides.
 
     Duplicates: when several rows of a view share keys and timestamp, the one taken is the greatest when the
     rows are ordered by the selected features in their listed order, ascending, nulls smallest.
@@ -73,10 +78,10 @@ _fm_{{ view.index }}_stacked as (
         {% for key in view.key_columns -%}
         {{ key }},
         {% endfor -%}
-        {{ view.timestamp }} as _fm_ts,
+        {{ view.timestamp_sql }} as _fm_ts,
         0 as _fm_is_spine,
         cast(null as {{ dbt.type_bigint() }}) as _fm_row,
-        {{ view.timestamp }} as _fm_view_ts
+        {{ view.timestamp_sql }} as _fm_view_ts
         {%- for feature in view.features %},
         {{ feature.column }} as _fm_f{{ loop.index0 }}
         {%- endfor %}
@@ -180,7 +185,7 @@ _fm_{{ view.index }}_rows as (
         {% for key in view.key_columns -%}
         {{ key }},
         {% endfor -%}
-        {{ view.timestamp }} as _fm_view_ts
+        {{ view.timestamp_sql }} as _fm_view_ts
         {%- for feature in view.features %},
         {{ feature.column }} as _fm_f{{ loop.index0 }}
         {%- endfor %}

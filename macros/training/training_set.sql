@@ -3,7 +3,8 @@
 
     Arguments:
       spine          a relation (ref(), source()) or a SQL query string; its columns come out untouched.
-      timestamp      the spine's timestamp column (timestamp taken as UTC; timestamptz converted to UTC).
+      timestamp      the spine's timestamp column (timestamp taken as UTC; timestamptz converted to UTC, as
+                     are the views' timestamptz event times: see _pit_utc_timestamp).
       service        a feature service: the name of a dbt exposure of type `ml` whose
                      config.meta.featuremart.features lists `view.feature` / `view.*`.
       features       or a list of `view.feature` / `view.*` strings (give exactly one of service, features).
@@ -11,9 +12,10 @@
       ordered        default true (rows in spine order); a model may pass false: a table keeps no order.
 
     Views are joined in the order they first appear in the list, each with its features in listed order
-    (`view.*`: the model's columns in warehouse order, minus keys, timestamp and `feature: false` opt-outs).
-    Entity join keys come from `var('featuremart_entities')` (features.yml is not readable from dbt), and a
-    view without a ttl gets `var('featuremart_default_ttl', '30d')`: keep both equal to features.yml.
+    (`view.*`: the model's columns in warehouse order, minus keys, timestamp, `changed_at` and `feature: false`
+    opt-outs: the features served online). Entity join keys come from `var('featuremart_entities')` and a view
+    without a ttl gets `var('featuremart_default_ttl')`: written once, in the project's dbt_project.yml (see
+    _featuremart_vars.sql and docs/metadata.md).
 
     Dependencies: dbt records refs while parsing, before the graph (and so a service's views) is known.
     With `features=[...]` the views are ref'd at parse time; with `service=` the model must declare them,
