@@ -22,10 +22,12 @@ from featuremart.errors import ConfigError, ConfigProblems
 
 KEY_TYPES = ("string", "int")
 DEFAULT_URL_ENV = "FEATUREMART_REDIS_URL"
+# ASCII only (digits and case folding), as the Jinja side (macros/training/_ttl_seconds.sql) writes it with
+# `(?ai)`: under Unicode rules 'ſ' folds to 's' and '３' is a digit.
 _DURATION_RE = re.compile(
     r"^\s*(\d+)\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|"
     r"d|day|days|w|wk|week|weeks)\s*$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 #: The longest ttl accepted: an expiry instant (event time + ttl) must stay a valid date for Redis and Python.
 MAX_TTL = timedelta(days=36500)

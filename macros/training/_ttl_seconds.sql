@@ -16,7 +16,7 @@
     {%- if ttl is not string and (ttl is not number or ttl is sameas true or ttl is sameas false) -%}
         {{ return(none) }}
     {%- endif -%}
-    {%- set match = modules.re.match('^\\s*(\\d+)\\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days|w|wk|week|weeks)\\s*$', ttl | string, modules.re.IGNORECASE) -%}
+    {%- set match = modules.re.match('(?a)^\\s*(\\d+)\\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days|w|wk|week|weeks)\\s*$', ttl | string, modules.re.IGNORECASE) -%}
     {%- if match is none -%}
         {{ return(none) }}
     {%- endif -%}
