@@ -130,6 +130,7 @@ class ProjectConfig:
     default_online: bool
     default_tier: str | None
     tiers: dict[str, Tier] = field(default_factory=dict)
+    default_max_delete_fraction: float = 0.5  # a sync withholds a view that would delete more of its entities
 
 
 def load_features_yml(project_dir: Path) -> ProjectConfig:
@@ -181,6 +182,11 @@ def load_features_yml(project_dir: Path) -> ProjectConfig:
         )
         for name, spec in (raw.get("tiers") or {}).items()
     }
+    max_delete_fraction = defaults.get("max_delete_fraction", 0.5)
+    if isinstance(max_delete_fraction, bool) or not isinstance(max_delete_fraction, (int, float)) or not (
+            0 <= max_delete_fraction <= 1):
+        raise ConfigError(f"{where}: defaults.max_delete_fraction {max_delete_fraction!r} must be a number from 0 "
+                          "to 1 (the largest share of a view's entities one sync may delete; 1 turns the guard off)")
     default_tier = defaults.get("tier")
     if default_tier is not None and default_tier not in tiers:
         raise ConfigError(f"{where}: defaults.tier {default_tier!r} is not a tier; tiers: {sorted(tiers)}")
@@ -192,6 +198,7 @@ def load_features_yml(project_dir: Path) -> ProjectConfig:
         default_online=bool(defaults.get("online", True)),
         default_tier=default_tier,
         tiers=tiers,
+        default_max_delete_fraction=float(max_delete_fraction),
     )
 
 

@@ -45,3 +45,16 @@ class UnknownNameError(FeaturemartError):
 
 class TrainingSetError(FeaturemartError):
     """A training set request that cannot be served: bad spine, unknown features, or dbt failed to compile."""
+
+
+class StoreChangedError(OnlineStoreError):
+    """The online store restarted, was flushed, restored or failed over, or the sync lost its lock, during a
+    sync: what was written may be lost, so nothing is published."""
+
+
+class StateError(FeaturemartError):
+    """The sync state file is unreadable (corrupt or truncated); `featuremart sync --full-refresh` rebuilds it."""
+
+
+class UnavailableError(FeaturemartError):
+    """A feature service exists but cannot be served online now (one of its views is withheld)."""
