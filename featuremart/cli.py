@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="print what would be inserted, updated, deleted")
     sync.add_argument("--no-incremental", action="store_true",
                       help="diff every entity even of views with a changed_at column (finds deleted rows)")
+    sync.add_argument("--allow-mass-delete", action="store_true",
+                      help="publish views even if they delete more than max_delete_fraction of their entities")
     sync.add_argument("--json", action="store_true", help="print the run record as JSON (for CI logs)")
 
     get = sub.add_parser("get", parents=[common], help="read features of one entity from the online store")
@@ -200,7 +202,8 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
 
     with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
         run = store.sync(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh,
-                         dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update)
+                         dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update,
+                         allow_mass_delete=args.allow_mass_delete)
     if args.json:
         console.print_json(json.dumps(run.to_json()))
     else:
@@ -217,11 +220,13 @@ def render_run(run: SyncRun) -> Table:
     for v in run.views:
         counts = ("",) * 5 if v.status == "skipped" else (
             str(v.inserted), str(v.updated), str(v.deleted), str(v.unchanged), f"{v.seconds:.2f}")
-        note = v.reason or (f"{v.skipped_older} older rows not written" if v.skipped_older else "")
+        note = v.reason or ("state rebuilt from the store; every value rewritten" if v.rebuilt else "")
         rows.append((v.view, v.status, *counts, note))
     table = _table(title, ("view", "status", *numbers, "note"), rows, wraps=("view", "note"), right=numbers)
-    if run.error:
-        table.caption = f"[red]{escape(run.error)}[/]"
+    notes = [f"[red]{escape(run.error)}[/]"] if run.error else []
+    notes += [escape(note) for note in run.notes]
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

@@ -135,8 +135,11 @@ class FeatureStore:
 
     def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), full_refresh: bool = False,
              dry_run: bool = False, incremental: bool = True,
-             progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
-        """Publish the latest value per entity of the selected online views (see featuremart.sync)."""
+             progress: Callable[[str, str, int, int], None] | None = None,
+             allow_mass_delete: bool = False) -> SyncRun:
+        """Publish the latest value per entity of the selected online views (see featuremart.sync).
+
+        `allow_mass_delete`: publish views even where they delete more than their `max_delete_fraction`."""
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
         registry = self.registry
@@ -144,7 +147,9 @@ class FeatureStore:
         run_results = load_run_results(self.project.target_dir)
         views = select_views(registry, select, exclude)
         with self.warehouse() as wh:
-            return Syncer(registry, manifest, run_results, wh, self.online, self.state_dir).run(
+            return Syncer(registry, manifest, run_results, wh, self.online, self.state_dir,
+                          allow_mass_delete=allow_mass_delete,
+                          max_delete_fraction=self.config.default_max_delete_fraction).run(
                 views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
 
     def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
