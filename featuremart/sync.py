@@ -171,6 +171,8 @@ class Syncer:
             run.notes.append(note)
         try:
             self._begin(lock, create=not dry_run)
+            if full_refresh and not dry_run:  # whatever the state says, every key nothing serves goes
+                self._scan(state)
             published: dict[str, FeatureView] = {}
             withheld: dict[str, str] = {}
             retired: list[str] = []  # views whose old version's keys go after the registry switch
