@@ -135,7 +135,7 @@ class Syncer:
         self.allow_mass_delete, self.max_delete_fraction = allow_mass_delete, max_delete_fraction
         self._watermarks: dict[str, int | None] = {}
         self._token = uuid.uuid4().hex  # this run's generation, the store's once the run completed
-        self._scanned = False
+        self._scanned = self._published = False
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -155,8 +155,9 @@ class Syncer:
         except FeaturemartError as exc:
             run.status, run.error = "failed", str(exc)
             if isinstance(exc, StoreChangedError):
-                run.error += (" Nothing was published: readers keep the previous registry, and the next sync "
-                              "rewrites every view it cannot trust.")
+                run.error += (" The registry was switched before the change was noticed" if self._published else
+                              " Nothing was published: readers keep the previous registry") + (
+                              "; the next sync rebuilds every view it cannot trust.")
         finally:
             run.seconds = round(time.perf_counter() - started, 3)
             run.finished_at = _iso(datetime.now(timezone.utc))
@@ -350,6 +351,7 @@ class Syncer:
             raise FeaturemartError(f"the registry snapshot this sync would publish does not load ({exc}); nothing "
                                    "was published and readers keep the previous one. Please report this.") from None
         self.store.publish_registry(keys.registry_key(self.prefix), snapshot, fence=self._fence)
+        self._published = True
         return snapshot
 
     def _record(self, run: SyncRun) -> None:
