@@ -397,3 +397,22 @@ def test_encoding_matches_redis_py():
             for k, v, e in zip(keys, values, expiry)
         )
         assert _encode_set_pxat(keys, values, expiry) == expected
+
+
+def test_parse_row_key_accepts_what_the_sync_writes_and_nothing_else():
+    """Sweeps delete only keys of exactly the shape featuremart writes: check the parser against the writer's
+    key builder, with adversarial key values, and against look-alikes."""
+    from featuremart.online import keys
+
+    values = ["C1", "a:b", "a}b", "{x}", "=,%", "é 日本", "", "x" * 300, 42, -7]
+    for value in values:
+        for pairs in ([("customer_id", value)], [("customer_id", value), ("merchant_id", "M:1")]):
+            key = keys.row_key("fm", "customer_spend", "0a1b2c3d", pairs)
+            assert keys.parse_row_key("fm", key) == ("customer_spend", "0a1b2c3d"), key
+    for other in ["fm:registry", "fm:registry:id", "fm:store_id", "fm:generation", "fm:lock:sync", "fm:runs",
+                  "fm:{customer_id=C1}:customer_spend", "fm:{customer_id=C1}:customer_spend:0A1B2C3D",
+                  "fm:{customer_id=C1}:customer_spend:0a1b2c3", "fm:{customer_id=C1}x:v:0a1b2c3d",
+                  "fm:{noequals}:v:0a1b2c3d", "fm:{a={b}}:v:0a1b2c3d", "fm2:{customer_id=C1}:v:0a1b2c3d",
+                  "other:{customer_id=C1}:v:0a1b2c3d", "fm:{customer_id=C1}:a:b:0a1b2c3d:x"]:
+        assert keys.parse_row_key("fm", other) is None, other
+    assert keys.row_key_pattern("fm") == "fm:{*" and keys.row_key_pattern("a*b") == "a\\*b:{*"
