@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from featuremart.manifest import Manifest, RunResult, RunResults
@@ -156,10 +155,12 @@ def test_every_successful_sync_leaves_what_a_full_refresh_would(server, steps):
                     world.apply(*op)
             elif kind == "fault":
                 world.fault(arg)
+                event(f"fault between syncs: {arg}")
             else:
                 during, full_refresh = arg
                 corrupt = world.state_corrupt and not full_refresh
                 run, injected = world.sync(during, full_refresh)
+                event(f"sync: {run.status}" + (f" after {during} during it" if injected else ""))
                 if corrupt:
                     assert run.status == "failed" and "unreadable" in run.error and "--full-refresh" in run.error
                 elif injected:  # the store changed under the sync: never reported as success
