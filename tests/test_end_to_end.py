@@ -203,6 +203,31 @@ def test_a_failing_test_on_a_changed_view_breaks_no_reader(env, redis_url):
     assert code == 0 and "present" in out and "spend_7d_doubled" not in out, out
 
 
+def test_mass_delete_guard_from_features_yml_and_the_cli(env, redis_url):
+    """defaults.max_delete_fraction in features.yml withholds a view that lost too many entities; the
+    `--allow-mass-delete` option lets the run through once the user checked the warehouse is right."""
+    assert run_cli("sync")[0] == 0
+    features = env / "features.yml"
+    features.write_text(features.read_text().replace("defaults:\n", "defaults:\n  max_delete_fraction: 0.01\n"))
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"))
+    lost = con.execute("delete from main.merchant_risk where merchant_id in (select distinct merchant_id from "
+                       "main.merchant_risk order by merchant_id limit 10)").fetchall()
+    con.close()
+    assert lost
+    client = redis.Redis.from_url(redis_url)
+    before = len(client.keys("fm:{merchant_id=*}:merchant_risk:*"))
+    code, out = run_cli("sync", "--json")
+    record = json.loads(out)
+    views = {v["view"]: v for v in record["views"]}
+    assert record["status"] == "withheld" and views["merchant_risk"]["status"] == "withheld", out
+    assert "would delete 10 of its" in views["merchant_risk"]["reason"] and "max_delete_fraction 0.01" in out
+    assert len(client.keys("fm:{merchant_id=*}:merchant_risk:*")) == before
+    code, out = run_cli("sync", "--allow-mass-delete", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["status"] == "success", out
+    assert len(client.keys("fm:{merchant_id=*}:merchant_risk:*")) == before - 10
+
+
 def test_unknown_manifest_schema(env):
     path = env / "target" / "manifest.json"
     manifest = json.loads(path.read_text())
