@@ -650,3 +650,17 @@ def test_a_withheld_view_never_breaks_reads(harness, redis_url):
         assert row["c"].value == "x"
     finally:
         reader_store.close()
+
+
+def test_a_new_ttl_rewrites_every_expiry(harness):
+    """The ttl is not part of a view's version, but it is part of each key's expiry: a changed ttl rewrites
+    every key, so the expiry equals what a full refresh would write."""
+    insert_entities(harness, 5)
+    harness.sync()
+    harness.view = replace(harness.view, ttl=2 * TTL)
+    harness.registry.views[harness.view.name] = harness.view
+    v = harness.sync().views[0]
+    assert (v.status, v.updated, v.unchanged) == ("synced", 5, 0)
+    client = redis.Redis.from_url(harness.store.url)
+    ts_ms = to_us(harness.t0 - timedelta(minutes=5)) // 1000
+    assert {client.pexpiretime(k) for k in harness.online()} == {ts_ms + int(2 * TTL.total_seconds() * 1000)}
