@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from featuremart import sql
-from featuremart.errors import FeaturemartError, StoreChangedError
+from featuremart.errors import FeaturemartError, OnlineStoreError, StoreChangedError
 from featuremart.manifest import Manifest, RunResults
 from featuremart.online import keys
 from featuremart.online.store import Fence, OnlineStore, StoreLock
@@ -136,6 +136,7 @@ class Syncer:
         self._watermarks: dict[str, int | None] = {}
         self._token = uuid.uuid4().hex  # this run's generation, the store's once the run completed
         self._scanned = self._published = False
+        self._fence: Fence | None = None  # what identified the store when the run began
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -153,6 +154,7 @@ class Syncer:
                     self._alive = alive
                     self._run_views(run, views, full_refresh, dry_run, progress, lock)
         except FeaturemartError as exc:
+            exc = self._diagnosed(exc)
             run.status, run.error = "failed", str(exc)
             if isinstance(exc, StoreChangedError):
                 run.error += (" The registry was switched before the change was noticed" if self._published else
@@ -216,6 +218,21 @@ class Syncer:
             run.status = "success" if all(v.status in ("synced", "removed") for v in run.views) else "withheld"
         finally:
             state.close()
+
+    def _diagnosed(self, exc: FeaturemartError) -> FeaturemartError:
+        """A store error (a lost lock, a failed write) caused by the store changing under the run is reported as
+        that change, which says more (e.g. a restart, rather than a lock that seemed to expire)."""
+        fence = self._fence
+        if fence is None or not fence.lock_value or not isinstance(exc, OnlineStoreError) or isinstance(
+                exc, StoreChangedError):
+            return exc
+        try:
+            self.store.fenced(fence)
+        except StoreChangedError as changed:
+            return StoreChangedError(f"{changed} ({exc})")
+        except FeaturemartError:
+            pass  # the store is still unreachable: the original error says so
+        return exc
 
     def _begin(self, lock: StoreLock | None, create: bool) -> None:
         """Read what identifies the store's contents now: its store_id (created if absent), generation, server."""
