@@ -281,10 +281,10 @@ class SyncState:
         counts = dict(self.con.execute(
             f"select action, count(*) from {_q('plan__' + view)} group by action").fetchall())
         live = f"(s.ts_us is null or s.ts_us >= {expired})"
-        live_before = self._scalar(f"select count(*) from {state} s where {live}")
-        if partial:
-            deleted = live_departed = 0
+        if partial:  # nothing departs in an incremental sync: the guard has nothing to count
+            deleted = live_before = live_departed = 0
         else:
+            live_before = self._scalar(f"select count(*) from {state} s where {live}")
             deleted = self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
             # An entity departs when its key under the current version is not staged (same key shape, so an
             # old version's key maps to the new one by its suffix).
