@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="print what would be inserted, updated, deleted")
     sync.add_argument("--no-incremental", action="store_true",
                       help="diff every entity even of views with a changed_at column (finds deleted rows)")
+    sync.add_argument("--allow-mass-delete", action="store_true",
+                      help="publish views even if they delete more than max_delete_fraction of their entities")
     sync.add_argument("--json", action="store_true", help="print the run record as JSON (for CI logs)")
 
     online = argparse.ArgumentParser(add_help=False)
@@ -296,7 +298,8 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
         with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
             run = store.sync(select=args.select, exclude=args.exclude, selector=args.selector, state=args.state,
                              full_refresh=args.full_refresh,
-                             dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update)
+                             dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update,
+                             allow_mass_delete=args.allow_mass_delete)
     except (OnlineStoreError, WarehouseError) as exc:  # could not start: still a run record, saying why
         run = SyncRun.failed(str(exc), dry_run=args.dry_run, full_refresh=args.full_refresh)
     if args.json:
@@ -322,11 +325,13 @@ def render_run(run: SyncRun) -> Table:
     for v in run.views:
         counts = ("",) * 5 if v.status in ("skipped", "withheld") else (
             str(v.inserted), str(v.updated), str(v.deleted), str(v.unchanged), f"{v.seconds:.2f}")
-        note = v.reason or (f"{v.skipped_older} older rows not written" if v.skipped_older else "")
+        note = v.reason or ("state rebuilt from the store; every value rewritten" if v.rebuilt else "")
         rows.append((v.view, v.status, *counts, note))
     table = _table(title, ("view", "status", *numbers, "note"), rows, wraps=("view", "note"), right=numbers)
-    if run.error:
-        table.caption = f"[red]{escape(run.error)}[/]"
+    notes = [f"[red]{escape(run.error)}[/]"] if run.error else []
+    notes += [escape(note) for note in run.notes]
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

@@ -61,3 +61,16 @@ class TrainingSetError(FeaturemartError):
 
 class NotPublishedError(FeaturemartError):
     """The online store answers but holds no published registry: no `featuremart sync` has run against it."""
+
+
+class StoreChangedError(OnlineStoreError):
+    """The online store restarted, was flushed, restored or failed over, or the sync lost its lock, during a
+    sync: what was written may be lost, so nothing is published."""
+
+
+class StateError(FeaturemartError):
+    """The sync state file is unreadable (corrupt or truncated); `featuremart sync --full-refresh` rebuilds it."""
+
+
+class UnavailableError(FeaturemartError):
+    """A feature service exists but cannot be served online now (one of its views is withheld)."""

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from featuremart import types
 from featuremart.config import Entity, Freshness, ProjectConfig, format_duration, parse_duration
-from featuremart.errors import ConfigError, UnknownNameError, ValidationError
+from featuremart.errors import ConfigError, UnavailableError, UnknownNameError, ValidationError
 from featuremart.manifest import Manifest, Model
 
 
@@ -29,6 +29,8 @@ def __getattr__(name: str) -> Any:
 
         return tuple((schema.ViewMeta if name == "VIEW_META_KEYS" else schema.ColumnMeta).model_fields)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _META = "config.meta.featuremart"
 SNAPSHOT_FORMAT = 1
 
@@ -138,6 +140,7 @@ class Registry:
     services: dict[str, FeatureService]
     manifest_checksum: str = ""
     problems: list[Problem] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # service -> why it cannot be served online now
 
     def view(self, name: str) -> FeatureView:
         if name not in self.views:
@@ -145,6 +148,8 @@ class Registry:
         return self.views[name]
 
     def service(self, name: str) -> FeatureService:
+        if name in self.unavailable:
+            raise UnavailableError(f"feature service {name!r} is not available online: {self.unavailable[name]}")
         if name not in self.services:
             raise UnknownNameError(
                 f"no feature service {name!r}; services (dbt exposures of type ml): "
@@ -193,9 +198,51 @@ class Registry:
         services = {
             n: FeatureService(n, tuple(views[r.split(".", 1)[0]].feature(r.split(".", 1)[1]) for r in s["features"]),
                               s.get("description", ""), s.get("owner"))
-            for n, s in data["services"].items()
+            for n, s in data["services"].items() if "unavailable" not in s
         }
-        return cls(entities, views, services, data.get("manifest_checksum", ""))
+        unavailable = {n: s["unavailable"] for n, s in data["services"].items() if "unavailable" in s}
+        return cls(entities, views, services, data.get("manifest_checksum", ""), unavailable=unavailable)
+
+
+def merge_snapshot(registry: Registry, previous: Mapping[str, Any] | None, synced: Iterable[str],
+                   withheld: Mapping[str, str]) -> dict[str, Any]:
+    """The snapshot a sync publishes: views synced now as the project defines them, the others as the previous
+    snapshot served them (a withheld view keeps serving its previous values), views gone from the project
+    dropped. A service is published as defined when every feature it names is served, else as the previous
+    snapshot had it if that still is, else marked unavailable with the reason: one service fails, nothing else.
+    The result always loads with `Registry.from_snapshot` (the sync checks before publishing).
+    """
+    snapshot = registry.to_snapshot()
+    previous = previous if isinstance(previous, Mapping) and previous.get("format") == SNAPSHOT_FORMAT else {}
+    synced = set(synced)
+    old_views, old_services = previous.get("views") or {}, previous.get("services") or {}
+    snapshot["views"] = {name: snapshot["views"][name] if name in synced else old_views[name]
+                         for name in sorted(registry.views) if name in synced or name in old_views}
+    served = {f"{name}.{f['name']}" for name, v in snapshot["views"].items() for f in v["features"]}
+    services = {}
+    for name, service in snapshot["services"].items():
+        missing = [ref for ref in service["features"] if ref not in served]
+        old = old_services.get(name) or {}
+        if not missing:
+            services[name] = service
+        elif "features" in old and all(ref in served for ref in old["features"]):
+            services[name] = old
+        else:
+            services[name] = {**{k: v for k, v in service.items() if k != "features"},
+                              "unavailable": _why_unserved(missing, registry, withheld)}
+    snapshot["services"] = services
+    return snapshot
+
+
+def _why_unserved(refs: list[str], registry: Registry, withheld: Mapping[str, str]) -> str:
+    view = refs[0].split(".", 1)[0]
+    if view in withheld:
+        why = f"view {view} was withheld by the last sync ({withheld[view]})"
+    elif view in registry.views and not registry.views[view].online:
+        why = f"view {view} is not online (online: false)"
+    else:
+        why = f"view {view} has not been published with feature {refs[0]} yet"
+    return f"{why}; features not served: {', '.join(refs)}"
 
 
 def _view_to_json(v: FeatureView) -> dict[str, Any]:

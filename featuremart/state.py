@@ -4,18 +4,29 @@ A DuckDB file under the dbt target directory holds, per view, the key, a hash of
 time of every entity online. A sync stages the warehouse's latest values beside it, diffs in SQL, writes only
 the difference, and replaces a view's state only after that view's writes completed, so an interrupted sync
 is simply redone by the next run.
+
+The state is only a cache of what is online, trusted for a view only while it provably describes the store:
+each view's row records the store's `store_id` and *generation* (the id of the last sync that completed on
+it). A sync marks a view with its own run id before writing it and, once it completed, moves the store's and
+the state's generation to that id together. A store restored from an older snapshot, a lagging replica, a
+failed or killed sync, a lost or rebuilt state file: the ids differ, and the view is rebuilt from a SCAN of
+the store (`adopt`), rewritten in full, and everything it does not serve is deleted.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
 import pyarrow as pa
 
-from featuremart.errors import WarehouseError
+from featuremart.errors import StateError, WarehouseError
 from featuremart.warehouse import batches
 
 _VIEWS_DDL = """
@@ -27,8 +38,13 @@ create table if not exists fm_views (
     entities bigint not null
 )
 """
-# Added after the first release of the state file: the newest `changed_at` seen by the view's last sync.
-_VIEWS_MIGRATE = "alter table fm_views add column if not exists watermark bigint"
+# Added after the first release of the state file: the newest `changed_at` seen by the view's last sync, the
+# store generation the row describes, and the ttl the keys' expiry was written with.
+_VIEWS_MIGRATE = ("alter table fm_views add column if not exists watermark bigint",
+                  "alter table fm_views add column if not exists generation varchar",
+                  "alter table fm_views add column if not exists ttl_ms bigint")
+# The store and generation this state describes as a whole: where it holds, a view without a row has no keys.
+_STORE_DDL = "create table if not exists fm_store (store_id varchar, generation varchar)"
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,8 @@ class Synced:
     version: str
     store_id: str
     watermark: int | None  # newest changed_at (µs) it read, for views that declare one
+    generation: str | None  # the store generation this row describes (a run id)
+    ttl_ms: int | None  # the ttl the keys' expiry (PXAT) was computed with
 
 
 @dataclass(frozen=True)
@@ -49,8 +67,9 @@ class Diff:
     updated: int
     deleted: int
     unchanged: int
-    skipped_older: int  # rows older than what is online: never written over a newer value
     version_change: bool
+    live_before: int = 0  # entities online and not expired before the sync
+    live_departed: int = 0  # of those, the ones the sync deletes (the mass-delete guard compares the two)
 
     @property
     def writes(self) -> int:
@@ -64,26 +83,158 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _damaged(exc: duckdb.Error) -> bool:
+    """Whether DuckDB failed because the file itself is damaged (truncated, a block that fails its checksum)."""
+    return isinstance(exc, duckdb.IOException) or "Corrupt database file" in str(exc)
+
+
+def _named_damage(fn):
+    """Turn DuckDB's errors about a damaged state file, raised by `fn` (a method or a generator method), into one
+    `StateError` saying what happened and how to recover."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from fn(self, *args, **kwargs)
+            except duckdb.Error as exc:
+                if _damaged(exc):
+                    raise unreadable(self.path, exc) from None
+                raise
+        return generator
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except duckdb.Error as exc:
+            if _damaged(exc):
+                raise unreadable(self.path, exc) from None
+            raise
+    return method
+
+
+def _reports_damage(cls):
+    """Apply `_named_damage` to every public method but `stage` (whose errors may be the warehouse's)."""
+    for name, fn in list(vars(cls).items()):
+        if inspect.isfunction(fn) and not name.startswith("_") and name not in ("stage", "close"):
+            setattr(cls, name, _named_damage(fn))
+    return cls
+
+
+@_reports_damage
 class SyncState:
     """The local record of what is online, per view (a DuckDB file, one table per view)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, verify: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         try:
             self.con = duckdb.connect(str(path))
-        except duckdb.IOException as exc:
-            raise WarehouseError(f"sync state {path} is in use by another process ({exc}); is another "
-                                 "`featuremart sync` running against this project?") from None
-        self.con.execute(_VIEWS_DDL)
-        self.con.execute(_VIEWS_MIGRATE)
+        except duckdb.Error as exc:
+            if "lock" in str(exc).lower():
+                raise WarehouseError(f"sync state {path} is in use by another process ({exc}); is another "
+                                     "`featuremart sync` running against this project?") from None
+            raise unreadable(path, exc) from None
+        try:
+            self.con.execute(_VIEWS_DDL)
+            for statement in _VIEWS_MIGRATE:
+                self.con.execute(statement)
+            self.con.execute(_STORE_DDL)
+            self.con.execute("select * from fm_views").fetchall()
+            # With `verify`, read every block (DuckDB checks each one's checksum): about 0.15 s per million
+            # entities, too much for every incremental sync, where damage found later is reported the same way.
+            tables = self.con.execute("select table_name from duckdb_tables() where not temporary").fetchall()
+            for (table,) in tables if verify else ():
+                self.con.execute(f"select max(hash(t)) from {_q(table)} t").fetchall()
+        except duckdb.Error as exc:
+            self.con.close()
+            raise unreadable(path, exc) from None
+
+    @classmethod
+    def open(cls, path: Path, *, rebuild: bool = False) -> tuple[SyncState, str]:
+        """Open the state; with `rebuild`, every block is read, and an unreadable file is moved aside and a new
+        one started. Returns the state and a note saying what was done ('' if nothing)."""
+        try:
+            return cls(path, verify=rebuild), ""
+        except StateError as exc:
+            if not rebuild:
+                raise
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+            os.replace(path, aside)
+            wal = path.with_name(path.name + ".wal")
+            if wal.exists():
+                os.replace(wal, aside.with_name(aside.name + ".wal"))
+            return cls(path), (f"the sync state was unreadable ({exc.detail}); moved it to {aside} and rebuilt "
+                               "it from the online store")
 
     def close(self) -> None:
         self.con.close()
 
     def synced(self, view: str) -> Synced | None:
         """The view's last completed sync, or None."""
-        rows = self.con.execute("select version, store_id, watermark from fm_views where view = ?", [view]).fetchall()
+        rows = self.con.execute("select version, store_id, watermark, generation, ttl_ms from fm_views "
+                                "where view = ?", [view]).fetchall()
         return Synced(*rows[0]) if rows else None
+
+    def trusted(self, view: str, store_id: str, generation: str) -> bool:
+        """Whether the view's state describes the store: recorded for this store at its current generation (a
+        view never synced: when the state as a whole describes the store, so no key of it can be online)."""
+        if not generation:
+            return False
+        synced = self.synced(view)
+        if synced is not None:
+            return (synced.store_id, synced.generation) == (store_id, generation)
+        return self.con.execute("select count(*) from fm_store where store_id = ? and generation = ?",
+                                [store_id, generation]).fetchall()[0][0] == 1
+
+    def mark(self, view: str, run_id: str) -> None:
+        """Before writing a view: record that its state no longer describes the store until `run_id` completes."""
+        self.con.execute(
+            "insert into fm_views (view, version, store_id, synced_at, entities, generation) "
+            "values (?, '', '', now()::timestamp, 0, ?) on conflict (view) do update set generation = ?",
+            [view, run_id, run_id])
+
+    def seal(self, store_id: str, old: str, new: str, *, whole: bool) -> None:
+        """After a sync completed and moved the store's generation from `old` to `new`: rows that described the
+        store at `old` (untouched views) or were written by this run describe it at `new`. `whole`: the state
+        as a whole describes the store (it did before, or this run swept every key no published view serves)."""
+        self.con.execute("update fm_views set generation = ? where store_id = ? and generation in (?, ?)",
+                         [new, store_id, old, new])
+        described = self.con.execute("select count(*) from fm_store where store_id = ? and generation = ?",
+                                     [store_id, old]).fetchall()[0][0] == 1
+        self.con.execute("delete from fm_store")
+        if whole or described:
+            self.con.execute("insert into fm_store values (?, ?)", [store_id, new])
+
+    def stage_scan(self, rows: Iterator[tuple[list[str], list[str], list[str]]]) -> int:
+        """Load what a SCAN of the store found: batches of (keys, views, versions). Returns the key count."""
+        self.con.execute("create or replace temp table fm_scan (key varchar, view varchar, version varchar)")
+        for key_list, views, versions in rows:
+            batch = pa.table({"key": key_list, "view": views, "version": versions})
+            self.con.register("__fm_scan", batch)
+            try:
+                self.con.execute("insert into fm_scan select * from __fm_scan")
+            finally:
+                self.con.unregister("__fm_scan")
+        return self._scalar("select count(distinct key) from fm_scan")
+
+    def adopt(self, view: str, version: str) -> None:
+        """Replace a view's state with the keys of `version` the SCAN found (values unknown: all rewritten)."""
+        state = self._ensure_state(view)
+        self.con.execute(f"delete from {state}")
+        self.con.execute(f"insert into {state} select distinct key, null, null from fm_scan "
+                         "where view = ? and version = ?", [view, version])
+
+    def unserved(self, served: dict[str, str], batch_rows: int = 50_000) -> Iterator[list[str]]:
+        """Keys the SCAN found whose (view, version) is not in `served`: nothing reads them."""
+        self.con.execute("create or replace temp table fm_served (view varchar, version varchar)")
+        if served:
+            self.con.executemany("insert into fm_served values (?, ?)", list(served.items()))
+        reader = self.con.sql("select distinct key from fm_scan s anti join fm_served v "
+                              "on s.view = v.view and s.version = v.version").to_arrow_reader(batch_rows)
+        for batch in batches(reader):
+            yield batch.column(0).to_pylist()
 
     def stage(self, view: str, payload: pa.RecordBatchReader) -> int:
         """Load the warehouse's latest (key, value, ts_us) rows of a view next to its state; returns the row count."""
@@ -106,34 +257,44 @@ class SyncState:
         self.con.execute(f"create table if not exists {table} (key varchar, h ubigint, ts_us bigint)")
         return table
 
-    def diff(self, view: str, version: str, store_id: str, full_refresh: bool, *,
-             partial_expired_before_us: int | None = None) -> Diff:
-        """Compare the staged rows with the view's state. A new version or another store means a full rewrite.
+    def diff(self, view: str, version: str, *, rewrite: bool, expired_before_us: int, partial: bool = False,
+             version_change: bool = False) -> Diff:
+        """Compare the staged rows with the view's state: what to insert, update (every row with `rewrite`),
+        leave and delete. The warehouse is the truth: a latest row older than the one online is written too.
 
-        `partial_expired_before_us` marks an incremental sync: only some entities were staged, so nothing
-        counts as departed, and state older than that time (its key expired in Redis) counts as absent.
+        `partial` marks an incremental sync: only some entities were staged, so nothing counts as departed, and
+        state older than `expired_before_us` (its key expired in Redis) counts as absent. `version_change`: the
+        state holds the keys of the previous version, which all go once the registry switched.
         """
         state, new = self._ensure_state(view), _q("new__" + view)
-        synced = self.synced(view)
-        version_change = synced is not None and synced.version != version
-        rewrite = full_refresh or synced is None or version_change or synced.store_id != store_id
-        partial = partial_expired_before_us is not None
-        absent = f"s.key is null or s.ts_us < {int(partial_expired_before_us)}" if partial else "s.key is null"
+        expired = int(expired_before_us)
+        absent = f"s.key is null or s.ts_us < {expired}" if partial else "s.key is null"
         self.con.execute(f"""
             create or replace temp table {_q('plan__' + view)} as
             select n.key, n.value, n.ts_us,
                    case when {absent} then 'insert'
                         when {'true' if rewrite else 'false'} then 'update'
                         when n.h = s.h then 'unchanged'
-                        when n.ts_us < s.ts_us then 'older'
                         else 'update' end as action
             from {new} n left join {state} s on s.key = n.key
         """)
         counts = dict(self.con.execute(
             f"select action, count(*) from {_q('plan__' + view)} group by action").fetchall())
-        deleted = 0 if partial else self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
+        live = f"(s.ts_us is null or s.ts_us >= {expired})"
+        if partial:  # nothing departs in an incremental sync: the guard has nothing to count
+            deleted = live_before = live_departed = 0
+        else:
+            live_before = self._scalar(f"select count(*) from {state} s where {live}")
+            deleted = self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
+            # An entity departs when its key under the current version is not staged (same key shape, so an
+            # old version's key maps to the new one by its suffix).
+            old_suffix = f":{view}:{self.synced(view).version}" if version_change else ""
+            entity_key = (f"left(s.key, length(s.key) - {len(old_suffix)}) || ?" if version_change else "s.key")
+            live_departed = self.con.execute(
+                f"select count(*) from {state} s where {live} and {entity_key} not in (select key from {new})",
+                [f":{view}:{version}"] if version_change else []).fetchall()[0][0]
         return Diff(view, counts.get("insert", 0), counts.get("update", 0), deleted, counts.get("unchanged", 0),
-                    counts.get("older", 0), version_change)
+                    version_change, live_before, live_departed)
 
     def upsert_commands(self, view: str, ttl_ms: int, batch_rows: int = 10_000) -> Iterator[tuple[memoryview, pa.Array]]:
         """The rows to write as ready-to-send Redis commands: (RESP bytes of `SET key value PXAT ms` for a batch,
@@ -165,7 +326,7 @@ class SyncState:
             yield batch.column(0).to_pylist()
 
     def commit(self, view: str, version: str, store_id: str, watermark: int | None = None,
-               partial: bool = False) -> None:
+               partial: bool = False, *, generation: str | None = None, ttl_ms: int | None = None) -> None:
         """Record the staged rows as what is online (keeping newer values that were not overwritten).
 
         `partial`: only some entities were staged (an incremental sync); the others keep their state."""
@@ -180,9 +341,9 @@ class SyncState:
             self.con.execute(f"insert into {state} select key, hash(value), ts_us from {plan} "
                              "where action in ('insert', 'update')")
             self.con.execute(
-                "insert or replace into fm_views (view, version, store_id, synced_at, entities, watermark) "
-                f"values (?, ?, ?, now()::timestamp, (select count(*) from {state}), ?)",
-                [view, version, store_id, watermark])
+                "insert or replace into fm_views (view, version, store_id, synced_at, entities, watermark, "
+                f"generation, ttl_ms) values (?, ?, ?, now()::timestamp, (select count(*) from {state}), ?, ?, ?)",
+                [view, version, store_id, watermark, generation, ttl_ms])
             self.con.execute("commit")
         except Exception:
             self.con.execute("rollback")
@@ -196,7 +357,7 @@ class SyncState:
 
     def keys(self, view: str, batch_rows: int = 50_000) -> Iterator[list[str]]:
         """Every key recorded for a view."""
-        for batch in batches(self.con.sql(f"select key from {_q('state__' + view)}").to_arrow_reader(batch_rows)):
+        for batch in batches(self.con.sql(f"select key from {self._ensure_state(view)}").to_arrow_reader(batch_rows)):
             yield batch.column(0).to_pylist()
 
     def drop(self, view: str) -> None:
@@ -204,3 +365,12 @@ class SyncState:
         self.con.execute("delete from fm_views where view = ?", [view])
         self.con.execute(f"drop table if exists {_q('state__' + view)}")
 
+
+
+def unreadable(path: Path, exc: Exception) -> StateError:
+    """The error for a state file DuckDB cannot read, saying how to recover."""
+    error = StateError(f"sync state {path} is unreadable, probably corrupt or truncated ({exc}). It is only a cache "
+                       "of what is online: run `featuremart sync --full-refresh` to move it aside and rebuild it "
+                       "from the online store.")
+    error.detail = str(exc)
+    return error

@@ -203,11 +203,13 @@ class FeatureStore:
 
     def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), selector: str | None = None,
              state: str | Path | None = None, full_refresh: bool = False, dry_run: bool = False,
-             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
+             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None,
+             allow_mass_delete: bool = False) -> SyncRun:
         """Publish the latest value per entity of the selected online views (see featuremart.sync).
 
         The selection is dbt's own (`select`, `exclude`, `selector`, `state` as for `dbt build`), narrowed to
-        online feature views; one that keeps none raises SelectionError."""
+        online feature views; one that keeps none raises SelectionError. `allow_mass_delete`: publish views
+        even where they delete more than their `max_delete_fraction`."""
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
         registry = self.registry
@@ -215,7 +217,9 @@ class FeatureStore:
         views = self.select(select, exclude, selector, state, online_only=True)
         with self.warehouse() as wh:
             gate = BuildGate.load(self.project, manifest, wh)
-            return Syncer(registry, manifest, gate, wh, self.online, self.state_dir).run(
+            return Syncer(registry, manifest, gate, wh, self.online, self.state_dir,
+                          allow_mass_delete=allow_mass_delete,
+                          max_delete_fraction=self.config.default_max_delete_fraction).run(
                 views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
 
     def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,

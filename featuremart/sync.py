@@ -3,9 +3,12 @@
 Boring on purpose: gated on the latest `dbt build`, incremental (a diff against the last sync's state), safe to
 rerun and to interrupt, one at a time. The order of a run:
 
-1. take the lock; 2. per view: stage the warehouse's latest values, diff, write inserts and updates, delete
-entities that left, record the state; 3. publish the registry snapshot (the switch to new view versions);
-4. delete the keys of versions no longer served; 5. record the run.
+1. take the lock, read the store's identity (store_id, generation, server run_id); 2. per view: stage the
+warehouse's latest values, diff against the state where it is trusted (else against a SCAN of the store),
+withhold a view that would delete too much, write inserts and updates, delete entities that left, record the
+state; 3. publish the registry snapshot (the switch to new view versions) if the store is still the one
+written to and the snapshot loads; 4. delete the keys of versions no longer served; 5. seal: move the store's
+and the state's generation together; 6. record the run.
 """
 
 from __future__ import annotations
@@ -23,32 +26,35 @@ from typing import Callable, Iterator, Protocol
 import pyarrow as pa
 
 from featuremart import sql
-from featuremart.errors import FeaturemartError
+from featuremart.errors import FeaturemartError, OnlineStoreError, StoreChangedError
 from featuremart.manifest import Manifest
 from featuremart.online import keys
-from featuremart.online.store import OnlineStore
-from featuremart.registry import FeatureView, Registry
+from featuremart.online.store import Fence, OnlineStore, StoreLock
+from featuremart.registry import FeatureView, Registry, merge_snapshot
 from featuremart.state import SyncState
 from featuremart.warehouse import Warehouse
 
 #: A crashed sync blocks the next for at most this long; a running one renews its lock every third of it.
 LOCK_TTL_SECONDS = 30
 RUNS_KEPT = 100
+#: A sync withholds a view that would delete more than this share of its live entities (features.yml
+#: `defaults.max_delete_fraction`, a model's `max_delete_fraction`, or `--allow-mass-delete` override it).
+MAX_DELETE_FRACTION = 0.5
 
 
 @dataclass
 class ViewResult:
     view: str
-    status: str  # "synced" | "withheld" (by the build gate) | "skipped" (online: false) | "dry-run" | "removed"
+    status: str  # "synced" | "withheld" (build gate, mass-delete guard) | "skipped" (online: false) | "dry-run" | "removed"
     reason: str = ""
     version: str = ""
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
     unchanged: int = 0
-    skipped_older: int = 0
     version_switch: bool = False  # a new schema version: its old keys go after the registry switch
     incremental: bool = False  # only entities with rows changed since the last sync were read (changed_at)
+    rebuilt: bool = False  # its state did not describe the store: rebuilt from a SCAN, every value rewritten
     seconds: float = 0.0
 
 
@@ -66,6 +72,7 @@ class SyncRun:
     error: str = ""
     seconds: float = 0.0
     views: list[ViewResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the run did beyond the views (a state rebuilt, a sweep)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,17 +93,28 @@ class Gate(Protocol):
 
 
 class Syncer:
-    """One sync of a project's registry from a warehouse to an online store."""
+    """One sync of a project's registry from a warehouse to an online store.
+
+    The online store mirrors the warehouse: after a run that ends `success`, every view it published holds
+    exactly what a full refresh into an empty store would (same keys, values and expiry; nothing else). Where
+    that cannot be guaranteed (the store restarted, was restored or failed over, the lock was lost), the run
+    fails before publishing, and the next run rebuilds what it cannot trust (docs/operations.md).
+    """
 
     def __init__(self, registry: Registry, manifest: Manifest, gate: Gate, warehouse: Warehouse,
                  store: OnlineStore, state_dir: Path, now: datetime | None = None,
-                 lock_ttl: float = LOCK_TTL_SECONDS):
+                 lock_ttl: float = LOCK_TTL_SECONDS, *, allow_mass_delete: bool = False,
+                 max_delete_fraction: float = MAX_DELETE_FRACTION):
         self.registry, self.manifest, self.gate = registry, manifest, gate
         self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
         self.prefix = store.prefix
         self.lock_ttl = lock_ttl
+        self.allow_mass_delete, self.max_delete_fraction = allow_mass_delete, max_delete_fraction
         self._watermarks: dict[str, int | None] = {}
+        self._token = uuid.uuid4().hex  # this run's generation, the store's once the run completed
+        self._scanned = self._published = False
+        self._fence: Fence | None = None  # what identified the store when the run began
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -108,13 +126,18 @@ class Syncer:
         self.incremental = incremental
         try:
             if dry_run:
-                self._run_views(run, views, full_refresh, dry_run, progress)
+                self._run_views(run, views, full_refresh, dry_run, progress, None)
             else:
                 with self.store.lock("sync", self.lock_ttl) as lock, _KeepAlive(lock, self.lock_ttl / 3) as alive:
                     self._alive = alive
-                    self._run_views(run, views, full_refresh, dry_run, progress)
+                    self._run_views(run, views, full_refresh, dry_run, progress, lock)
         except FeaturemartError as exc:
+            exc = self._diagnosed(exc)
             run.status, run.error = "failed", str(exc)
+            if isinstance(exc, StoreChangedError):
+                run.error += (" The registry was switched before the change was noticed" if self._published else
+                              " Nothing was published: readers keep the previous registry") + (
+                              "; the next sync rebuilds every view it cannot trust.")
         finally:
             run.seconds = round(time.perf_counter() - started, 3)
             run.finished_at = _iso(datetime.now(timezone.utc))
@@ -123,11 +146,16 @@ class Syncer:
         return run
 
     def _run_views(self, run: SyncRun, views: list[FeatureView], full_refresh: bool, dry_run: bool,
-                   progress: Callable[[str, str, int, int], None]) -> None:
-        store_id = self._store_id(create=not dry_run)
-        state = SyncState(self.state_dir / "sync_state.duckdb")
+                   progress: Callable[[str, str, int, int], None], lock: StoreLock | None) -> None:
+        state, note = SyncState.open(self.state_dir / "sync_state.duckdb", rebuild=full_refresh and not dry_run)
+        if note:
+            run.notes.append(note)
         try:
+            self._begin(lock, create=not dry_run)
+            if full_refresh and not dry_run:  # whatever the state says, every key nothing serves goes
+                self._scan(state)
             published: dict[str, FeatureView] = {}
+            withheld: dict[str, str] = {}
             retired: list[str] = []  # views whose old version's keys go after the registry switch
             for view in views:
                 if not view.online:
@@ -136,36 +164,81 @@ class Syncer:
                 reason = self.gate.withheld_reason(view)
                 if reason:
                     run.views.append(ViewResult(view.name, "withheld", reason, view.version))
+                    withheld[view.name] = reason
                     continue
-                result = self._sync_view(view, state, store_id, full_refresh, dry_run, progress)
+                result = self._sync_view(view, state, full_refresh, dry_run, progress)
                 run.views.append(result)
+                if result.status == "withheld":
+                    withheld[view.name] = result.reason
+                    continue
                 published[view.name] = view
                 if result.version_switch:
                     retired.append(view.name)
             if dry_run:
                 run.status = "dry-run"
                 return
-            self._publish(published)
+            snapshot = self._publish(published, withheld)
             for name in retired:
                 self._delete(state.departed(name))
                 view = published[name]
-                state.commit(name, view.version, store_id, self._watermarks.get(name))
+                state.commit(name, view.version, self.store_id, self._watermarks.get(name), generation=self._token,
+                             ttl_ms=_ttl_ms(view))
             for name in state.views():  # views dropped or renamed in the project: remove what they left online
                 if name not in self.registry.views:
                     run.views.append(self._remove(state, name))
+            if self._scanned:  # the state did not describe the store: delete every key nothing serves
+                swept = self._delete(state.unserved({n: v["version"] for n, v in snapshot["views"].items()}))
+                if swept:
+                    run.notes.append(f"deleted {swept} keys no published view serves (of views or versions no "
+                                     "longer published, or left where the state did not describe the store)")
+            # The seal: the store's generation and the state's move together, only if nothing changed meanwhile.
+            self.store.fenced(self._fence, {keys.generation_key(self.prefix): json.dumps(self._token)})
+            state.seal(self.store_id, self.generation, self._token,
+                       whole=self._scanned and set(snapshot["views"]) <= set(published))
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
             state.close()
 
-    def _sync_view(self, view: FeatureView, state: SyncState, store_id: str, full_refresh: bool, dry_run: bool,
+    def _diagnosed(self, exc: FeaturemartError) -> FeaturemartError:
+        """A store error (a lost lock, a failed write) caused by the store changing under the run is reported as
+        that change, which says more (e.g. a restart, rather than a lock that seemed to expire)."""
+        fence = self._fence
+        if fence is None or not fence.lock_value or not isinstance(exc, OnlineStoreError) or isinstance(
+                exc, StoreChangedError):
+            return exc
+        try:
+            self.store.fenced(fence)
+        except StoreChangedError as changed:
+            return StoreChangedError(f"{changed} ({exc})")
+        except FeaturemartError:
+            pass  # the store is still unreachable: the original error says so
+        return exc
+
+    def _begin(self, lock: StoreLock | None, create: bool) -> None:
+        """Read what identifies the store's contents now: its store_id (created if absent), generation, server."""
+        self.store_id = self._store_id(create)
+        self.generation = self.store.get_json(keys.generation_key(self.prefix)) or ""
+        self._fence = Fence(keys.store_id_key(self.prefix), json.dumps(self.store_id),
+                            keys.generation_key(self.prefix), json.dumps(self.generation) if self.generation else "",
+                            lock.key if lock else "", lock.value if lock else "", self.store.server_id())
+
+    def _sync_view(self, view: FeatureView, state: SyncState, full_refresh: bool, dry_run: bool,
                    progress: Callable[[str, str, int, int], None]) -> ViewResult:
         started = time.perf_counter()
         dialect = self.warehouse.dialect
-        # Incremental: a view with a changed_at column, synced before under the same version and store, reads
-        # only the entities with rows changed since; anything else (or --full-refresh) diffs every entity.
+        ttl_ms = _ttl_ms(view)
+        if ttl_ms <= 0:
+            return ViewResult(view.name, "withheld", "its ttl is 0: every value would expire as it is written; set "
+                              "a positive ttl in the model's featuremart meta", view.version)
+        # Trusted state: diff against it. Otherwise (or --full-refresh) rebuild it from a SCAN of the store.
         synced = state.synced(view.name)
-        since = (synced.watermark if self.incremental and view.changed_at and synced and not full_refresh
-                 and synced.version == view.version and synced.store_id == store_id else None)
+        trusted = not full_refresh and state.trusted(view.name, self.store_id, self.generation)
+        version_change = trusted and synced is not None and synced.version != view.version
+        rewrite = not trusted or (synced is not None and synced.ttl_ms != ttl_ms)  # a new ttl: a new expiry
+        # Incremental: a view with a changed_at column whose trusted state is of the same version and ttl reads
+        # only the entities with rows changed since; anything else diffs every entity.
+        since = (synced.watermark if self.incremental and view.changed_at and synced and trusted and not rewrite
+                 and not version_change else None)
         watermark = None
         if view.changed_at:  # read before the rows, so rows changed meanwhile are read again next time
             table = self.warehouse.query(sql.render(sql.max_changed_us(view, dialect), dialect))
@@ -175,27 +248,63 @@ class Syncer:
         progress(view.name, "staging", 0, 0)
         with closing(self.warehouse.stream(query)) as stream:
             state.stage(view.name, pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in stream)))
-        expired_before = sql.to_us(self.now) - int(view.ttl.total_seconds() * 1_000_000)
-        diff = state.diff(view.name, view.version, store_id, full_refresh,
-                          partial_expired_before_us=expired_before if since is not None else None)
+        if not trusted:
+            self._scan(state)
+            state.adopt(view.name, view.version)
+        diff = state.diff(view.name, view.version, rewrite=rewrite, version_change=version_change,
+                          expired_before_us=sql.to_us(self.now) - ttl_ms * 1000, partial=since is not None)
         result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
                             inserted=diff.inserted, updated=diff.updated, deleted=diff.deleted,
-                            unchanged=diff.unchanged, skipped_older=diff.skipped_older,
-                            incremental=since is not None)
+                            unchanged=diff.unchanged, incremental=since is not None, rebuilt=not trusted)
         self._watermarks[view.name] = watermark
-        if dry_run:
+        fraction = self.max_delete_fraction if view.max_delete_fraction is None else view.max_delete_fraction
+        if not self.allow_mass_delete and diff.live_departed > fraction * diff.live_before:
+            result.status = "withheld"
+            result.reason = (f"would delete {diff.live_departed} of its {diff.live_before} entities online "
+                             f"({diff.live_departed / diff.live_before:.0%}), more than max_delete_fraction "
+                             f"{fraction:g}; its previous values stay. If the warehouse is right, rerun with "
+                             "--allow-mass-delete (or set max_delete_fraction in the model's featuremart meta)")
+        if dry_run or result.status == "withheld":
             result.seconds = round(time.perf_counter() - started, 3)
             return result
+        state.mark(view.name, self._token)  # from here until the seal, the view's state is not trusted
         progress(view.name, "writing", 0, diff.writes)
-        with closing(state.upsert_commands(view.name, int(view.ttl.total_seconds() * 1000))) as commands:
-            self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress))
+        with closing(state.upsert_commands(view.name, ttl_ms)) as commands:
+            self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress),
+                                     server=self._fence.server)
         result.version_switch = diff.version_change
         if not diff.version_change:  # else the old keys are still served until the registry switches
             if since is None:  # an incremental sync saw only changed entities: none can be known to have left
                 self._delete(state.departed(view.name))
-            state.commit(view.name, view.version, store_id, watermark, partial=since is not None)
+            state.commit(view.name, view.version, self.store_id, watermark, partial=since is not None,
+                         generation=self._token, ttl_ms=ttl_ms)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
+
+    def _scan(self, state: SyncState) -> None:
+        """Once per run, where some state is not trusted: every featuremart value key in the store, by SCAN."""
+        if self._scanned:
+            return
+
+        def found() -> Iterator[tuple[list[str], list[str], list[str]]]:
+            batch: tuple[list[str], list[str], list[str]] = ([], [], [])
+            for raw in self.store.scan(keys.row_key_pattern(self.prefix), count=10_000):
+                try:
+                    key = raw.decode()
+                except UnicodeDecodeError:  # featuremart writes UTF-8 keys only: not one of ours
+                    continue
+                parsed = keys.parse_row_key(self.prefix, key)
+                if parsed:
+                    for column, item in zip(batch, (key, *parsed)):
+                        column.append(item)
+                if len(batch[0]) >= 50_000:
+                    yield batch
+                    batch = ([], [], [])
+            if batch[0]:
+                yield batch
+
+        state.stage_scan(found())
+        self._scanned = True
 
     def _remove(self, state: SyncState, name: str) -> ViewResult:
         started = time.perf_counter()
@@ -220,24 +329,27 @@ class Syncer:
 
     def _store_id(self, create: bool) -> str:
         """The identity of the online store's contents: a flushed or new Redis gets a new one (full rewrite)."""
-        key = f"{self.prefix}:store_id"
+        key = keys.store_id_key(self.prefix)
         current = self.store.get_json(key)
         if current is None and create:
             self.store.set_json_nx(key, uuid.uuid4().hex)
             current = self.store.get_json(key)
         return current or "none"
 
-    def _publish(self, published: dict[str, FeatureView]) -> None:
-        """Switch readers to the views just synced; views skipped this time keep their last published entry."""
-        previous = self.store.get_json(keys.registry_key(self.prefix)) or {}
-        snapshot = self.registry.to_snapshot()
-        views = dict(previous.get("views") or {})
-        views.update({name: snapshot["views"][name] for name in published})
-        snapshot["views"] = {name: views[name] for name in sorted(views) if name in self.registry.views}
-        snapshot["services"] = {name: s for name, s in snapshot["services"].items()
-                                if all(ref.split(".", 1)[0] in snapshot["views"] for ref in s["features"])}
+    def _publish(self, published: dict[str, FeatureView], withheld: dict[str, str]) -> dict:
+        """Switch readers to the views just synced (views withheld keep their last published entry), only if the
+        snapshot loads and the store is still the one written to. Returns the snapshot published."""
+        previous = self.store.get_json(keys.registry_key(self.prefix))
+        snapshot = merge_snapshot(self.registry, previous, published, withheld)
         snapshot["published_at"] = _iso(datetime.now(timezone.utc))
-        self.store.publish_registry(keys.registry_key(self.prefix), snapshot)
+        try:
+            Registry.from_snapshot(snapshot)
+        except (FeaturemartError, KeyError, TypeError, ValueError) as exc:  # a bug, never a reader's problem
+            raise FeaturemartError(f"the registry snapshot this sync would publish does not load ({exc}); nothing "
+                                   "was published and readers keep the previous one. Please report this.") from None
+        self.store.publish_registry(keys.registry_key(self.prefix), snapshot, fence=self._fence)
+        self._published = True
+        return snapshot
 
     def _record(self, run: SyncRun) -> None:
         record = json.dumps(run.to_json())
@@ -287,6 +399,10 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     if batch.schema.equals(schema):
         return batch
     return pa.RecordBatch.from_arrays([batch.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
+
+
+def _ttl_ms(view: FeatureView) -> int:
+    return int(view.ttl.total_seconds() * 1000)
 
 
 def _iso(moment: datetime) -> str:

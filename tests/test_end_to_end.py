@@ -146,6 +146,88 @@ def test_failed_tests_gate_the_sync(env, redis_url):
     assert views["merchant_risk"]["status"] == "withheld"
     assert "feature_keys_unique" in views["merchant_risk"]["reason"] and "fail" in views["merchant_risk"]["reason"]
     assert views["customer_spend"]["status"] == "synced" and record["status"] == "withheld" and code == 2
+    # What readers see afterwards: the published views read as present, the withheld one is not served, and
+    # the service that needs it says why, alone.
+    customer, merchant = a_pair(env)
+    code, out = run_cli("get", "--features", "customer_spend.spend_7d", f"customer_id={customer}", "--json")
+    assert code == 0 and json.loads(out)["spend_7d"]["status"] == "present", out
+    code, out = run_cli("get", "--service", "recommender", f"customer_id={customer}", "--json")
+    assert code == 0 and all(v["status"] == "present" for v in json.loads(out).values()), out
+    code, out = run_cli("get", "--service", "fraud_model", f"customer_id={customer}", f"merchant_id={merchant}")
+    assert code == 1 and "fraud_model' is not available online: view merchant_risk was withheld" in out, out
+    assert redis.Redis.from_url(redis_url).keys("fm:{merchant_id=*}:merchant_risk:*") == []
+
+
+def test_a_failing_test_on_a_changed_view_breaks_no_reader(env, redis_url):
+    """The view gains a feature that a service lists, and a test on it fails: the view is withheld with its
+    previous values, the service keeps its previous definition, and every reader (Python, CLI, HTTP) reads
+    everything as before."""
+    import warnings
+
+    from featuremart.server import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    assert run_cli("sync")[0] == 0
+    customer, merchant = a_pair(env)
+    entity = {"customer_id": customer, "merchant_id": merchant}
+    with FeatureStore.from_url(redis_url) as fs:
+        [before] = fs.get_online_features([entity], service="fraud_model")
+    sql = env / "models" / "features" / "customer_spend.sql"
+    text = sql.read_text().replace(
+        "        cast(rolling_activity.spend_7d as double precision) as spend_7d,\n",
+        "        cast(rolling_activity.spend_7d as double precision) as spend_7d,\n"
+        "        cast(2 * rolling_activity.spend_7d as double precision) as spend_7d_doubled,\n")
+    sql.write_text(text.replace("select * from final", "select * from final union all select * from final "
+                                "where customer_id = (select min(customer_id) from final)"))
+    exposures = env / "models" / "exposures.yml"
+    exposures.write_text(exposures.read_text().replace(
+        "            - customer_spend.spend_7d\n", "            - customer_spend.spend_7d\n"
+        "            - customer_spend.spend_7d_doubled\n"))
+    assert dbt(env, "build", check=False).returncode != 0  # feature_keys_unique fails on customer_spend
+    code, out = run_cli("sync", "--json")
+    record = json.loads(out)
+    assert record["status"] == "withheld" and code == 2
+    assert {v["view"]: v["status"] for v in record["views"]}["customer_spend"] == "withheld"
+    with FeatureStore.from_url(redis_url) as fs:
+        [after] = fs.get_online_features([entity], service="fraud_model")
+        assert after == before  # the previous definition, the previous values
+        assert fs.get_online_features([{"customer_id": customer}], service="recommender")
+        with TestClient(create_app(fs.reader)) as client:
+            resp = client.post("/features", json={"service": "fraud_model", "entities": [entity]})
+            assert resp.status_code == 200, resp.text
+            assert "spend_7d_doubled" not in resp.json()["features"]
+            assert client.get("/readyz").status_code == 200
+    code, out = run_cli("get", "--service", "fraud_model", f"customer_id={customer}", f"merchant_id={merchant}")
+    assert code == 0 and "present" in out and "spend_7d_doubled" not in out, out
+
+
+def test_mass_delete_guard_from_features_yml_and_the_cli(env, redis_url):
+    """defaults.max_delete_fraction in features.yml withholds a view that lost too many entities; the
+    `--allow-mass-delete` option lets the run through once the user checked the warehouse is right."""
+    assert run_cli("sync")[0] == 0
+    features = env / "features.yml"
+    features.write_text(features.read_text().replace("defaults:\n", "defaults:\n  max_delete_fraction: 0.01\n"))
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"))
+    lost = con.execute("delete from main.merchant_risk where merchant_id in (select distinct merchant_id from "
+                       "main.merchant_risk order by merchant_id limit 10)").fetchall()
+    con.close()
+    assert lost
+    client = redis.Redis.from_url(redis_url)
+    before = len(client.keys("fm:{merchant_id=*}:merchant_risk:*"))
+    code, out = run_cli("sync", "--json")
+    record = json.loads(out)
+    views = {v["view"]: v for v in record["views"]}
+    assert record["status"] == "withheld" and views["merchant_risk"]["status"] == "withheld", out
+    assert code == 2
+    assert "would delete 10 of its" in views["merchant_risk"]["reason"] and "max_delete_fraction 0.01" in out
+    assert len(client.keys("fm:{merchant_id=*}:merchant_risk:*")) == before
+    code, out = run_cli("sync", "--allow-mass-delete", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["status"] == "success", out
+    assert len(client.keys("fm:{merchant_id=*}:merchant_risk:*")) == before - 10
 
 
 def test_unknown_manifest_schema(env):

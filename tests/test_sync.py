@@ -1,5 +1,6 @@
 """Sync correctness on a real DuckDB file and a real redis-server: incremental diffs against a brute-force
-expected state, never older over newer, schema switches readers never see half-done, locks and faults."""
+expected state, corrections to older rows, schema switches readers never see half-done, locks and faults, the
+mass-delete guard, unreadable state files, and snapshots every reader can load."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -65,14 +67,15 @@ class Harness:
         con.execute(query, params or [])
         con.close()
 
-    def sync(self, **kw):
+    def sync(self, build_status: str = "success", **kw):
         manifest = Manifest(self.db, 12, "1.11", "", "duckdb", "checksum", {}, (), {}, {})
-        built = {self.view.model_id: NodeResult(self.view.model_id, "success", None, utcnow())}  # no tests attached
+        built = {self.view.model_id: NodeResult(self.view.model_id, build_status, None, utcnow())}  # no tests attached
         gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
         lock_ttl = kw.pop("lock_ttl", 30)
+        guard = {k: kw.pop(k) for k in ("allow_mass_delete", "max_delete_fraction", "now") if k in kw}
         with DuckDBWarehouse(self.db) as wh:
             return Syncer(self.registry, manifest, gate, wh, self.store, self.root / "state",
-                          lock_ttl=lock_ttl).run([self.view], **kw)
+                          lock_ttl=lock_ttl, **guard).run([self.view], **kw)
 
     def online(self) -> dict[str, list]:
         keys = sorted(k.decode() for k in self.store.scan("fm:{*}:feats:*"))
@@ -100,8 +103,14 @@ def harness(tmp_path, redis_url):
     h.store.close()
 
 
+def retract_latest(h: Harness, cid: str) -> None:
+    """A correction: the entity's latest row was wrong and is deleted, so its latest row is now an older one."""
+    h.sql("delete from feats where customer_id = ? and ts = (select max(ts) from feats where customer_id = ?)",
+          [cid, cid])
+
+
 operations = st.lists(st.tuples(
-    st.sampled_from(["upsert", "upsert", "stale", "delete"]),
+    st.sampled_from(["upsert", "upsert", "stale", "delete", "retract"]),
     st.integers(0, 7),  # entity
     st.sampled_from(range(len(FRESH_AGES))),
     st.integers(-8, 8),  # value
@@ -121,13 +130,15 @@ def test_incremental_sync_converges_to_the_brute_force_state(redis_server, steps
                 cid = f"C{entity}"
                 if op == "delete":
                     h.sql("delete from feats where customer_id = ?", [cid])
+                elif op == "retract":
+                    retract_latest(h, cid)
                 else:
                     ages = FRESH_AGES if op == "upsert" else STALE_AGES
                     ts = h.t0 - ages[age % len(ages)]
                     h.sql("delete from feats where customer_id = ? and ts = ?", [cid, ts])
                     h.sql("insert into feats (customer_id, ts, a, b) values (?, ?, ?, ?)", [cid, ts, value, value / 4])
             before = h.online()
-            run = h.sync()
+            run = h.sync(allow_mass_delete=True)  # the guard has its own tests
             assert run.status == "success", run
             expected = h.expected()
             assert h.online() == expected
@@ -162,15 +173,20 @@ def test_full_refresh_rewrites_everything(harness):
     assert v.updated == 2 and harness.online() == harness.expected()
 
 
-def test_never_older_over_newer(harness):
+def test_a_correction_to_an_older_latest_row_is_published(harness):
+    """The warehouse is the truth: when an entity's latest row is removed, the older one it falls back to is
+    served, with its own expiry (a value the warehouse no longer has is never served as present)."""
     new, old = harness.t0 - timedelta(minutes=5), harness.t0 - timedelta(minutes=20)
     harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 2, 2.0), ('C1', ?, 1, 1.0)", [new, old])
     harness.sync()
     harness.sql("delete from feats where ts = ?", [new])  # the warehouse now says the latest row is older
     v = harness.sync().views[0]
-    assert v.skipped_older == 1 and v.updated == 0
-    [value] = harness.online().values()
-    assert value[1:] == [2, 2.0]
+    assert (v.status, v.updated) == ("synced", 1)
+    assert harness.online() == harness.expected()
+    [(key, value)] = harness.online().items()
+    assert value[1:] == [1, 1.0]
+    expire_at_ms = redis.Redis.from_url(harness.store.url).pexpiretime(key)
+    assert expire_at_ms == to_us(old) // 1000 + int(TTL.total_seconds() * 1000)
 
 
 def test_keys_expire_in_redis_at_event_time_plus_ttl(harness):
@@ -239,24 +255,55 @@ def test_schema_change_switches_atomically_for_readers(harness, redis_url):
     assert all(k.endswith(harness.view.version) for k in harness.online())  # old version's keys are gone
 
 
+def set_calls(client: redis.Redis) -> int:
+    return client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+
+
+def wait_for_writes(client: redis.Redis, more_than: int, timeout: float = 60) -> int:
+    """Block until the server has executed more than `more_than` SETs (writes of a running sync); returns them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            calls = set_calls(client)
+            if calls > more_than:
+                return calls
+        except redis.RedisError:
+            pass
+        time.sleep(0.002)
+    raise AssertionError("the sync never started writing")
+
+
 def test_redis_killed_mid_write_then_rerun_converges(tmp_path):
+    """Redis killed and restarted empty while the sync writes: the writer reconnects to a server that lost the
+    acknowledged writes, so the sync fails (it never reports a partial store as success); the rerun converges."""
     from tests.redis_server import RedisServer
 
     with RedisServer() as server:
         h = Harness(tmp_path, server.url)
         h.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(300000) t(i)", [h.t0])
-        killer = threading.Timer(0.3, server.kill)
-        killer.start()
+        client = server.client()
+        at_kill: list[int] = []
+
+        def restart_mid_write() -> None:
+            wait_for_writes(client, 20_000)
+            at_kill.append(client.dbsize())
+            server.kill()
+            server.restart()  # empty: no persistence
+
+        restarter = threading.Thread(target=restart_mid_write)
+        restarter.start()
         try:
             run = h.sync()
         finally:
-            killer.join()
-        assert run.status == "failed" and "failed" in run.error and "127.0.0.1" in run.error
-        h.store.close()
-        server.restart()
-        h.store = OnlineStore.connect(server.url, embedded_dir=tmp_path, prefix="fm")
-        assert h.sync().status == "success"
+            restarter.join()
+        [written] = at_kill
+        assert 20_000 <= written < 300_000, "Redis should have been restarted in the middle of the writes"
+        assert run.status == "failed" and "restarted" in run.error and "127.0.0.1" in run.error, run
+        assert client.get("fm:registry") is None  # nothing published on the new, incomplete server
+        rerun = h.sync()
+        assert rerun.status == "success" and rerun.views[0].inserted == 300_000
         assert h.online() == h.expected()
+        client.close()
         h.store.close()
 
 
@@ -282,26 +329,39 @@ def test_failed_write_keeps_previous_values_and_state(harness, redis_server):
 
 
 def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_server):
-    """A sync killed with SIGKILL leaves its lock to expire; the next run then converges."""
+    """A sync killed with SIGKILL while it rewrites a populated store: every entity stays served (old or new
+    value), its lock expires, and the next run converges."""
     import subprocess
     import sys
 
-    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(400000) t(i)", [harness.t0])
+    n = 100_000
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(?) t(i)",
+                [harness.t0 - timedelta(minutes=5), n])
+    assert harness.sync().status == "success"
+    before = harness.online()
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i + 1000000, i from range(?) t(i)",
+                [harness.t0, n])
+    after = harness.expected()
     script = ("import sys; from pathlib import Path; from tests.test_sync import Harness; "
               "h = Harness(Path(sys.argv[1]), sys.argv[2], create=False); h.sync(lock_ttl=2)")
+    client = redis_server.client()
+    calls = set_calls(client)
     proc = subprocess.Popen([sys.executable, "-c", script, str(harness.root), redis_server.url],
                             cwd=Path(__file__).resolve().parent.parent)
-    client = redis_server.client()
-    deadline = time.monotonic() + 60
-    while client.dbsize() < 1000 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    wait_for_writes(client, calls + 5_000)
     proc.kill()
     proc.wait()
-    assert 0 < client.dbsize() < 400_000, "the sync should have been killed mid-write"
+    rewritten = set_calls(client) - calls
+    assert 5_000 < rewritten < n, "the sync should have been killed mid-write"
     locked = harness.sync()
     assert locked.status == "failed" and "holds the lock" in locked.error
+    online = harness.online()
+    assert set(online) == set(before)  # nothing lost
+    assert all(online[k] in (before[k], after[k]) for k in online)
+    assert 0 < sum(online[k] == after[k] for k in online) < n  # some rewritten, some not yet
     time.sleep(2.5)
-    assert harness.sync().status == "success"
+    rerun = harness.sync()
+    assert rerun.status == "success" and rerun.views[0].rebuilt  # the killed run left the state untrusted
     assert harness.online() == harness.expected()
 
 
@@ -360,27 +420,39 @@ def test_sync_over_tls(tmp_path):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(st.lists(st.tuples(st.sampled_from(["upsert", "upsert", "stale"]), st.integers(0, 7),
+@given(steps=st.lists(st.lists(st.tuples(st.sampled_from(["upsert", "upsert", "stale", "correct"]), st.integers(0, 7),
                                          st.sampled_from(range(len(FRESH_AGES))), st.integers(-8, 8)),
                                min_size=1, max_size=6), min_size=2, max_size=4))
 def test_incremental_sync_with_changed_at_converges(redis_server, steps):
     """A view with a changed_at column: after the first sync, only changed entities are read, and the online
-    state still equals the brute-force one (rows are added and rewritten; deletions need --no-incremental)."""
+    state still equals the brute-force one (rows are added and rewritten, and corrected so that an entity's
+    latest row becomes older; deletions need --no-incremental)."""
     client = redis_server.client()
     client.flushall()
     root = Path(tempfile.mkdtemp())
     h = Harness(root, redis_server.url)
     h.set_features(("a", "b"), changed_at="changed_at")
+    corrections, watermarked = 0, False
     try:
         for n, ops in enumerate(steps):
             for op, entity, age, value in ops:
+                if op == "correct":  # the latest row's time was wrong: it moves back, older than every fresh row
+                    corrections += 1
+                    h.sql("update feats set ts = ?, a = a + 100, changed_at = now()::timestamp where customer_id = ? "
+                          "and ts = (select max(ts) from feats where customer_id = ?)",
+                          [h.t0 - timedelta(minutes=45, seconds=corrections), f"C{entity}", f"C{entity}"])
+                    continue
                 ages = FRESH_AGES if op == "upsert" else STALE_AGES
                 ts = h.t0 - ages[age % len(ages)]
                 h.sql("delete from feats where customer_id = ? and ts = ?", [f"C{entity}", ts])
                 h.sql("insert into feats values (?, ?, ?, ?, now()::timestamp)", [f"C{entity}", ts, value, value / 4])
+            con = duckdb.connect(str(h.db), read_only=True)
+            has_rows = con.execute("select count(*) from feats").fetchall()[0][0] > 0
+            con.close()
             run = h.sync()
             assert run.status == "success", run
-            assert run.views[0].incremental == (n > 0)
+            assert run.views[0].incremental == watermarked  # once a sync has seen a changed_at
+            watermarked = watermarked or has_rows
             assert h.online() == h.expected()
     finally:
         h.store.close()
@@ -401,3 +473,195 @@ def test_incremental_reads_only_changed_entities_and_a_full_diff_finds_deletes(h
     full = harness.sync(incremental=False).views[0]
     assert not full.incremental and (full.inserted, full.updated, full.deleted) == (0, 0, 1)
     assert harness.online() == harness.expected()
+
+
+# ---- the mass-delete guard ---------------------------------------------------------------------------------------
+
+def insert_entities(h: Harness, n: int, age: timedelta = timedelta(minutes=5)) -> None:
+    h.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(?) t(i)", [h.t0 - age, n])
+
+
+def test_a_view_rebuilt_empty_is_withheld_and_keeps_its_values(harness):
+    insert_entities(harness, 100)
+    assert harness.sync().status == "success"
+    before = harness.online()
+    harness.sql("delete from feats")  # e.g. an upstream table loaded empty: the model builds, its tests pass
+    run = harness.sync()
+    [v] = run.views
+    assert run.status == "withheld" and v.status == "withheld"
+    assert "would delete 100 of its 100 entities online (100%)" in v.reason and "--allow-mass-delete" in v.reason
+    assert harness.online() == before  # nothing written, nothing deleted
+    assert harness.sync(dry_run=True).views[0].status == "withheld"  # a dry run says so too
+    run = harness.sync(allow_mass_delete=True)
+    assert run.status == "success" and run.views[0].deleted == 100 and harness.online() == {}
+
+
+def test_mass_delete_threshold_defaults_to_half_and_is_configurable(harness):
+    insert_entities(harness, 100)
+    harness.sync()
+    harness.sql("delete from feats where a < 50")  # exactly half: allowed
+    assert harness.sync().views[0].deleted == 50
+    harness.sql("delete from feats where a < 60")  # 10 of 50: allowed by default, not with 0.1
+    assert harness.sync(max_delete_fraction=0.1).views[0].status == "withheld"
+    harness.view = replace(harness.view, max_delete_fraction=1.0)  # the model's meta turns the guard off
+    harness.registry.views[harness.view.name] = harness.view
+    harness.sql("delete from feats")
+    run = harness.sync(max_delete_fraction=0.1)
+    assert run.status == "success" and run.views[0].deleted == 50 and harness.online() == {}
+
+
+def test_entities_past_their_ttl_are_not_counted_as_a_mass_deletion(harness):
+    insert_entities(harness, 10)
+    harness.sync()
+    run = harness.sync(now=harness.t0 + 2 * TTL)  # by then every value expired: deleting them loses nothing
+    assert run.status == "success" and run.views[0].deleted == 10
+
+
+def test_a_zero_ttl_is_refused(harness):
+    insert_entities(harness, 10)
+    harness.sync()
+    before = harness.online()
+    harness.view = replace(harness.view, ttl=timedelta(0))
+    harness.registry.views[harness.view.name] = harness.view
+    run = harness.sync()
+    assert run.status == "withheld" and "ttl is 0" in run.views[0].reason
+    assert harness.online() == before
+
+
+# ---- the state: unreadable, lost, or not describing the store ------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+def test_an_unreadable_state_is_named_and_full_refresh_rebuilds_it(harness, damage):
+    import os
+
+    insert_entities(harness, 20)
+    harness.sync()
+    before = harness.online()
+    path = harness.root / "state" / "sync_state.duckdb"
+    data = path.read_bytes()
+    path.write_bytes(os.urandom(len(data)) if damage == "random bytes" else data[:len(data) // 3])
+    harness.sql("delete from feats where a < 5")
+    run = harness.sync()
+    assert run.status == "failed" and "in use" not in run.error
+    assert f"sync state {path} is unreadable" in run.error and "`featuremart sync --full-refresh`" in run.error
+    assert harness.online() == before
+    run = harness.sync(full_refresh=True)
+    assert run.status == "success", run
+    [note] = run.notes
+    aside = next(path.parent.glob("sync_state.duckdb.corrupt-*"))
+    assert f"moved it to {aside}" in note
+    assert harness.online() == harness.expected() and len(harness.online()) == 15  # the 5 deleted are gone
+    assert harness.sync().views[0].unchanged == 15  # and the rebuilt state is trusted
+
+
+def test_state_lost_while_entities_left_removes_the_orphans(harness):
+    """A new checkout (no state) after entities left the model: the keys they left are found by SCAN and
+    deleted; keys under the prefix that are not of featuremart's shapes, and other prefixes, are left alone."""
+    insert_entities(harness, 20)
+    harness.sync()
+    client = redis.Redis.from_url(harness.store.url)
+    foreign = {b"fm:{not a row key": b"1", b"fm:other": b"2", b"other:{customer_id=C1}:feats:0000abcd": b"3",
+               b"fm:{customer_id=C1}:feats:NOTHEX00": b"4"}
+    client.mset(foreign)
+    shutil.rmtree(harness.root / "state")
+    harness.sql("delete from feats where a < 5")
+    run = harness.sync()
+    assert run.status == "success" and run.views[0].rebuilt and run.views[0].deleted == 5
+    assert client.mget(list(foreign)) == list(foreign.values())
+    client.delete(*foreign)
+    assert harness.online() == harness.expected() and len(harness.online()) == 15
+
+
+def test_full_refresh_removes_keys_no_published_view_serves(harness):
+    insert_entities(harness, 3)
+    harness.sync()
+    client = redis.Redis.from_url(harness.store.url)
+    ghosts = [f"fm:{{customer_id=GHOST}}:feats:{harness.view.version}", "fm:{customer_id=C1}:feats:0123abcd",
+              "fm:{customer_id=C1}:dropped_view:89abcdef"]
+    for key in ghosts:  # e.g. left by a sync whose state was later lost
+        client.set(key, "[0]")
+    assert harness.sync().views[0].unchanged == 3  # a normal sync trusts its state
+    run = harness.sync(full_refresh=True)
+    assert run.status == "success" and any("deleted 2 keys no published view serves" in n for n in run.notes)
+    assert client.exists(*ghosts) == 0
+    assert harness.online() == harness.expected()
+
+
+def test_a_store_restored_from_an_older_snapshot_is_detected_and_repaired(tmp_path):
+    """Same store_id, older contents (an RDB restore, a lagging replica): the generation recorded in the state
+    does not match, so the view is rebuilt from a SCAN of the store and rewritten in full."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as server:
+        h = Harness(tmp_path, server.url)
+        insert_entities(h, 50)
+        assert h.sync().status == "success"
+        server.client().save()  # the snapshot a later restore goes back to
+        h.sql("update feats set a = a + 100")
+        h.sql("delete from feats where customer_id in ('C0', 'C1')")
+        insert_entities(h, 0)
+        h.sql("insert into feats (customer_id, ts, a, b) values ('NEW', ?, 1, 1)", [h.t0])
+        assert h.sync().status == "success" and h.online() == h.expected()
+        server.kill()
+        server.restart()  # loads the older snapshot
+        assert h.online() != h.expected()  # stale values, orphans and missing keys, served as present
+        run = h.sync()
+        assert run.status == "success" and run.views[0].rebuilt
+        assert h.online() == h.expected()
+        h.store.close()
+
+
+# ---- the published snapshot ---------------------------------------------------------------------------------------
+
+def test_a_withheld_view_never_breaks_reads(harness, redis_url):
+    """A view withheld by the build gate while the project added a feature to it and to a service: readers keep
+    loading the snapshot; the service keeps its previous definition, a new one naming the new feature is
+    unavailable on its own with the reason, and everything else reads as before."""
+    from featuremart.errors import UnavailableError
+    from featuremart.registry import FeatureService
+
+    def with_services(**services):
+        harness.registry = Registry(harness.registry.entities, {harness.view.name: harness.view},
+                                    {name: FeatureService(name, tuple(harness.view.feature(f) for f in feats))
+                                     for name, feats in services.items()})
+
+    insert_entities(harness, 10)
+    with_services(scoring=("a", "b"))
+    assert harness.sync().status == "success"
+    harness.sql("alter table feats add column c varchar default 'x'")
+    harness.set_features(("a", "b", "c"))
+    with_services(scoring=("a", "b", "c"), ranking=("c",))
+    run = harness.sync(build_status="error")
+    assert run.views[0].status == "withheld"
+    reader_store = OnlineStore.connect(redis_url, embedded_dir=harness.root, prefix="fm")
+    try:
+        reader = OnlineReader(reader_store)
+        [row] = reader.get([{"customer_id": "C3"}], service="scoring")
+        assert {k: (v.value, v.status) for k, v in row.items()} == {"a": (3, "present"), "b": (0.75, "present")}
+        [row] = reader.get([{"customer_id": "C3"}], features=["feats.*"])
+        assert set(row) == {"a", "b"}
+        with pytest.raises(UnavailableError, match="ranking.*not available online.*feats was withheld"):
+            reader.get([{"customer_id": "C3"}], service="ranking")
+    finally:
+        reader_store.close()
+    assert harness.sync().status == "success"  # once the view is published, so is every service
+    reader_store = OnlineStore.connect(redis_url, embedded_dir=harness.root, prefix="fm")
+    try:
+        [row] = OnlineReader(reader_store).get([{"customer_id": "C3"}], service="ranking")
+        assert row["c"].value == "x"
+    finally:
+        reader_store.close()
+
+
+def test_a_new_ttl_rewrites_every_expiry(harness):
+    """The ttl is not part of a view's version, but it is part of each key's expiry: a changed ttl rewrites
+    every key, so the expiry equals what a full refresh would write."""
+    insert_entities(harness, 5)
+    harness.sync()
+    harness.view = replace(harness.view, ttl=2 * TTL)
+    harness.registry.views[harness.view.name] = harness.view
+    v = harness.sync().views[0]
+    assert (v.status, v.updated, v.unchanged) == ("synced", 5, 0)
+    client = redis.Redis.from_url(harness.store.url)
+    ts_ms = to_us(harness.t0 - timedelta(minutes=5)) // 1000
+    assert {client.pexpiretime(k) for k in harness.online()} == {ts_ms + int(2 * TTL.total_seconds() * 1000)}

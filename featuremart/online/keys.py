@@ -62,3 +62,39 @@ def runs_key(prefix: str) -> str:
 def registry_id_key(prefix: str) -> str:
     """The id of the published registry snapshot, read with every batch of values to notice a new one."""
     return f"{prefix}:registry:id"
+
+
+def store_id_key(prefix: str) -> str:
+    """A random id of the store's contents: it disappears with them (flush, new server)."""
+    return f"{prefix}:store_id"
+
+
+def generation_key(prefix: str) -> str:
+    """The id of the last sync that completed on this store; its sync state records the same id."""
+    return f"{prefix}:generation"
+
+
+def row_key_pattern(prefix: str) -> str:
+    """The SCAN glob of every feature value key (`parse_row_key` then checks the whole shape)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":{*"
+
+
+_VERSION = re.compile(r"[0-9a-f]{8}")
+_VIEW = re.compile(r"[\w\-]+")
+
+
+def parse_row_key(prefix: str, key: str) -> tuple[str, str] | None:
+    """(view, version) of a feature value key `<prefix>:{...}:<view>:<version>`, or None for any other key.
+
+    Only keys of exactly this shape are ever deleted by a sweep; a colon may occur inside the entity part,
+    never in the view name or version, so the key is split from the right.
+    """
+    head, view, version = (key.rsplit(":", 2) + ["", ""])[:3] if key.count(":") >= 2 else ("", "", "")
+    if not (head.startswith(prefix + ":{") and head.endswith("}")) or len(head) <= len(prefix) + 3:
+        return None
+    tag = head[len(prefix) + 1:]
+    if "{" in tag[1:-1] or "}" in tag[1:-1] or "=" not in tag:
+        return None
+    if not _VIEW.fullmatch(view) or not _VERSION.fullmatch(version):
+        return None
+    return view, version

@@ -28,6 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from featuremart.errors import OnlineStoreError, SyncLockedError
+from featuremart.errors import OnlineStoreError, StoreChangedError, SyncLockedError
 
 try:  # redis[hiredis] is a dependency; the pure-Python fallback only keeps a broken install working.
     import hiredis
@@ -67,6 +68,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end
 """
+# KEYS: store_id, lock, generation, then keys to set; ARGV: their expected values, the server's run_id ('' = not
+# checked), then the values to set. Sets nothing and names the first thing that changed, or sets and says 'ok'.
+_FENCED = """
+if ARGV[4] ~= '' and string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') ~= ARGV[4] then return 'server' end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'store_id' end
+if (redis.call('GET', KEYS[3]) or '') ~= ARGV[3] then return 'generation' end
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 'lock' end
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1]) end
+return 'ok'
+"""
+_CHANGED = {
+    "server": "the Redis server restarted or failed over (its run_id changed)",
+    "store_id": "its store_id changed or vanished (flushed, or a new server)",
+    "generation": "its generation changed (restored from an older snapshot, a lagging replica, or another sync)",
+    "lock": "the sync lock was lost (expired, or the server restarted)",
+}
 
 
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<userinfo>.*)@", re.DOTALL)
@@ -97,6 +114,23 @@ def redacted_error(exc: BaseException, url: str) -> str:
     secret_args = [m.group(0).split("=", 1)[1] for m in _PASSWORD_ARG.finditer(url)]
     pieces = [p for s in (secret, *secret_args) for p in re.split(r"[/#?@:&]", s) if len(p) >= 2]
     return "it cannot be parsed as a Redis URL" if any(p in text for p in pieces) else text
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a sync saw of the store when it started; if any of it changed, what it wrote may be lost.
+
+    `store_id` and `generation` are the JSON values of those keys ('' when absent), `lock_value` the raw value
+    of the sync's lock ('' for none), `server` the server's run_id (None where INFO is not permitted).
+    """
+
+    store_id_key: str
+    store_id: str
+    generation_key: str
+    generation: str
+    lock_key: str
+    lock_value: str
+    server: str | None
 
 
 def _get_connection(pool: redis.ConnectionPool) -> Any:
@@ -156,6 +190,8 @@ class OnlineStore:
         self._embedded = embedded
         self._unlock_script = client.register_script(_UNLOCK)
         self._refresh_script = client.register_script(_REFRESH)
+        self._fenced_script = client.register_script(_FENCED)
+        self._written_on: str | None = None  # the server (run_id) that acknowledged this store's last write()
 
     @classmethod
     def connect(cls, url: str | None, *, embedded_dir: Path, prefix: str = "fm") -> OnlineStore:
@@ -284,14 +320,31 @@ class OnlineStore:
                 k = _as_bytes_list(keys[start:stop])
                 yield _encode_set_pxat(k, _as_bytes_list(values[start:stop]), expire_at_ms[start:stop]), k
 
-        return self.write_encoded(encoded())
+        expected, self._written_on = self._written_on, None
+        servers: list[str | None] = []
+        written = self.write_encoded(encoded(), server=expected, seen=servers)
+        self._written_on = servers[-1] if servers else None
+        return written
 
-    def write_encoded(self, chunks: Iterable[tuple[bytes | memoryview, Sequence[Any]]]) -> int:
+    def server_id(self) -> str | None:
+        """The server's `run_id` (new with every restart or failover), or None where INFO is not permitted."""
+        try:
+            return self._redis.info("server").get("run_id")
+        except redis.ResponseError:  # NOPERM for an ACL user without INFO: restarts are then caught by store_id
+            return None
+
+    def write_encoded(self, chunks: Iterable[tuple[bytes | memoryview, Sequence[Any]]], *,
+                      server: str | None = None, seen: list[str | None] | None = None) -> int:
         """Send chunks of already RESP-encoded commands that each answer `+OK` (e.g. `SET ... PXAT`).
 
         Each chunk is (buffer, keys): the keys, one per command, count the replies and name the key of a rejected
         command. This is `write` without the encoding, for callers that encode elsewhere (the sync encodes in
         SQL, so no Python runs per row). Retries and checks are those of `write`.
+
+        On every connection it takes (the first, and after each reconnect) it checks the server's run_id against
+        `server` (or the first one it saw): a server that restarted or failed over has lost or never had earlier
+        writes, so retrying there would be a silent loss; it raises `StoreChangedError` instead. The run_id
+        seen is appended to `seen`.
         """
         pool = self._redis.connection_pool
         chunks = iter(chunks)
@@ -305,6 +358,15 @@ class OnlineStore:
             while upcoming is not None or in_flight:
                 try:
                     if conn is None:
+                        current = self.server_id()
+                        if server is not None and current is not None and current != server:
+                            raise StoreChangedError(
+                                f"The online store {self._url} restarted or failed over during the write (server "
+                                f"run_id {server[:8]} is now {current[:8]}), after {written} rows were "
+                                "acknowledged: those writes may be lost.")
+                        server = server or current
+                        if seen is not None:
+                            seen.append(current)
                         conn = _get_connection(pool)
                         replies = _ReplyReader(conn)
                         for buf, _ in in_flight:  # after a reconnect: resend what was not acknowledged
@@ -407,14 +469,17 @@ class OnlineStore:
         data = json.dumps(obj, separators=(",", ":"))
         return bool(self._call(f"SET {key!r} NX", lambda: self._redis.set(key, data, nx=True)))
 
-    def publish_registry(self, key: str, snapshot: Any) -> str:
+    def publish_registry(self, key: str, snapshot: Any, *, fence: Fence | None = None) -> str:
         """Replace the registry snapshot at `key` and its id at `key:id` in one MULTI/EXEC; returns the new id.
 
         Readers fetch the id with every batch of values, so they switch to the new snapshot at once and never
-        combine two snapshots (docs/redis-format.md).
+        combine two snapshots (docs/redis-format.md). With a `fence`, only if nothing of it changed (`fenced`).
         """
         data = json.dumps(snapshot, separators=(",", ":"), sort_keys=True, default=str)
         new_id = uuid.uuid4().hex
+        if fence is not None:
+            self.fenced(fence, {key: data, f"{key}:id": new_id})
+            return new_id
 
         def publish() -> None:
             with self._redis.pipeline(transaction=True) as pipe:
@@ -422,6 +487,18 @@ class OnlineStore:
 
         self._call(f"publish registry {key}", publish)
         return new_id
+
+    def fenced(self, fence: Fence, values: dict[str, str] | None = None) -> None:
+        """Set `values` (strings, stored as they are) only if nothing of `fence` changed, in one script (atomic
+        on the server). With no values it only checks. Raises `StoreChangedError` naming what changed."""
+        values = values or {}
+        keys = [fence.store_id_key, fence.lock_key, fence.generation_key, *values]
+        args = [fence.store_id, fence.lock_value, fence.generation, fence.server or "", *values.values()]
+        outcome = self._call("fenced publish", lambda: self._fenced_script(keys=keys, args=args))
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome != "ok":
+            raise StoreChangedError(f"The online store {self._url} changed during the sync: "
+                                    f"{_CHANGED.get(outcome, outcome)}.")
 
     def read_registry(self, key: str) -> tuple[Any, bytes | None]:
         """The registry snapshot at `key` and its id, read together (None, None when nothing is published)."""
@@ -488,6 +565,11 @@ class StoreLock(AbstractContextManager["StoreLock"]):
     @property
     def held(self) -> bool:
         return self._value is not None
+
+    @property
+    def value(self) -> str:
+        """The value this acquisition stored (its token): what `Fence.lock_value` checks ('' when not held)."""
+        return self._value or ""
 
     def refresh(self) -> None:
         """Extend the lock to a full ttl from now; raise `OnlineStoreError` if it was lost (expired, taken)."""
