@@ -20,12 +20,14 @@ import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from featuremart.manifest import Manifest, RunResult, RunResults
+from featuremart.gate import BuildGate, NodeResult
+from featuremart.manifest import Manifest
+from featuremart.registry import Relation
 from featuremart.online.store import OnlineStore
 from featuremart.sync import Syncer
 from featuremart.warehouse import DuckDBWarehouse
 from tests.redis_server import RedisServer
-from tests.test_sync import FRESH_AGES, STALE_AGES, Harness, retract_latest
+from tests.test_sync import FRESH_AGES, STALE_AGES, Harness, retract_latest, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +63,10 @@ def reference(h: Harness, url: str) -> dict[bytes, tuple[bytes, int]]:
     store = OnlineStore.connect(url, embedded_dir=root, prefix="fm")
     try:
         manifest = Manifest(h.db, 12, "1.11", "", "duckdb", "checksum", {}, (), {}, {})
-        results = RunResults(h.db, "", "build", {h.view.model_id: RunResult(h.view.model_id, "success", None)})
+        built = {h.view.model_id: NodeResult(h.view.model_id, "success", None, utcnow())}  # no tests attached
+        gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
         with DuckDBWarehouse(h.db) as wh:
-            run = Syncer(h.registry, manifest, results, wh, store, root / "state").run([h.view], full_refresh=True)
+            run = Syncer(h.registry, manifest, gate, wh, store, root / "state").run([h.view], full_refresh=True)
         assert run.status == "success", run
         return dump(url)
     finally:
