@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = console or Console()
-    err = Console(stderr=True) if console.file is sys.stdout else console
+    console = console or Console(emoji=False)  # `fm:lock:sync` is a key, not the :lock: emoji
+    err = Console(stderr=True, emoji=False) if console.file is sys.stdout else console
     try:
         if args.command in SERVING_COMMANDS:  # need only Redis: the dbt project is opened only as a fallback
             return SERVING_COMMANDS[args.command](args, console)
@@ -281,7 +281,7 @@ def _describe_service(service: FeatureService, console: Console) -> None:
 
 def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
     registry = store.validated_registry()
-    warnings = registry.problems
+    warnings = list(registry.problems) + store.non_finite_values()
     for problem in warnings:
         console.print(f"  [yellow]![/] {escape(str(problem))}", highlight=False, soft_wrap=True)
     console.print(f"[green]OK[/]: {len(registry.views)} feature views, "

@@ -208,7 +208,7 @@ def merge_snapshot(registry: Registry, previous: Mapping[str, Any] | None, synce
                    withheld: Mapping[str, str]) -> dict[str, Any]:
     """The snapshot a sync publishes: views synced now as the project defines them, the others as the previous
     snapshot served them (a withheld view keeps serving its previous values), views gone from the project
-    dropped. A service is published as defined when every feature it names is served, else as the previous
+    dropped (and so are views turned `online: false`). A service is published as defined when every feature it names is served, else as the previous
     snapshot had it if that still is, else marked unavailable with the reason: one service fails, nothing else.
     The result always loads with `Registry.from_snapshot` (the sync checks before publishing).
     """
@@ -217,7 +217,8 @@ def merge_snapshot(registry: Registry, previous: Mapping[str, Any] | None, synce
     synced = set(synced)
     old_views, old_services = previous.get("views") or {}, previous.get("services") or {}
     snapshot["views"] = {name: snapshot["views"][name] if name in synced else old_views[name]
-                         for name in sorted(registry.views) if name in synced or name in old_views}
+                         for name in sorted(registry.views)
+                         if name in synced or (name in old_views and registry.views[name].online)}
     served = {f"{name}.{f['name']}" for name, v in snapshot["views"].items() for f in v["features"]}
     services = {}
     for name, service in snapshot["services"].items():

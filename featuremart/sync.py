@@ -183,9 +183,11 @@ class Syncer:
                 view = published[name]
                 state.commit(name, view.version, self.store_id, self._watermarks.get(name), generation=self._token,
                              ttl_ms=_ttl_ms(view))
-            for name in state.views():  # views dropped or renamed in the project: remove what they left online
+            for name in state.views():  # views dropped, renamed or turned offline: remove what they left online
                 if name not in self.registry.views:
-                    run.views.append(self._remove(state, name))
+                    run.views.append(self._remove(state, name, "no longer a feature view of the project"))
+                elif not self.registry.views[name].online:
+                    run.views.append(self._remove(state, name, "online: false"))
             if self._scanned:  # the state did not describe the store: delete every key nothing serves
                 swept = self._delete(state.unserved({n: v["version"] for n, v in snapshot["views"].items()}))
                 if swept:
@@ -306,12 +308,11 @@ class Syncer:
         state.stage_scan(found())
         self._scanned = True
 
-    def _remove(self, state: SyncState, name: str) -> ViewResult:
+    def _remove(self, state: SyncState, name: str, reason: str) -> ViewResult:
         started = time.perf_counter()
         deleted = self._delete(state.keys(name))
         state.drop(name)
-        return ViewResult(name, "removed", "no longer a feature view of the project", deleted=deleted,
-                          seconds=round(time.perf_counter() - started, 3))
+        return ViewResult(name, "removed", reason, deleted=deleted, seconds=round(time.perf_counter() - started, 3))
 
     def _delete(self, key_batches: Iterator[list[str]]) -> int:
         """Delete batches of keys read from the state; returns how many existed in Redis."""

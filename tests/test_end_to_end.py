@@ -344,3 +344,35 @@ def test_train_serve_consistency(env):
             assert trained[name] == expected, name  # exact: JSON keeps doubles bit for bit
             present += value.status == "present"
     assert present > len(pairs) * 4
+
+
+def test_a_view_switched_offline_leaves_the_online_store(env, redis_url):
+    """`online: false` on a published view removes its keys and its registry entry: nothing stale stays served,
+    and a service that needs it says so, alone."""
+    assert run_cli("sync")[0] == 0
+    client = redis.Redis.from_url(redis_url)
+    assert client.keys("fm:{merchant_id=*}:merchant_risk:*")
+    yml = env / "models" / "features" / "merchant_risk.yml"
+    yml.write_text(yml.read_text().replace("          online: true\n", "          online: false\n"))
+    dbt(env, "build", "-s", "merchant_risk")
+    code, out = run_cli("sync", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["status"] == "success", out
+    assert {v["view"]: (v["status"], v["reason"]) for v in record["views"]}["merchant_risk"] == (
+        "removed", "online: false")
+    assert client.keys("fm:{merchant_id=*}:merchant_risk:*") == []
+    customer, merchant = a_pair(env)
+    code, out = run_cli("get", "--service", "fraud_model", f"customer_id={customer}", f"merchant_id={merchant}")
+    assert code == 1 and "view merchant_risk is not online (online: false)" in out, out
+    code, out = run_cli("get", "--service", "recommender", f"customer_id={customer}", "--json")
+    assert code == 0 and all(v["status"] == "present" for v in json.loads(out).values()), out
+
+
+def test_validate_warns_about_non_finite_values(env):
+    """A NaN in a float feature: `featuremart validate` says online reads serve it as null."""
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"))
+    con.execute("update main.merchant_risk set chargeback_rate_90d = 'NaN'::double where merchant_id = "
+                "(select min(merchant_id) from main.merchant_risk)")
+    con.close()
+    code, out = run_cli("validate")
+    assert code == 0 and "chargeback_rate_90d" in out and "NaN or ±Infinity" in " ".join(out.split()), out
