@@ -9,25 +9,25 @@ from featuremart import FeatureStore
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 
-def test_postgres_sync_serves_what_duckdb_serves(postgres_project, built_project, redis_server, monkeypatch):
+def test_postgres_sync_serves_what_duckdb_serves(postgres_project, project, redis_server, monkeypatch):
     """Same data, two warehouses: every served value is identical (typed, with the same event time)."""
-    project, env = postgres_project
+    pg_project, env = postgres_project
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     client = redis_server.client()
     client.flushall()
     db1 = redis_server.url.removesuffix("/0") + "/1"  # the Postgres sync gets a database of its own
-    with FeatureStore(project, redis_url=db1) as pg:
+    with FeatureStore(pg_project, redis_url=db1) as pg:
         run = pg.sync()
         assert run.status == "success", run
         pg_views = pg.registry.views
     monkeypatch.setenv("FEATUREMART_TARGET", "dev")
-    with FeatureStore(built_project, redis_url=redis_server.url) as duck:
+    with FeatureStore(project, redis_url=redis_server.url) as duck:  # a private copy: syncing writes state
         assert duck.sync().status == "success"
         assert {n: v.version for n, v in duck.registry.views.items()} == {n: v.version for n, v in pg_views.items()}
         import duckdb
 
-        con = duckdb.connect(str(built_project / "target" / "featuremart.duckdb"), read_only=True)
+        con = duckdb.connect(str(project / "target" / "featuremart.duckdb"), read_only=True)
         entities = [dict(zip(("customer_id", "merchant_id"), r)) for r in con.sql(
             "select customer_id, merchant_id from main.customer_merchant_pair order by all limit 50").fetchall()]
         con.close()
