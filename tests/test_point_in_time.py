@@ -591,7 +591,7 @@ def test_view_timestamp_type_is_read_from_a_table_named_as_text(fixture_project,
                                                  "label_ts", views)
     finally:
         os.environ.pop("PIT_DUCKDB_PATH")
-        from featuremart.training import _release_dbt_duckdb
+        from featuremart.dbtcore import _release_dbt_duckdb
 
         _release_dbt_duckdb()  # dbt-duckdb keeps the file open in-process after the compile
     labels = _read_csv(fixture_project, "fx_labels")
