@@ -88,7 +88,7 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
     rendered_target = {"type": credentials.type, **credentials.to_dict(omit_none=True)}
     root_vars = _root_vars(project, cli_vars)
     target_path = Path(project.target_path)
-    return DbtProject(
+    loaded = DbtProject(
         project_dir=project_dir,
         profiles_dir=Path(flags.PROFILES_DIR).resolve(),
         name=project.project_name,
@@ -99,6 +99,8 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
         vars=root_vars,
         cli_vars=cli_vars,
     )
+    _remember_folders(loaded, project)
+    return loaded
 
 
 def _root_vars(project, cli_vars: dict[str, Any]) -> dict[str, Any]:
@@ -373,13 +375,45 @@ def _criteria(spec) -> Iterator[Any]:
 
 # --- parsing ----------------------------------------------------------------------------------------------
 
+#: The folders dbt reads, per loaded project and its dbt_project.yml's mtime: `project_files` runs on every
+#: cached training-set compile, and rebuilding dbt's RuntimeConfig to list them costs about 0.3 s.
+_FOLDERS: dict[tuple, tuple[int, frozenset[str]]] = {}
+
+
+def _folders_key(project: DbtProject) -> tuple:
+    return (project.project_dir, project.profiles_dir, project.target_name,
+            json.dumps(project.cli_vars, sort_keys=True, default=str))
+
+
+def _remember_folders(project: DbtProject, config) -> frozenset[str]:
+    """Record the folders of `config` (a dbt Project or RuntimeConfig, as loaded for `project`)."""
+    folders = frozenset({*config.model_paths, *config.macro_paths, *config.seed_paths, *config.test_paths,
+                         *config.snapshot_paths, *config.analysis_paths, *config.docs_paths,
+                         config.packages_install_path})
+    with contextlib.suppress(OSError):
+        _FOLDERS[_folders_key(project)] = ((project.project_dir / "dbt_project.yml").stat().st_mtime_ns, folders)
+    return folders
+
+
+def _project_folders(project: DbtProject) -> frozenset[str]:
+    """The folders dbt reads for the project, as dbt's loader rendered dbt_project.yml (remembered until that
+    file changes)."""
+    try:
+        mtime = (project.project_dir / "dbt_project.yml").stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    known = _FOLDERS.get(_folders_key(project))
+    if known is not None and known[0] == mtime:
+        return known[1]
+    with _LOCK:
+        config = _runtime_config(project)
+    return _remember_folders(project, config)
+
+
 def project_files(project: DbtProject) -> list[Path]:
     """The files dbt reads for the project (its model, macro, test, seed, snapshot, analysis and docs paths,
     installed packages) and the project's own YAML (dbt_project.yml, features.yml, selectors.yml, ...)."""
-    with _LOCK:
-        config = _runtime_config(project)
-    folders = {*config.model_paths, *config.macro_paths, *config.seed_paths, *config.test_paths,
-               *config.snapshot_paths, *config.analysis_paths, *config.docs_paths, config.packages_install_path}
+    folders = _project_folders(project)
     root = project.project_dir
     files = [root / name for name in _PROJECT_YAML if (root / name).exists()]
     for folder in sorted(folders):
@@ -420,11 +454,9 @@ def compile_inline(project: DbtProject, inline: str, cache: bool = False) -> str
     from featuremart.errors import TrainingSetError
 
     out = project.target_dir / COMPILE_TARGET_DIR
-    cached = out / "cache" / f"{_compile_key(project, inline)}.sql" if cache else None
-    if cached is not None and cached.exists():
-        with contextlib.suppress(OSError):
-            os.utime(cached)  # recently used: pruned last
-        return cached.read_text()
+    cached = _cache_path(project, inline) if cache else None
+    if cached is not None and (sql := _read_cached(cached)) is not None:
+        return sql
     result = _invoke(project, ["compile", "--inline", inline], out, TrainingSetError,
                      "dbt could not compile the training set")
     sql = result.result.results[0].node.compiled_code
@@ -434,6 +466,26 @@ def compile_inline(project: DbtProject, inline: str, cache: bool = False) -> str
         tmp.write_text(sql)
         tmp.replace(cached)
         _prune(cached.parent, COMPILE_CACHE_ENTRIES)
+    return sql
+
+
+def cached_compile(project: DbtProject, inline: str) -> str | None:
+    """What `compile_inline(project, inline, cache=True)` would return from its cache, or None: no dbt runs
+    (so a caller may keep its warehouse connection open when this answers)."""
+    return _read_cached(_cache_path(project, inline))
+
+
+def _cache_path(project: DbtProject, inline: str) -> Path:
+    return project.target_dir / COMPILE_TARGET_DIR / "cache" / f"{_compile_key(project, inline)}.sql"
+
+
+def _read_cached(path: Path) -> str | None:
+    try:
+        sql = path.read_text()
+    except OSError:  # not cached (or pruned meanwhile)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: pruned last
     return sql
 
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from featuremart.config import DbtProject
-from featuremart.dbtcore import compile_inline
+from featuremart.dbtcore import cached_compile, compile_inline
 from featuremart.errors import TrainingSetError
 from featuremart.manifest import load_manifest
 from featuremart.warehouse import DuckDBWarehouse, Warehouse
@@ -96,12 +96,14 @@ def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, 
                       for v in _view_names(project, service, features))
     inline = depends + "{{ featuremart.training_set(" + ", ".join(args) + ") }}"
 
-    warehouse.close()  # DuckDB: dbt opens the file itself; the warehouse reopens it lazily afterwards
     started = time.perf_counter()
     # The rendered SQL depends on the project, the target and the columns dbt reads from the warehouse: those
     # of dbt models change only with a new manifest (part of the cache key), a table or query spine's may not.
     cacheable = spine_columns is not None or spine_arg.startswith("ref(")
-    sql = compile_inline(project, inline, cache=cacheable)
+    sql = cached_compile(project, inline) if cacheable else None
+    if sql is None:
+        warehouse.close()  # DuckDB: dbt opens the file itself; the warehouse reopens it lazily afterwards
+        sql = compile_inline(project, inline, cache=cacheable)
     return CompiledTrainingSet(sql, time.perf_counter() - started), frame
 
 

@@ -69,6 +69,9 @@ class DuckDBWarehouse(Warehouse):
                 raise WarehouseError(_lock_message(self.path, str(exc))) from None
             # Time is UTC: timestamptz values come out as UTC Arrow timestamps, whatever the process's TZ.
             self._con.execute("set TimeZone = 'UTC'")
+            # DuckDB draws a progress bar on stdout for queries over 2 s: it would mix into a command's output
+            # (and a piped `featuremart training-set`'s), and drawing it costs time.
+            self._con.execute("set enable_progress_bar = false")
         return self._con
 
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:

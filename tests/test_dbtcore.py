@@ -191,6 +191,34 @@ def test_compiled_training_sets_are_cached_per_manifest_and_request(project):
         assert len(list(cache.glob("*.sql"))) == 3
 
 
+def test_a_cached_training_set_runs_no_dbt_and_keeps_the_warehouse_open(project, monkeypatch):
+    """A second identical request takes its SQL from the cache: dbt neither compiles nor reloads the project
+    (that cost 0.3 s a call), and the DuckDB connection stays open; the same table comes back. A changed
+    dbt_project.yml is read again: a folder it adds counts among the project files."""
+    import featuremart.dbtcore as dbtcore
+    from featuremart.training import training_set
+
+    dbt_project = load_dbt_project(project)
+    with open_warehouse(dbt_project) as warehouse:
+        first = training_set(dbt_project, warehouse, "fraud_labels", "label_ts", service="fraud_model")
+        con = warehouse.con
+
+        def no_dbt(*args, **kwargs):
+            raise AssertionError("dbt ran for a cached training set")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(dbtcore, "_invoke", no_dbt)
+            patch.setattr(dbtcore, "_runtime_config", no_dbt)
+            again = training_set(dbt_project, warehouse, "fraud_labels", "label_ts", service="fraud_model")
+        assert again.equals(first) and warehouse.con is con
+
+    (project / "more").mkdir()
+    (project / "more" / "zz_model.sql").write_text("select 1 as one\n")
+    config = project / "dbt_project.yml"
+    config.write_text(config.read_text().replace('model-paths: ["models"]', 'model-paths: ["models", "more"]'))
+    assert project / "more" / "zz_model.sql" in dbtcore.project_files(dbt_project)
+
+
 def test_the_online_read_path_does_not_import_dbt():
     code = ("import sys, featuremart, featuremart.config, featuremart.dbtcore, featuremart.online.reader, "
             "featuremart.server; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'dbt')))")

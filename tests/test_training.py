@@ -516,6 +516,25 @@ def test_csv_output_holds_arrays_as_json(reference, tmp_path):
     assert csv.column("spend_7d").to_pylist() == parquet.column("spend_7d").to_pylist()
 
 
+def test_long_queries_draw_no_progress_bar_on_stdout(tmp_path):
+    """DuckDB draws a progress bar on stdout for queries over 2 s (a 1M-row training set's output was half
+    bar): featuremart's warehouse turns it off, so a training set's output (and a piped `featuremart
+    training-set`'s) holds only what featuremart says. Read in a fresh process, as a user's (pytest changes
+    DuckDB's default), the setting a long query would meet; then a query prints nothing."""
+    import sys
+
+    duckdb.connect(str(tmp_path / "w.duckdb")).close()
+    code = ("import sys; from featuremart.warehouse import DuckDBWarehouse\n"
+            "w = DuckDBWarehouse(sys.argv[1])\n"
+            "enabled = w.con.sql(\"select current_setting('enable_progress_bar')\").fetchall()[0][0]\n"
+            "w.query('select count(*) from range(3000000) t(i) where hash(i) % 7 = 1')\n"
+            "sys.stderr.write(str(enabled))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.duckdb")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stderr == "False", proc.stderr
+    assert proc.stdout == ""
+
+
 def test_a_failed_write_leaves_no_partial_file(tmp_path):
     """The file system refuses the write half way (RLIMIT_FSIZE, as a full disk would): the error is a
     TrainingSetError naming the file, the earlier file of that name is intact, no temporary file is left."""
