@@ -279,6 +279,34 @@ class OnlineResult:
             out.append(record)
         return out
 
+    def to_json_records(self) -> list[dict[str, dict[str, Any]]]:
+        """`to_records` as plain dicts `{"value", "status", "event_ts"}` (what the HTTP server sends), built
+        straight from the decoded rows: no FeatureValue in between. Missing values share one dict (the result
+        is meant to be serialized, not changed)."""
+        plan = self._plan
+        views, rows, status = plan.views, self._rows, self._status
+        fill = None if plan.in_order else plan.names
+        missing = {"value": None, "status": MISSING, "event_ts": None}
+        out = []
+        k = 0
+        for _ in range(len(self._entities)):
+            record: dict[str, dict[str, Any]] = {} if fill is None else dict.fromkeys(fill)  # type: ignore[arg-type]
+            for view in views:
+                s = status[k]
+                if s is PRESENT:
+                    row = rows[k]
+                    ts = from_us(row[0])
+                    for name, value in zip(view.out_names, view.values(row)):
+                        record[name] = {"value": value, "status": PRESENT, "event_ts": ts}
+                elif s is MISSING:
+                    record.update(zip(view.out_names, repeat(missing)))
+                else:
+                    expired = {"value": None, "status": EXPIRED, "event_ts": from_us(rows[k][0])}
+                    record.update(zip(view.out_names, repeat(expired)))
+                k += 1
+            out.append(record)
+        return out
+
     def _view_columns(self) -> Iterable[tuple[_ViewPlan, list[str], list[int | None], list[list | None]]]:
         """Per view: its statuses, event times (µs) and rows, one per entity."""
         nv = len(self._plan.views)
