@@ -206,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                                     **redis_info, "encoding_100_entities": encoding,
                                     "python": platform.python_version(), "cells": cells}, indent=2) + "\n")
     print(f"wrote {args.out}")
-    assert errors == 0, f"{errors} errors: {[c['first_errors'] for c in cells if c['errors']]}"
-    assert encoding["ratio"]["median"] <= ENCODE_BAR, f"the 100-entity response took {encoding['ratio']}x orjson"
-    return 0
+    failed = []
+    if errors:
+        failed.append(f"{errors} errors: {[c['first_errors'] for c in cells if c['errors']]}")
+    if encoding["ratio"]["median"] > ENCODE_BAR:
+        failed.append(f"the 100-entity response took {encoding['ratio']['median']}x orjson alone (bar {ENCODE_BAR}x)")
+    for line in failed:
+        print(f"NOT met: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ read with an explicit `now`; never served as present; the ttl is inclusive). The
 in the same MGET as the values, so a reader notices a new sync's registry at once and never mixes two versions
 of a view.
 
-The read path is built for low overhead (the bar: at most 1.5x a raw redis-py MGET + json.loads of the same
-keys, see bench/online_read.py). What a request needs that does not depend on its entities (views, key
-templates, positions, decoders) is resolved once per (registry, request shape) into a `_Plan` and cached; a
-read then builds the keys, sends one MGET, and decodes each stored value with one `json.loads` plus conversions
-only for the types JSON does not carry. The result (`OnlineResult`) is shaped on demand: records of
-`FeatureValue`s, a dict of columns, or an Arrow table (which builds no per-value Python objects).
+The read path is built for low overhead (measured against a hand-written redis-py reader of the same keys in
+bench/online_read.py; figures and where the time goes in bench/README.md). What a request needs that does not
+depend on its entities (views, key formats, positions, decoders) is resolved once per (registry, request shape)
+into a `_Plan` and cached; a read then builds the keys, sends one MGET, and decodes each view's values with one
+`orjson.loads` (codec) plus conversions only for the types JSON does not carry. The result (`OnlineResult`) is
+shaped on demand: records of `FeatureValue`s, a dict of columns, or an Arrow table (which builds no per-value
+Python objects).
 
 Example:
     >>> reader = OnlineReader(store)                                              # doctest: +SKIP
