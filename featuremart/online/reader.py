@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import re
@@ -350,7 +351,7 @@ class OnlineResult:
         arrays: dict[str, pa.Array] = {k: pa.array(v, arrow_type(key_types[k]))
                                        for k, v in self._key_columns().items()}
         by_name: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = {}
-        ts_type = pa.timestamp("us", tz="UTC")
+        ts_type = arrow_type(types.TIMESTAMP)
         statuses = pa.array(STATUSES, pa.string())
         code = {s: i for i, s in enumerate(STATUSES)}
         for view, status, ts_us, served in self._view_columns():
@@ -365,8 +366,10 @@ class OnlineResult:
         return pa.table(arrays)
 
 
+@functools.lru_cache(maxsize=None)
 def arrow_type(dtype: str) -> pa.DataType:
-    """The Arrow type of a logical type (featuremart.types)."""
+    """The Arrow type of a logical type (featuremart.types); cached: building the types reads the environment
+    (pyarrow's time zone lookup), which was half of a one-entity `to_arrow`."""
     import pyarrow as pa
 
     return {
