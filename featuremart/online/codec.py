@@ -29,8 +29,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def from_us(us: int) -> datetime:
-    """An aware UTC datetime from microseconds since the epoch (exact: no float rounding)."""
-    return EPOCH + timedelta(microseconds=us)
+    """An aware UTC datetime from microseconds since the epoch (exact: no float rounding). Positional
+    `timedelta(0, 0, us)`: a third faster than the keyword, and called once per view and entity read."""
+    return EPOCH + timedelta(0, 0, us)
 
 
 def finite(x: Any) -> float | None:
