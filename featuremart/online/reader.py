@@ -79,8 +79,8 @@ class FeatureValue(NamedTuple):
 
 _MISSING_VALUE = FeatureValue(None, None, MISSING)
 _new_tuple = tuple.__new__
-#: Endless iterators zipped with a view's values (zip stops at the shortest): shared, they cost nothing per call.
-_FEATURE_VALUE, _PRESENT, _MISSING_VALUES = repeat(FeatureValue), repeat(PRESENT), repeat(_MISSING_VALUE)
+#: Zipped with a view's output names (zip stops at the shortest): shared, it costs nothing per call.
+_MISSING_VALUES = repeat(_MISSING_VALUE)
 
 
 class _ViewPlan(NamedTuple):
@@ -187,9 +187,10 @@ class _Plan:
             threshold = now_us - view.ttl_us
             raws = values[1 + vi::nv]
             present = [raw for raw in raws if raw is not None]
-            decoded = iter(view.rows.decode_many(present))
-            got = decoded if len(present) == len(raws) else [None if raw is None else next(decoded) for raw in raws]
-            got = list(got)
+            got: list[list | None] = view.rows.decode_many(present)  # type: ignore[assignment]
+            if len(present) != len(raws):
+                decoded = iter(got)
+                got = [None if raw is None else next(decoded) for raw in raws]
             rows[vi::nv] = got
             status[vi::nv] = [MISSING if row is None else PRESENT if row[0] >= threshold else EXPIRED for row in got]
         return OnlineResult(self, entities, rows, status)
@@ -264,7 +265,6 @@ class OnlineResult:
         out = []
         k = 0
         for _ in range(len(self._entities)):
-            # The FeatureValues of a view are made by map/zip in C: no Python-level step per feature.
             record: dict[str, FeatureValue] = {} if fill is None else dict.fromkeys(fill)  # type: ignore[arg-type]
             for view in views:
                 s = status[k]
