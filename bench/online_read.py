@@ -1,20 +1,25 @@
-"""Online read latency: featuremart's Python API against raw redis-py reading the same keys.
+"""Online read latency: featuremart's Python API against a careful hand-written redis-py reader of the same keys.
 
-Generates the reference project at `--customers` customers in a temp dir, runs `dbt build` and a real
-`featuremart sync` into a private redis-server started here (never a server of yours), then times two shapes,
-alternating featuremart and raw calls so both see the same machine noise:
+Generates the reference project at `--customers` customers in a temp dir (or reuses `--project`), runs
+`dbt build` and a real `featuremart sync` into a private redis-server started here (never a server of yours;
+its version is printed and checked, see bench/redis_check.py), then times two shapes:
 
-  one:   1 entity  x 10 features (`customer_spend.*`), records of FeatureValue
-  batch: 100 entities x the `fraud_model` service (3 views, 8 features); records, and the Arrow table
+  one:   1 entity  x 10 features (`customer_spend.*`)
+  batch: 100 entities x the `fraud_model` service (3 views, 8 features)
 
-raw = build the same keys with f-strings, one redis-py `MGET`, `json.loads` of each value and the event time
-converted to an aware UTC datetime (the same `from_us` featuremart uses) — the habit featuremart replaces.
-featuremart also fetches the registry id in that MGET, checks ttls, types every value and shapes the output.
+each through featuremart's records (`get_online_features`), columns and Arrow APIs, against `raw`: keys built
+with f-strings, one redis-py `MGET`, each value parsed by the same JSON parser featuremart uses (orjson), the
+view's ttl applied to the event time, and the event time converted to an aware UTC datetime (`from_us`).
+featuremart also fetches the registry id in that MGET, checks key types, types every value and shapes the
+output (records of FeatureValue, columns, or an Arrow table).
 
-Prints a table and writes `bench/results/online_read.json`.
+Every call of every contender is paired: the contenders run one after the other on the same batch, in an order
+that rotates from call to call, so they share the machine's noise. `--reps` repetitions of `--calls` calls
+each give per-repetition p50/p99 ratios; the table shows their median and [min-max]. Prints the Redis server
+used, the machine's load average, and writes `bench/results/online_read.json`.
 
-    python bench/online_read.py                       # 50k customers, 10,000 calls per shape
-    python bench/online_read.py --customers 1000000   # the figure in docs/serving.md
+    python bench/online_read.py                         # 50k customers, 5 x 2,000 calls per shape
+    python bench/online_read.py --customers 1000000     # the figures in docs/serving.md
 """
 
 from __future__ import annotations
@@ -22,25 +27,30 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
+import orjson  # noqa: E402
 import redis  # noqa: E402
 
+from bench import redis_check  # noqa: E402
 from featuremart import FeatureStore  # noqa: E402
 from featuremart.online.codec import from_us  # noqa: E402
 from tests.conftest import build_reference_project  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
 
-BAR = 1.5
+#: featuremart records against raw, median over repetitions: p50 and p99
+BAR_P50, BAR_P99 = 1.10, 1.30
 
 
 def sample_pairs(project: Path, n: int, seed: int = 1) -> list[dict[str, str]]:
@@ -54,20 +64,36 @@ def sample_pairs(project: Path, n: int, seed: int = 1) -> list[dict[str, str]]:
     return [{"customer_id": c, "merchant_id": m} for c, m in rows[:n]]
 
 
-def raw_reader(client: redis.Redis, prefix: str, views: list[tuple[str, str, tuple[str, ...]]]):
-    """The hand-written read: keys by f-string, MGET, json.loads, event time to datetime."""
-    loads = json.loads
+def customers_in(project: Path) -> int:
+    """How many customers the project's built data holds (what a `--project` run measures)."""
+    con = duckdb.connect(str(project / "target" / "featuremart.duckdb"), read_only=True)
+    try:
+        return con.sql("select count(distinct customer_id) from main.customer_profile").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def raw_reader(client: redis.Redis, prefix: str, views: list[tuple[str, str, tuple[str, ...], int]]):
+    """The careful hand-written read: keys by f-string, one MGET, orjson, the ttl rule, event time to datetime.
+    Returns one row `[event_ts, value...]` per key, None where absent or past the ttl."""
+    loads = orjson.loads
 
     def read(entities):
         keys = [f"{prefix}:{{{','.join(f'{k}={e[k]}' for k in key_names)}}}:{view}:{version}"
                 if len(key_names) > 1 else f"{prefix}:{{{key_names[0]}={e[key_names[0]]}}}:{view}:{version}"
-                for e in entities for view, version, key_names in views]
+                for e in entities for view, version, key_names, _ in views]
+        now_us = time.time_ns() // 1000
+        thresholds = [now_us - ttl_us for *_, ttl_us in views]
+        nv = len(views)
         out = []
-        for raw in client.mget(keys):
+        for i, raw in enumerate(client.mget(keys)):
             if raw is None:
                 out.append(None)
                 continue
             row = loads(raw)
+            if row[0] < thresholds[i % nv]:
+                out.append(None)
+                continue
             row[0] = from_us(row[0])
             out.append(row)
         return out
@@ -80,46 +106,61 @@ def percentile(sorted_ns: list[int], q: float) -> float:
 
 
 def measure(calls: int, contenders: dict, batches: list) -> dict[str, dict[str, float]]:
-    """Time each contender on the same batches, interleaved; p50/p99 in µs."""
-    times = {name: [] for name in contenders}
-    for fn in contenders.values():  # warm up: plans cached, connections open
-        for batch in batches[:200]:
-            fn(batch)
-    gc.collect()
+    """One repetition: every call runs each contender once on the same batch, the order rotating from call to
+    call; p50/p99/mean in µs per contender."""
+    names = list(contenders)
+    fns = list(contenders.values())
+    times: list[list[int]] = [[] for _ in names]
     clock = time.perf_counter_ns
+    n = len(fns)
     for i in range(calls):
         batch = batches[i % len(batches)]
-        for name, fn in contenders.items():
+        for j in range(n):
+            c = (i + j) % n
+            fn = fns[c]
             t0 = clock()
             fn(batch)
-            times[name].append(clock() - t0)
+            times[c].append(clock() - t0)
     out = {}
-    for name, ns in times.items():
+    for name, ns in zip(names, times):
         ns.sort()
         out[name] = {"p50_us": round(percentile(ns, 0.50), 1), "p99_us": round(percentile(ns, 0.99), 1),
                      "mean_us": round(sum(ns) / len(ns) / 1000.0, 1)}
     return out
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=50_000, help="customers in the generated data")
-    parser.add_argument("--calls", type=int, default=10_000, help="timed calls per shape and contender")
+    parser.add_argument("--calls", type=int, default=2_000, help="timed calls per repetition, shape and contender")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (each gives one p50 and p99 ratio)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="call gc.freeze() after the warm-up (what a long-running service can do)")
     parser.add_argument("--project", type=Path, default=None,
                         help="an already built reference project to reuse (skips generate + dbt build)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online_read.json")
+    redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    server, redis_info = redis_check.start(args)
 
-    with tempfile.TemporaryDirectory(prefix="fm-bench-") as tmp, RedisServer() as server:
+    with tempfile.TemporaryDirectory(prefix="fm-bench-") as tmp, redis_check.stopping(server):
         started = time.monotonic()
         project = args.project or build_reference_project(Path(tmp) / "project", customers=args.customers)
         built = time.monotonic() - started
+        customers = customers_in(project)
         with FeatureStore(project, redis_url=server.url) as fs:
             run = fs.sync()
             assert run.status == "success", run.to_json()
         synced = time.monotonic() - started - built
-        print(f"data: {args.customers:,} customers, built in {built:.0f}s, synced in {synced:.1f}s "
-              f"({server.client().dbsize():,} keys)")
+        keys_total = server.client().dbsize()
+        print(f"data: {customers:,} customers ({'reused ' + str(project) if args.project else 'generated'}), "
+              f"built in {built:.0f}s, synced in {synced:.1f}s ({keys_total:,} keys)")
 
         fs = FeatureStore.from_url(server.url)
         registry = fs.reader.registry
@@ -134,53 +175,90 @@ def main(argv: list[str] | None = None) -> int:
         one_batches = [[{"customer_id": p["customer_id"]}] for p in pairs]
         batches_100 = [pairs[i:i + 100] for i in range(0, len(pairs) - 99, 100)]
 
+        def spec(view):
+            return (view.name, view.version, view.key_names, view.ttl // timedelta(microseconds=1))
+
         spend = registry.view("customer_spend")
         fraud_views = [registry.view(v) for v in registry.service("fraud_model").view_names]
-        raw_one = raw_reader(client, prefix, [(spend.name, spend.version, spend.key_names)])
-        raw_fraud = raw_reader(client, prefix, [(v.name, v.version, v.key_names) for v in fraud_views])
-        one_features = ["customer_spend.*"]
+        raw_one = raw_reader(client, prefix, [spec(spend)])
+        raw_fraud = raw_reader(client, prefix, [spec(v) for v in fraud_views])
+        one = {"features": ["customer_spend.*"]}
+        fraud = {"service": "fraud_model"}
 
         # Sanity: both read the same, and everything sampled is present.
-        [record] = fs.get_online_features(one_batches[0], features=one_features)
+        [record] = fs.get_online_features(one_batches[0], **one)
         assert len(record) == 10 and all(v.status == "present" for v in record.values()), record
-        result = fs.read_online_features(batches_100[0], service="fraud_model")
+        assert [v.value for v in record.values()] == raw_one(one_batches[0])[0][1:]
+        result = fs.read_online_features(batches_100[0], **fraud)
         assert result.status_counts()["present"] == 800, result.status_counts()
         assert sum(r is not None for r in raw_fraud(batches_100[0])) == 300
 
         shapes = {
-            "1 entity x 10 features": measure(args.calls, {
+            "1 entity x 10 features": ({
                 "raw redis-py": raw_one,
-                "featuremart records": lambda b: fs.get_online_features(b, features=one_features),
+                "featuremart records": lambda b: fs.get_online_features(b, **one),
+                "featuremart columns": lambda b: fs.get_online_features_columns(b, **one),
+                "featuremart arrow": lambda b: fs.get_online_features_arrow(b, **one),
             }, one_batches),
-            "100 entities x fraud_model (3 views)": measure(args.calls, {
+            "100 entities x fraud_model (3 views)": ({
                 "raw redis-py": raw_fraud,
-                "featuremart records": lambda b: fs.get_online_features(b, service="fraud_model"),
-                "featuremart arrow": lambda b: fs.get_online_features_arrow(b, service="fraud_model"),
+                "featuremart records": lambda b: fs.get_online_features(b, **fraud),
+                "featuremart columns": lambda b: fs.get_online_features_columns(b, **fraud),
+                "featuremart arrow": lambda b: fs.get_online_features_arrow(b, **fraud),
             }, batches_100),
         }
+        for contenders, batches in shapes.values():  # warm up: plans cached, connections open, pyarrow loaded
+            for fn in contenders.values():
+                for batch in batches[:200]:
+                    fn(batch)
+        gc.collect()
+        if args.gc_freeze:
+            gc.freeze()
+        reps: dict[str, list[dict]] = {shape: [] for shape in shapes}
+        for rep in range(args.reps):
+            for shape, (contenders, batches) in shapes.items():
+                reps[shape].append(measure(args.calls, contenders, batches))
+            print(f"repetition {rep + 1}/{args.reps} done", flush=True)
         fs.close()
         client.close()
 
-    print(f"\n{'shape':<38} {'reader':<22} {'p50 µs':>8} {'p99 µs':>8} {'p50 ×raw':>9} {'p99 ×raw':>9}")
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    print(f"\n{args.reps} repetitions x {args.calls:,} paired calls; load average before {load_before[0]}, "
+          f"after {load_after[0]} ({os.cpu_count()} CPUs); redis-server {redis_info['redis_version']}"
+          f"{'; gc.freeze() after warm-up' if args.gc_freeze else ''}")
+    print(f"{'shape':<38} {'reader':<20} {'p50 µs':>8} {'p99 µs':>8}  {'p50 ×raw [range]':<20} "
+          f"{'p99 ×raw [range]':<20}")
+    summary: dict[str, dict] = {}
     ok = True
-    for shape, results in shapes.items():
-        raw = results["raw redis-py"]
-        for name, r in results.items():
-            r["p50_ratio"] = round(r["p50_us"] / raw["p50_us"], 2)
-            r["p99_ratio"] = round(r["p99_us"] / raw["p99_us"], 2)
+    for shape, runs in reps.items():
+        summary[shape] = {}
+        for name in runs[0]:
+            p50s = [r[name]["p50_us"] for r in runs]
+            p99s = [r[name]["p99_us"] for r in runs]
+            row = {"p50_us": spread(p50s), "p99_us": spread(p99s),
+                   "p50_ratio": spread([r[name]["p50_us"] / r["raw redis-py"]["p50_us"] for r in runs]),
+                   "p99_ratio": spread([r[name]["p99_us"] / r["raw redis-py"]["p99_us"] for r in runs])}
+            summary[shape][name] = row
             if name == "featuremart records":
-                ok &= r["p50_ratio"] <= BAR and r["p99_ratio"] <= BAR
-            print(f"{shape:<38} {name:<22} {r['p50_us']:>8.1f} {r['p99_us']:>8.1f} "
-                  f"{r['p50_ratio']:>9.2f} {r['p99_ratio']:>9.2f}")
-    print(f"\nbar: featuremart records at most {BAR}x raw at p50 and p99: {'met' if ok else 'NOT met'}")
+                ok &= row["p50_ratio"]["median"] <= BAR_P50 and row["p99_ratio"]["median"] <= BAR_P99
+
+            def cell(x):
+                return f"{x['median']:.2f} [{x['min']:.2f}-{x['max']:.2f}]"
+
+            print(f"{shape:<38} {name:<20} {row['p50_us']['median']:>8.1f} {row['p99_us']['median']:>8.1f}  "
+                  f"{cell(row['p50_ratio']):<20} {cell(row['p99_ratio']):<20}")
+    print(f"\nbar: featuremart records at most {BAR_P50}x raw at p50 and {BAR_P99}x at p99 (medians): "
+          f"{'met' if ok else 'NOT met'}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "customers": args.customers, "calls_per_shape": args.calls, "bar": BAR, "bar_met": ok,
+        "customers": customers, "keys": keys_total, "reps": args.reps, "calls_per_rep": args.calls,
+        "gc_freeze": args.gc_freeze, "bar_p50": BAR_P50, "bar_p99": BAR_P99, "bar_met": ok,
+        "load_average_before": load_before, "load_average_after": load_after, "cpus": os.cpu_count(),
         "python": platform.python_version(), "redis_py": redis.__version__, "machine": platform.machine(),
-        "shapes": shapes,
+        **redis_info, "summary": summary, "repetitions": reps,
     }, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    print(f"wrote {args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out}")
     return 0
 
 

@@ -31,8 +31,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import redis_check  # noqa: E402
 from featuremart.online.store import OnlineStore  # noqa: E402
-from tests.redis_server import RedisServer, redis_server_binary  # noqa: E402
 
 CHUNK = 10_000
 VALUE_BYTES = 120
@@ -85,15 +85,23 @@ def server_bound(store: OnlineStore, keys, values, expire):
         pool.release(conn)
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it, else as given (--out may point anywhere)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2, help="runs per method; the best is kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "raw_redis_ceiling.json")
+    redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
 
     keys, values, expire = make_rows(args.rows)
-    with RedisServer() as server:
+    server, redis_info = redis_check.start(args)
+    with redis_check.stopping(server):
         client = server.client(socket_timeout=300)  # FLUSHALL of 1M keys on a busy machine takes seconds
         store = OnlineStore.connect(server.url, embedded_dir=server.dir / "unused")
         methods = {
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: args.rows / seconds for name, seconds in best.items()}
         assert client.get(keys[-1]) == values[-1]
         version = client.info("server")["redis_version"]
+        assert version == redis_info["redis_version"]
         store.close()
         client.close()
 
@@ -130,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "value_bytes": VALUE_BYTES,
         "chunk_rows": CHUNK,
         "redis_version": version,
-        "redis_server": redis_server_binary(),
+        "redis_server": redis_info["redis_server"],
+        "mem_allocator": redis_info["mem_allocator"],
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average_1_5_15": load,
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows_per_second": {k: round(v) for k, v in results.items()},
         "ratio_to_mset": {k: round(v / baseline, 3) for k, v in results.items()},
     }, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {shown(args.out)}")
     return 0
 
 

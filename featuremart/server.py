@@ -247,17 +247,12 @@ def parse_request(body: bytes, max_entities: int) -> tuple[str | None, list[str]
 
 
 def render_result(service: str | None, entities: list[dict[str, Any]], result: OnlineResult) -> dict[str, Any]:
-    records = result.to_records()
     return {
         "service": service,
         "features": list(result.names),
         "versions": result.versions,
-        "results": [
-            {"entity": entity,
-             "values": {name: {"value": v.value, "status": v.status, "event_ts": v.event_ts}
-                        for name, v in record.items()}}
-            for entity, record in zip(entities, records)
-        ],
+        "results": [{"entity": entity, "values": values}
+                    for entity, values in zip(entities, result.to_json_records())],
     }
 
 

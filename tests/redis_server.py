@@ -42,7 +42,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process on 127.0.0.1:`port`; a context manager that stops it on exit."""
 
-    def __init__(self, *, extra_args: list[str] | None = None, start_timeout: float = 10.0):
+    def __init__(self, *, extra_args: list[str] | None = None, start_timeout: float = 10.0,
+                 binary: str | None = None):
+        self.binary = binary  # None: redis_server_binary(); benchmarks name theirs (bench/redis_check.py)
         self.extra_args = list(extra_args or [])
         self.start_timeout = start_timeout
         self.port = 0
@@ -77,7 +79,7 @@ class RedisServer:
 
     def _spawn(self) -> None:
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

@@ -7,12 +7,13 @@ read with an explicit `now`; never served as present; the ttl is inclusive). The
 in the same MGET as the values, so a reader notices a new sync's registry at once and never mixes two versions
 of a view.
 
-The read path is built for low overhead (the bar: at most 1.5x a raw redis-py MGET + json.loads of the same
-keys, see bench/online_read.py). What a request needs that does not depend on its entities (views, key
-templates, positions, decoders) is resolved once per (registry, request shape) into a `_Plan` and cached; a
-read then builds the keys, sends one MGET, and decodes each stored value with one `json.loads` plus conversions
-only for the types JSON does not carry. The result (`OnlineResult`) is shaped on demand: records of
-`FeatureValue`s, a dict of columns, or an Arrow table (which builds no per-value Python objects).
+The read path is built for low overhead (measured against a hand-written redis-py reader of the same keys in
+bench/online_read.py; figures and where the time goes in bench/README.md). What a request needs that does not
+depend on its entities (views, key formats, positions, decoders) is resolved once per (registry, request shape)
+into a `_Plan` and cached; a read then builds the keys, sends one MGET, and decodes each view's values with one
+`orjson.loads` (codec) plus conversions only for the types JSON does not carry. The result (`OnlineResult`) is
+shaped on demand: records of `FeatureValue`s, a dict of columns, or an Arrow table (which builds no per-value
+Python objects).
 
 Example:
     >>> reader = OnlineReader(store)                                              # doctest: +SKIP
@@ -25,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import re
@@ -32,13 +34,14 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from featuremart import types
 from featuremart.errors import ConfigError, FeaturemartError, NotPublishedError, UnknownNameError
 from featuremart.online import keys
-from featuremart.online.codec import EPOCH, RowDecoder, from_us
+from featuremart.online.codec import EPOCH, RowDecoder, from_us, tuple_getter
 from featuremart.online.store import OnlineStore
 from featuremart.registry import Feature, Registry, output_names
 
@@ -76,16 +79,20 @@ class FeatureValue(NamedTuple):
 
 _MISSING_VALUE = FeatureValue(None, None, MISSING)
 _new_tuple = tuple.__new__
+#: Zipped with a view's output names (zip stops at the shortest): shared, it costs nothing per call.
+_MISSING_VALUES = repeat(_MISSING_VALUE)
 
 
 class _ViewPlan(NamedTuple):
     name: str
     version: str
-    tag: int  # index into _Plan.tags: the join keys that make this view's entity tag
-    suffix: str  # ":<view>:<version>"
+    key_format: str  # "<prefix>:{customer_id=%s}:<view>:<version>", static parts %-escaped
+    key_texts: Any  # itemgetter of this view's key texts (one str, or a tuple) from the entity's key texts
     ttl_us: int
     rows: RowDecoder
     columns: tuple[tuple[str, int], ...]  # (output name, position in the stored array)
+    out_names: tuple[str, ...]  # the output names of `columns`
+    values: Any  # the values of `columns` from a decoded row, as a tuple (one C call)
 
 
 class _Plan:
@@ -101,17 +108,26 @@ class _Plan:
         names = output_names(wanted, reserved=self.key_names)
         self.names = tuple(names)
         self.dtypes = {n: f.dtype for n, f in zip(names, wanted)}
-        # Distinct join key lists: the entity tag `{customer_id=...}` is built once per entity for all its views.
         self.tags: list[tuple[tuple[str, str], ...]] = list(dict.fromkeys(v.join_keys for v in views))
-        self.heads = [f"{prefix}:{{" + (f"{jk[0][0]}=" if len(jk) == 1 else "") for jk in self.tags]
+        key_types = {k: t for jk in self.tags for k, t in jk}
+        #: (name, (name, type)) of each join key, in `key_names` order: each key's text is built once per entity
+        self.key_specs = tuple((k, (k, key_types[k])) for k in self.key_names)
         plans = []
         for view in views:
             position = {f.name: i + 1 for i, f in enumerate(view.features)}
             columns = tuple((n, position[f.name]) for n, f in zip(names, wanted) if f.view == view.name)
-            plans.append(_ViewPlan(view.name, view.version, self.tags.index(view.join_keys),
-                                   f":{view.name}:{view.version}", view.ttl // _ONE_US,
-                                   RowDecoder([f.dtype for f in view.features]), columns))
+            static = [part.replace("%", "%%") for part in (prefix, view.name, view.version)]
+            pairs = ",".join(f"{k.replace('%', '%%')}=%s" for k, _ in view.join_keys)
+            key_format = f"{static[0]}:{{{pairs}}}:{static[1]}:{static[2]}"
+            plans.append(_ViewPlan(
+                view.name, view.version, key_format,
+                operator.itemgetter(*(self.key_names.index(k) for k, _ in view.join_keys)),
+                view.ttl // _ONE_US, RowDecoder([f.dtype for f in view.features]), columns,
+                tuple(n for n, _ in columns), tuple_getter(tuple(p for _, p in columns))))
         self.views = tuple(plans)
+        #: whether the views' columns, in view order, are the output names in order (then a record is built by
+        #: appending each view's values, with no placeholder dict first)
+        self.in_order = tuple(n for v in plans for n in v.out_names) == self.names
         self.needed = frozenset(self.key_names)
         self.known = frozenset(k for e in registry.entities.values() for k, _ in e.join_keys) | self.needed
 
@@ -119,16 +135,18 @@ class _Plan:
         """The registry id key, then for each entity the key of each view (entity-major)."""
         out = [self.id_key]
         append = out.append
-        views, tags, heads, needed = self.views, self.tags, self.heads, len(self.needed)
+        views, specs, needed = self.views, self.key_specs, len(self.needed)
+        search = _NEEDS_ESCAPE.search
         for entity in entities:
             try:
                 if len(entity) != needed:
                     self._check_names(entity)
-                entity_tags = [
-                    head + _key_text(entity[jk[0][0]], jk[0]) + "}" if len(jk) == 1 else
-                    head + ",".join(f"{k}={_key_text(entity[k], (k, t))}" for k, t in jk) + "}"
-                    for head, jk in zip(heads, tags)
-                ]
+                texts = []
+                for name, spec in specs:
+                    value = entity[name]
+                    # the common case inline: a plain str for a string key, nothing to escape
+                    texts.append(value if value.__class__ is str and spec[1] == types.STRING and not search(value)
+                                 else _key_text(value, spec))
             except KeyError:
                 self._check_names(entity)
                 raise AssertionError("unreachable") from None  # pragma: no cover
@@ -137,7 +155,7 @@ class _Plan:
                                        f"{{{', '.join(repr(k) + ': ...' for k in self.key_names)}}}; "
                                        f"got {entity!r}") from None
             for v in views:
-                append(entity_tags[v.tag] + v.suffix)
+                append(v.key_format % v.key_texts(texts))
         return out
 
     def _check_names(self, entity: Mapping[str, Any]) -> None:
@@ -159,26 +177,22 @@ class _Plan:
 
     def decode(self, entities: Sequence[Mapping[str, Any]], values: list[bytes | None],
                now_us: int) -> OnlineResult:
-        """Decode the MGET reply (registry id first): statuses, and rows converted where present."""
-        from json import loads
-
+        """Decode the MGET reply (registry id first): statuses, and rows converted (view by view: one loop of
+        C-level comprehensions per view, not a Python-level step per value)."""
         views = self.views
-        thresholds = [now_us - v.ttl_us for v in views]
+        nv = len(views)
         rows: list[list | None] = [None] * (len(values) - 1)
         status: list[str] = [MISSING] * (len(values) - 1)
-        k = 0
-        for _ in range(len(entities)):
-            for vi, view in enumerate(views):
-                raw = values[k + 1]
-                if raw is not None:
-                    row = loads(raw)
-                    if row[0] >= thresholds[vi]:
-                        rows[k] = view.rows.convert(row)
-                        status[k] = PRESENT
-                    else:
-                        rows[k] = row
-                        status[k] = EXPIRED
-                k += 1
+        for vi, view in enumerate(views):
+            threshold = now_us - view.ttl_us
+            raws = values[1 + vi::nv]
+            present = [raw for raw in raws if raw is not None]
+            got: list[list | None] = view.rows.decode_many(present)  # type: ignore[assignment]
+            if len(present) != len(raws):
+                decoded = iter(got)
+                got = [None if raw is None else next(decoded) for raw in raws]
+            rows[vi::nv] = got
+            status[vi::nv] = [MISSING if row is None else PRESENT if row[0] >= threshold else EXPIRED for row in got]
         return OnlineResult(self, entities, rows, status)
 
 
@@ -245,25 +259,52 @@ class OnlineResult:
 
     def to_records(self) -> list[dict[str, FeatureValue]]:
         """One dict per entity (in request order), mapping each output name to its FeatureValue."""
-        views, rows, status, names = self._plan.views, self._rows, self._status, self._plan.names
+        plan = self._plan
+        views, rows, status, names = plan.views, self._rows, self._status, plan.names
+        fill = None if plan.in_order else names
         out = []
         k = 0
         for _ in range(len(self._entities)):
-            record: dict[str, FeatureValue] = dict.fromkeys(names)  # type: ignore[assignment]
+            record: dict[str, FeatureValue] = {} if fill is None else dict.fromkeys(fill)  # type: ignore[arg-type]
             for view in views:
                 s = status[k]
                 if s is PRESENT:
                     row = rows[k]
                     ts = from_us(row[0])
-                    for name, pos in view.columns:
-                        record[name] = _new_tuple(FeatureValue, (row[pos], ts, PRESENT))
+                    for name, value in zip(view.out_names, view.values(row)):
+                        record[name] = _new_tuple(FeatureValue, (value, ts, PRESENT))
                 elif s is MISSING:
-                    for name, _ in view.columns:
-                        record[name] = _MISSING_VALUE
+                    record.update(zip(view.out_names, _MISSING_VALUES))
                 else:
-                    expired = FeatureValue(None, from_us(rows[k][0]), EXPIRED)
-                    for name, _ in view.columns:
-                        record[name] = expired
+                    record.update(zip(view.out_names, repeat(FeatureValue(None, from_us(rows[k][0]), EXPIRED))))
+                k += 1
+            out.append(record)
+        return out
+
+    def to_json_records(self) -> list[dict[str, dict[str, Any]]]:
+        """`to_records` as plain dicts `{"value", "status", "event_ts"}` (what the HTTP server sends), built
+        straight from the decoded rows: no FeatureValue in between. Missing values share one dict (the result
+        is meant to be serialized, not changed)."""
+        plan = self._plan
+        views, rows, status = plan.views, self._rows, self._status
+        fill = None if plan.in_order else plan.names
+        missing = {"value": None, "status": MISSING, "event_ts": None}
+        out = []
+        k = 0
+        for _ in range(len(self._entities)):
+            record: dict[str, dict[str, Any]] = {} if fill is None else dict.fromkeys(fill)  # type: ignore[arg-type]
+            for view in views:
+                s = status[k]
+                if s is PRESENT:
+                    row = rows[k]
+                    ts = from_us(row[0])
+                    for name, value in zip(view.out_names, view.values(row)):
+                        record[name] = {"value": value, "status": PRESENT, "event_ts": ts}
+                elif s is MISSING:
+                    record.update(zip(view.out_names, repeat(missing)))
+                else:
+                    expired = {"value": None, "status": EXPIRED, "event_ts": from_us(rows[k][0])}
+                    record.update(zip(view.out_names, repeat(expired)))
                 k += 1
             out.append(record)
         return out
@@ -310,11 +351,13 @@ class OnlineResult:
         arrays: dict[str, pa.Array] = {k: pa.array(v, arrow_type(key_types[k]))
                                        for k, v in self._key_columns().items()}
         by_name: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = {}
-        ts_type = pa.timestamp("us", tz="UTC")
-        status_type = pa.dictionary(pa.int8(), pa.string())
+        ts_type = arrow_type(types.TIMESTAMP)
+        statuses = pa.array(STATUSES, pa.string())
+        code = {s: i for i, s in enumerate(STATUSES)}
         for view, status, ts_us, served in self._view_columns():
-            status_array = pa.array(status, pa.string()).dictionary_encode().cast(status_type)
-            ts_array = pa.array(ts_us, pa.int64()).cast(ts_type)
+            # indices into the three statuses (3x faster than dictionary_encode); event times straight from µs
+            status_array = pa.DictionaryArray.from_arrays(pa.array([code[s] for s in status], pa.int8()), statuses)
+            ts_array = pa.array(ts_us, ts_type)
             for name, pos in view.columns:
                 values = [None if row is None else row[pos] for row in served]
                 by_name[name] = (pa.array(values, arrow_type(plan.dtypes[name])), status_array, ts_array)
@@ -323,8 +366,10 @@ class OnlineResult:
         return pa.table(arrays)
 
 
+@functools.lru_cache(maxsize=None)
 def arrow_type(dtype: str) -> pa.DataType:
-    """The Arrow type of a logical type (featuremart.types)."""
+    """The Arrow type of a logical type (featuremart.types); cached: building the types reads the environment
+    (pyarrow's time zone lookup), which was half of a one-entity `to_arrow`."""
     import pyarrow as pa
 
     return {

@@ -1,0 +1,52 @@
+"""The fast decode path (orjson, whole batches at once) gives exactly what `json.loads` value by value gives.
+
+orjson is stricter and lossier than the standard library in three places: it refuses NaN/Infinity (older
+writers), refuses non-UTF-8 text, and reads an integer beyond 64 bits as a float. Each must fall back to the
+exact decode, alone or inside a batch, and a stored value that is not one JSON array must not shift its
+neighbours when a batch is parsed as one array.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from featuremart.online.codec import RowDecoder
+
+BIG = 123456789012345678901234567890  # beyond 64 bits: HUGEINT in DuckDB
+
+
+def reference(dtypes: list[str], raw: bytes) -> list:
+    """The standard library's decode, then the same conversions (the behaviour before orjson)."""
+    return RowDecoder(dtypes).convert(json.loads(raw))
+
+
+@pytest.mark.parametrize("raws", [
+    [b"[1, %d, [1, %d], 2.5]" % (BIG, BIG), b"[2, 5, [1, 2], 3]"],  # big ints, and an int in a float column
+    [b"[1, 5, [1, 2], NaN]", b"[2, 6, null, 1.5]"],  # NaN from an older writer, inside a batch
+    [b"[1, 5, [3], 1.5]", b"[2, 6, [4], 2.5]", b"[3, -7, [], -0.0]"],  # the plain fast path
+])
+def test_batch_decode_matches_the_standard_library(raws):
+    dtypes = ["int", "array<int>", "float"]
+    decoder = RowDecoder(dtypes)
+    expected = [reference(dtypes, raw) for raw in raws]
+    got = decoder.decode_many(raws)
+    assert got == expected
+    assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in expected]
+    assert [decoder.decode(raw) for raw in raws] == expected
+
+
+def test_a_big_int_is_exact_not_a_float():
+    decoder = RowDecoder(["int"])
+    assert decoder.decode(b"[1, %d]" % BIG) == [1, BIG]
+    assert decoder.decode_many([b"[1, %d]" % BIG, b"[2, 3]"]) == [[1, BIG], [2, 3]]
+
+
+def test_values_that_are_not_one_array_do_not_shift_their_neighbours():
+    decoder = RowDecoder(["float"])
+    # Joined, these parse as two rows of width 1 ("[[1],[2],[3,[4]]]" would be three): each alone is invalid.
+    with pytest.raises(ValueError):
+        decoder.decode_many([b"[1],[2]", b"[3,[4]"])
+    with pytest.raises(ValueError):
+        decoder.decode_many([b"[1, 2.5]", b"[2, 3.5],[3, 4.5]"])
