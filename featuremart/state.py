@@ -192,8 +192,8 @@ class SyncState:
         """Before writing a view: record that its state no longer describes the store until `run_id` completes."""
         self.con.execute(
             "insert into fm_views (view, version, store_id, synced_at, entities, generation) "
-            "values (?, '', '', now()::timestamp, 0, ?) on conflict (view) do update set generation = ?",
-            [view, run_id, run_id])
+            "values (?, '', '', ?, 0, ?) on conflict (view) do update set generation = ?",
+            [view, _utc_now(), run_id, run_id])
 
     def seal(self, store_id: str, old: str, new: str, *, whole: bool) -> None:
         """After a sync completed and moved the store's generation from `old` to `new`: rows that described the
@@ -342,8 +342,8 @@ class SyncState:
                              "where action in ('insert', 'update')")
             self.con.execute(
                 "insert or replace into fm_views (view, version, store_id, synced_at, entities, watermark, "
-                f"generation, ttl_ms) values (?, ?, ?, now()::timestamp, (select count(*) from {state}), ?, ?, ?)",
-                [view, version, store_id, watermark, generation, ttl_ms])
+                f"generation, ttl_ms) values (?, ?, ?, ?, (select count(*) from {state}), ?, ?, ?)",
+                [view, version, store_id, _utc_now(), watermark, generation, ttl_ms])
             self.con.execute("commit")
         except Exception:
             self.con.execute("rollback")
@@ -374,3 +374,8 @@ def unreadable(path: Path, exc: Exception) -> StateError:
                        "from the online store.")
     error.detail = str(exc)
     return error
+
+
+def _utc_now() -> datetime:
+    """Now as a naive UTC timestamp (`synced_at`): DuckDB's `now()::timestamp` would take the session's zone."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)

@@ -83,7 +83,7 @@
       {%- for timing in result.timing if timing.completed_at is not none -%}
         {%- do completed.append(timing.completed_at) -%}
       {%- endfor -%}
-      {%- set when = completed[-1] if completed else modules.datetime.datetime.utcnow() -%}
+      {%- set when = completed[-1] if completed else modules.datetime.datetime.now(modules.pytz.utc) -%}
       {%- if when.tzinfo is not none -%}
         {%- set when = when.astimezone(modules.pytz.utc).replace(tzinfo=none) -%}
       {%- endif -%}
