@@ -144,3 +144,88 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RedisCluster:
+    """A private Redis Cluster: `masters` `redis-server --cluster-enabled yes` processes on free loopback ports,
+    each in its own temp dir without persistence, joined by `redis-cli --cluster create` (no replicas).
+
+    `url` is the first master's: featuremart detects the cluster from any node. `nodes[i]` are `RedisServer`s,
+    so a test can `kill()` and `restart()` one (it rejoins with its slots, empty: its nodes.conf is kept).
+    """
+
+    def __init__(self, masters: int = 3, *, binary: str | None = None, start_timeout: float = 30.0):
+        self.binary = binary
+        self.nodes = [RedisServer(binary=binary, extra_args=["--cluster-enabled", "yes",
+                                                             "--cluster-node-timeout", "2000",
+                                                             "--cluster-require-full-coverage", "no"])
+                      for _ in range(masters)]
+        self.start_timeout = start_timeout
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def client(self, **kwargs):
+        from redis.cluster import RedisCluster as Client
+
+        return Client(host="127.0.0.1", port=self.nodes[0].port, **kwargs)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run `redis-cli` (the one beside redis-server) with `args`; output captured."""
+        exe = str(Path(self.binary or redis_server_binary()).with_name("redis-cli"))
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+        return proc
+
+    def start(self) -> RedisCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.cli("--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                     "--cluster-replicas", "0", "--cluster-yes")
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self) -> None:
+        """Wait until every node says `cluster_state:ok` and agrees on the slot map."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            states = []
+            for node in self.nodes:
+                client = node.client(socket_connect_timeout=1)
+                try:
+                    states.append((client.info("cluster").get("cluster_enabled"),
+                                   client.cluster("info").get("cluster_state"),
+                                   str(sorted(map(str, client.cluster("slots"))))))
+                except redis.RedisError:
+                    states.append(None)
+                finally:
+                    client.close()
+            if all(s and s[1] == "ok" for s in states) and len({s[2] for s in states}) == 1:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not become ready: {states}")
+            time.sleep(0.1)
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            client = node.client()
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

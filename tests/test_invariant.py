@@ -192,11 +192,11 @@ def test_a_sync_interrupted_by_a_restore_keeps_the_previous_registry(server, tmp
             world.apply("upsert", i, 0, i)
         assert world.sync(None, False)[0].status == "success"
         world.fault("save_snapshot")
-        registry_before = server.client().get("fm:registry:id")
+        registry_before = server.client().get("fm:meta:{fm}:registry:id")
         world.h.sql("update feats set a = a + 100")
         run, injected = world.sync("restore_snapshot", False)
         assert injected and run.status == "failed" and "restarted or failed over" in run.error
-        assert server.client().get("fm:registry:id") == registry_before
+        assert server.client().get("fm:meta:{fm}:registry:id") == registry_before
         run, _ = world.sync(None, False)
         assert run.status == "success" and run.views[0].rebuilt
         assert dump(server.url) == reference(world.h, server.url.rsplit("/", 1)[0] + f"/{REFERENCE_DB}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
 import sys
@@ -176,28 +177,31 @@ def test_a_restart_in_the_middle_of_a_bulk_write_fails_it(tmp_path):
 
 
 def test_fenced_sets_only_while_nothing_changed(store, client, redis_server):
+    from featuremart.online import keys
     from featuremart.online.store import Fence
 
-    client.set("fm:store_id", '"s1"')
+    store_id, generation, registry = keys.store_id_key("fm"), keys.generation_key("fm"), keys.registry_key("fm")
+
+    client.set(store_id, '"s1"')
     lock = store.lock("sync", 30).acquire()
-    fence = Fence("fm:store_id", '"s1"', "fm:generation", "", lock.key, lock.value, store.server_id())
-    store.fenced(fence, {"fm:generation": '"g1"'})
-    assert client.get("fm:generation") == b'"g1"'
-    for change, what in ((lambda: client.set("fm:generation", '"older"'), "generation"),
-                         (lambda: client.set("fm:store_id", '"s2"'), "store_id"),
+    fence = Fence(store_id, '"s1"', generation, "", lock.key, lock.value, store.server_id())
+    store.fenced(fence, {generation: '"g1"'})
+    assert client.get(generation) == b'"g1"'
+    for change, what in ((lambda: client.set(generation, '"older"'), "generation"),
+                         (lambda: client.set(store_id, '"s2"'), "store_id"),
                          (lambda: client.delete(lock.key), "lock")):
-        fence = Fence("fm:store_id", client.get("fm:store_id").decode(), "fm:generation",
-                      client.get("fm:generation").decode(), lock.key, lock.value, store.server_id())
+        fence = Fence(store_id, client.get(store_id).decode(), generation,
+                      client.get(generation).decode(), lock.key, lock.value, store.server_id())
         change()
         with pytest.raises(StoreChangedError, match=what):
-            store.fenced(fence, {"fm:registry": "new"})
-        assert client.get("fm:registry") is None
-        client.set("fm:store_id", '"s1"')
+            store.fenced(fence, {registry: "new"})
+        assert client.get(registry) is None
+        client.set(store_id, '"s1"')
         client.set(lock.key, lock.value)
-    fence = Fence("fm:store_id", '"s1"', "fm:generation", client.get("fm:generation").decode(), lock.key,
+    fence = Fence(store_id, '"s1"', generation, client.get(generation).decode(), lock.key,
                   lock.value, "0" * 40)
     with pytest.raises(StoreChangedError, match="restarted or failed over"):
-        store.fenced(fence, {"fm:registry": "new"})
+        store.fenced(fence, {registry: "new"})
 
 
 def test_unreachable_url_names_it_with_the_password_redacted(tmp_path):
@@ -245,16 +249,16 @@ def test_lock_excludes_a_second_holder(store, redis_server, client, tmp_path):
             held.refresh()
         with other.lock("sync", ttl_seconds=30):  # released on exit: free again
             pass
-        assert client.exists("fm:lock:sync") == 0
+        assert client.exists("fm:meta:{fm}:lock:sync") == 0
     finally:
         other.close()
 
 
 def test_lock_is_released_only_by_its_owner(store, client):
     lock = store.lock("sync", ttl_seconds=30).acquire()
-    client.set("fm:lock:sync", "someone else's token", px=30_000)  # as if ours expired and another took it
+    client.set(lock.key, "someone else's token", px=30_000)  # as if ours expired and another took it
     assert lock.release() is False
-    assert client.get("fm:lock:sync") == b"someone else's token"
+    assert lock.key == "fm:meta:{fm}:lock:sync" and client.get(lock.key) == b"someone else's token"
     with pytest.raises(SyncLockedError):
         store.lock("sync", ttl_seconds=30).acquire()
 
@@ -409,7 +413,10 @@ def test_parse_row_key_accepts_what_the_sync_writes_and_nothing_else():
         for pairs in ([("customer_id", value)], [("customer_id", value), ("merchant_id", "M:1")]):
             key = keys.row_key("fm", "customer_spend", "0a1b2c3d", pairs)
             assert keys.parse_row_key("fm", key) == ("customer_spend", "0a1b2c3d"), key
-    for other in ["fm:registry", "fm:registry:id", "fm:store_id", "fm:generation", "fm:lock:sync", "fm:runs",
+    bookkeeping = [keys.registry_key("fm"), keys.registry_id_key("fm"), keys.store_id_key("fm"),
+                   keys.generation_key("fm"), keys.lock_key("fm", "sync"), keys.runs_key("fm")]
+    assert not any(fnmatch.fnmatchcase(key, keys.row_key_pattern("fm")) for key in bookkeeping)  # SCAN skips them
+    for other in [*bookkeeping, "fm:registry", "fm:registry:id", "fm:store_id", "fm:{fm}:registry",
                   "fm:{customer_id=C1}:customer_spend", "fm:{customer_id=C1}:customer_spend:0A1B2C3D",
                   "fm:{customer_id=C1}:customer_spend:0a1b2c3", "fm:{customer_id=C1}x:v:0a1b2c3d",
                   "fm:{noequals}:v:0a1b2c3d", "fm:{a={b}}:v:0a1b2c3d", "fm2:{customer_id=C1}:v:0a1b2c3d",

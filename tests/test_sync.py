@@ -299,7 +299,7 @@ def test_redis_killed_mid_write_then_rerun_converges(tmp_path):
         [written] = at_kill
         assert 20_000 <= written < 300_000, "Redis should have been restarted in the middle of the writes"
         assert run.status == "failed" and "restarted" in run.error and "127.0.0.1" in run.error, run
-        assert client.get("fm:registry") is None  # nothing published on the new, incomplete server
+        assert client.get("fm:meta:{fm}:registry") is None  # nothing published on the new, incomplete server
         rerun = h.sync()
         assert rerun.status == "success" and rerun.views[0].inserted == 300_000
         assert h.online() == h.expected()

@@ -3,7 +3,8 @@
     <prefix>:{<key1>=<value1>[,<key2>=<value2>...]}:<view>:<version>
 
 The `{...}` part is a Redis Cluster hash tag: every key of one entity (and of one composite entity) lives in
-one hash slot. Key values are percent-escaped where they would clash with the delimiters.
+one hash slot. Key values are percent-escaped where they would clash with the delimiters. Bookkeeping keys
+(`meta_key`) share another tag, `{<prefix>}`, so they all live in one slot.
 """
 
 from __future__ import annotations
@@ -49,29 +50,43 @@ def row_key(prefix: str, view: str, version: str, pairs: Sequence[tuple[str, Any
     return f"{prefix}:{entity_tag(pairs)}:{view}:{version}"
 
 
+def meta_key(prefix: str, name: str) -> str:
+    """A bookkeeping key: `<prefix>:meta:{<prefix>}:<name>`. Every bookkeeping key (registry, ids, lock, runs, and
+    any added later: build them here) shares the hash tag `{<prefix>}`, so on a Redis Cluster they all live in one
+    slot, as the sync's fenced Lua script and MULTI/EXEC need. They start with `<prefix>:meta:`, never `<prefix>:{`,
+    so the SCAN of value keys (`row_key_pattern`) and `parse_row_key` never match them.
+    """
+    return f"{prefix}:meta:{{{prefix}}}:{name}"
+
+
 def registry_key(prefix: str) -> str:
     """The registry snapshot a sync publishes (JSON): what online readers need to read features."""
-    return f"{prefix}:registry"
+    return meta_key(prefix, "registry")
 
 
 def runs_key(prefix: str) -> str:
     """A list of sync run records, newest first."""
-    return f"{prefix}:runs"
+    return meta_key(prefix, "runs")
 
 
 def registry_id_key(prefix: str) -> str:
     """The id of the published registry snapshot, read with every batch of values to notice a new one."""
-    return f"{prefix}:registry:id"
+    return meta_key(prefix, "registry:id")
 
 
 def store_id_key(prefix: str) -> str:
     """A random id of the store's contents: it disappears with them (flush, new server)."""
-    return f"{prefix}:store_id"
+    return meta_key(prefix, "store_id")
 
 
 def generation_key(prefix: str) -> str:
     """The id of the last sync that completed on this store; its sync state records the same id."""
-    return f"{prefix}:generation"
+    return meta_key(prefix, "generation")
+
+
+def lock_key(prefix: str, name: str) -> str:
+    """A lock (`SET NX PX`), e.g. `lock:sync`: one sync at a time."""
+    return meta_key(prefix, f"lock:{name}")
 
 
 def row_key_pattern(prefix: str) -> str:

@@ -1,4 +1,4 @@
-"""The connection and bulk I/O layer of the online store: one Redis (or Valkey) server, reached by URL.
+"""The connection and bulk I/O layer of the online store: one Redis (or Valkey) server or a Redis Cluster, by URL.
 
 `OnlineStore` knows nothing of features: it moves bytes. Its reason to exist is the bulk write: redis-py spends
 several microseconds of Python per pipelined command, so `write` hand-encodes RESP for a whole chunk of
@@ -6,9 +6,12 @@ several microseconds of Python per pipelined command, so `write` hand-encodes RE
 hiredis reader straight from the socket. Everything else (`mget`, `delete`, `scan`, JSON values, the sync lock)
 goes through redis-py, with transient errors retried.
 
-Redis Cluster: not implemented. Every key of one entity carries one hash tag (`{...}`), so a cluster version would
-group the rows of a chunk by slot (`redis.cluster.key_slot`) and send each group to the node owning it, run
-`mget` per slot, and `scan` every primary. On a single node none of this is needed, and nothing here breaks it.
+Redis Cluster: detected from the server (`INFO cluster` says `cluster_enabled:1`), so the URL of any node will do.
+Then the small commands go through redis-py's `RedisCluster` (slot routing, MOVED/ASK); the bulk write splits each
+chunk by the slot of each key (every key of one entity carries one hash tag `{...}`), sends each master its share on
+its own connection and thread, with the same pipelined path, and resends what a resharding redirected (MOVED: to
+the new owner; ASK: with `ASKING` first). `mget` is one MGET per slot, pipelined per node; `scan` covers every
+master. Bookkeeping keys share one hash tag (`keys.meta_key`), so the fenced script and MULTI/EXEC work there.
 
 Example:
     >>> store = OnlineStore.connect(None, embedded_dir=Path(".featuremart"))  # doctest: +SKIP
@@ -21,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -35,9 +40,12 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from featuremart.errors import OnlineStoreError, StoreChangedError, SyncLockedError
+from featuremart.online import keys as key_format
 
 try:  # redis[hiredis] is a dependency; the pure-Python fallback only keeps a broken install working.
     import hiredis
@@ -59,7 +67,11 @@ MGET_CHUNK_KEYS = 100_000
 _RETRY_ATTEMPTS = 5
 _RETRY_BASE_SECONDS = 0.1
 _RETRY_MAX_TOTAL_SECONDS = 15.0
-_TRANSIENT_REPLY_PREFIXES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN")
+_TRANSIENT_REPLY_PREFIXES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+_REDIRECT_PREFIXES = ("MOVED ", "ASK ")
+#: Rounds of resending redirected writes (each after refreshing the slot map) before a write gives up.
+_REDIRECT_ROUNDS = 20
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _URL_HINT = "is FEATUREMART_REDIS_URL right? is the server running and reachable from here?"
 
 _UNLOCK = """
@@ -183,8 +195,11 @@ class OnlineStore:
     `get_json`/`set_json`); keys are full keys, already prefixed by the caller.
     """
 
-    def __init__(self, client: redis.Redis, *, url: str, prefix: str = "fm", embedded: Any = None):
+    def __init__(self, client: redis.Redis | RedisCluster, *, url: str, prefix: str = "fm", embedded: Any = None):
         self._redis = client
+        #: True on a Redis Cluster (`connect` detects it); then `_node_ids` maps each master seen to its run_id.
+        self.cluster = isinstance(client, RedisCluster)
+        self._node_ids: dict[str, str | None] = {}
         self._url = redact_url(url)  # only the redacted form is ever kept
         self.prefix = prefix
         self._embedded = embedded
@@ -237,7 +252,26 @@ class OnlineStore:
             store.close()
             raise OnlineStoreError(f"The online store at {shown} answered PING with an error: {exc}; "
                                    f"{_URL_HINT}") from None
+        if embedded is None and store._cluster_enabled():
+            store._redis.close()
+            store._redis.connection_pool.disconnect()
+            try:
+                cluster = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5,
+                                                socket_timeout=60, health_check_interval=30, decode_responses=False)
+            except redis.RedisError as exc:
+                raise OnlineStoreError(f"The online store at {shown} is a Redis Cluster node, but the cluster "
+                                       f"cannot be reached through it: {exc}; {_URL_HINT}") from None
+            store = cls(cluster, url=url, prefix=prefix)
         return store
+
+    def _cluster_enabled(self) -> bool:
+        """Whether the server is a Redis Cluster node (`INFO cluster`); False where INFO is not permitted (then a
+        cluster answers writes with MOVED, which fails loudly)."""
+        try:
+            return str(self._retry("INFO cluster", lambda: self._redis.info("cluster"))
+                       .get("cluster_enabled", 0)) == "1"
+        except redis.ResponseError:
+            return False
 
     @property
     def url(self) -> str:
@@ -245,12 +279,13 @@ class OnlineStore:
         return self._url
 
     def __repr__(self) -> str:
-        return f"OnlineStore(url={self._url!r}, prefix={self.prefix!r})"
+        return f"OnlineStore(url={self._url!r}, prefix={self.prefix!r}{', cluster' if self.cluster else ''})"
 
     def close(self) -> None:
         """Close every connection; for the embedded server, let it stop (saving) if no other process uses it."""
         self._redis.close()
-        self._redis.connection_pool.disconnect()
+        if not self.cluster:
+            self._redis.connection_pool.disconnect()
         if self._embedded is not None:
             self._embedded.release()
             self._embedded = None
@@ -327,11 +362,43 @@ class OnlineStore:
         return written
 
     def server_id(self) -> str | None:
-        """The server's `run_id` (new with every restart or failover), or None where INFO is not permitted."""
+        """The server's `run_id` (new with every restart or failover), or None where INFO is not permitted.
+
+        On a cluster: the run_id of the master holding the bookkeeping keys (what the fenced script checks), and
+        every master's run_id is recorded, so the writer and `fenced` notice any master restarting or failing over.
+        """
+        if self.cluster:
+            self._node_ids = {node.name: self._node_run_id(node) for node in self._redis.get_primaries()}
+            owner = self._redis.get_node_from_key(key_format.meta_key(self.prefix, "store_id"))
+            return self._node_ids.get(owner.name) if owner is not None else None
         try:
             return self._redis.info("server").get("run_id")
         except redis.ResponseError:  # NOPERM for an ACL user without INFO: restarts are then caught by store_id
             return None
+
+    def _node_run_id(self, node: Any) -> str | None:
+        try:
+            return self._redis.get_redis_connection(node).info("server").get("run_id")
+        except redis.ResponseError:
+            return None
+
+    def _check_node(self, node: Any, written: int) -> None:
+        """On a cluster: raise `StoreChangedError` if `node` is a master this store did not see at `server_id()`,
+        or one that restarted since (its writes may be lost); a first write records what it sees."""
+        current = self._node_run_id(node)
+        if not self._node_ids:
+            self._node_ids = {n.name: self._node_run_id(n) for n in self._redis.get_primaries()}
+            self._node_ids[node.name] = current
+        if node.name not in self._node_ids:
+            raise StoreChangedError(
+                f"The online store {self._url} changed during the sync: {node.name} became a master of the cluster "
+                f"(a failover?) after {written} rows were acknowledged: those writes may be lost.")
+        expected = self._node_ids[node.name]
+        if expected is not None and current is not None and current != expected:
+            raise StoreChangedError(
+                f"The online store {self._url} changed during the sync: cluster node {node.name} restarted or "
+                f"failed over (run_id {expected[:8]} is now {current[:8]}), after {written} rows were "
+                "acknowledged: those writes may be lost.")
 
     def write_encoded(self, chunks: Iterable[tuple[bytes | memoryview, Sequence[Any]]], *,
                       server: str | None = None, seen: list[str | None] | None = None) -> int:
@@ -344,12 +411,42 @@ class OnlineStore:
         On every connection it takes (the first, and after each reconnect) it checks the server's run_id against
         `server` (or the first one it saw): a server that restarted or failed over has lost or never had earlier
         writes, so retrying there would be a silent loss; it raises `StoreChangedError` instead. The run_id
-        seen is appended to `seen`.
+        seen is appended to `seen`. On a cluster each master's run_id is checked against the one `server_id()`
+        recorded (`_write_cluster`).
         """
-        pool = self._redis.connection_pool
+        if self.cluster:
+            written = self._write_cluster(chunks)
+            if seen is not None:
+                seen.append(server)
+            return written
+
+        def check(written: int) -> None:
+            nonlocal server
+            current = self.server_id()
+            if server is not None and current is not None and current != server:
+                raise StoreChangedError(
+                    f"The online store {self._url} restarted or failed over during the write (server "
+                    f"run_id {server[:8]} is now {current[:8]}), after {written} rows were "
+                    "acknowledged: those writes may be lost.")
+            server = server or current
+            if seen is not None:
+                seen.append(current)
+
+        return self._pipelined(self._redis.connection_pool, ((buf, k, 1) for buf, k in chunks), check, self._url)
+
+    def _pipelined(self, pool: redis.ConnectionPool, chunks: Iterable[tuple[Any, Sequence[Any], int]],
+                   check: Callable[[int], None], where: str,
+                   redirected: list[tuple[bytes, Any, str]] | None = None,
+                   commands: Callable[[Any], list[bytes]] | None = None) -> int:
+        """The pipelined write on one connection from `pool`: chunks are (buffer, keys, replies per key).
+
+        `check(written)` runs on every connection taken. With `redirected` (a cluster), MOVED/ASK replies do not
+        fail the write: (command, key, error) of each goes there for the caller to resend; `commands(chunk)`
+        gives the chunk's commands one by one.
+        """
         chunks = iter(chunks)
         upcoming = next(chunks, None)
-        in_flight: deque[tuple[bytes, list[bytes]]] = deque()  # sent, replies not yet read (at most two)
+        in_flight: deque[tuple[Any, Sequence[Any], int]] = deque()  # sent, replies not yet read (at most two)
         conn = None
         written = 0
         failures = 0
@@ -358,33 +455,36 @@ class OnlineStore:
             while upcoming is not None or in_flight:
                 try:
                     if conn is None:
-                        current = self.server_id()
-                        if server is not None and current is not None and current != server:
-                            raise StoreChangedError(
-                                f"The online store {self._url} restarted or failed over during the write (server "
-                                f"run_id {server[:8]} is now {current[:8]}), after {written} rows were "
-                                "acknowledged: those writes may be lost.")
-                        server = server or current
-                        if seen is not None:
-                            seen.append(current)
+                        check(written)
                         conn = _get_connection(pool)
                         replies = _ReplyReader(conn)
-                        for buf, _ in in_flight:  # after a reconnect: resend what was not acknowledged
-                            conn.send_packed_command([buf], check_health=False)
+                        for chunk in in_flight:  # after a reconnect: resend what was not acknowledged
+                            conn.send_packed_command([chunk[0]], check_health=False)
                     if upcoming is not None:
                         conn.send_packed_command([upcoming[0]], check_health=False)
                         in_flight.append(upcoming)
                         upcoming = next(chunks, None)  # encoded while the server executes the chunk just sent
                     if in_flight and (upcoming is None or len(in_flight) > 1):
-                        chunk_keys = in_flight[0][1]
-                        errors = replies.read(len(chunk_keys))
+                        chunk = in_flight[0]
+                        chunk_keys, per = chunk[1], chunk[2]
+                        errors = replies.read(len(chunk_keys) * per)
+                        if errors and redirected is not None and commands is not None:
+                            moved = [(i // per, str(e)) for i, e in errors if str(e).startswith(_REDIRECT_PREFIXES)]
+                            if len(moved) == len(errors):
+                                cmds = commands(chunk)
+                                redirected.extend((cmds[i], chunk_keys[i], e) for i, e in moved)
+                                written -= len(moved)
+                                errors = []
                         if errors:
                             index, error = errors[0]
                             if str(error).startswith(_TRANSIENT_REPLY_PREFIXES):
                                 raise redis.BusyLoadingError(str(error))
+                            hint = ("; the server is a Redis Cluster node, but INFO (which detects one) is not "
+                                    "permitted: grant INFO to the user" if str(error).startswith(_REDIRECT_PREFIXES)
+                                    else "")
                             raise OnlineStoreError(
-                                f"Redis rejected {len(errors)} of {len(chunk_keys)} writes on {self._url}; first: "
-                                f"key {_shown(chunk_keys[index])!r}: {error}"
+                                f"Redis rejected {len(errors)} of {len(chunk_keys)} writes on {where}; first: "
+                                f"key {_shown(chunk_keys[index // per])!r}: {error}{hint}"
                             )
                         in_flight.popleft()
                         written += len(chunk_keys)
@@ -401,10 +501,10 @@ class OnlineStore:
                     if failures >= _RETRY_ATTEMPTS or time.monotonic() + delay > deadline:
                         first = (in_flight or [upcoming])[0]
                         raise OnlineStoreError(
-                            f"Write failed on {self._url} after {failures} attempts at the chunk "
+                            f"Write failed on {where} after {failures} attempts at the chunk "
                             f"starting with key {_shown(first[1][0])!r}, {written} rows written: {exc}"
                         ) from exc
-                    log.warning("write on %s failed (%s); retry %d in %.2fs", self._url, exc, failures, delay)
+                    log.warning("write on %s failed (%s); retry %d in %.2fs", where, exc, failures, delay)
                     time.sleep(delay)
         finally:
             if conn is not None:
@@ -413,22 +513,171 @@ class OnlineStore:
                 pool.release(conn)
         return written
 
+    # ---- Redis Cluster bulk write ----------------------------------------------------------------------------
+
+    def _write_cluster(self, chunks: Iterable[tuple[bytes | memoryview, Sequence[Any]]]) -> int:
+        """`write_encoded` on a cluster: each chunk's commands grouped by the master owning their key's slot, each
+        master's share written on its own connection and thread (`_pipelined`), then whatever a resharding
+        redirected resent to the node named in the redirection, `ASKING` first for ASK, until none is left."""
+        owners = self._slot_owners()
+        redirected: list[tuple[bytes, Any, str]] = []
+
+        def split() -> Iterator[dict[str, tuple[list[bytes], list[Any]]]]:
+            for buffer, chunk_keys in chunks:
+                groups: dict[str, tuple[list[bytes], list[Any]]] = {}
+                for command, key in zip(_split_commands(buffer), chunk_keys):
+                    name = owners[key_slot(command[1])]
+                    group = groups.get(name)
+                    if group is None:
+                        group = groups[name] = ([], [])
+                    group[0].append(_encode_command(command))
+                    group[1].append(key)
+                yield groups
+
+        written = self._fan_out(split(), 1, redirected)
+        for round_ in range(1, _REDIRECT_ROUNDS + 1):
+            if not redirected:
+                return written
+            self._redis.nodes_manager.initialize()  # the slot map moved: later reads and writes use the new one
+            groups: dict[str, tuple[list[bytes], list[Any]]] = {}
+            asking: dict[str, tuple[list[bytes], list[Any]]] = {}
+            for command, key, error in redirected:
+                target = error.split()[2]  # "MOVED 3999 127.0.0.1:6381", "ASK 3999 127.0.0.1:6381"
+                group = (asking if error.startswith("ASK ") else groups).setdefault(target, ([], []))
+                group[0].append(command)
+                group[1].append(key)
+            log.info("resharding: resending %d redirected writes (round %d)", len(redirected), round_)
+            redirected = []
+            written += self._fan_out(iter([groups]), 1, redirected)
+            written += self._fan_out(iter([{n: ([_ASKING + c for c in cmds], ks) for n, (cmds, ks) in asking.items()}]),
+                                     2, redirected)
+            time.sleep(0.01 * round_)
+        raise OnlineStoreError(
+            f"Write on the cluster {self._url} still redirected after {_REDIRECT_ROUNDS} rounds (a resharding that "
+            f"does not settle?): {len(redirected)} rows not written, first key {_shown(redirected[0][1])!r}: "
+            f"{redirected[0][2]}")
+
+    def _slot_owners(self) -> list[str]:
+        """The name (host:port) of the master owning each of the 16384 slots, from the client's slot map."""
+        cache = self._redis.nodes_manager.slots_cache
+        owners = [""] * 16384
+        for slot, nodes in cache.items():
+            owners[slot] = nodes[0].name
+        return owners
+
+    def _fan_out(self, groups: Iterator[dict[str, tuple[list[bytes], list[Any]]]], per: int,
+                 redirected: list[tuple[bytes, Any, str]]) -> int:
+        """Write each node's share of each item of `groups` ({node name: (commands, keys)}) on one thread and one
+        connection per node, in order; returns the rows acknowledged. The first error stops every node."""
+        queues: dict[str, queue.Queue] = {}
+        workers: dict[str, threading.Thread] = {}
+        errors: list[BaseException] = []
+        counts: list[int] = []
+        found: list[list[tuple[bytes, Any, str]]] = []
+        stop = threading.Event()
+
+        def feed(q: Any) -> Iterator[tuple[bytes, list[Any], int, list[bytes]]]:
+            while True:
+                try:
+                    item = q.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                if item is None or stop.is_set():
+                    return
+                yield item
+
+        def worker(name: str, q: Any) -> None:
+            mine: list[tuple[bytes, Any, str]] = []
+            found.append(mine)
+            try:
+                node = self._node(name)
+                counts.append(self._pipelined(
+                    self._redis.get_redis_connection(node).connection_pool, feed(q),
+                    lambda written: self._check_node(node, written), f"cluster node {name} of {self._url}",
+                    mine, lambda chunk: chunk[3]))
+            except BaseException as exc:  # handed to the caller, which raises the first
+                errors.append(exc)
+                stop.set()
+
+        def queue_for(name: str) -> Any:
+            q = queues.get(name)
+            if q is None:
+                q = queues[name] = queue.Queue(maxsize=4)
+                thread = workers[name] = threading.Thread(target=worker, args=(name, q), daemon=True,
+                                                          name=f"featuremart-write-{name}")
+                thread.start()
+            return q
+
+        try:
+            for item in groups:
+                for name, (cmds, chunk_keys) in item.items():
+                    for start in range(0, len(cmds), WRITE_CHUNK_ROWS):
+                        part = cmds[start:start + WRITE_CHUNK_ROWS]
+                        chunk = (b"".join(part), chunk_keys[start:start + WRITE_CHUNK_ROWS], per, part)
+                        q = queue_for(name)
+                        while not stop.is_set():
+                            try:
+                                q.put(chunk, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                if stop.is_set():
+                    break
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for name, q in queues.items():  # the end of input; a worker that stopped takes no more
+                while True:
+                    try:
+                        q.put(None, timeout=0.1)
+                        break
+                    except queue.Full:
+                        if stop.is_set() or not workers[name].is_alive():
+                            break
+            for thread in workers.values():
+                thread.join()
+        if errors:
+            first = next((e for e in errors if isinstance(e, StoreChangedError)), errors[0])
+            raise first
+        for mine in found:
+            redirected.extend(mine)
+        return sum(counts)
+
+    def _node(self, name: str) -> Any:
+        """The cluster node `name` (host:port), refreshing the client's view of the cluster once if unknown."""
+        node = self._redis.get_node(node_name=name)
+        if node is None:
+            self._redis.nodes_manager.initialize()
+            node = self._redis.get_node(node_name=name)
+        if node is None:
+            raise OnlineStoreError(f"The cluster {self._url} redirected writes to {name}, which is not one of its "
+                                   "nodes (a cluster announcing addresses this machine cannot reach?)")
+        if node.redis_connection is None:
+            self._redis.get_redis_connection(node)
+        return node
+
     # ---- reads, deletes, small values ------------------------------------------------------------------------
 
     def mget(self, keys: Sequence[bytes | str]) -> list[bytes | None]:
-        """The values of `keys` (None where absent), in one round trip (chunked only above 100k keys)."""
+        """The values of `keys` (None where absent), in one round trip (chunked only above 100k keys).
+
+        On a cluster: one MGET per hash slot (a cluster refuses MGET across slots), pipelined per node."""
         if not keys:
             return []
+        get = self._redis.mget_nonatomic if self.cluster else self._redis.mget
         if len(keys) <= MGET_CHUNK_KEYS:
-            return self._call(f"MGET of {len(keys)} keys", lambda: self._redis.mget(keys))
+            return self._call(f"MGET of {len(keys)} keys", lambda: get(keys))
         out: list[bytes | None] = []
         for start in range(0, len(keys), MGET_CHUNK_KEYS):
             chunk = keys[start:start + MGET_CHUNK_KEYS]
-            out.extend(self._call(f"MGET of {len(chunk)} keys", lambda: self._redis.mget(chunk)))
+            out.extend(self._call(f"MGET of {len(chunk)} keys", lambda: get(chunk)))
         return out
 
     def delete(self, keys: Sequence[bytes | str]) -> int:
-        """`UNLINK` `keys` in chunks; returns how many existed."""
+        """`UNLINK` `keys` in chunks (on a cluster, redis-py sends one UNLINK per slot); returns how many existed."""
         removed = 0
         for start in range(0, len(keys), DELETE_CHUNK_KEYS):
             chunk = list(keys[start:start + DELETE_CHUNK_KEYS])
@@ -453,16 +702,20 @@ class OnlineStore:
     def scan(self, match: bytes | str, *, count: int = 1000) -> Iterator[bytes]:
         """Every key matching the glob `match`, by cursor (`SCAN`: never blocks the server like `KEYS`).
 
-        A key may be yielded twice (SCAN's guarantee); callers that count should dedupe.
+        A key may be yielded twice (SCAN's guarantee); callers that count should dedupe. On a cluster, every
+        master is scanned in turn (a key migrating during a resharding may be missed or seen twice).
         """
-        cursor = 0
-        while True:
-            cursor, batch = self._call(
-                f"SCAN {match!r}", lambda c=cursor: self._redis.scan(c, match=match, count=count)
-            )
-            yield from batch
-            if cursor == 0:
-                return
+        clients = ([self._redis.get_redis_connection(n) for n in self._redis.get_primaries()] if self.cluster
+                   else [self._redis])
+        for client in clients:
+            cursor = 0
+            while True:
+                cursor, batch = self._call(
+                    f"SCAN {match!r}", lambda c=cursor, r=client: r.scan(c, match=match, count=count)
+                )
+                yield from batch
+                if cursor == 0:
+                    break
 
     def set_json_nx(self, key: bytes | str, obj: Any) -> bool:
         """Store `obj` at `key` only if the key does not exist; True if this call set it."""
@@ -490,8 +743,14 @@ class OnlineStore:
 
     def fenced(self, fence: Fence, values: dict[str, str] | None = None) -> None:
         """Set `values` (strings, stored as they are) only if nothing of `fence` changed, in one script (atomic
-        on the server). With no values it only checks. Raises `StoreChangedError` naming what changed."""
+        on the server). With no values it only checks. Raises `StoreChangedError` naming what changed.
+
+        On a cluster the script runs on the master holding the bookkeeping keys and checks its run_id; every
+        other master's run_id is checked just before (against those `server_id()` recorded)."""
         values = values or {}
+        if self.cluster and fence.server is not None:
+            for node in self._redis.get_primaries():
+                self._call(f"INFO server of {node.name}", lambda n=node: self._check_node(n, 0))
         keys = [fence.store_id_key, fence.lock_key, fence.generation_key, *values]
         args = [fence.store_id, fence.lock_value, fence.generation, fence.server or "", *values.values()]
         outcome = self._call("fenced publish", lambda: self._fenced_script(keys=keys, args=args))
@@ -525,7 +784,7 @@ class OnlineStore:
         chunks of a long run to extend it; only the owner can refresh or release it. If another process holds
         it, entering raises `SyncLockedError` saying who, since when and until when.
         """
-        return StoreLock(self, f"{self.prefix}:lock:{name}", ttl_seconds)
+        return StoreLock(self, key_format.lock_key(self.prefix, name), ttl_seconds)
 
 
 class StoreLock(AbstractContextManager["StoreLock"]):
@@ -630,6 +889,36 @@ def _encode_set_pxat(keys: list[bytes], values: list[bytes], expire_at_ms: Seque
             t = b"%d" % e
             append(_SET_HEAD % (len(k), k, len(v), v, len(t), t))
     return b"".join(out)
+
+
+def _split_commands(buffer: bytes | memoryview, step: int = 1 << 16) -> Iterator[list[bytes]]:
+    """The commands in a buffer of RESP-encoded commands, each as its list of arguments (a cluster write regroups
+    them by slot). Parsed by hiredis (a request is a RESP array of bulk strings), fed in slices: fed whole, its
+    buffer is moved after every command."""
+    if hiredis is None:  # pragma: no cover - hiredis is a dependency
+        raise OnlineStoreError("writing to a Redis Cluster needs hiredis: pip install 'redis[hiredis]'")
+    reader = hiredis.Reader()
+    gets, view, pos, n = reader.gets, memoryview(buffer), 0, len(buffer)
+    while True:
+        command = gets()
+        if command is False:
+            if pos >= n:
+                return
+            reader.feed(view[pos:pos + step])
+            pos += step
+            continue
+        yield command
+
+
+def _encode_command(args: list[bytes]) -> bytes:
+    """RESP for one command: `SET key value PXAT ms` with one format, anything else argument by argument."""
+    if len(args) == 5:
+        k, v, t = args[1], args[2], args[4]
+        return _SET_HEAD_ARGS % (len(args[0]), args[0], len(k), k, len(v), v, len(args[3]), args[3], len(t), t)
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+_SET_HEAD_ARGS = b"*5\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
 class _ReplyReader:
