@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("dbt_project.yml", "profiles.yml", "features.yml", "models", "macros")
@@ -67,6 +67,21 @@ def redis_url(redis_server):
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A private Redis Cluster for the session: three masters on free loopback ports (tests/redis_server.py)."""
+    with RedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster):
+    """The URL of one master of the session's cluster, every master flushed, every node up and agreeing."""
+    redis_cluster.wait_ok()
+    redis_cluster.flushall()
+    return redis_cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -200,6 +200,8 @@ class OnlineStore:
         #: True on a Redis Cluster (`connect` detects it); then `_node_ids` maps each master seen to its run_id.
         self.cluster = isinstance(client, RedisCluster)
         self._node_ids: dict[str, str | None] = {}
+        #: Writes a resharding redirected, by kind (MOVED, ASK), over this store's life: they were resent.
+        self.redirected = {"MOVED": 0, "ASK": 0}
         self._url = redact_url(url)  # only the redacted form is ever kept
         self.prefix = prefix
         self._embedded = embedded
@@ -377,10 +379,17 @@ class OnlineStore:
             return None
 
     def _node_run_id(self, node: Any) -> str | None:
-        try:
-            return self._redis.get_redis_connection(node).info("server").get("run_id")
-        except redis.ResponseError:
-            return None
+        client = self._redis.get_redis_connection(node)
+
+        def run_id() -> str | None:
+            try:
+                return client.info("server").get("run_id")
+            except redis.ResponseError as exc:  # NOPERM: as on a single node, restarts are then caught by store_id
+                if _is_transient(exc):
+                    raise
+                return None
+
+        return self._call(f"INFO server on cluster node {node.name}", run_id)
 
     def _check_node(self, node: Any, written: int) -> None:
         """On a cluster: raise `StoreChangedError` if `node` is a master this store did not see at `server_id()`,
@@ -542,6 +551,7 @@ class OnlineStore:
             groups: dict[str, tuple[list[bytes], list[Any]]] = {}
             asking: dict[str, tuple[list[bytes], list[Any]]] = {}
             for command, key, error in redirected:
+                self.redirected[error.split()[0]] += 1
                 target = error.split()[2]  # "MOVED 3999 127.0.0.1:6381", "ASK 3999 127.0.0.1:6381"
                 group = (asking if error.startswith("ASK ") else groups).setdefault(target, ([], []))
                 group[0].append(command)
@@ -750,7 +760,7 @@ class OnlineStore:
         values = values or {}
         if self.cluster and fence.server is not None:
             for node in self._redis.get_primaries():
-                self._call(f"INFO server of {node.name}", lambda n=node: self._check_node(n, 0))
+                self._check_node(node, 0)
         keys = [fence.store_id_key, fence.lock_key, fence.generation_key, *values]
         args = [fence.store_id, fence.lock_value, fence.generation, fence.server or "", *values.values()]
         outcome = self._call("fenced publish", lambda: self._fenced_script(keys=keys, args=args))
