@@ -151,7 +151,9 @@ class Syncer:
         if note:
             run.notes.append(note)
         try:
-            self._begin(lock, create=not dry_run)
+            note = self._begin(lock, create=not dry_run)
+            if note:
+                run.notes.append(note)
             if full_refresh and not dry_run:  # whatever the state says, every key nothing serves goes
                 self._scan(state)
             published: dict[str, FeatureView] = {}
@@ -194,7 +196,10 @@ class Syncer:
                     run.notes.append(f"deleted {swept} keys no published view serves (of views or versions no "
                                      "longer published, or left where the state did not describe the store)")
             # The seal: the store's generation and the state's move together, only if nothing changed meanwhile.
-            self.store.fenced(self._fence, {keys.generation_key(self.prefix): json.dumps(self._token)})
+            seal = {keys.generation_key(self.prefix): json.dumps(self._token)}
+            if self.store.cluster:  # which masters hold what this generation wrote (see _begin)
+                seal[keys.masters_key(self.prefix)] = json.dumps(self.store.masters(), sort_keys=True)
+            self.store.fenced(self._fence, seal)
             state.seal(self.store_id, self.generation, self._token,
                        whole=self._scanned and set(snapshot["views"]) <= set(published))
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
@@ -216,13 +221,27 @@ class Syncer:
             pass  # the store is still unreachable: the original error says so
         return exc
 
-    def _begin(self, lock: StoreLock | None, create: bool) -> None:
-        """Read what identifies the store's contents now: its store_id (created if absent), generation, server."""
+    def _begin(self, lock: StoreLock | None, create: bool) -> str | None:
+        """Read what identifies the store's contents now: its store_id (created if absent), generation, server.
+
+        On a Redis Cluster the store_id lives on one master, so it cannot tell that another master restarted
+        empty or failed over since the last sync: the seal records every master's run_id, and when they differ
+        now the generation is dropped, so no view's state is trusted and each is rebuilt from a SCAN. Returns a
+        note saying so."""
+        server, note = self.store.server_id(), None  # first: on a cluster it also reads every master's run_id
         self.store_id = self._store_id(create)
+        if create and self.store.cluster:
+            recorded = self.store.get_json(keys.masters_key(self.prefix))
+            if recorded is not None and recorded != self.store.masters():
+                self.store.delete([keys.generation_key(self.prefix)])
+                note = (f"a master of the cluster restarted, failed over or was added since the last sync (recorded "
+                        f"{sorted(recorded)}, now {sorted(self.store.masters())}): its values may be gone, so every "
+                        "view is rebuilt from a SCAN of the store")
         self.generation = self.store.get_json(keys.generation_key(self.prefix)) or ""
         self._fence = Fence(keys.store_id_key(self.prefix), json.dumps(self.store_id),
                             keys.generation_key(self.prefix), json.dumps(self.generation) if self.generation else "",
-                            lock.key if lock else "", lock.value if lock else "", self.store.server_id())
+                            lock.key if lock else "", lock.value if lock else "", server)
+        return note
 
     def _sync_view(self, view: FeatureView, state: SyncState, full_refresh: bool, dry_run: bool,
                    progress: Callable[[str, str, int, int], None]) -> ViewResult:

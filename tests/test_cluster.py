@@ -273,3 +273,28 @@ def test_the_cli_exits_non_zero_with_a_master_down(project, redis_cluster, clust
         redis_cluster.wait_ok()
     code, out = run_cli("sync")
     assert code == 0, out
+
+
+def test_a_master_restarted_empty_between_syncs_is_rewritten(tmp_path, redis_cluster, cluster_url):
+    """The store_id lives on one master: another one losing its values between two syncs must not leave the next
+    (incremental) sync trusting its state. The seal recorded every master's run_id; the next sync sees one changed
+    and rebuilds."""
+    h = Harness(tmp_path, cluster_url, features=("a",))
+    h.sql("insert into feats select 'C' || i, now()::timestamp - interval 5 minute, i, 0, now()::timestamp "
+          "from range(5000) t(i)")
+    try:
+        assert h.sync().status == "success"
+        assert h.online() == h.expected()
+        victim = a_master_without_bookkeeping(redis_cluster)
+        victim.kill()
+        victim.restart()  # empty, same slots
+        redis_cluster.wait_ok()
+        assert 0 < len(h.online()) < len(h.expected())  # values are gone for real
+        run = h.sync()
+        assert run.status == "success", run.error
+        assert h.online() == h.expected() and len(h.expected()) == 5000
+        assert any("a master of the cluster restarted" in note for note in run.notes), run.notes
+        again = h.sync()  # the new record is trusted: nothing to rewrite
+        assert again.views[0].rebuilt is False and not again.notes and h.online() == h.expected()
+    finally:
+        h.store.close()

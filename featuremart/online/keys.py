@@ -84,6 +84,12 @@ def generation_key(prefix: str) -> str:
     return meta_key(prefix, "generation")
 
 
+def masters_key(prefix: str) -> str:
+    """On a Redis Cluster: every master's run_id when the last sync completed (JSON), to notice one that
+    restarted or failed over since (the store_id lives on one master only)."""
+    return meta_key(prefix, "masters")
+
+
 def lock_key(prefix: str, name: str) -> str:
     """A lock (`SET NX PX`), e.g. `lock:sync`: one sync at a time."""
     return meta_key(prefix, f"lock:{name}")

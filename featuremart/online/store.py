@@ -378,6 +378,10 @@ class OnlineStore:
         except redis.ResponseError:  # NOPERM for an ACL user without INFO: restarts are then caught by store_id
             return None
 
+    def masters(self) -> dict[str, str | None]:
+        """On a cluster: each master (host:port) and its run_id as `server_id()` last read them; {} on one node."""
+        return dict(sorted(self._node_ids.items())) if self.cluster else {}
+
     def _node_run_id(self, node: Any) -> str | None:
         client = self._redis.get_redis_connection(node)
 
