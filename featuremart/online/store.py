@@ -542,6 +542,11 @@ class OnlineStore:
                     name = owners[key_slot(command[1])]
                     group = groups.get(name)
                     if group is None:
+                        if not name:
+                            raise OnlineStoreError(
+                                f"Slot {key_slot(command[1])} of key {_shown(key)!r} is served by no master of the "
+                                f"cluster {self._url} (a master down, or slots never assigned?): nothing of this "
+                                "chunk was written; check `redis-cli --cluster check`.")
                         group = groups[name] = ([], [])
                     group[0].append(_encode_command(command))
                     group[1].append(key)
