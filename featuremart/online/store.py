@@ -153,6 +153,8 @@ def _get_connection(pool: redis.ConnectionPool) -> Any:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, redis.exceptions.RedisClusterException):  # e.g. slots not covered while a master is down
+        return True
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)):
         return not isinstance(exc, redis.AuthenticationError)
     if isinstance(exc, redis.ResponseError):
@@ -260,7 +262,7 @@ class OnlineStore:
             try:
                 cluster = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5,
                                                 socket_timeout=60, health_check_interval=30, decode_responses=False)
-            except redis.RedisError as exc:
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
                 raise OnlineStoreError(f"The online store at {shown} is a Redis Cluster node, but the cluster "
                                        f"cannot be reached through it: {exc}; {_URL_HINT}") from None
             store = cls(cluster, url=url, prefix=prefix)
@@ -307,7 +309,7 @@ class OnlineStore:
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
             try:
                 return fn()
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, OSError, redis.exceptions.RedisClusterException) as exc:
                 if not _is_transient(exc):
                     raise
                 delay = _RETRY_BASE_SECONDS * 2 ** (attempt - 1)
@@ -371,7 +373,7 @@ class OnlineStore:
         """
         if self.cluster:
             self._node_ids = {node.name: self._node_run_id(node) for node in self._redis.get_primaries()}
-            owner = self._redis.get_node_from_key(key_format.meta_key(self.prefix, "store_id"))
+            owner = self._redis.get_node_from_key(key_format.store_id_key(self.prefix))
             return self._node_ids.get(owner.name) if owner is not None else None
         try:
             return self._redis.info("server").get("run_id")
