@@ -296,7 +296,12 @@ class Syncer:
             result.seconds = round(time.perf_counter() - started, 3)
             return result
         state.mark(view.name, self._token)  # from here until the seal, the view's state is not trusted
-        self._durable.mark(view.name)  # nor its durable copy, until this run uploads a new one
+        # Nor its durable copy, until this run uploads a new one: only if the view changes (an unchanged view's
+        # durable copy still describes it, and is not uploaded again).
+        changed = bool(diff.writes or diff.deleted or diff.version_change or synced is None
+                       or synced.ttl_ms != ttl_ms)
+        if changed:
+            self._durable.mark(view.name)
         progress(view.name, "writing", 0, diff.writes)
         with closing(state.upsert_commands(view.name, ttl_ms)) as commands:
             self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress),
@@ -307,7 +312,8 @@ class Syncer:
                 self._delete(state.departed(view.name))
             state.commit(view.name, view.version, self.store_id, watermark, partial=since is not None,
                          generation=self._token, ttl_ms=ttl_ms)
-            self._committed.add(view.name)
+            if changed:
+                self._committed.add(view.name)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 

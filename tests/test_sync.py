@@ -45,6 +45,7 @@ class Harness:
         self.root = root
         self.db = root / "warehouse.duckdb"
         self.t0 = utcnow()
+        self.generated_at = ""  # the manifest's generated_at
         if create:
             con = duckdb.connect(str(self.db))
             con.execute("create table feats (customer_id varchar, ts timestamp, a bigint, b double, "
@@ -68,7 +69,7 @@ class Harness:
         con.close()
 
     def sync(self, build_status: str = "success", **kw):
-        manifest = Manifest(self.db, 12, "1.11", "", "duckdb", "checksum", {}, (), {}, {})
+        manifest = Manifest(self.db, 12, "1.11", self.generated_at, "duckdb", "checksum", {}, (), {}, {})
         built = {self.view.model_id: NodeResult(self.view.model_id, build_status, None, utcnow())}  # no tests attached
         gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
         lock_ttl = kw.pop("lock_ttl", 30)
