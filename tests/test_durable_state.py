@@ -298,3 +298,44 @@ def test_a_view_removed_on_a_fresh_runner_takes_its_keys_and_state_keys_with_it(
     assert [v.view for v in removed] == ["feats"] and removed[0].deleted == 10
     assert not client.exists(old_record) and not any(k.startswith(old_record) for k in state_keys(client))
     assert not list(client.scan_iter(match="fm:{*}:feats:*"))
+
+
+# ---- sizing: describe prints the expected and actual memory of a view ----------------------------------------------
+
+def test_describe_prints_expected_and_actual_memory(project, redis_url, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from featuremart.cli import main
+    from featuremart.online.sizing import KEY_OVERHEAD_BYTES
+
+    def describe(name: str) -> str:
+        out = io.StringIO()
+        assert main(["describe", name, "--project-dir", str(project)],
+                    console=Console(file=out, width=400, color_system=None)) == 0
+        return " ".join(out.getvalue().split())
+
+    monkeypatch.setenv("FEATUREMART_REDIS_URL", redis_url)
+    assert "online memory unknown: no sync recorded" in describe("customer_spend")
+    with FeatureStore(project) as fs:
+        run = fs.sync()
+    synced = next(v for v in run.views if v.view == "customer_spend")
+    text = describe("customer_spend")
+    found = re.search(r"online memory expected ([\d.]+) (k?B) \(([\d,]+) entities x \((\d+) B per key \+ (\d+) B "
+                      r"key \+ (\d+) B value\)\), actual ([\d.]+) (k?B) \(MEMORY USAGE of (\d+) keys x entities\); "
+                      r"durable sync state ([\d.]+) (k?B)", text)
+    assert found, text
+    entities = int(found[3].replace(",", ""))
+    assert entities == synced.inserted and int(found[4]) == KEY_OVERHEAD_BYTES and int(found[9]) == min(entities, 200)
+    scale = {"B": 1, "kB": 1000}
+    expected, actual = float(found[1]) * scale[found[2]], float(found[7]) * scale[found[8]]
+    assert 0.5 < expected / actual < 2, (expected, actual)  # the formula and the measurement agree roughly
+    # The key and value lengths are the real ones: read one key back.
+    client = redis.Redis.from_url(redis_url)
+    key = next(client.scan_iter(match="fm:{*}:customer_spend:*"))
+    assert abs(len(key) - int(found[5])) <= 2
+    client.close()
+    monkeypatch.setenv("FEATUREMART_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    assert "online memory unknown: Cannot reach the online store" in describe("customer_spend")
