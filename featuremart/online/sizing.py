@@ -20,9 +20,9 @@ from featuremart.online.store import OnlineStore
 
 #: Redis's own bytes per key beyond the key and value strings (dict entry, object header, expiry entry,
 #: allocator rounding), measured at 1M keys.
-KEY_OVERHEAD_BYTES = 110
+KEY_OVERHEAD_BYTES = 115
 #: The durable sync state's Redis memory per entity (zstd Parquet of key, value hash, event time).
-STATE_BYTES_PER_ENTITY = 9.5
+STATE_BYTES_PER_ENTITY = 11
 #: Keys sampled for `MEMORY USAGE`, and how many keys a SCAN looks at to find them at most.
 SAMPLE_KEYS, SCAN_LIMIT = 200, 200_000
 
