@@ -138,6 +138,10 @@ class DurableState:
                 restore_view(state, view, path, synced)
             except duckdb.Error as exc:
                 return self._refuse(view, f"its durable state under {key} does not load ({exc}); ignored")
+        if record.get("duckdb") != duckdb.__version__:
+            self.notes.append(
+                f"view {view}: its durable state was exported by DuckDB {record.get('duckdb')}, this is "
+                f"{duckdb.__version__}; if their value hashes differ, this sync rewrites the view's values once")
         if newer:
             self.notes.append(
                 f"view {view}: its durable state was written by a sync of a newer manifest (generated "
