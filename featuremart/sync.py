@@ -181,7 +181,6 @@ class Syncer:
                     retired.append(view.name)
             if dry_run:
                 run.status = "dry-run"
-                run.notes.extend(self._durable.notes)
                 return
             snapshot = self._publish(published, withheld)
             for name in retired:
@@ -216,9 +215,9 @@ class Syncer:
             whole = self._scanned and set(snapshot["views"]) <= set(published)
             state.seal(self.store_id, self.generation, self._token, whole=whole)
             self._durable.seal(state, self.store_id, self._token, whole=whole)
-            run.notes.extend(self._durable.notes)
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
+            run.notes.extend(self._durable.notes)  # what was restored or refused, also when the run failed
             state.close()
 
     def _diagnosed(self, exc: FeaturemartError) -> FeaturemartError:
