@@ -243,6 +243,8 @@ def _describe_view(store: FeatureStore, view: FeatureView, console: Console) -> 
         ("newest event", str(fresh.max_event_ts or "no rows")),
         ("age", f"{_age(fresh.age)} ({fresh.status})" if fresh.age is not None else fresh.status),
     ]
+    if view.online:
+        rows.append(("online memory", _online_memory(store, view)))
     for key, value in rows:
         grid.add_row(key, str(value))
     console.print(grid)
@@ -253,6 +255,24 @@ def _describe_view(store: FeatureStore, view: FeatureView, console: Console) -> 
         table.add_row(f.name, f.dtype, f.warehouse_type, f.description)
     console.print(table)
     return 0
+
+
+def _online_memory(store: FeatureStore, view: FeatureView) -> str:
+    """Expected (the sizing formula) and actual (MEMORY USAGE of a sample, scaled) Redis memory of a view."""
+    from featuremart.online.sizing import KEY_OVERHEAD_BYTES, human, view_memory
+
+    try:
+        memory = view_memory(store.online, view.name, view.version)
+    except OnlineStoreError as exc:
+        return f"unknown: {exc}"
+    if memory.entities is None:
+        return "unknown: no sync recorded its entity count in the online store yet (run `featuremart sync`)"
+    if not memory.sampled:
+        return f"{memory.entities:,} entities recorded, but no key of version {view.version} found to measure"
+    return (f"expected {human(memory.expected_bytes)} ({memory.entities:,} entities x ({KEY_OVERHEAD_BYTES} B per "
+            f"key + {memory.mean_key_bytes:.0f} B key + {memory.mean_value_bytes:.0f} B value)), actual "
+            f"{human(memory.actual_bytes)} (MEMORY USAGE of {memory.sampled} keys x entities); durable sync "
+            f"state {human(memory.state_bytes)}")
 
 
 def _describe_feature(view: FeatureView, feature: Feature, console: Console) -> None:

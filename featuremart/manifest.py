@@ -92,6 +92,7 @@ class Manifest:
     exposures: dict[str, Exposure]  # by name
     sources: dict[str, Source]  # by unique_id
     invocation_id: str = ""  # the dbt command that wrote this manifest
+    project_name: str = ""  # the root dbt project's name (dbt_project.yml `name`)
 
     def model_named(self, name: str) -> Model | None:
         """The root project's model called `name` (dbt model names are unique within a project)."""
@@ -222,6 +223,7 @@ def load_manifest(target_dir: Path) -> Manifest:
         exposures=exposures,
         sources=sources,
         invocation_id=str(metadata.get("invocation_id") or ""),
+        project_name=str(metadata.get("project_name") or ""),
     )
 
 

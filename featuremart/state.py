@@ -367,6 +367,53 @@ class SyncState:
 
 
 
+# ---- the durable copy (featuremart.durable): export a view's state to Parquet, restore it from one ----------------
+
+def export_view(state: SyncState, view: str, path: Path) -> int:
+    """Write a view's state table (key, value hash, event time) to a zstd Parquet file; returns its row count."""
+    table = state._ensure_state(view)
+    state.con.execute(f"copy (select key, h, ts_us from {table}) to '{_literal(path)}' "
+                      "(format parquet, compression zstd)")
+    return state._scalar(f"select count(*) from {table}")
+
+
+def restore_view(state: SyncState, view: str, path: Path | None, synced: Synced) -> int:
+    """Replace a view's state with the rows of an exported Parquet file (None: no rows) and record `synced` as
+    its last completed sync, in one transaction. Returns the row count."""
+    table = _q("state__" + view)
+    source = (f"select key::varchar as key, h::ubigint as h, ts_us::bigint as ts_us from "
+              f"read_parquet('{_literal(path)}')" if path is not None else
+              "select null::varchar as key, null::ubigint as h, null::bigint as ts_us where false")
+    state.con.execute("begin")
+    try:
+        state.con.execute(f"drop table if exists {table}")
+        state.con.execute(f"create table {table} as {source}")
+        rows = state._scalar(f"select count(*) from {table}")
+        state.con.execute(
+            "insert or replace into fm_views (view, version, store_id, synced_at, entities, watermark, generation, "
+            "ttl_ms) values (?, ?, ?, ?, ?, ?, ?, ?)",
+            [view, synced.version, synced.store_id, _utc_now(), rows, synced.watermark, synced.generation,
+             synced.ttl_ms])
+        state.con.execute("commit")
+    except Exception:
+        state.con.execute("rollback")
+        raise
+    return rows
+
+
+def described(state: SyncState, store_id: str, generations: tuple[str, ...]) -> list[str]:
+    """The views whose state describes the store at one of `generations`."""
+    marks = ", ".join("?" for _ in generations)
+    return [r[0] for r in state.con.execute(
+        f"select view from fm_views where store_id = ? and generation in ({marks}) order by view",
+        [store_id, *generations]).fetchall()]
+
+
+def _literal(path: Path) -> str:
+    """A file path as a SQL string literal's body (the paths are featuremart's own temp files)."""
+    return str(path).replace("'", "''")
+
+
 def unreadable(path: Path, exc: Exception) -> StateError:
     """The error for a state file DuckDB cannot read, saying how to recover."""
     error = StateError(f"sync state {path} is unreadable, probably corrupt or truncated ({exc}). It is only a cache "

@@ -26,12 +26,13 @@ from typing import Callable, Iterator, Protocol
 import pyarrow as pa
 
 from featuremart import sql
+from featuremart.durable import DurableState
 from featuremart.errors import FeaturemartError, OnlineStoreError, StoreChangedError
 from featuremart.manifest import Manifest
 from featuremart.online import keys
 from featuremart.online.store import Fence, OnlineStore, StoreLock
 from featuremart.registry import FeatureView, Registry, merge_snapshot
-from featuremart.state import SyncState
+from featuremart.state import SyncState, described
 from featuremart.warehouse import Warehouse
 
 #: A crashed sync blocks the next for at most this long; a running one renews its lock every third of it.
@@ -55,6 +56,7 @@ class ViewResult:
     version_switch: bool = False  # a new schema version: its old keys go after the registry switch
     incremental: bool = False  # only entities with rows changed since the last sync were read (changed_at)
     rebuilt: bool = False  # its state did not describe the store: rebuilt from a SCAN, every value rewritten
+    restored: bool = False  # its local state was missing or stale: restored from the durable copy in the store
     seconds: float = 0.0
 
 
@@ -115,6 +117,8 @@ class Syncer:
         self._token = uuid.uuid4().hex  # this run's generation, the store's once the run completed
         self._scanned = self._published = False
         self._fence: Fence | None = None  # what identified the store when the run began
+        self._durable = DurableState(store, manifest, self._token)  # the state's copy in the store (durable.py)
+        self._committed: set[str] = set()  # views whose local state this run committed: uploaded before the seal
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -154,6 +158,7 @@ class Syncer:
             note = self._begin(lock, create=not dry_run)
             if note:
                 run.notes.append(note)
+            self._durable.begin(self.store_id, self.generation)
             if full_refresh and not dry_run:  # whatever the state says, every key nothing serves goes
                 self._scan(state)
             published: dict[str, FeatureView] = {}
@@ -185,6 +190,14 @@ class Syncer:
                 view = published[name]
                 state.commit(name, view.version, self.store_id, self._watermarks.get(name), generation=self._token,
                              ttl_ms=_ttl_ms(view))
+                self._committed.add(name)
+            for name in self._durable.recorded() - set(state.views()):  # known only to the durable state (a
+                # fresh runner): restore it to remove it, or let the sweep below find its keys
+                if name not in self.registry.views or not self.registry.views[name].online:
+                    if self._durable.restore(state, name, "", 0):
+                        continue  # removed by the loop below
+                    self._scan(state)
+                    self._durable.remove(name)
             for name in state.views():  # views dropped, renamed or turned offline: remove what they left online
                 if name not in self.registry.views:
                     run.views.append(self._remove(state, name, "no longer a feature view of the project"))
@@ -195,15 +208,21 @@ class Syncer:
                 if swept:
                     run.notes.append(f"deleted {swept} keys no published view serves (of views or versions no "
                                      "longer published, or left where the state did not describe the store)")
+            # The durable copy of what changed (or is missing there) goes up before the seal, which makes it current.
+            for name in described(state, self.store_id, (self.generation, self._token)):
+                if name in self._committed or not self._durable.current(name):
+                    self._durable.upload(state, name)
             # The seal: the store's generation and the state's move together, only if nothing changed meanwhile.
             seal = {keys.generation_key(self.prefix): json.dumps(self._token)}
             if self.store.cluster:  # which masters hold what this generation wrote (see _begin)
                 seal[keys.masters_key(self.prefix)] = json.dumps(self.store.masters(), sort_keys=True)
             self.store.fenced(self._fence, seal)
-            state.seal(self.store_id, self.generation, self._token,
-                       whole=self._scanned and set(snapshot["views"]) <= set(published))
+            whole = self._scanned and set(snapshot["views"]) <= set(published)
+            state.seal(self.store_id, self.generation, self._token, whole=whole)
+            self._durable.seal(state, self.store_id, self._token, whole=whole)
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
+            run.notes.extend(self._durable.notes)  # what was restored or refused, also when the run failed
             state.close()
 
     def _diagnosed(self, exc: FeaturemartError) -> FeaturemartError:
@@ -251,9 +270,14 @@ class Syncer:
         if ttl_ms <= 0:
             return ViewResult(view.name, "withheld", "its ttl is 0: every value would expire as it is written; set "
                               "a positive ttl in the model's featuremart meta", view.version)
-        # Trusted state: diff against it. Otherwise (or --full-refresh) rebuild it from a SCAN of the store.
-        synced = state.synced(view.name)
+        # Trusted state: diff against it; else restore it from its durable copy in the store if that describes
+        # the store; else (or --full-refresh) rebuild it from a SCAN of the store.
         trusted = not full_refresh and state.trusted(view.name, self.store_id, self.generation)
+        restored = False
+        if not trusted and not full_refresh:
+            restored = self._durable.restore(state, view.name, view.version, ttl_ms)
+            trusted = restored and state.trusted(view.name, self.store_id, self.generation)
+        synced = state.synced(view.name)
         version_change = trusted and synced is not None and synced.version != view.version
         rewrite = not trusted or (synced is not None and synced.ttl_ms != ttl_ms)  # a new ttl: a new expiry
         # Incremental: a view with a changed_at column whose trusted state is of the same version and ttl reads
@@ -276,7 +300,8 @@ class Syncer:
                           expired_before_us=sql.to_us(self.now) - ttl_ms * 1000, partial=since is not None)
         result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
                             inserted=diff.inserted, updated=diff.updated, deleted=diff.deleted,
-                            unchanged=diff.unchanged, incremental=since is not None, rebuilt=not trusted)
+                            unchanged=diff.unchanged, incremental=since is not None, rebuilt=not trusted,
+                            restored=restored)
         self._watermarks[view.name] = watermark
         fraction = self.max_delete_fraction if view.max_delete_fraction is None else view.max_delete_fraction
         if not self.allow_mass_delete and diff.live_departed > fraction * diff.live_before:
@@ -289,6 +314,12 @@ class Syncer:
             result.seconds = round(time.perf_counter() - started, 3)
             return result
         state.mark(view.name, self._token)  # from here until the seal, the view's state is not trusted
+        # Nor its durable copy, until this run uploads a new one: only if the view changes (an unchanged view's
+        # durable copy still describes it, and is not uploaded again).
+        changed = bool(diff.writes or diff.deleted or diff.version_change or synced is None
+                       or synced.ttl_ms != ttl_ms)
+        if changed:
+            self._durable.mark(view.name)
         progress(view.name, "writing", 0, diff.writes)
         with closing(state.upsert_commands(view.name, ttl_ms)) as commands:
             self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress),
@@ -299,6 +330,8 @@ class Syncer:
                 self._delete(state.departed(view.name))
             state.commit(view.name, view.version, self.store_id, watermark, partial=since is not None,
                          generation=self._token, ttl_ms=ttl_ms)
+            if changed:
+                self._committed.add(view.name)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 
@@ -331,6 +364,7 @@ class Syncer:
         started = time.perf_counter()
         deleted = self._delete(state.keys(name))
         state.drop(name)
+        self._durable.remove(name)
         return ViewResult(name, "removed", reason, deleted=deleted, seconds=round(time.perf_counter() - started, 3))
 
     def _delete(self, key_batches: Iterator[list[str]]) -> int:

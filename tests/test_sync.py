@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from featuremart.config import Entity
 from featuremart.gate import BuildGate, NodeResult
 from featuremart.manifest import Manifest
+from featuremart.online import keys
 from featuremart.online.reader import OnlineReader
 from featuremart.online.store import OnlineStore
 from featuremart.registry import Feature, FeatureView, Registry, Relation
@@ -45,6 +46,7 @@ class Harness:
         self.root = root
         self.db = root / "warehouse.duckdb"
         self.t0 = utcnow()
+        self.generated_at = ""  # the manifest's generated_at
         if create:
             con = duckdb.connect(str(self.db))
             con.execute("create table feats (customer_id varchar, ts timestamp, a bigint, b double, "
@@ -68,7 +70,7 @@ class Harness:
         con.close()
 
     def sync(self, build_status: str = "success", **kw):
-        manifest = Manifest(self.db, 12, "1.11", "", "duckdb", "checksum", {}, (), {}, {})
+        manifest = Manifest(self.db, 12, "1.11", self.generated_at, "duckdb", "checksum", {}, (), {}, {})
         built = {self.view.model_id: NodeResult(self.view.model_id, build_status, None, utcnow())}  # no tests attached
         gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
         lock_ttl = kw.pop("lock_ttl", 30)
@@ -554,9 +556,11 @@ def test_an_unreadable_state_is_named_and_full_refresh_rebuilds_it(harness, dama
     assert harness.sync().views[0].unchanged == 15  # and the rebuilt state is trusted
 
 
-def test_state_lost_while_entities_left_removes_the_orphans(harness):
-    """A new checkout (no state) after entities left the model: the keys they left are found by SCAN and
-    deleted; keys under the prefix that are not of featuremart's shapes, and other prefixes, are left alone."""
+@pytest.mark.parametrize("durable", [True, False])
+def test_state_lost_while_entities_left_removes_the_orphans(harness, durable):
+    """A new checkout (no state) after entities left the model: the keys they left are deleted, known from the
+    durable state in the store or, without one (e.g. the first sync after an upgrade), found by SCAN; keys
+    under the prefix that are not of featuremart's shapes, and other prefixes, are left alone."""
     insert_entities(harness, 20)
     harness.sync()
     client = redis.Redis.from_url(harness.store.url)
@@ -564,9 +568,12 @@ def test_state_lost_while_entities_left_removes_the_orphans(harness):
                b"fm:{customer_id=C1}:feats:NOTHEX00": b"4"}
     client.mset(foreign)
     shutil.rmtree(harness.root / "state")
+    if not durable:
+        client.delete(*client.keys("fm:state*"), keys.state_index_key("fm"))
     harness.sql("delete from feats where a < 5")
     run = harness.sync()
-    assert run.status == "success" and run.views[0].rebuilt and run.views[0].deleted == 5
+    assert run.status == "success" and run.views[0].deleted == 5
+    assert (run.views[0].restored, run.views[0].rebuilt) == (durable, not durable)
     assert client.mget(list(foreign)) == list(foreign.values())
     client.delete(*foreign)
     assert harness.online() == harness.expected() and len(harness.online()) == 15
@@ -588,8 +595,9 @@ def test_full_refresh_removes_keys_no_published_view_serves(harness):
 
 
 def test_a_store_restored_from_an_older_snapshot_is_detected_and_repaired(tmp_path):
-    """Same store_id, older contents (an RDB restore, a lagging replica): the generation recorded in the state
-    does not match, so the view is rebuilt from a SCAN of the store and rewritten in full."""
+    """Same store_id, older contents (an RDB restore, a lagging replica): the generation recorded in the local
+    state does not match, so it is not trusted. The durable state came back with the snapshot, consistent with
+    the values it holds: the view is restored from it and diffed, not rebuilt."""
     from tests.redis_server import RedisServer
 
     with RedisServer() as server:
@@ -606,7 +614,8 @@ def test_a_store_restored_from_an_older_snapshot_is_detected_and_repaired(tmp_pa
         server.restart()  # loads the older snapshot
         assert h.online() != h.expected()  # stale values, orphans and missing keys, served as present
         run = h.sync()
-        assert run.status == "success" and run.views[0].rebuilt
+        assert run.status == "success" and run.views[0].restored and not run.views[0].rebuilt
+        assert (run.views[0].inserted, run.views[0].deleted) == (1, 2)  # NEW back, C0 and C1 gone again
         assert h.online() == h.expected()
         h.store.close()
 

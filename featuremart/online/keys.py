@@ -95,6 +95,21 @@ def lock_key(prefix: str, name: str) -> str:
     return meta_key(prefix, f"lock:{name}")
 
 
+def state_index_key(prefix: str) -> str:
+    """The durable sync state's index (JSON): the store generation it describes and each view's record token."""
+    return meta_key(prefix, "state")
+
+
+def view_state_key(prefix: str, view: str) -> str:
+    """A view's durable sync state record (JSON). The `{view}` hash tag keeps it beside its parts on a cluster."""
+    return f"{prefix}:state:{{{view}}}"
+
+
+def view_state_part_key(prefix: str, view: str, token: str, part: int) -> str:
+    """Part `part` (0, 1, ...) of a view's exported state (Parquet bytes) uploaded by the sync run `token`."""
+    return f"{prefix}:state:{{{view}}}:{token}:{part}"
+
+
 def row_key_pattern(prefix: str) -> str:
     """The SCAN glob of every feature value key (`parse_row_key` then checks the whole shape)."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":{*"

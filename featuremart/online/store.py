@@ -720,6 +720,23 @@ class OnlineStore:
         data = json.dumps(obj, separators=(",", ":"), sort_keys=True, default=str)
         self._call(f"SET {key!r}", lambda: self._redis.set(key, data))
 
+    def get_bytes(self, key: bytes | str) -> bytes | None:
+        """The raw value at `key`, or None if absent."""
+        return self._call(f"GET {key!r}", lambda: self._redis.get(key))
+
+    def set_bytes(self, key: bytes | str, data: bytes) -> None:
+        """Store raw bytes at `key`, without expiry."""
+        self._call(f"SET {key!r}", lambda: self._redis.set(key, data))
+
+    def memory_usage(self, keys: Sequence[bytes | str]) -> list[int | None]:
+        """`MEMORY USAGE` of each key in bytes (None where absent), pipelined in one round trip."""
+        def usage() -> list[int | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+            return pipe.execute()
+        return self._call(f"MEMORY USAGE of {len(keys)} keys", usage)
+
     def scan(self, match: bytes | str, *, count: int = 1000) -> Iterator[bytes]:
         """Every key matching the glob `match`, by cursor (`SCAN`: never blocks the server like `KEYS`).
 
