@@ -176,7 +176,7 @@ def test_only_changed_views_are_uploaded_and_no_part_is_left_behind(harness, cli
     assert json.loads(client.get(record_key))["token"] == first["token"]
     index = json.loads(client.get(INDEX))
     assert index["views"] == {"feats": first["token"]} and index["generation"] == json.loads(
-        client.get("fm:generation"))
+        client.get(keys.generation_key("fm")))
     harness.sql("update feats set a = a + 1 where customer_id = 'C1'")
     assert fresh_sync(harness).views[0].updated == 1
     second = json.loads(client.get(record_key))
