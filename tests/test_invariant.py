@@ -198,7 +198,8 @@ def test_a_sync_interrupted_by_a_restore_keeps_the_previous_registry(server, tmp
         assert injected and run.status == "failed" and "restarted or failed over" in run.error
         assert server.client().get("fm:meta:{fm}:registry:id") == registry_before
         run, _ = world.sync(None, False)
-        assert run.status == "success" and run.views[0].rebuilt
+        # The durable sync state came back with the snapshot, consistent with its values: restored, not rebuilt.
+        assert run.status == "success" and run.views[0].restored and run.views[0].updated == 20
         assert dump(server.url) == reference(world.h, server.url.rsplit("/", 1)[0] + f"/{REFERENCE_DB}")
     finally:
         world.h.store.close()
