@@ -20,12 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -33,7 +35,7 @@ from featuremart.config import DbtProject
 from featuremart.dbtcore import cached_compile, compile_inline
 from featuremart.errors import TrainingSetError
 from featuremart.manifest import load_manifest
-from featuremart.warehouse import DuckDBWarehouse, Warehouse
+from featuremart.warehouse import BATCH_ROWS, DuckDBWarehouse, Warehouse
 
 #: The name a frame or Parquet spine is registered under on the DuckDB connection while the join runs.
 SPINE_RELATION = "_fm_training_spine"
@@ -109,19 +111,34 @@ def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, 
 
 def run_training_set(warehouse: Warehouse, sql: str, frame: pa.Table | None = None) -> pa.Table:
     """Run compiled training-set SQL, with `frame` registered as the spine relation (DuckDB only)."""
+    with training_set_batches(warehouse, sql, frame) as reader:
+        return reader.read_all()
+
+
+@contextlib.contextmanager
+def training_set_batches(warehouse: Warehouse, sql: str,
+                         frame: pa.Table | None = None) -> Iterator[pa.RecordBatchReader]:
+    """The result of compiled training-set SQL as a stream of record batches (so a file can be written
+    without holding the whole table), with `frame` registered as the spine relation (DuckDB only) until the
+    stream is closed. An empty result keeps its columns and types on DuckDB (other warehouses: no columns)."""
     if frame is not None:
         con = warehouse.con  # type: ignore[attr-defined]  # checked by _spine: a DuckDBWarehouse
         con.register(SPINE_RELATION, frame)
     try:
-        batches = list(warehouse.stream(sql))
+        if isinstance(warehouse, DuckDBWarehouse):
+            reader = warehouse.con.sql(sql).to_arrow_reader(BATCH_ROWS)
+        else:
+            stream = warehouse.stream(sql)
+            first = next(stream, None)
+            reader = (pa.RecordBatchReader.from_batches(pa.schema([]), iter(())) if first is None else
+                      pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], stream)))
+        try:
+            yield reader
+        finally:
+            reader.close()  # an open DuckDB reader keeps the database alive (see warehouse.batches)
     finally:
         if frame is not None:
             con.unregister(SPINE_RELATION)
-    if batches:
-        return pa.Table.from_batches(batches)
-    if isinstance(warehouse, DuckDBWarehouse):  # no rows: keep the columns and their types
-        return warehouse.con.sql(sql).to_arrow_table()
-    return pa.table({})
 
 
 # --- writing it -------------------------------------------------------------------------------------------
@@ -130,13 +147,15 @@ def run_training_set(warehouse: Warehouse, sql: str, frame: pa.Table | None = No
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 
-def write_training_set(table: pa.Table, path: str | Path) -> None:
-    """Write a training set to a .parquet or .csv file, whole or not at all.
+def write_training_set(data: pa.Table | pa.RecordBatchReader, path: str | Path) -> tuple[int, int]:
+    """Write a training set (a table, or a stream of batches) to a .parquet or .csv file, whole or not at
+    all; returns its (rows, columns).
 
     The file is written beside its destination under a temporary name and renamed over it once complete, so
-    a failure leaves no partial file (and an earlier file of that name untouched). CSV has no arrays or
-    structs: such a cell is written as JSON text (`[0.25,-1.5,null]`, null cells empty), which
-    `json.loads` reads back exactly (floats are written in their shortest round-trip form).
+    a failure leaves no partial file (and an earlier file of that name untouched). A Parquet file is written
+    batch by batch as they come (memory: one batch, not the table). CSV has no arrays or structs: such a cell
+    is written as JSON text (`[0.25,-1.5,null]`, null cells empty), which `json.loads` reads back exactly
+    (floats are written in their shortest round-trip form).
     """
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -151,10 +170,16 @@ def write_training_set(table: pa.Table, path: str | Path) -> None:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
+            rows = 0
+            with pq.ParquetWriter(tmp, data.schema) as writer:
+                for batch in (data.to_batches() if isinstance(data, pa.Table) else data):
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
         else:
             import pyarrow.csv as pacsv
 
+            table = data if isinstance(data, pa.Table) else data.read_all()
+            rows = table.num_rows
             pacsv.write_csv(_csv_ready(table), tmp)
         os.replace(tmp, path)
     except (OSError, pa.ArrowException) as exc:  # a full disk, a type the format cannot hold
@@ -163,6 +188,7 @@ def write_training_set(table: pa.Table, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return rows, len(data.schema)
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:

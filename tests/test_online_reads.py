@@ -337,7 +337,10 @@ def test_a_batch_mixes_statuses_across_views_in_every_shape(synced):
     assert records == expected
     assert [list(r) for r in records] == [["f_int", "balance", "f_str"]] * 4  # request order, not view order
     assert all(type(v) is FeatureValue for r in records for v in r.values())
-    assert result.to_json_records() == [{k: v._asdict() for k, v in r.items()} for r in expected]
+    def as_json(v: FeatureValue) -> dict:  # what the HTTP response carries: the event time as ISO 8601 text
+        return {**v._asdict(), "event_ts": None if v.event_ts is None else v.event_ts.isoformat()}
+
+    assert result.to_json_records() == [{k: as_json(v) for k, v in r.items()} for r in expected]
     columns = result.to_columns()
     for name in ("f_int", "balance", "f_str"):
         assert columns[name] == [r[name].value for r in expected], name

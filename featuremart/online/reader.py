@@ -38,6 +38,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+import orjson
+
 from featuremart import types
 from featuremart.errors import ConfigError, FeaturemartError, NotPublishedError, UnknownNameError
 from featuremart.online import keys
@@ -339,10 +341,11 @@ class OnlineResult:
             yield view, status, rows, others
 
     def _value_columns(self, present: Callable[[Iterable[Any], list[Any]], list[Any]],
-                       missing: Any, expired: Callable[[Any], Any]) -> list[list[Any]]:
+                       missing: Any, expired: Callable[[Any], Any], times: Mapping[Any, Any]) -> list[list[Any]]:
         """One list per output name (in `names` order), one item per entity: `present(values, event times)`
-        over all the view's rows, then `missing` / `expired(event time)` where the value is not served."""
-        times = self._times().__getitem__
+        over all the view's rows, then `missing` / `expired(event time)` where the value is not served; event
+        times are `times[µs]`."""
+        times = times.__getitem__
         by_name: dict[str, list[Any]] = {}
         for view, _status, rows, others in self._view_columns():
             event_ts = list(map(times, map(_FIRST, rows)))
@@ -357,15 +360,18 @@ class OnlineResult:
 
     def to_records(self) -> list[dict[str, FeatureValue]]:
         """One dict per entity (in request order), mapping each output name to its FeatureValue."""
-        columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value)
+        columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value, self._times())
         return list(map(dict, map(zip, repeat(self._plan.names), zip(*columns))))
 
     def to_json_records(self) -> list[dict[str, dict[str, Any]]]:
         """`to_records` as plain dicts `{"value", "status", "event_ts"}` (what the HTTP server sends), built
-        straight from the decoded rows: no FeatureValue in between. Missing values share one dict (the result
-        is meant to be serialized, not changed)."""
+        straight from the decoded rows: no FeatureValue in between. Event times are the ISO 8601 text the
+        response carries (`2026-11-23T00:00:00+00:00`, as orjson writes a UTC datetime), each distinct time
+        formatted once rather than once per value. Missing values share one dict (the result is meant to be
+        serialized, not changed)."""
         missing = {"value": None, "status": MISSING, "event_ts": None}
-        columns = self._value_columns(_json_values, missing, _expired_json)
+        texts = {us: None if ts is None else orjson.dumps(ts)[1:-1].decode() for us, ts in self._times().items()}
+        columns = self._value_columns(_json_values, missing, _expired_json, texts)
         return list(map(dict, map(zip, repeat(self._plan.names), zip(*columns))))
 
     def _key_columns(self) -> dict[str, list[Any]]:
