@@ -14,6 +14,7 @@ Contenders, each in a fresh process (peak RSS is its own, read with getrusage(RU
                  the call on an open store (fm_python_open: counting the FeatureStore's opening too, in which
                  dbt's loader reads the project: a session pays it once)
   raw_process    a whole `python -c` process: import duckdb, the ASOF join, COPY ... TO a Parquet file
+  raw_process_ordered  the same, rows in the spine's order (as featuremart writes them)
   fm_cli         a whole `featuremart training-set --service bench_model --output x.parquet` process
 
 In-process contenders report the time from just before opening the database (raw) or from the open
@@ -198,8 +199,8 @@ def contenders(project: Path, tmp: Path, fm_sql: str) -> dict:
     fm = str(Path(sys.executable).with_name("featuremart"))
     raw_out, fm_out = tmp / "raw.parquet", tmp / "fm.parquet"
 
-    def raw_process() -> dict:
-        r = run([py, "-c", RAW_PROCESS, db, str(raw_out)], stdin=hand_written(ordered=False))
+    def raw_process(ordered: bool = False) -> dict:
+        r = run([py, "-c", RAW_PROCESS, db, str(raw_out)], stdin=hand_written(ordered=ordered))
         return {**r, "rows": parquet_rows(raw_out)}
 
     def fm_cli() -> dict:
@@ -213,6 +214,7 @@ def contenders(project: Path, tmp: Path, fm_sql: str) -> dict:
         "fm_sql": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=fm_sql),
         "fm_python": lambda: run([py, "-c", FM_IN_PROCESS, str(project), SERVICE], cwd=project),
         "raw_process": raw_process,
+        "raw_process_ordered": lambda: raw_process(ordered=True),
         "fm_cli": fm_cli,
     }
 
@@ -234,7 +236,7 @@ def compiled_sql(project: Path) -> tuple[str, float]:
 # --- the report -------------------------------------------------------------------------------------------
 
 RATIOS = [("fm_python", "raw"), ("fm_python_open", "raw"), ("fm_sql", "raw"), ("raw_ordered", "raw"), ("fm_python", "raw_ordered"),
-          ("fm_cli", "raw_process")]
+          ("fm_cli", "raw_process"), ("fm_cli", "raw_process_ordered"), ("raw_process_ordered", "raw_process")]
 
 
 def spread(values: list[float]) -> dict:

@@ -216,7 +216,7 @@ def _write_loaded(key: str, loaded: DbtProject, folders: frozenset[str], profile
         if json.loads(text)["vars"] != loaded.vars or json.loads(text)["target"] != loaded.target:
             return  # not plain JSON (tuples, dates...): would not come back the same
         folder = load_cache_dir() / "projects"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's own, like ~/.dbt
         tmp = folder / f".{key}.{os.getpid()}.tmp"
         tmp.write_text(text)
         tmp.replace(folder / f"{key}.json")

@@ -264,17 +264,15 @@ class FeatureStore:
 
     def write_training_set(self, path: str | Path, spine: Any, timestamp: str, *, service: str | None = None,
                            features: Iterable[str] | None = None) -> tuple[int, int]:
-        """`training_set` written to a .parquet or .csv file as the warehouse streams it (a Parquet file is
-        written batch by batch: the whole table is never held), whole or not at all; returns (rows, columns).
-        """
-        from featuremart.training import training_set_batches, write_training_set
+        """`training_set` written to a .parquet or .csv file, whole or not at all; returns (rows, columns).
+        Parquet is streamed (on DuckDB, written by DuckDB): the whole table is never held in memory."""
+        from featuremart.training import write_training_set_query
 
         self._needs_project("build training sets")
         with self.warehouse() as wh:
             features = self._training_request(wh, service, features)
             sql, frame = self._compile_training_set(wh, spine, timestamp, service, features)
-            with training_set_batches(wh, sql, frame) as batches:
-                return write_training_set(batches, path)
+            return write_training_set_query(wh, sql, frame, path)
 
     def _needs_project(self, what: str) -> None:
         if self.project is None:

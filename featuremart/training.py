@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -157,6 +157,59 @@ def write_training_set(data: pa.Table | pa.RecordBatchReader, path: str | Path) 
     is written as JSON text (`[0.25,-1.5,null]`, null cells empty), which `json.loads` reads back exactly
     (floats are written in their shortest round-trip form).
     """
+    def write(tmp: str, parquet: bool) -> int:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            rows = 0
+            with pq.ParquetWriter(tmp, data.schema) as writer:
+                for batch in (data.to_batches() if isinstance(data, pa.Table) else data):
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            return rows
+        import pyarrow.csv as pacsv
+
+        table = data if isinstance(data, pa.Table) else data.read_all()
+        pacsv.write_csv(_csv_ready(table), tmp)
+        return table.num_rows
+
+    return _write_whole(path, write), len(data.schema)
+
+
+def write_training_set_query(warehouse: Warehouse, sql: str, frame: pa.Table | None,
+                             path: str | Path) -> tuple[int, int]:
+    """Run compiled training-set SQL into a .parquet or .csv file, whole or not at all; returns (rows, columns).
+
+    On DuckDB a Parquet file is written by DuckDB itself (`DuckDBPyRelation.write_parquet`: parallel and
+    streaming, 2-3x faster than fetching Arrow batches into pyarrow's writer, and no table held in memory).
+    Elsewhere the warehouse's batches are streamed into `write_training_set`."""
+    if isinstance(warehouse, DuckDBWarehouse) and Path(path).suffix.lower() == ".parquet":
+        import duckdb
+        import pyarrow.parquet as pq
+
+        con = warehouse.con
+        if frame is not None:
+            con.register(SPINE_RELATION, frame)
+        try:
+            relation = con.sql(sql)
+            columns = len(relation.columns)
+
+            def write(tmp: str, parquet: bool) -> int:
+                relation.write_parquet(tmp)
+                return pq.ParquetFile(tmp).metadata.num_rows
+
+            return _write_whole(path, write, duckdb.Error), columns
+        finally:
+            if frame is not None:
+                con.unregister(SPINE_RELATION)
+    with training_set_batches(warehouse, sql, frame) as batches:
+        return write_training_set(batches, path)
+
+
+def _write_whole(path: str | Path, write: Callable[[str, bool], int],
+                 *errors: type[BaseException]) -> int:
+    """`write(temporary path, is_parquet)` beside `path`, then renamed over it: all or nothing. Returns what
+    `write` returns; an OSError, an Arrow error or one of `errors` becomes a TrainingSetError naming the file."""
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise TrainingSetError(f"--output {str(path)!r}: write a .parquet or .csv file")
@@ -167,28 +220,15 @@ def write_training_set(data: pa.Table | pa.RecordBatchReader, path: str | Path) 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = 0
-            with pq.ParquetWriter(tmp, data.schema) as writer:
-                for batch in (data.to_batches() if isinstance(data, pa.Table) else data):
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-        else:
-            import pyarrow.csv as pacsv
-
-            table = data if isinstance(data, pa.Table) else data.read_all()
-            rows = table.num_rows
-            pacsv.write_csv(_csv_ready(table), tmp)
+        result = write(tmp, path.suffix.lower() == ".parquet")
         os.replace(tmp, path)
-    except (OSError, pa.ArrowException) as exc:  # a full disk, a type the format cannot hold
+    except (OSError, pa.ArrowException, *errors) as exc:  # a full disk, a type the format cannot hold, a query
         Path(tmp).unlink(missing_ok=True)
         raise TrainingSetError(f"could not write {path}: {exc}; nothing was written") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return rows, len(data.schema)
+    return result
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
