@@ -116,7 +116,8 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
 # dbt's loader costs 1.5-2.5 s per process, nearly all of it importing dbt (bench/README.md): every project
 # command paid it. Its result is a pure function of a few inputs, so it is kept in a small file keyed by all
 # of them: the bytes of dbt_project.yml and of the profiles.yml dbt would read, the environment variables
-# those files name in `env_var(...)`, every DBT_* variable (dbt's flags read them), --vars, --target,
+# those files name in `env_var(...)`, every DBT_* variable (dbt's flags read them; not dbt's
+# DBT_ENV_SECRET_* unless a file names them), --vars, --target,
 # --profiles-dir, the working directory (dbt resolves relative paths and finds profiles.yml from it), and the
 # dbt-core, adapter and featuremart versions. A file calling `env_var` with a name that is not a literal, a
 # target holding a secret (nothing secret is written to disk), or vars that are not plain JSON are loaded
@@ -173,7 +174,8 @@ def _load_key(project_dir: Path, profiles_dir: Path | None, target: str | None,
     try:
         material = json.dumps([_CACHE_FORMAT, str(project_dir), str(profiles_dir), target, cli_vars,
                                str(Path.cwd()), texts, sorted((k, v) for k, v in os.environ.items()
-                                                              if k.startswith("DBT_")),
+                                                              if k.startswith("DBT_")
+                                                              and not k.startswith("DBT_ENV_SECRET_")),
                                _version("dbt-core"), _version("featuremart")], sort_keys=True)
     except (TypeError, ValueError):
         return None
