@@ -447,16 +447,16 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
-    from featuremart.training import OUTPUT_SUFFIXES, write_training_set
+    from featuremart.training import OUTPUT_SUFFIXES
 
     output = args.output
     if not output.lower().endswith(OUTPUT_SUFFIXES):
         raise FeaturemartError(f"--output {output!r}: write a .parquet or .csv file")
     features = [f.strip() for f in args.ts_features.split(",")] if args.ts_features else None
     started = time.perf_counter()
-    table = store.training_set(args.spine, args.timestamp, service=args.ts_service, features=features)
-    write_training_set(table, output)
-    console.print(f"wrote {table.num_rows} rows × {table.num_columns} columns to {output} "
+    rows, columns = store.write_training_set(output, args.spine, args.timestamp, service=args.ts_service,
+                                             features=features)
+    console.print(f"wrote {rows} rows × {columns} columns to {output} "
                   f"in {time.perf_counter() - started:.1f}s", highlight=False)
     return 0
 

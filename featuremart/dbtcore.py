@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ PARSE_TARGET_DIR = "featuremart_parse"
 COMPILE_TARGET_DIR = "featuremart_compile"
 #: Compiled training-set SQL kept per (manifest, project files, target, request); the oldest go first.
 COMPILE_CACHE_ENTRIES = 64
+#: Loaded projects kept (see `load_dbt_project`); the oldest go first.
+LOAD_CACHE_ENTRIES = 64
 #: Files whose change makes a manifest stale: what `dbt parse` reads.
 PROJECT_FILE_SUFFIXES = (".sql", ".yml", ".yaml", ".csv", ".md", ".py")
 _PROJECT_YAML = ("dbt_project.yml", "features.yml", "selectors.yml", "packages.yml", "dependencies.yml")
@@ -81,6 +84,9 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
             and (project_dir / "profiles.yml").exists():
         profiles_dir = project_dir
     cli_vars = _cli_vars(vars)
+    key = _load_key(project_dir, profiles_dir, target, cli_vars)
+    if key is not None and (cached := _read_loaded(key, project_dir, cli_vars)) is not None:
+        return cached
     with _LOCK:
         flags = _set_flags(project_dir, profiles_dir, target, cli_vars)
         profile, project = _load_parts(flags)
@@ -99,8 +105,126 @@ def load_dbt_project(project_dir: Path, profiles_dir: Path | None = None, target
         vars=root_vars,
         cli_vars=cli_vars,
     )
-    _remember_folders(loaded, project)
+    folders = _remember_folders(loaded, project)
+    if key is not None:
+        _write_loaded(key, loaded, folders, profiles_dir)
     return loaded
+
+
+# --- the loader's cache -----------------------------------------------------------------------------------
+#
+# dbt's loader costs 1.5-2.5 s per process, nearly all of it importing dbt (bench/README.md): every project
+# command paid it. Its result is a pure function of a few inputs, so it is kept in a small file keyed by all
+# of them: the bytes of dbt_project.yml and of the profiles.yml dbt would read, the environment variables
+# those files name in `env_var(...)`, every DBT_* variable (dbt's flags read them; not dbt's
+# DBT_ENV_SECRET_* unless a file names them), --vars, --target,
+# --profiles-dir, the working directory (dbt resolves relative paths and finds profiles.yml from it), and the
+# dbt-core, adapter and featuremart versions. A file calling `env_var` with a name that is not a literal, a
+# target holding a secret (nothing secret is written to disk), or vars that are not plain JSON are loaded
+# by dbt every time.
+
+LOAD_CACHE_ENV = "FEATUREMART_CACHE_DIR"
+_ENV_VAR_CALL = re.compile(r"""env_var\s*\(\s*(['"])([^'"]+)\1""")
+_SECRET_FIELD = re.compile(r"pass|secret|token|private|key", re.IGNORECASE)
+_CACHE_FORMAT = 1
+
+
+def load_cache_dir() -> Path:
+    """Where loaded projects are cached: $FEATUREMART_CACHE_DIR, else $XDG_CACHE_HOME/featuremart, else
+    ~/.cache/featuremart."""
+    if os.environ.get(LOAD_CACHE_ENV):
+        return Path(os.environ[LOAD_CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featuremart"
+
+
+def _profiles_file(project_dir: Path, profiles_dir: Path | None) -> Path:
+    """The profiles.yml dbt reads with these options (dbt's own order; featuremart's project directory
+    fallback is already in `profiles_dir`)."""
+    if profiles_dir is not None:
+        return Path(profiles_dir).resolve() / "profiles.yml"
+    if os.environ.get("DBT_PROFILES_DIR"):
+        return Path(os.environ["DBT_PROFILES_DIR"]).resolve() / "profiles.yml"
+    if (Path.cwd() / "profiles.yml").exists():
+        return Path.cwd() / "profiles.yml"
+    return Path.home() / ".dbt" / "profiles.yml"
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def _load_key(project_dir: Path, profiles_dir: Path | None, target: str | None,
+              cli_vars: dict[str, Any]) -> str | None:
+    """The cache key of a project load with these options, or None when it cannot be cached."""
+    texts = []
+    for path in (project_dir / "dbt_project.yml", _profiles_file(project_dir, profiles_dir)):
+        try:
+            text = path.read_text()
+        except OSError:
+            return None  # dbt reports it
+        names = [m.group(2) for m in _ENV_VAR_CALL.finditer(text)]
+        if text.count("env_var") != len(names):
+            return None  # an env_var(...) whose name is computed: cannot say what it reads
+        texts.append((str(path), text, {n: os.environ.get(n) for n in names}))
+    try:
+        material = json.dumps([_CACHE_FORMAT, str(project_dir), str(profiles_dir), target, cli_vars,
+                               str(Path.cwd()), texts, sorted((k, v) for k, v in os.environ.items()
+                                                              if k.startswith("DBT_")
+                                                              and not k.startswith("DBT_ENV_SECRET_")),
+                               _version("dbt-core"), _version("featuremart")], sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _read_loaded(key: str, project_dir: Path, cli_vars: dict[str, Any]) -> DbtProject | None:
+    """The cached load for `key`, if there is one and its adapter is still the installed version."""
+    path = load_cache_dir() / "projects" / f"{key}.json"
+    try:
+        entry = json.loads(path.read_text())
+        if entry["format"] != _CACHE_FORMAT or _version(f"dbt-{entry['target']['type']}") != entry["adapter"]:
+            return None
+        loaded = DbtProject(project_dir=project_dir, profiles_dir=Path(entry["profiles_dir"]), name=entry["name"],
+                            target_dir=Path(entry["target_dir"]), profile_name=entry["profile_name"],
+                            target_name=entry["target_name"], target=entry["target"], vars=entry["vars"],
+                            cli_vars=cli_vars)
+        folders = frozenset(entry["folders"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    with contextlib.suppress(OSError):
+        _FOLDERS[_folders_key(loaded)] = ((project_dir / "dbt_project.yml").stat().st_mtime_ns, folders)
+        os.utime(path)  # recently used: pruned last
+    return loaded
+
+
+def _write_loaded(key: str, loaded: DbtProject, folders: frozenset[str], profiles_dir: Path | None) -> None:
+    """Keep a load for `_read_loaded` (best effort: an unwritable cache only costs the next process dbt's
+    loader). Targets holding a secret are not written."""
+    if any(_SECRET_FIELD.search(name) and value for name, value in loaded.target.items()):
+        return
+    if loaded.profiles_dir / "profiles.yml" != _profiles_file(loaded.project_dir, profiles_dir):
+        return  # dbt read another profiles.yml than the key names
+    try:
+        text = json.dumps({"format": _CACHE_FORMAT, "adapter": _version(f"dbt-{loaded.adapter_type}"),
+                           "profiles_dir": str(loaded.profiles_dir), "name": loaded.name,
+                           "target_dir": str(loaded.target_dir), "profile_name": loaded.profile_name,
+                           "target_name": loaded.target_name, "target": loaded.target, "vars": loaded.vars,
+                           "folders": sorted(folders)})
+        if json.loads(text)["vars"] != loaded.vars or json.loads(text)["target"] != loaded.target:
+            return  # not plain JSON (tuples, dates...): would not come back the same
+        folder = load_cache_dir() / "projects"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's own, like ~/.dbt
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        tmp.replace(folder / f"{key}.json")
+        _prune(folder, LOAD_CACHE_ENTRIES, "*.json")
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 def _root_vars(project, cli_vars: dict[str, Any]) -> dict[str, Any]:
@@ -498,8 +622,8 @@ def _compile_key(project: DbtProject, inline: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def _prune(folder: Path, keep: int) -> None:
-    entries = sorted(folder.glob("*.sql"), key=lambda p: p.stat().st_mtime, reverse=True)
+def _prune(folder: Path, keep: int, pattern: str = "*.sql") -> None:
+    entries = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in entries[keep:]:
         with contextlib.suppress(OSError):
             stale.unlink()

@@ -98,9 +98,12 @@ class FeatureStore:
                 self._registry = self._build_registry(self.manifest())
         return self._registry
 
-    def _build_registry(self, manifest: Manifest) -> Registry:
-        with self.warehouse() as wh:
-            columns = wh.columns(relation_of(m) for m in feature_models(manifest))
+    def _build_registry(self, manifest: Manifest, wh: Warehouse | None = None) -> Registry:
+        """The registry of `manifest`, its columns read on `wh` (else a connection opened for it)."""
+        if wh is None:
+            with self.warehouse() as own:
+                return self._build_registry(manifest, own)
+        columns = wh.columns(relation_of(m) for m in feature_models(manifest))
         return build_registry(manifest, self.config, columns)
 
     def validate(self) -> list[Problem]:
@@ -251,17 +254,49 @@ class FeatureStore:
         the `featuremart.training_set` dbt macro, compiled by dbt and run in the warehouse (docs/training-sets.md).
         Returns a pyarrow.Table, or a pandas DataFrame with `to_pandas=True`.
         """
-        from featuremart.training import training_set
+        from featuremart.training import run_training_set
 
+        self._needs_project("build training sets")
+        with self.warehouse() as wh:
+            features = self._training_request(wh, service, features)
+            table = run_training_set(wh, *self._compile_training_set(wh, spine, timestamp, service, features))
+        return table.to_pandas() if to_pandas else table
+
+    def write_training_set(self, path: str | Path, spine: Any, timestamp: str, *, service: str | None = None,
+                           features: Iterable[str] | None = None) -> tuple[int, int]:
+        """`training_set` written to a .parquet or .csv file, whole or not at all; returns (rows, columns).
+        Parquet is streamed (on DuckDB, written by DuckDB): the whole table is never held in memory."""
+        from featuremart.training import write_training_set_query
+
+        self._needs_project("build training sets")
+        with self.warehouse() as wh:
+            features = self._training_request(wh, service, features)
+            sql, frame = self._compile_training_set(wh, spine, timestamp, service, features)
+            return write_training_set_query(wh, sql, frame, path)
+
+    def _needs_project(self, what: str) -> None:
         if self.project is None:
-            raise FeaturemartError("a FeatureStore opened from a Redis URL cannot build training sets: open it on "
-                                   "the dbt project")
+            raise FeaturemartError(f"a FeatureStore opened from a Redis URL cannot {what}: open it on the dbt "
+                                   "project")
+
+    def _training_request(self, wh: Warehouse, service: str | None,
+                          features: Iterable[str] | None) -> list[str] | None:
+        """The request's features as a list, after checking its names against the registry (read on `wh`: one
+        connection for the check and the join)."""
         features = None if features is None else list(features)
         if service is not None or features:
-            self.registry.resolve(service=service, features=features)  # unknown names: a clear error, first
-        with self.warehouse() as wh:
-            table = training_set(self.project, wh, spine, timestamp, service=service, features=features)
-        return table.to_pandas() if to_pandas else table
+            if self._registry is None:
+                self._registry = self._build_registry(self.manifest(), wh)
+            self._registry.resolve(service=service, features=features)  # unknown names: a clear error, first
+        return features
+
+    def _compile_training_set(self, wh: Warehouse, spine: Any, timestamp: str, service: str | None,
+                              features: list[str] | None) -> tuple[str, Any]:
+        from featuremart.training import compile_training_set
+
+        compiled, frame = compile_training_set(self.project, wh, spine, timestamp, service=service,
+                                               features=features)
+        return compiled.sql, frame
 
     def close(self) -> None:
         if self._online is not None:

@@ -20,12 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -33,7 +35,7 @@ from featuremart.config import DbtProject
 from featuremart.dbtcore import cached_compile, compile_inline
 from featuremart.errors import TrainingSetError
 from featuremart.manifest import load_manifest
-from featuremart.warehouse import DuckDBWarehouse, Warehouse
+from featuremart.warehouse import BATCH_ROWS, DuckDBWarehouse, Warehouse
 
 #: The name a frame or Parquet spine is registered under on the DuckDB connection while the join runs.
 SPINE_RELATION = "_fm_training_spine"
@@ -109,19 +111,34 @@ def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, 
 
 def run_training_set(warehouse: Warehouse, sql: str, frame: pa.Table | None = None) -> pa.Table:
     """Run compiled training-set SQL, with `frame` registered as the spine relation (DuckDB only)."""
+    with training_set_batches(warehouse, sql, frame) as reader:
+        return reader.read_all()
+
+
+@contextlib.contextmanager
+def training_set_batches(warehouse: Warehouse, sql: str,
+                         frame: pa.Table | None = None) -> Iterator[pa.RecordBatchReader]:
+    """The result of compiled training-set SQL as a stream of record batches (so a file can be written
+    without holding the whole table), with `frame` registered as the spine relation (DuckDB only) until the
+    stream is closed. An empty result keeps its columns and types on DuckDB (other warehouses: no columns)."""
     if frame is not None:
         con = warehouse.con  # type: ignore[attr-defined]  # checked by _spine: a DuckDBWarehouse
         con.register(SPINE_RELATION, frame)
     try:
-        batches = list(warehouse.stream(sql))
+        if isinstance(warehouse, DuckDBWarehouse):
+            reader = warehouse.con.sql(sql).to_arrow_reader(BATCH_ROWS)
+        else:
+            stream = warehouse.stream(sql)
+            first = next(stream, None)
+            reader = (pa.RecordBatchReader.from_batches(pa.schema([]), iter(())) if first is None else
+                      pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], stream)))
+        try:
+            yield reader
+        finally:
+            reader.close()  # an open DuckDB reader keeps the database alive (see warehouse.batches)
     finally:
         if frame is not None:
             con.unregister(SPINE_RELATION)
-    if batches:
-        return pa.Table.from_batches(batches)
-    if isinstance(warehouse, DuckDBWarehouse):  # no rows: keep the columns and their types
-        return warehouse.con.sql(sql).to_arrow_table()
-    return pa.table({})
 
 
 # --- writing it -------------------------------------------------------------------------------------------
@@ -130,14 +147,69 @@ def run_training_set(warehouse: Warehouse, sql: str, frame: pa.Table | None = No
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 
-def write_training_set(table: pa.Table, path: str | Path) -> None:
-    """Write a training set to a .parquet or .csv file, whole or not at all.
+def write_training_set(data: pa.Table | pa.RecordBatchReader, path: str | Path) -> tuple[int, int]:
+    """Write a training set (a table, or a stream of batches) to a .parquet or .csv file, whole or not at
+    all; returns its (rows, columns).
 
     The file is written beside its destination under a temporary name and renamed over it once complete, so
-    a failure leaves no partial file (and an earlier file of that name untouched). CSV has no arrays or
-    structs: such a cell is written as JSON text (`[0.25,-1.5,null]`, null cells empty), which
-    `json.loads` reads back exactly (floats are written in their shortest round-trip form).
+    a failure leaves no partial file (and an earlier file of that name untouched). A Parquet file is written
+    batch by batch as they come (memory: one batch, not the table). CSV has no arrays or structs: such a cell
+    is written as JSON text (`[0.25,-1.5,null]`, null cells empty), which `json.loads` reads back exactly
+    (floats are written in their shortest round-trip form).
     """
+    def write(tmp: str, parquet: bool) -> int:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            rows = 0
+            with pq.ParquetWriter(tmp, data.schema) as writer:
+                for batch in (data.to_batches() if isinstance(data, pa.Table) else data):
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            return rows
+        import pyarrow.csv as pacsv
+
+        table = data if isinstance(data, pa.Table) else data.read_all()
+        pacsv.write_csv(_csv_ready(table), tmp)
+        return table.num_rows
+
+    return _write_whole(path, write), len(data.schema)
+
+
+def write_training_set_query(warehouse: Warehouse, sql: str, frame: pa.Table | None,
+                             path: str | Path) -> tuple[int, int]:
+    """Run compiled training-set SQL into a .parquet or .csv file, whole or not at all; returns (rows, columns).
+
+    On DuckDB a Parquet file is written by DuckDB itself (`DuckDBPyRelation.write_parquet`: parallel and
+    streaming, 2-3x faster than fetching Arrow batches into pyarrow's writer, and no table held in memory).
+    Elsewhere the warehouse's batches are streamed into `write_training_set`."""
+    if isinstance(warehouse, DuckDBWarehouse) and Path(path).suffix.lower() == ".parquet":
+        import duckdb
+        import pyarrow.parquet as pq
+
+        con = warehouse.con
+        if frame is not None:
+            con.register(SPINE_RELATION, frame)
+        try:
+            relation = con.sql(sql)
+            columns = len(relation.columns)
+
+            def write(tmp: str, parquet: bool) -> int:
+                relation.write_parquet(tmp)
+                return pq.ParquetFile(tmp).metadata.num_rows
+
+            return _write_whole(path, write, duckdb.Error), columns
+        finally:
+            if frame is not None:
+                con.unregister(SPINE_RELATION)
+    with training_set_batches(warehouse, sql, frame) as batches:
+        return write_training_set(batches, path)
+
+
+def _write_whole(path: str | Path, write: Callable[[str, bool], int],
+                 *errors: type[BaseException]) -> int:
+    """`write(temporary path, is_parquet)` beside `path`, then renamed over it: all or nothing. Returns what
+    `write` returns; an OSError, an Arrow error or one of `errors` becomes a TrainingSetError naming the file."""
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise TrainingSetError(f"--output {str(path)!r}: write a .parquet or .csv file")
@@ -148,21 +220,15 @@ def write_training_set(table: pa.Table, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, tmp)
-        else:
-            import pyarrow.csv as pacsv
-
-            pacsv.write_csv(_csv_ready(table), tmp)
+        result = write(tmp, path.suffix.lower() == ".parquet")
         os.replace(tmp, path)
-    except (OSError, pa.ArrowException) as exc:  # a full disk, a type the format cannot hold
+    except (OSError, pa.ArrowException, *errors) as exc:  # a full disk, a type the format cannot hold, a query
         Path(tmp).unlink(missing_ok=True)
         raise TrainingSetError(f"could not write {path}: {exc}; nothing was written") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return result
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:

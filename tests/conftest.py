@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("dbt_project.yml", "profiles.yml", "features.yml", "models", "macros")
 DEMO_CUSTOMERS = 300
 AS_OF = date.today()
+#: Loaded dbt projects are cached (featuremart.dbtcore.load_cache_dir) per test session, not in ~/.cache.
+os.environ.setdefault("FEATUREMART_CACHE_DIR", tempfile.mkdtemp(prefix="fm-test-cache-"))
 
 
 def dbt(project_dir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

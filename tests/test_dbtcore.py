@@ -232,3 +232,76 @@ def test_bad_vars_are_one_clear_error(bare_project, capfd):
     code, out = run_cli("list", "--project-dir", str(bare_project), "--vars", "[1]")
     assert code == 1 and out.startswith("Error: --vars '[1]': ") and "YAML dictionary" in out
     assert capfd.readouterr().out == ""  # dbt's own log line stays quiet: the error is said once
+
+
+def test_the_loaded_project_cache_follows_every_input(bare_project, monkeypatch, tmp_path):
+    """dbt's loader costs seconds a process, so a load is cached keyed by everything it reads. A stale entry is
+    injected after each load (its target path marked): the same inputs get the mark back (the cache is used),
+    and each changed input (an env var the profile reads, DBT_* variables, profiles.yml and dbt_project.yml
+    edits, --vars, --target, the working directory) gets dbt's fresh answer instead."""
+    monkeypatch.setenv("FEATUREMART_CACHE_DIR", str(tmp_path / "cache"))
+    entries = tmp_path / "cache" / "projects"
+
+    def mark_cached() -> None:
+        for entry in entries.glob("*.json"):
+            loaded = json.loads(entry.read_text())
+            loaded["target"]["path"] = "CACHED"
+            entry.write_text(json.dumps(loaded))
+
+    def edit(path: Path, old: str, new: str) -> None:
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+
+    assert load_dbt_project(bare_project).target["path"] == "target/featuremart.duckdb"
+    mark_cached()
+    assert load_dbt_project(bare_project).target["path"] == "CACHED"
+
+    vars_yaml = "{featuremart_default_ttl: 7d}"
+    changes = [
+        (lambda: monkeypatch.setenv("FEATUREMART_DUCKDB_PATH", "elsewhere.duckdb"), {},
+         lambda p: p.target["path"] == "elsewhere.duckdb"),
+        (lambda: monkeypatch.setenv("DBT_TARGET_PATH", "build_out"), {},
+         lambda p: p.target_dir == bare_project / "build_out"),
+        (lambda: edit(bare_project / "profiles.yml", "      threads: 2\n", "      threads: 2\n      schema: edited\n"),
+         {}, lambda p: p.target["schema"] == "edited"),
+        (lambda: edit(bare_project / "dbt_project.yml", "featuremart_default_ttl: 30d", "featuremart_default_ttl: 9d"),
+         {}, lambda p: p.vars["featuremart_default_ttl"] == "9d"),
+        (lambda: None, {"vars": vars_yaml}, lambda p: p.vars["featuremart_default_ttl"] == "7d"),
+        (lambda: None, {"target": "postgres"}, lambda p: p.target_name == "postgres"),
+        (lambda: monkeypatch.chdir(bare_project), {}, lambda p: p.target["path"] == "elsewhere.duckdb"),
+    ]
+    for change, options, fresh in changes:
+        change()
+        project = load_dbt_project(bare_project, **options)
+        assert project.target.get("path") != "CACHED" and fresh(project), (options, project)
+        if project.adapter_type == "duckdb":
+            mark_cached()
+            assert load_dbt_project(bare_project, **options).target["path"] == "CACHED"
+
+    # A fresh process with a cached load imports no dbt at all (that import was most of every command's start).
+    monkeypatch.chdir(tmp_path)
+    code = ("import sys; from pathlib import Path; from featuremart.dbtcore import load_dbt_project; "
+            f"p = load_dbt_project(Path({str(bare_project)!r})); "
+            "print(p.target['path'], sorted({m.split('.')[0] for m in sys.modules if m.startswith('dbt')}))")
+    env = {**os.environ, "FEATUREMART_CACHE_DIR": str(tmp_path / "fresh_cache")}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert runs[0].stdout.split()[0] == "elsewhere.duckdb" and "dbt" in runs[0].stdout  # dbt loaded, then cached
+    assert runs[1].stdout == "elsewhere.duckdb []\n"
+
+
+def test_a_target_holding_a_secret_is_never_cached(bare_project, monkeypatch, tmp_path):
+    """A password (here from PGPASSWORD, as a profile should take it) is not written to the cache: such a
+    target is loaded by dbt every time, and nothing under the cache directory holds it."""
+    monkeypatch.setenv("FEATUREMART_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEATUREMART_TARGET", "postgres")
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    for _ in range(2):
+        assert load_dbt_project(bare_project).target["password"] == PASSWORD
+    written = [p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not any(PASSWORD in text for text in written)
+    assert not written
+    monkeypatch.setenv("PGPASSWORD", "")  # no password (trust auth): cached like any other target
+    load_dbt_project(bare_project)
+    assert len(list((tmp_path / "cache" / "projects").glob("*.json"))) == 1

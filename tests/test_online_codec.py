@@ -50,3 +50,19 @@ def test_values_that_are_not_one_array_do_not_shift_their_neighbours():
         decoder.decode_many([b"[1],[2]", b"[3,[4]"])
     with pytest.raises(ValueError):
         decoder.decode_many([b"[1, 2.5]", b"[2, 3.5],[3, 4.5]"])
+
+
+def test_only_the_rows_with_an_odd_float_are_converted_and_each_is_typed():
+    """A view of floats and ints only: the batch converts just the rows where JSON spelled a float feature
+    otherwise (an int as Postgres writes `3`, a null), wherever they sit in the batch; every float comes back
+    a float, nulls stay null, ints stay ints."""
+    dtypes = ["float", "int", "float"]
+    raws = [b"[1, 1.5, 2, 3]", b"[2, 2.5, 3, 4.5]", b"[3, null, 4, 5.5]", b"[4, 7, 5, 6.5]", b"[5, 0.5, 6, 7.5]"]
+    decoder = RowDecoder(dtypes)
+    got = decoder.decode_many(raws)
+    expected = [reference(dtypes, raw) for raw in raws]
+    assert got == expected == [[1, 1.5, 2, 3.0], [2, 2.5, 3, 4.5], [3, None, 4, 5.5], [4, 7.0, 5, 6.5],
+                               [5, 0.5, 6, 7.5]]
+    assert [[type(v) for v in row] for row in got] == [[int, float, int, float], [int, float, int, float],
+                                                       [int, type(None), int, float], [int, float, int, float],
+                                                       [int, float, int, float]]

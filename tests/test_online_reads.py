@@ -310,3 +310,63 @@ def test_an_outlived_value_reads_missing_and_expired_only_while_its_key_remains(
         assert expires_ms == int((here.event_ts + TTL).timestamp() * 1000)
     finally:
         client.close()
+
+
+BALANCE_EVENT = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def test_a_batch_mixes_statuses_across_views_in_every_shape(synced):
+    """A batch is shaped column by column (no Python step per value): rows present, missing and expired in
+    two views, with the requested names interleaved across the views, read back through records, the HTTP
+    dicts, columns and Arrow, each value where it belongs."""
+    now = BALANCE_EVENT + TTL + timedelta(microseconds=1)  # balances just past its ttl, all_types within it
+    entities = [{"thing_id": "a", "account_id": 7}, {"thing_id": "nobody", "account_id": 8},
+                {"thing_id": ODD_KEY, "account_id": 7}, {"thing_id": "c", "account_id": 8}]
+    result = synced.reader.read(entities, features=["all_types.f_int", "balances.balance", "all_types.f_str"],
+                                now=now)
+    expired = FeatureValue(None, BALANCE_EVENT, EXPIRED)
+    missing = FeatureValue(None, None, MISSING)
+    expected = [
+        {"f_int": FeatureValue(42, EVENT, PRESENT), "balance": expired, "f_str": FeatureValue(UNICODE, EVENT, PRESENT)},
+        {"f_int": missing, "balance": missing, "f_str": missing},
+        {"f_int": FeatureValue(-9007199254740993, EVENT, PRESENT), "balance": expired,
+         "f_str": FeatureValue("", EVENT, PRESENT)},
+        {"f_int": FeatureValue(None, EVENT, PRESENT), "balance": missing, "f_str": FeatureValue(None, EVENT, PRESENT)},
+    ]
+    records = result.to_records()
+    assert records == expected
+    assert [list(r) for r in records] == [["f_int", "balance", "f_str"]] * 4  # request order, not view order
+    assert all(type(v) is FeatureValue for r in records for v in r.values())
+    def as_json(v: FeatureValue) -> dict:  # what the HTTP response carries: the event time as ISO 8601 text
+        return {**v._asdict(), "event_ts": None if v.event_ts is None else v.event_ts.isoformat()}
+
+    assert result.to_json_records() == [{k: as_json(v) for k, v in r.items()} for r in expected]
+    columns = result.to_columns()
+    for name in ("f_int", "balance", "f_str"):
+        assert columns[name] == [r[name].value for r in expected], name
+        assert columns[name + "__status"] == [r[name].status for r in expected], name
+        assert columns[name + "__event_ts"] == [r[name].event_ts for r in expected], name
+    assert result.to_arrow().to_pydict() == columns
+    assert result.status_counts() == {PRESENT: 6, MISSING: 4, EXPIRED: 2}
+
+
+def test_a_batch_of_string_keys_reads_as_one_entity_at_a_time(synced):
+    """Plain string keys of a batch are checked and formatted column by column; what needs a closer look
+    (escaping, a wrong type, a missing or unknown key, an entity that is no dict) takes the per-entity path,
+    with the same values and the same errors as entities read one at a time."""
+    features = ["all_types.f_int", "all_types.f_str"]
+    plain = [{"thing_id": t} for t in ("a", "b", "c", "nobody")]
+    plan = synced.reader._plan(None, features)
+    assert plan._string_keys(plain) is not None  # the column-by-column path is the one measured here
+    for batch in (plain, [*plain, {"thing_id": ODD_KEY}], [{"thing_id": "a", "account_id": 7}, *plain]):
+        one_by_one = [synced.get_online_features([e], features=features)[0] for e in batch]
+        assert synced.get_online_features(batch, features=features) == one_by_one
+    assert synced.get_online_features([*plain, {"thing_id": ODD_KEY}], features=features)[-1]["f_int"].value \
+        == -9007199254740993
+    bad = [({"thing_id": 1}, r"thing_id is a string key; got 1 \(int\)"),
+           ({"thing": "a"}, r"missing entity key\(s\) thing_id; unknown entity key\(s\) thing"),
+           ({"thing_id": "a", "shop": "x"}, r"unknown entity key\(s\) shop"),
+           ("a", r"an entity is an object of join keys")]
+    for entity, message in bad:
+        with pytest.raises(UnknownNameError, match=message):
+            synced.get_online_features([*plain, entity, *plain], features=features)

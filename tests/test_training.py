@@ -563,6 +563,45 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
                                              '2,"[0.2, null]"']
 
 
+def test_a_streamed_parquet_write_that_fails_half_way_leaves_no_partial_file(tmp_path):
+    """Parquet is written as the rows stream (batch by batch from a warehouse's batches; by DuckDB itself on
+    DuckDB): a query failing while it streams (DuckDB's error() deep in the rows, as a bad cast in a spine
+    would) leaves the earlier file intact and no temporary file; a stream that completes is read back whole,
+    in order."""
+    import duckdb
+
+    from featuremart.training import write_training_set
+
+    path = tmp_path / "train.parquet"
+    path.write_text("an earlier training set\n")
+    con = duckdb.connect()
+    with pytest.raises(TrainingSetError, match=r"could not write .*train\.parquet: .*boom at \d+; nothing was written"):
+        write_training_set(con.sql("select i, case when i < 250000 then i else error('boom at ' || i) end as v "
+                                   "from range(300000) t(i)").to_arrow_reader(50_000), path)
+    assert path.read_text() == "an earlier training set\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["train.parquet"]
+    reader = con.sql("select i, i * 2 as v from range(300000) t(i) order by i").to_arrow_reader(50_000)
+    assert write_training_set(reader, path) == (300_000, 2)
+    table = pq.read_table(path)
+    assert table.column("v").to_pylist() == [2 * i for i in range(300_000)]
+
+    # On DuckDB, DuckDB writes the Parquet itself (the CLI's path): the same all-or-nothing rule.
+    from featuremart.training import write_training_set_query
+    from featuremart.warehouse import DuckDBWarehouse
+
+    duckdb.connect(str(tmp_path / "wh.duckdb")).close()
+    with DuckDBWarehouse(tmp_path / "wh.duckdb") as warehouse:
+        with pytest.raises(TrainingSetError, match=r"could not write .*train\.parquet: .*boom at \d+; "
+                                                   r"nothing was written"):
+            write_training_set_query(warehouse, "select i, case when i < 250000 then i else error('boom at ' || i) "
+                                                "end as v from range(300000) t(i)", None, path)
+        assert pq.read_table(path).equals(table)  # the earlier file, untouched
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet", "wh.duckdb"]
+        assert write_training_set_query(warehouse, "select i, i * 3 as v from range(300000) t(i) order by i",
+                                        None, path) == (300_000, 2)
+    assert pq.read_table(path).column("v").to_pylist() == [3 * i for i in range(300_000)]
+
+
 @pytest.mark.integration
 @pytest.mark.postgres
 def test_train_serve_consistency_on_postgres_in_every_time_zone(postgres_project, redis_url, tmp_path, monkeypatch):

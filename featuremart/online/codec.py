@@ -112,12 +112,19 @@ class RowDecoder:
             return [self.decode(raw) for raw in raws]
         if self.ints and float in set(map(type, chain.from_iterable(map(self.int_values, rows)))):
             return [self.decode(raw) for raw in raws]
-        if self.int_arrays or self.converters or (self.floats and set(map(
-                type, chain.from_iterable(map(self.float_values, rows)))) != _FLOATS_ONLY):
+        if self.int_arrays or self.converters:
             for row in rows:
                 if self.int_arrays and not self._exact(row):
                     return [self.decode(raw) for raw in raws]
                 self.convert(row)
+        elif self.floats:
+            # Only the rows holding a float feature JSON spelled otherwise (an int, null, NaN) are converted:
+            # the types of all the rows' floats are listed in C, and the few odd ones found from that list.
+            width = len(self.floats)
+            kinds = list(map(type, chain.from_iterable(map(self.float_values, rows))))
+            if set(kinds) != _FLOATS_ONLY:
+                for i in sorted({i // width for i, kind in enumerate(kinds) if kind is not float}):
+                    self.convert(rows[i])
         return rows
 
     def _exact(self, row: list) -> bool:
