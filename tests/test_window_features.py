@@ -389,3 +389,41 @@ def test_events_later_than_the_lookback_need_a_full_refresh(incremental_project)
     dbt(wh.project, "run", "--full-refresh", "--select", "incremental_view", env=wh.env())
     assert wh.query(query % literal)[1] == [(2,)]
     assert _table_difference(wh, "incremental_view", "full_view") == []
+
+
+LEGACY = Path(__file__).parent / "window_legacy"
+REFERENCE_VIEWS = {"customer_spend": ["customer_id", "event_ts"], "merchant_risk": ["merchant_id", "event_ts"],
+                   "customer_merchant_pair": ["customer_id", "merchant_id", "event_ts"]}
+
+
+def test_reference_views_equal_their_previous_hand_written_sql(project):
+    """The reference project's feature views, now declared with window_features, hold exactly the rows and
+    values of the hand-written SQL they replaced (kept in tests/window_legacy/), on the demo data."""
+    import shutil
+
+    (project / "models" / "legacy").mkdir()
+    for view in REFERENCE_VIEWS:
+        sql = (LEGACY / f"legacy_{view}.sql").read_text()
+        (project / "models" / "legacy" / f"legacy_{view}.sql").write_text(
+            "{{ config(materialized='table') }}\n" + sql)
+    shutil.copy2(LEGACY / "legacy_rolling_distinct_count.sql", project / "macros" / "legacy_rolling_distinct_count.sql")
+    dbt(project, "run", "--select", "path:models/legacy")
+    with duckdb.connect(str(project / "target" / "featuremart.duckdb"), read_only=True) as con:
+        for view in REFERENCE_VIEWS:
+            columns = [c for c, in con.execute(
+                f"select column_name from information_schema.columns where table_name = '{view}' "
+                "order by ordinal_position").fetchall() if c != "computed_at"]
+            legacy_columns = [c for c, in con.execute(
+                f"select column_name from information_schema.columns where table_name = 'legacy_{view}' "
+                "order by ordinal_position").fetchall() if c != "computed_at"]
+            assert columns == legacy_columns, view
+            types = con.execute(f"select * exclude (computed_at) from {view} limit 0").description
+            legacy_types = con.execute(f"select * exclude (computed_at) from legacy_{view} limit 0").description
+            assert [t[1] for t in types] == [t[1] for t in legacy_types], view
+            listed = ", ".join(columns)
+            count = con.execute(f"select count(*) from {view}").fetchone()[0]
+            assert count > 100, view
+            differences = con.execute(
+                f"(select {listed} from {view} except all select {listed} from legacy_{view}) union all "
+                f"(select {listed} from legacy_{view} except all select {listed} from {view}) limit 5").fetchall()
+            assert differences == [], f"{view}: rows differ from the hand-written SQL, e.g. {differences}"
