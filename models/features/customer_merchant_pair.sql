@@ -1,62 +1,49 @@
-{#- Rolling activity per (customer, merchant) pair. A row's event_ts is the end of a day on which the
-    customer paid the merchant (00:00 UTC of the next day); windows are ranges over those days. -#}
+{#- Rolling activity per (customer, merchant) pair, declared with featuremart.window_features
+    (docs/window-features.md). A row's event_ts is the end of a UTC day on which the customer tried to pay the
+    merchant (00:00 UTC of the next day); a window w covers the events timestamped in [event_ts - w,
+    event_ts). A table, not incremental (see customer_spend). -#}
 
-with transactions as (
+with rolling_activity as (
 
-    select
-        *,
-        {{ dbt.dateadd('day', 1, dbt.date_trunc('day', 'txn_ts')) }} as event_ts
+    {{ featuremart.window_features(
+        source=ref('stg_transactions'),
+        keys=['customer_id', 'merchant_id'],
+        timestamp='txn_ts',
+        grain='1d',
+        incremental=false,
+        aggregations=[
+            {'name': 'pair_txn_count', 'function': 'count', 'column': '*', 'windows': ['30d']},
+            {'name': 'pair_spend', 'function': 'sum', 'column': 'amount', 'where': 'is_approved',
+             'windows': ['30d']},
+            {'name': 'last_pair_amount', 'function': 'last', 'column': 'amount', 'windows': ['1d']},
+        ]) | indent(4) }}
+
+),
+
+-- The pair's first attempt ever: every row of the pair is at or after it, so no window is needed.
+first_attempts as (
+
+    select customer_id, merchant_id, min(txn_ts) as first_pair_txn_ts
     from {{ ref('stg_transactions') }}
-
-),
-
-ranked_transactions as (
-
-    select
-        *,
-        row_number() over (
-            partition by customer_id, merchant_id, event_ts
-            order by txn_ts desc, txn_id desc
-        ) as recency_rank
-    from transactions
-
-),
-
-daily_activity as (
-
-    select
-        customer_id,
-        merchant_id,
-        event_ts,
-        count(*) as txn_count,
-        sum(case when is_approved then amount else 0 end) as spend,
-        max(case when recency_rank = 1 then amount end) as last_amount,
-        min(txn_ts) as first_txn_ts
-    from ranked_transactions
-    group by customer_id, merchant_id, event_ts
+    group by customer_id, merchant_id
 
 ),
 
 final as (
 
     select
-        customer_id,
-        merchant_id,
-        event_ts,
-        cast(sum(txn_count) over last_30_days as bigint) as pair_txn_count_30d,
-        cast(sum(spend) over last_30_days as double precision) as pair_spend_30d,
-        cast(last_amount as double precision) as last_pair_amount,
-        min(first_txn_ts) over (
-            partition by customer_id, merchant_id order by event_ts
-            rows between unbounded preceding and current row
-        ) as first_pair_txn_ts,
+        rolling_activity.customer_id,
+        rolling_activity.merchant_id,
+        rolling_activity.event_ts,
+        cast(rolling_activity.pair_txn_count_30d as bigint) as pair_txn_count_30d,
+        cast(coalesce(rolling_activity.pair_spend_30d, 0) as double precision) as pair_spend_30d,
+        cast(rolling_activity.last_pair_amount_1d as double precision) as last_pair_amount,
+        first_attempts.first_pair_txn_ts,
         {{ dbt.current_timestamp() }} as computed_at
-    from daily_activity
-    window
-        last_30_days as (
-            partition by customer_id, merchant_id order by event_ts
-            range between interval '29 days' preceding and current row
-        )
+    from rolling_activity
+    inner join first_attempts
+        on first_attempts.customer_id = rolling_activity.customer_id
+        and first_attempts.merchant_id = rolling_activity.merchant_id
 
 )
 

@@ -1,70 +1,51 @@
-{#- Rolling card activity per customer. A row's event_ts is the end of a day with activity (00:00 UTC of
-    the next day): the first moment that day's totals are known, so a window "up to event_ts" never sees
-    the future. Windows are ranges over those days: 1d is the day itself, 7d the 7 days ending with it. -#}
+{#- Rolling card activity per customer, declared with featuremart.window_features (docs/window-features.md).
+    A row's event_ts is the end of a UTC day with activity (00:00 UTC of the next day): the first moment that
+    day's totals are known, so no window ever sees the future. A window w at event_ts covers the events
+    timestamped in [event_ts - w, event_ts): 1d is the day itself, 7d the 7 days ending with it.
+    A table, not incremental: the demo regenerates its raw data wholesale (see docs/window-features.md for
+    the incremental default). -#}
 
-with transactions as (
+with windowed as (
 
-    select
-        *,
-        {{ dbt.dateadd('day', 1, dbt.date_trunc('day', 'txn_ts')) }} as event_ts
-    from {{ ref('stg_transactions') }}
-
-),
-
-daily_activity as (
-
-    select
-        customer_id,
-        event_ts,
-        sum(case when is_approved then amount else 0 end) as spend,
-        count(*) as txn_count,
-        sum(case when is_approved then 1 else 0 end) as approved_count,
-        sum(case when is_approved then 0 else 1 end) as declined_count,
-        max(case when is_approved then amount end) as max_amount
-    from transactions
-    group by customer_id, event_ts
+    {{ featuremart.window_features(
+        source=ref('stg_transactions'),
+        keys=['customer_id'],
+        timestamp='txn_ts',
+        grain='1d',
+        incremental=false,
+        aggregations=[
+            {'name': 'spend', 'function': 'sum', 'column': 'amount', 'where': 'is_approved',
+             'windows': ['1d', '7d', '30d']},
+            {'name': 'txn_count', 'function': 'count', 'column': '*', 'windows': ['1d', '7d', '30d']},
+            {'name': 'approved_count', 'function': 'count', 'column': '*', 'where': 'is_approved',
+             'windows': ['30d']},
+            {'name': 'max_amount', 'function': 'max', 'column': 'amount', 'where': 'is_approved',
+             'windows': ['7d']},
+            {'name': 'declined_count', 'function': 'count', 'column': '*',
+             'where': 'not coalesce(is_approved, false)', 'windows': ['7d']},
+            {'name': 'distinct_merchants', 'function': 'count_distinct', 'column': 'merchant_id',
+             'windows': ['30d']},
+        ]) | indent(4) }}
 
 ),
 
 rolling_activity as (
 
+    -- Spend is a sum of approved amounts: 0, not null, when the window holds only declined attempts.
     select
         customer_id,
         event_ts,
-        spend as spend_1d,
-        sum(spend) over last_7_days as spend_7d,
-        sum(spend) over last_30_days as spend_30d,
-        txn_count as txn_count_1d,
-        sum(txn_count) over last_7_days as txn_count_7d,
-        sum(txn_count) over last_30_days as txn_count_30d,
-        sum(approved_count) over last_30_days as approved_count_30d,
-        max(max_amount) over last_7_days as max_amount_7d,
-        sum(declined_count) over last_7_days as declined_count_7d
-    from daily_activity
-    window
-        last_7_days as (
-            partition by customer_id order by event_ts
-            range between interval '6 days' preceding and current row
-        ),
-        last_30_days as (
-            partition by customer_id order by event_ts
-            range between interval '29 days' preceding and current row
-        )
-
-),
-
-merchant_visits as (
-
-    select distinct customer_id, merchant_id, event_ts
-    from transactions
-
-),
-
-distinct_merchants as (
-
-    {{ featuremart.rolling_distinct_count(
-        'merchant_visits', partition_by='customer_id', counted='merchant_id', timestamp='event_ts', days=30
-    ) | indent(4) }}
+        coalesce(spend_1d, 0) as spend_1d,
+        coalesce(spend_7d, 0) as spend_7d,
+        coalesce(spend_30d, 0) as spend_30d,
+        txn_count_1d,
+        txn_count_7d,
+        txn_count_30d,
+        approved_count_30d,
+        max_amount_7d,
+        declined_count_7d,
+        distinct_merchants_30d
+    from windowed
 
 ),
 
@@ -84,12 +65,9 @@ final as (
         ) as avg_amount_30d,
         cast(rolling_activity.max_amount_7d as double precision) as max_amount_7d,
         cast(rolling_activity.declined_count_7d as bigint) as declined_count_7d,
-        cast(distinct_merchants.distinct_count as bigint) as distinct_merchants_30d,
+        cast(rolling_activity.distinct_merchants_30d as bigint) as distinct_merchants_30d,
         {{ dbt.current_timestamp() }} as computed_at
     from rolling_activity
-    inner join distinct_merchants
-        on distinct_merchants.customer_id = rolling_activity.customer_id
-        and distinct_merchants.event_ts = rolling_activity.event_ts
 
 )
 

@@ -1,64 +1,26 @@
-{#- Rolling risk figures per merchant. As in customer_spend, a row's event_ts is the end of a day with
-    activity (00:00 UTC of the next day), and windows are ranges over those days. -#}
+{#- Rolling risk figures per merchant, declared with featuremart.window_features (docs/window-features.md). As
+    in customer_spend, a row's event_ts is the end of a UTC day with activity (00:00 UTC of the next day), and
+    a window w covers the events timestamped in [event_ts - w, event_ts). A table, not incremental (see
+    customer_spend). -#}
 
-with transactions as (
+with rolling_activity as (
 
-    select
-        *,
-        {{ dbt.dateadd('day', 1, dbt.date_trunc('day', 'txn_ts')) }} as event_ts
-    from {{ ref('stg_transactions') }}
-
-),
-
-daily_activity as (
-
-    select
-        merchant_id,
-        event_ts,
-        count(*) as txn_count,
-        sum(case when is_approved then 1 else 0 end) as approved_count,
-        sum(case when is_approved then amount else 0 end) as spend,
-        sum(case when is_approved and is_chargeback then 1 else 0 end) as chargeback_count
-    from transactions
-    group by merchant_id, event_ts
-
-),
-
-rolling_activity as (
-
-    select
-        merchant_id,
-        event_ts,
-        sum(chargeback_count) over last_90_days as chargeback_count_90d,
-        sum(approved_count) over last_90_days as approved_count_90d,
-        sum(txn_count) over last_30_days as txn_count_30d,
-        sum(approved_count) over last_30_days as approved_count_30d,
-        sum(spend) over last_30_days as spend_30d
-    from daily_activity
-    window
-        last_30_days as (
-            partition by merchant_id order by event_ts
-            range between interval '29 days' preceding and current row
-        ),
-        last_90_days as (
-            partition by merchant_id order by event_ts
-            range between interval '89 days' preceding and current row
-        )
-
-),
-
-customer_visits as (
-
-    select distinct merchant_id, customer_id, event_ts
-    from transactions
-
-),
-
-distinct_customers as (
-
-    {{ featuremart.rolling_distinct_count(
-        'customer_visits', partition_by='merchant_id', counted='customer_id', timestamp='event_ts', days=30
-    ) | indent(4) }}
+    {{ featuremart.window_features(
+        source=ref('stg_transactions'),
+        keys=['merchant_id'],
+        timestamp='txn_ts',
+        grain='1d',
+        incremental=false,
+        aggregations=[
+            {'name': 'chargeback_count', 'function': 'count', 'column': '*',
+             'where': 'is_approved and is_chargeback', 'windows': ['90d']},
+            {'name': 'approved_count', 'function': 'count', 'column': '*', 'where': 'is_approved',
+             'windows': ['30d', '90d']},
+            {'name': 'txn_count', 'function': 'count', 'column': '*', 'windows': ['30d']},
+            {'name': 'spend', 'function': 'sum', 'column': 'amount', 'where': 'is_approved', 'windows': ['30d']},
+            {'name': 'distinct_customers', 'function': 'count_distinct', 'column': 'customer_id',
+             'windows': ['30d']},
+        ]) | indent(4) }}
 
 ),
 
@@ -69,16 +31,13 @@ final as (
         rolling_activity.event_ts,
         cast(rolling_activity.chargeback_count_90d as double precision)
             / nullif(rolling_activity.approved_count_90d, 0) as chargeback_rate_90d,
-        cast(distinct_customers.distinct_count as bigint) as distinct_customers_30d,
+        cast(rolling_activity.distinct_customers_30d as bigint) as distinct_customers_30d,
         cast(rolling_activity.txn_count_30d as bigint) as txn_count_30d,
         cast(
             rolling_activity.spend_30d / nullif(rolling_activity.approved_count_30d, 0) as double precision
         ) as avg_amount_30d,
         {{ dbt.current_timestamp() }} as computed_at
     from rolling_activity
-    inner join distinct_customers
-        on distinct_customers.merchant_id = rolling_activity.merchant_id
-        and distinct_customers.event_ts = rolling_activity.event_ts
 
 )
 

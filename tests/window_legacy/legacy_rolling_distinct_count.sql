@@ -9,7 +9,7 @@
     timestamp until the next visit of the same (partition_by, counted), or until it leaves the window,
     whichever comes first; the distinct count at t is the number of visits covering t: a running sum of
     +1 / -1 events. Standard SQL, linear in the number of visits. -#}
-{% macro rolling_distinct_count(visits, partition_by, counted, timestamp, days) -%}
+{% macro legacy_rolling_distinct_count(visits, partition_by, counted, timestamp, days) -%}
     {%- set partition_by = [partition_by] if partition_by is string else partition_by -%}
     {{ featuremart._check_column_list('rolling_distinct_count', 'partition_by', partition_by) }}
     {{ featuremart._check_column_name('rolling_distinct_count', 'counted', counted) }}

@@ -1,0 +1,202 @@
+"""window_features on DuckDB: full build vs the best hand-written SQL, and an incremental day vs a full build.
+
+Data: `--events` card events (default 5M) over 365 days, `--entities` customers (default 100k), generated in
+a DuckDB file by SQL. The feature view: per customer per day with activity, approved spend and attempts over
+1d / 7d / 30d, the largest approved amount over 7d and declines over 7d (10 features).
+
+Contenders for the full build (each in a fresh `python` process running `create table ... as <sql>`, which
+reports its own wall time and peak RSS; paired per repetition, order rotated):
+  hand     the best hand-written DuckDB SQL we know for these windows: one `group by customer, day` pass, then
+           window functions over RANGE frames with interval offsets (the reference project's former SQL)
+  macro    the SQL dbt compiles from featuremart.window_features for the same windows
+
+Incremental (real `dbt run`s, node execution time from run_results.json): the model over 364 days, one more
+day of events inserted, then `dbt run` (incremental, default lookback 2d) against `dbt run --full-refresh`
+over the 365 days, paired per repetition.
+
+    .venv/bin/python bench/window_features.py                  # 5M events, 5 repetitions
+    .venv/bin/python bench/window_features.py --events 500000 --reps 3
+Writes bench/results/window_features.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BARS = {"full macro/hand": 1.3, "incremental day/full": 0.10, "memory macro/hand": 1.2}
+
+HAND_SQL = """
+with daily as (
+    select customer_id, date_trunc('day', txn_ts) + interval 1 day as event_ts,
+        sum(case when is_approved then amount end) as spend,
+        count(*) as txn_count,
+        max(case when is_approved then amount end) as max_amount,
+        count(case when not is_approved then 1 end) as declined_count
+    from events
+    group by all
+)
+select customer_id, event_ts,
+    spend as spend_1d, sum(spend) over w7 as spend_7d, sum(spend) over w30 as spend_30d,
+    txn_count as txn_count_1d, sum(txn_count) over w7 as txn_count_7d, sum(txn_count) over w30 as txn_count_30d,
+    max(max_amount) over w7 as max_amount_7d, sum(declined_count) over w7 as declined_count_7d
+from daily
+window
+    w7 as (partition by customer_id order by event_ts range between interval 6 days preceding and current row),
+    w30 as (partition by customer_id order by event_ts range between interval 29 days preceding and current row)
+"""
+
+MODEL = """\
+{{{{ featuremart.window_features(
+    source=source('raw', 'events'), keys=['customer_id'], timestamp='txn_ts', grain='1d',
+    incremental={incremental},
+    aggregations=[
+        {{'name': 'spend', 'function': 'sum', 'column': 'amount', 'where': 'is_approved',
+         'windows': ['1d', '7d', '30d']}},
+        {{'name': 'txn_count', 'function': 'count', 'column': '*', 'windows': ['1d', '7d', '30d']}},
+        {{'name': 'max_amount', 'function': 'max', 'column': 'amount', 'where': 'is_approved', 'windows': ['7d']}},
+        {{'name': 'declined_count', 'function': 'count', 'column': '*', 'where': 'not is_approved',
+         'windows': ['7d']}},
+    ]) }}}}
+"""
+
+RUNNER = textwrap.dedent("""\
+    import resource, sys, time, duckdb
+    path, sql = sys.argv[1], open(sys.argv[2]).read()
+    con = duckdb.connect(path)
+    start = time.perf_counter()
+    con.execute("create or replace table bench_out as " + sql)
+    elapsed = time.perf_counter() - start
+    rows = con.execute("select count(*) from bench_out").fetchone()[0]
+    con.execute("drop table bench_out")
+    print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rows)
+""")
+
+
+def dbt(project: Path, *args: str) -> dict:
+    """A real dbt invocation; returns run_results.json's node timings by model name."""
+    cmd = [str(Path(sys.executable).with_name("dbt")), *args, "--project-dir", str(project), "--profiles-dir",
+           str(project)]
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"})
+    if proc.returncode:
+        sys.exit(f"dbt {' '.join(args)} failed:\n{proc.stdout[-3000:]}")
+    results = json.loads((project / "target" / "run_results.json").read_text())
+    return {r["unique_id"].split(".")[-1]: r["execution_time"] for r in results["results"]}
+
+
+def make_project(dest: Path) -> Path:
+    shutil.copytree(ROOT / "macros", dest / "macros")
+    (dest / "models").mkdir()
+    (dest / "dbt_project.yml").write_text("name: featuremart\nversion: '0.1.0'\nconfig-version: 2\n"
+                                          "profile: wf_bench\nmodel-paths: [models]\nmacro-paths: [macros]\n")
+    (dest / "profiles.yml").write_text(f"wf_bench:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
+                                       f"      path: '{dest / 'bench.duckdb'}'\n      threads: 1\n")
+    (dest / "models" / "_sources.yml").write_text(
+        "version: 2\nsources:\n  - name: raw\n    schema: main\n    tables:\n      - name: events\n")
+    (dest / "models" / "wf_table.sql").write_text(MODEL.format(incremental="false"))
+    (dest / "models" / "wf_incremental.sql").write_text(MODEL.format(incremental="true"))
+    return dest
+
+
+def generate(path: Path, events: int, entities: int) -> None:
+    import duckdb
+
+    with duckdb.connect(str(path)) as con:
+        con.execute("select setseed(0.14)")
+        con.execute(f"""
+            create or replace table all_events as
+            select 'C' || lpad(cast(cast(floor(random() * {entities}) as integer) as varchar), 7, '0') as customer_id,
+                timestamp '2025-01-01' + to_microseconds(cast(floor(random() * 365 * 86400e6) as bigint)) as txn_ts,
+                cast(round(random() * 500, 2) as decimal(12, 2)) as amount,
+                random() > 0.05 as is_approved
+            from range({events})
+        """)
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--entities", type=int, default=100_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "window_features.json")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="wf_bench_") as tmp:
+        project = make_project(Path(tmp) / "project")
+        db = project / "bench.duckdb"
+        generate(db, args.events, args.entities)
+        import duckdb
+
+        with duckdb.connect(str(db)) as con:
+            con.execute("create or replace table events as select * from all_events")
+        dbt(project, "compile", "--select", "wf_table")
+        macro_sql = (project / "target" / "compiled" / "featuremart" / "models" / "wf_table.sql").read_text()
+        sql_files = {"hand": project / "hand.sql", "macro": project / "macro.sql"}
+        sql_files["hand"].write_text(HAND_SQL)
+        sql_files["macro"].write_text(macro_sql)
+        runner = project / "runner.py"
+        runner.write_text(RUNNER)
+
+        order = ["hand", "macro"]
+        full = {name: [] for name in order}
+        memory = {name: [] for name in order}
+        rows = {}
+        for rep in range(args.reps):
+            for name in order[rep % 2:] + order[:rep % 2]:
+                out = subprocess.run([sys.executable, str(runner), str(db), str(sql_files[name])],
+                                     capture_output=True, text=True, check=True).stdout.split()
+                full[name].append(float(out[0]))
+                memory[name].append(int(out[1]))
+                rows[name] = int(out[2])
+            print(f"rep {rep}: hand {full['hand'][-1]:.2f}s, macro {full['macro'][-1]:.2f}s", flush=True)
+        if rows["hand"] != rows["macro"]:
+            sys.exit(f"the contenders disagree on the row count: {rows}")
+
+        incremental, refresh = [], []
+        for rep in range(args.reps):
+            with duckdb.connect(str(db)) as con:
+                con.execute("create or replace table events as select * from all_events "
+                            "where txn_ts < timestamp '2025-12-31'")
+            dbt(project, "run", "--select", "wf_incremental", "--full-refresh")
+            with duckdb.connect(str(db)) as con:
+                con.execute("insert into events select * from all_events where txn_ts >= timestamp '2025-12-31'")
+            incremental.append(dbt(project, "run", "--select", "wf_incremental")["wf_incremental"])
+            refresh.append(dbt(project, "run", "--select", "wf_incremental", "--full-refresh")["wf_incremental"])
+            print(f"rep {rep}: incremental day {incremental[-1]:.2f}s, full refresh {refresh[-1]:.2f}s", flush=True)
+
+    ratios = {
+        "full macro/hand": spread([m / h for m, h in zip(full["macro"], full["hand"])]),
+        "memory macro/hand": spread([m / h for m, h in zip(memory["macro"], memory["hand"])]),
+        "incremental day/full": spread([i / f for i, f in zip(incremental, refresh)]),
+    }
+    report = {
+        "events": args.events, "entities": args.entities, "reps": args.reps, "load_average": os.getloadavg(),
+        "seconds": {"hand": spread(full["hand"]), "macro": spread(full["macro"]),
+                    "incremental_day": spread(incremental), "full_refresh": spread(refresh)},
+        "peak_rss_bytes": {"hand": spread(memory["hand"]), "macro": spread(memory["macro"])},
+        "ratios": ratios, "bars": BARS,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    for name, value in ratios.items():
+        verdict = "meets" if value["median"] <= BARS[name] else "MISSES"
+        print(f"{name}: median {value['median']:.3f} [{value['min']:.3f}-{value['max']:.3f}] "
+              f"({verdict} the bar {BARS[name]})")
+
+
+if __name__ == "__main__":
+    main()
