@@ -33,7 +33,7 @@ class DuckDBLimits:
     connection, DuckDB's syntax: `512MB`, `2GB`) and `FEATUREMART_DUCKDB_THREADS` (docs/operations.md).
     """
 
-    memory_limit: str = "256MB"
+    memory_limit: str = "128MB"
     threads: int = 2
 
     @classmethod
