@@ -224,8 +224,8 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         return _timed_sync(store, rows)
 
     def process(target: str = "dev") -> dict:
-        seconds, record, rss = run_process([fm, "sync", "--json", "--project-dir", str(dest), "--profiles-dir", str(dest), "--target", target],
-                                           env)
+        seconds, record, rss = run_process([fm, "sync", "--json", "--project-dir", str(dest),
+                                            "--profiles-dir", str(dest), "--target", target], env)
         assert record["status"] == "success" and record["views"][0]["inserted"] == rows, record
         return {"seconds": seconds, "startup": seconds - record["seconds"], "peak_rss_mb": rss}
 

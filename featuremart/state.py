@@ -167,8 +167,8 @@ class SyncState:
             wal = path.with_name(path.name + ".wal")
             if wal.exists():
                 os.replace(wal, aside.with_name(aside.name + ".wal"))
-            return cls(path, limits=limits), (f"the sync state was unreadable ({exc.detail}); moved it to {aside} and rebuilt "
-                               "it from the online store")
+            return cls(path, limits=limits), (f"the sync state was unreadable ({exc.detail}); moved it to {aside} "
+                                              "and rebuilt it from the online store")
 
     def close(self) -> None:
         self.con.close()

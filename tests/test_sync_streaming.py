@@ -48,8 +48,8 @@ def wide(tmp_path, redis_url):
     """200k entities with a 200-byte string feature: about 60 MB staged, far over a 32 MB limit."""
     h = Harness(tmp_path, redis_url, features=("a", "b", "c"))
     h.sql("alter table feats add column c varchar")
-    h.sql("insert into feats (customer_id, ts, a, b, c) select 'C' || i, ?, i, i / 4, repeat(chr((97 + i % 26)::integer), 200) "
-          "from range(200000) t(i)", [h.t0])
+    h.sql("insert into feats (customer_id, ts, a, b, c) select 'C' || i, ?, i, i / 4, "
+          "repeat(chr((97 + i % 26)::integer), 200) from range(200000) t(i)", [h.t0])
     yield h
     h.store.close()
 
