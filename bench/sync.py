@@ -176,19 +176,26 @@ def fresh(client: redis.Redis, store_dir: Path) -> None:
     shutil.rmtree(store_dir / "target" / "featuremart", ignore_errors=True)
 
 
+#: Runs a command and reports its wall time and peak RSS. A process forked from this (large) bench process would
+#: report the bench's RSS (ru_maxrss survives fork and exec); forked from this small wrapper, it reports its own.
+WRAPPER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "code": os.waitstatus_to_exitcode(status),
+                  "peak_rss_mb": usage.ru_maxrss / 1024}), file=sys.stderr)
+"""
+
+
 def run_process(argv: list[str], env: dict) -> tuple[float, dict, float]:
-    """Wall seconds, parsed --json output and peak RSS (MB, from wait4) of one process."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{stdout[-2000:]}{stderr[-2000:]}")
-    return seconds, json.loads(stdout), usage.ru_maxrss / 1024
+    """Wall seconds, parsed --json output and peak RSS (MB) of one process, measured by WRAPPER."""
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True, text=True, env=env)
+    measured = json.loads(proc.stderr.strip().splitlines()[-1])
+    if measured["code"] != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {measured['code']}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return measured["seconds"], json.loads(proc.stdout), measured["peak_rss_mb"]
 
 
 def spread(values: list[float]) -> dict:
@@ -196,7 +203,8 @@ def spread(values: list[float]) -> dict:
             "max": round(max(values), 3), "n": len(values)}
 
 
-def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres: bool) -> dict:
+def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres: bool,
+               reruns: bool = True, contenders: tuple[str, ...] = CONTENDERS) -> dict:
     pg_schema = f"fm_bench_{uuid.uuid4().hex[:8]}"
     dest = project(tmp / f"p{entities}", entities, pg_schema)
     client = server.client(socket_timeout=600)
@@ -204,7 +212,8 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
     env = {**os.environ, "FEATUREMART_REDIS_URL": server.url}
     store = FeatureStore(dest, profiles_dir=dest, redis_url=server.url)
     resp = tmp / f"cmds{entities}.resp"
-    rows, keys, values = commands_file(store, resp)
+    rows, keys, values = (commands_file(store, resp) if {"pipe", "mset"} & set(contenders) else
+                          (entities, [], []))
     assert rows == entities
 
     def pipe() -> dict:
@@ -229,66 +238,77 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         assert record["status"] == "success" and record["views"][0]["inserted"] == rows, record
         return {"seconds": seconds, "startup": seconds - record["seconds"], "peak_rss_mb": rss}
 
-    runs = {"pipe": pipe, "mset": mset_, "sync": sync, "process": process}
+    runs = {n: f for n, f in {"pipe": pipe, "mset": mset_, "sync": sync, "process": process}.items()
+            if n in contenders}
     times: dict[str, list[dict]] = {name: [] for name in runs}
     for rep in range(reps):
-        order = CONTENDERS[rep % len(CONTENDERS):] + CONTENDERS[:rep % len(CONTENDERS)]
+        order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         for name in order:
             fresh(client, dest)
             times[name].append(runs[name]())
             assert client.dbsize() >= rows, f"{name} left {client.dbsize()} keys, expected {rows}"
+            print(f"    {name}: {json.dumps(times[name][-1])}", flush=True)  # long runs report as they go
         print(f"  {entities:,} rep {rep + 1}/{reps} ({' '.join(order)}): " + ", ".join(
-            f"{n} {times[n][-1]['seconds']:.2f}s" for n in CONTENDERS), flush=True)
+            f"{n} {times[n][-1]['seconds']:.2f}s" for n in contenders), flush=True)
     secs = {n: [t["seconds"] for t in times[n]] for n in runs}
     result: dict = {
         "entities": rows, "features": len(FEATURES), "reps": reps, "load_average": os.getloadavg(),
         "seconds": {n: spread(secs[n]) for n in runs},
         "entities_per_s": {n: round(rows / statistics.median(secs[n])) for n in runs},
         # the bar: ceiling time / featuremart time, >= 0.8 (a sync within 1.25x of redis-cli --pipe)
-        "ratio_to_pipe": {n: spread([p / s for p, s in zip(secs["pipe"], secs[n])]) for n in ("sync", "process")},
-        "ratio_to_mset": {n: spread([m / s for m, s in zip(secs["mset"], secs[n])]) for n in ("sync", "process")},
-        "pipe_vs_mset": spread([m / p for m, p in zip(secs["mset"], secs["pipe"])]),
-        "sync_call_seconds": spread([t["call_seconds"] for t in times["sync"]]),
-        "process_startup_seconds": spread([t["startup"] for t in times["process"]]),
-        "process_peak_rss_mb": spread([t["peak_rss_mb"] for t in times["process"]]),
+        "ratio_to_pipe": {n: spread([p / s for p, s in zip(secs["pipe"], secs[n])])
+                          for n in ("sync", "process") if {"pipe", n} <= set(runs)},
+        "ratio_to_mset": {n: spread([m / s for m, s in zip(secs["mset"], secs[n])])
+                          for n in ("sync", "process") if {"mset", n} <= set(runs)},
     }
+    if {"pipe", "mset"} <= set(runs):
+        result["pipe_vs_mset"] = spread([m / p for m, p in zip(secs["mset"], secs["pipe"])])
+    if "sync" in runs:
+        result["sync_call_seconds"] = spread([t["call_seconds"] for t in times["sync"]])
+    if "process" in runs:
+        result["process_startup_seconds"] = spread([t["startup"] for t in times["process"]])
+        result["process_peak_rss_mb"] = spread([t["peak_rss_mb"] for t in times["process"]])
 
     # Cost proportional to the work: unchanged reruns and a 1% change, after one more full sync.
-    fresh(client, dest)
-    full = store.sync()
-    unchanged_s = timed(lambda: store.sync(incremental=False), writes=0)
-    diff_s = timed(lambda: store.sync(dry_run=True, incremental=False), writes=None)
-    unchanged_inc_s = timed(lambda: store.sync(), writes=0)
-    con = duckdb.connect(str(dest / "bench.duckdb"))
-    con.execute(f"""insert into feats select customer_id, ts + interval 1 second, now()::timestamp,
-        {", ".join(f"{f} + 1" for f in FEATURES)} from feats where hash(customer_id) % 100 = 0""")
-    con.close()
-    change_s = timed(lambda: store.sync(), writes=-1)
-    result["unchanged"] = {"seconds": round(unchanged_s, 3), "diff_query_seconds": round(diff_s, 3),
-                           "ratio_to_diff_query": round(unchanged_s / diff_s, 3),
-                           "incremental_seconds": round(unchanged_inc_s, 3)}
-    result["one_percent"] = {"seconds": round(change_s, 3), "fraction_of_full": round(change_s / full.seconds, 3)}
+    if reruns:
+        fresh(client, dest)
+        full = store.sync()
+        unchanged_s = timed(lambda: store.sync(incremental=False), writes=0)
+        diff_s = timed(lambda: store.sync(dry_run=True, incremental=False), writes=None)
+        unchanged_inc_s = timed(lambda: store.sync(), writes=0)
+        con = duckdb.connect(str(dest / "bench.duckdb"))
+        con.execute(f"""insert into feats select customer_id, ts + interval 1 second, now()::timestamp,
+            {", ".join(f"{f} + 1" for f in FEATURES)} from feats where hash(customer_id) % 100 = 0""")
+        con.close()
+        change_s = timed(lambda: store.sync(), writes=-1)
+        result["unchanged"] = {"seconds": round(unchanged_s, 3), "diff_query_seconds": round(diff_s, 3),
+                               "ratio_to_diff_query": round(unchanged_s / diff_s, 3),
+                               "incremental_seconds": round(unchanged_inc_s, 3)}
+        result["one_percent"] = {"seconds": round(change_s, 3),
+                                 "fraction_of_full": round(change_s / full.seconds, 3)}
     store.close()
 
+    print(json.dumps({k: v for k, v in result.items() if k != "load_average"}), flush=True)
     if postgres:
         try:
             load_postgres(dest, pg_schema)
             pg_store = FeatureStore(dest, profiles_dir=dest, target="pg", redis_url=server.url)
-            pg_runs = {"pipe": pipe, "sync": lambda: _timed_sync(pg_store, rows),
-                       "process": lambda: process("pg")}
+            pg_runs = {n: f for n, f in {"pipe": pipe, "sync": lambda: _timed_sync(pg_store, rows),
+                                         "process": lambda: process("pg")}.items() if n in contenders}
             pg_times: dict[str, list[dict]] = {n: [] for n in pg_runs}
             names = list(pg_runs)
             for rep in range(reps):
                 for name in names[rep % len(names):] + names[:rep % len(names)]:
                     fresh(client, dest)
                     pg_times[name].append(pg_runs[name]())
+                    print(f"    postgres {name}: {json.dumps(pg_times[name][-1])}", flush=True)
             pg_store.close()
             pg_secs = {n: [t["seconds"] for t in pg_times[n]] for n in pg_runs}
             result["postgres"] = {
                 "seconds": {n: spread(pg_secs[n]) for n in pg_runs},
                 "ratio_to_pipe": {n: spread([p / s for p, s in zip(pg_secs["pipe"], pg_secs[n])])
-                                  for n in ("sync", "process")},
-                "process_peak_rss_mb": spread([t["peak_rss_mb"] for t in pg_times["process"]]),
+                                  for n in ("sync", "process") if {"pipe", n} <= set(pg_runs)},
+                "process_peak_rss_mb": spread([t["peak_rss_mb"] for t in pg_times.get("process", [])] or [0]),
             }
         finally:
             drop_postgres(pg_schema)
@@ -324,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entities", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--postgres", action="store_true", help="also sync from Postgres at 127.0.0.1:5432")
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS,
+                        help="run only these (e.g. `process` for peak memory alone)")
+    parser.add_argument("--no-reruns", action="store_true", help="skip the unchanged and 1%% change reruns")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sync.json")
     redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -335,16 +358,18 @@ def main(argv: list[str] | None = None) -> int:
                      "sizes": {}}
     with redis_check.stopping(server), tempfile.TemporaryDirectory() as tmp:
         for n in args.entities:
-            results["sizes"][str(n)] = bench_size(n, args.reps, server, server.port, Path(tmp), args.postgres)
+            results["sizes"][str(n)] = bench_size(n, args.reps, server, server.port, Path(tmp), args.postgres,
+                                                    not args.no_reruns, tuple(args.contenders))
             print(json.dumps(results["sizes"][str(n)], indent=1), flush=True)
     sizes = list(results["sizes"].values())
     if len(sizes) > 1:
         small, big = sizes[0], sizes[-1]
         results["scaling"] = {
-            "peak_rss_ratio": round(big["process_peak_rss_mb"]["median"] / small["process_peak_rss_mb"]["median"], 3),
-            "throughput_ratio_sync": round(big["entities_per_s"]["sync"] / small["entities_per_s"]["sync"], 3),
-            "throughput_ratio_pipe": round(big["entities_per_s"]["pipe"] / small["entities_per_s"]["pipe"], 3),
-        }
+            f"throughput_ratio_{n}": round(big["entities_per_s"][n] / small["entities_per_s"][n], 3)
+            for n in small["entities_per_s"]}
+        if "process_peak_rss_mb" in small:
+            results["scaling"]["peak_rss_ratio"] = round(
+                big["process_peak_rss_mb"]["median"] / small["process_peak_rss_mb"]["median"], 3)
         print(json.dumps(results["scaling"], indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
