@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
-from bench.sync import NOW, make_table, sync, view  # noqa: E402
+from bench.synthetic import NOW, make_table, sync, view  # noqa: E402
 from featuremart import sql  # noqa: E402
 from featuremart.online.store import WRITE_CHUNK_ROWS, OnlineStore, _encode_set_pxat  # noqa: E402
 from tests.redis_server import RedisCluster  # noqa: E402

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
-from bench.sync import make_table  # noqa: E402
+from bench.synthetic import make_table  # noqa: E402
 from featuremart.config import Entity  # noqa: E402
 from featuremart.durable import DurableState  # noqa: E402
 from featuremart.gate import BuildGate, NodeResult  # noqa: E402

@@ -9,6 +9,8 @@ reports rows/s, each as a ratio to (b):
   (d) the server alone: the buffers of (c) encoded before the clock starts, then sent and their replies read.
       Not a Python write path: it shows how much of (c)'s time is the server's own cost of SET with an expiry
       (MSET sets no expiry, so it does less work per key; (c) cannot beat (d)).
+  (e) `redis-cli --pipe` of the same `SET key value PXAT ms` bytes from a file written before the clock starts:
+      the physical write limit `featuremart sync` is measured against (bench/sync.py).
 
 The server is emptied (`FLUSHALL`) before each run, so every run inserts new keys. Results go to
 `bench/results/raw_redis_ceiling.json`.
@@ -85,6 +87,25 @@ def server_bound(store: OnlineStore, keys, values, expire):
         pool.release(conn)
 
 
+def redis_cli_pipe(port: int, folder: Path, keys, values, expire) -> float:
+    """Time `redis-cli --pipe` replaying pre-encoded SET PXAT commands (the file is written untimed)."""
+    import subprocess
+
+    from featuremart.online.store import _encode_set_pxat
+
+    path = folder / "set_pxat.resp"
+    with open(path, "wb") as fh:
+        for i in range(0, len(keys), CHUNK):
+            fh.write(_encode_set_pxat(keys[i:i + CHUNK], values[i:i + CHUNK], expire[i:i + CHUNK]))
+    with open(path, "rb") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=fh, capture_output=True, text=True)
+        elapsed = time.perf_counter() - t0
+    path.unlink()
+    assert proc.returncode == 0 and f"errors: 0, replies: {len(keys)}" in proc.stdout, proc.stdout + proc.stderr
+    return elapsed
+
+
 def shown(path: Path) -> str:
     """`path` relative to the repository when it is inside it, else as given (--out may point anywhere)."""
     path = path.resolve()
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "b_redis_py_mset": lambda: mset(client, keys, values, expire),
             "c_online_store_write": lambda: online_store_write(store, keys, values, expire),
             "d_server_only_set_pxat": lambda: server_bound(store, keys, values, expire),
+            "e_redis_cli_pipe_set_pxat": lambda: redis_cli_pipe(server.port, server.dir, keys, values, expire),
         }
         # Round-robin, best of --repeat: a noisy neighbour slows every method alike instead of only one.
         best = dict.fromkeys(methods, float("inf"))
@@ -116,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, run in methods.items():
                 client.flushall()
                 t0 = time.perf_counter()
-                elapsed = run() or time.perf_counter() - t0  # (d) times itself, without its encoding
+                elapsed = run() or time.perf_counter() - t0  # (d), (e) time themselves, without encoding
                 best[name] = min(best[name], elapsed)
                 assert client.dbsize() == args.rows, f"{name} wrote {client.dbsize()} keys, expected {args.rows}"
         results = {name: args.rows / seconds for name, seconds in best.items()}

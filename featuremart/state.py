@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from featuremart.errors import StateError, WarehouseError
-from featuremart.warehouse import batches
+from featuremart.warehouse import DuckDBLimits, batches
 
 _VIEWS_DDL = """
 create table if not exists fm_views (
@@ -125,7 +125,7 @@ def _reports_damage(cls):
 class SyncState:
     """The local record of what is online, per view (a DuckDB file, one table per view)."""
 
-    def __init__(self, path: Path, *, verify: bool = False):
+    def __init__(self, path: Path, *, verify: bool = False, limits: DuckDBLimits | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         try:
@@ -136,6 +136,8 @@ class SyncState:
                                      "`featuremart sync` running against this project?") from None
             raise unreadable(path, exc) from None
         try:
+            # Bounded memory: staged views and diffs spill to <state dir>/duckdb_tmp past the limit.
+            (limits or DuckDBLimits()).apply(self.con, temp_directory(path.parent))
             self.con.execute(_VIEWS_DDL)
             for statement in _VIEWS_MIGRATE:
                 self.con.execute(statement)
@@ -151,11 +153,11 @@ class SyncState:
             raise unreadable(path, exc) from None
 
     @classmethod
-    def open(cls, path: Path, *, rebuild: bool = False) -> tuple[SyncState, str]:
+    def open(cls, path: Path, *, rebuild: bool = False, limits: DuckDBLimits | None = None) -> tuple[SyncState, str]:
         """Open the state; with `rebuild`, every block is read, and an unreadable file is moved aside and a new
         one started. Returns the state and a note saying what was done ('' if nothing)."""
         try:
-            return cls(path, verify=rebuild), ""
+            return cls(path, verify=rebuild, limits=limits), ""
         except StateError as exc:
             if not rebuild:
                 raise
@@ -165,8 +167,8 @@ class SyncState:
             wal = path.with_name(path.name + ".wal")
             if wal.exists():
                 os.replace(wal, aside.with_name(aside.name + ".wal"))
-            return cls(path), (f"the sync state was unreadable ({exc.detail}); moved it to {aside} and rebuilt "
-                               "it from the online store")
+            return cls(path, limits=limits), (f"the sync state was unreadable ({exc.detail}); moved it to {aside} "
+                                              "and rebuilt it from the online store")
 
     def close(self) -> None:
         self.con.close()
@@ -269,15 +271,22 @@ class SyncState:
         state, new = self._ensure_state(view), _q("new__" + view)
         expired = int(expired_before_us)
         absent = f"s.key is null or s.ts_us < {expired}" if partial else "s.key is null"
-        self.con.execute(f"""
-            create or replace temp table {_q('plan__' + view)} as
-            select n.key, n.value, n.ts_us,
-                   case when {absent} then 'insert'
-                        when {'true' if rewrite else 'false'} then 'update'
-                        when n.h = s.h then 'unchanged'
-                        else 'update' end as action
-            from {new} n left join {state} s on s.key = n.key
-        """)
+        self._drop_plan(view)
+        if self._scalar(f"select count(*) from {state}") == 0:
+            # Nothing online (a first or full sync): every staged row is an insert. A view, not a copy of every
+            # staged value: at 10M entities the copy alone took seconds and spilled.
+            self.con.execute(f"create temp view {_q('plan__' + view)} as "
+                             f"select key, value, ts_us, h, 'insert' as action from {new}")
+        else:
+            self.con.execute(f"""
+                create temp table {_q('plan__' + view)} as
+                select n.key, n.value, n.ts_us, n.h,
+                       case when {absent} then 'insert'
+                            when {'true' if rewrite else 'false'} then 'update'
+                            when n.h = s.h then 'unchanged'
+                            else 'update' end as action
+                from {new} n left join {state} s on s.key = n.key
+            """)
         counts = dict(self.con.execute(
             f"select action, count(*) from {_q('plan__' + view)} group by action").fetchall())
         live = f"(s.ts_us is null or s.ts_us >= {expired})"
@@ -287,11 +296,11 @@ class SyncState:
             live_before = self._scalar(f"select count(*) from {state} s where {live}")
             deleted = self._scalar(f"select count(*) from {state} s anti join {new} n on s.key = n.key")
             # An entity departs when its key under the current version is not staged (same key shape, so an
-            # old version's key maps to the new one by its suffix).
+            # old version's key maps to the new one by its suffix). Anti joins, which spill, not `not in`.
             old_suffix = f":{view}:{self.synced(view).version}" if version_change else ""
             entity_key = (f"left(s.key, length(s.key) - {len(old_suffix)}) || ?" if version_change else "s.key")
-            live_departed = self.con.execute(
-                f"select count(*) from {state} s where {live} and {entity_key} not in (select key from {new})",
+            live_departed = 0 if not live_before else self.con.execute(
+                f"select count(*) from {state} s anti join {new} n on {entity_key} = n.key where {live}",
                 [f":{view}:{version}"] if version_change else []).fetchall()[0][0]
         return Diff(view, counts.get("insert", 0), counts.get("update", 0), deleted, counts.get("unchanged", 0),
                     version_change, live_before, live_departed)
@@ -335,10 +344,13 @@ class SyncState:
         self.con.execute("begin")
         try:
             # Change only what changed: an unchanged rerun or a small diff must not rewrite a million rows.
-            departed = "false" if partial else f"key not in (select key from {_q('new__' + view)})"
-            self.con.execute(f"delete from {state} where {departed} "
-                             f"or key in (select key from {plan} where action in ('insert', 'update'))")
-            self.con.execute(f"insert into {state} select key, hash(value), ts_us from {plan} "
+            # Hash joins (which spill past the memory limit), not `in (select ...)`.
+            departed = "" if partial else (f"union all select s.key from {state} s anti join "
+                                           f"{_q('new__' + view)} n on s.key = n.key")
+            if self._scalar(f"select count(*) from {state}"):  # (an empty state: nothing to replace)
+                self.con.execute(f"delete from {state} using (select key from {plan} where action in ('insert', "
+                                 f"'update') {departed}) gone where {state}.key = gone.key")
+            self.con.execute(f"insert into {state} select key, h, ts_us from {plan} "
                              "where action in ('insert', 'update')")
             self.con.execute(
                 "insert or replace into fm_views (view, version, store_id, synced_at, entities, watermark, "
@@ -348,8 +360,17 @@ class SyncState:
         except Exception:
             self.con.execute("rollback")
             raise
-        for prefix in ("new__", "plan__"):
-            self.con.execute(f"drop table if exists {_q(prefix + view)}")
+        self._drop_plan(view)
+        self.con.execute(f"drop table if exists {_q('new__' + view)}")
+
+    def _drop_plan(self, view: str) -> None:
+        """Drop a view's plan: a temp table, or a temp view over the staged rows when the state was empty."""
+        plan = _q("plan__" + view)
+        kinds = self.con.execute("select 'view' from duckdb_views() where temporary and view_name = ? union all "
+                                 "select 'table' from duckdb_tables() where temporary and table_name = ?",
+                                 ["plan__" + view, "plan__" + view]).fetchall()
+        for (kind,) in kinds:
+            self.con.execute(f"drop {kind} {plan}")
 
     def views(self) -> list[str]:
         """Every view with recorded state."""
@@ -365,6 +386,11 @@ class SyncState:
         self.con.execute("delete from fm_views where view = ?", [view])
         self.con.execute(f"drop table if exists {_q('state__' + view)}")
 
+
+
+def temp_directory(state_dir: Path) -> Path:
+    """Where the sync's DuckDB connections spill what exceeds their memory limit (emptied by DuckDB on close)."""
+    return state_dir / "duckdb_tmp"
 
 
 # ---- the durable copy (featuremart.durable): export a view's state to Parquet, restore it from one ----------------
@@ -412,8 +438,6 @@ def described(state: SyncState, store_id: str, generations: tuple[str, ...]) -> 
 def _literal(path: Path) -> str:
     """A file path as a SQL string literal's body (the paths are featuremart's own temp files)."""
     return str(path).replace("'", "''")
-
-
 def unreadable(path: Path, exc: Exception) -> StateError:
     """The error for a state file DuckDB cannot read, saying how to recover."""
     error = StateError(f"sync state {path} is unreadable, probably corrupt or truncated ({exc}). It is only a cache "

@@ -14,6 +14,8 @@ and the state's generation together; 6. record the run.
 from __future__ import annotations
 
 import json
+import os
+import queue
 import threading
 from contextlib import closing
 import time
@@ -23,17 +25,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+import duckdb
 import pyarrow as pa
 
 from featuremart import sql
 from featuremart.durable import DurableState
-from featuremart.errors import FeaturemartError, OnlineStoreError, StoreChangedError
+from featuremart.errors import ConfigError, FeaturemartError, OnlineStoreError, StoreChangedError
 from featuremart.manifest import Manifest
 from featuremart.online import keys
 from featuremart.online.store import Fence, OnlineStore, StoreLock
 from featuremart.registry import FeatureView, Registry, merge_snapshot
-from featuremart.state import SyncState, described
-from featuremart.warehouse import Warehouse
+from featuremart.state import SyncState, described, temp_directory
+from featuremart.warehouse import DuckDBLimits, Warehouse
 
 #: A crashed sync blocks the next for at most this long; a running one renews its lock every third of it.
 LOCK_TTL_SECONDS = 30
@@ -41,6 +44,12 @@ RUNS_KEPT = 100
 #: A sync withholds a view that would delete more than this share of its live entities (features.yml
 #: `defaults.max_delete_fraction`, a model's `max_delete_fraction`, or `--allow-mass-delete` override it).
 MAX_DELETE_FRACTION = 0.5
+#: Encoded chunks (10,000 commands each) waiting for a writer: bounds the memory between encoding and writing.
+QUEUE_CHUNKS = 4
+#: Rows per Arrow batch read from the warehouse: a few MB, well inside the DuckDB memory limit.
+STAGE_BATCH_ROWS = 20_000
+#: Connections writing a view's chunks in parallel (`FEATUREMART_SYNC_WRITERS` overrides; bench/README.md).
+WRITERS = 2
 
 
 @dataclass
@@ -106,7 +115,8 @@ class Syncer:
     def __init__(self, registry: Registry, manifest: Manifest, gate: Gate, warehouse: Warehouse,
                  store: OnlineStore, state_dir: Path, now: datetime | None = None,
                  lock_ttl: float = LOCK_TTL_SECONDS, *, allow_mass_delete: bool = False,
-                 max_delete_fraction: float = MAX_DELETE_FRACTION):
+                 max_delete_fraction: float = MAX_DELETE_FRACTION, limits: DuckDBLimits | None = None,
+                 writers: int | None = None):
         self.registry, self.manifest, self.gate = registry, manifest, gate
         self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
@@ -119,6 +129,8 @@ class Syncer:
         self._fence: Fence | None = None  # what identified the store when the run began
         self._durable = DurableState(store, manifest, self._token)  # the state's copy in the store (durable.py)
         self._committed: set[str] = set()  # views whose local state this run committed: uploaded before the seal
+        self.limits = limits or DuckDBLimits.from_env()  # bounded memory whatever the entity count
+        self.writers = writers or _writers_from_env()
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -135,6 +147,14 @@ class Syncer:
                 with self.store.lock("sync", self.lock_ttl) as lock, _KeepAlive(lock, self.lock_ttl / 3) as alive:
                     self._alive = alive
                     self._run_views(run, views, full_refresh, dry_run, progress, lock)
+        except duckdb.Error as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            run.status = "failed"
+            run.error = (f"DuckDB ran out of memory within its limit of {self.limits.memory_limit} per connection "
+                         f"({str(exc).splitlines()[0]}). Raise FEATUREMART_DUCKDB_MEMORY_LIMIT (docs/operations.md"
+                         "); the view being synced was not switched and keeps its previous values, and the next "
+                         "sync redoes it.")
         except FeaturemartError as exc:
             exc = self._diagnosed(exc)
             run.status, run.error = "failed", str(exc)
@@ -151,7 +171,9 @@ class Syncer:
 
     def _run_views(self, run: SyncRun, views: list[FeatureView], full_refresh: bool, dry_run: bool,
                    progress: Callable[[str, str, int, int], None], lock: StoreLock | None) -> None:
-        state, note = SyncState.open(self.state_dir / "sync_state.duckdb", rebuild=full_refresh and not dry_run)
+        self.warehouse.bound_memory(self.limits, temp_directory(self.state_dir))
+        state, note = SyncState.open(self.state_dir / "sync_state.duckdb", rebuild=full_refresh and not dry_run,
+                                     limits=self.limits)
         if note:
             run.notes.append(note)
         try:
@@ -291,7 +313,7 @@ class Syncer:
         query = sql.render(sql.online_payload(view, self.prefix, self.now, dialect, changed_since_us=since), dialect)
         schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("ts_us", pa.int64())])
         progress(view.name, "staging", 0, 0)
-        with closing(self.warehouse.stream(query)) as stream:
+        with closing(self.warehouse.stream(query, STAGE_BATCH_ROWS)) as stream:
             state.stage(view.name, pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in stream)))
         if not trusted:
             self._scan(state)
@@ -322,8 +344,7 @@ class Syncer:
             self._durable.mark(view.name)
         progress(view.name, "writing", 0, diff.writes)
         with closing(state.upsert_commands(view.name, ttl_ms)) as commands:
-            self.store.write_encoded(self._tracked(commands, view.name, diff.writes, progress),
-                                     server=self._fence.server)
+            self._write(commands, view.name, diff.writes, progress)
         result.version_switch = diff.version_change
         if not diff.version_change:  # else the old keys are still served until the registry switches
             if since is None:  # an incremental sync saw only changed entities: none can be known to have left
@@ -372,14 +393,61 @@ class Syncer:
         with closing(key_batches) as batches:
             return sum(self.store.delete(batch) for batch in batches)
 
-    def _tracked(self, chunks, view: str, total: int, progress):
-        """Pass write chunks through, reporting progress and stopping if the sync lost its lock."""
-        done = 0
-        for buffer, chunk_keys in chunks:
-            self._alive.check()
-            yield buffer, chunk_keys
-            done += len(chunk_keys)
-            progress(view, "writing", done, total)
+    def _write(self, chunks: Iterator[tuple[memoryview, pa.Array]], view: str, total: int,
+               progress: Callable[[str, str, int, int], None]) -> None:
+        """Write encoded chunks while the next ones are encoded: this thread runs the encoding query (DuckDB)
+        and feeds a small queue; `self.writers` threads, each on its own connection, send the chunks and check
+        every reply. Memory holds at most the queue's chunks. The first error (a rejected write, a lost lock, a
+        changed store) stops every thread and is raised here, so the view stays marked untrusted."""
+        feed: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        failed: list[BaseException] = []
+        done = [0]
+        counting = threading.Lock()
+
+        def drained() -> Iterator[tuple[memoryview, pa.Array]]:
+            while not failed:
+                item = feed.get()
+                if item is None:
+                    return
+                self._alive.check()
+                yield item
+                with counting:
+                    done[0] += len(item[1])
+                    progress(view, "writing", done[0], total)
+
+        def writer() -> None:
+            try:
+                self.store.write_encoded(drained(), server=self._fence.server)
+            except BaseException as exc:  # noqa: BLE001 (handed to the sync's thread, which raises it)
+                failed.append(exc)
+
+        threads = [threading.Thread(target=writer, name=f"featuremart-writer-{i}", daemon=True)
+                   for i in range(self.writers)]
+        for thread in threads:
+            thread.start()
+        try:
+            for chunk in chunks:
+                while not failed:
+                    try:
+                        feed.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if failed:
+                    break
+        finally:
+            for _ in threads:  # one end mark per writer; a writer that stopped early leaves its mark unread
+                while any(t.is_alive() for t in threads):
+                    try:
+                        feed.put(None, timeout=0.1)
+                        break
+                    except queue.Full:
+                        if failed:
+                            _empty(feed)
+            for thread in threads:
+                thread.join()
+        if failed:
+            raise failed[0]
 
     def _store_id(self, create: bool) -> str:
         """The identity of the online store's contents: a flushed or new Redis gets a new one (full rewrite)."""
@@ -448,11 +516,28 @@ class _KeepAlive:
         self._thread.join()
 
 
+def _empty(feed: queue.Queue) -> None:
+    """Discard what is queued (after a writer failed: nothing more may be written)."""
+    try:
+        while True:
+            feed.get_nowait()
+    except queue.Empty:
+        pass
+
+
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Cast a warehouse batch to the payload schema (adapters may return large_string or decimals)."""
     if batch.schema.equals(schema):
         return batch
     return pa.RecordBatch.from_arrays([batch.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
+
+
+def _writers_from_env() -> int:
+    value = os.environ.get("FEATUREMART_SYNC_WRITERS", "").strip() or str(WRITERS)
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise ConfigError(f"FEATUREMART_SYNC_WRITERS={value!r} is not a whole number from 1 to 64 (the connections "
+                          f"a sync writes on in parallel; default {WRITERS})")
+    return int(value)
 
 
 def _ttl_ms(view: FeatureView) -> int:

@@ -6,18 +6,56 @@ dbt itself, with the user's own profiles.yml, and its DB-API cursor is read in b
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pyarrow as pa
 
 from featuremart.config import DbtProject
-from featuremart.errors import WarehouseError
+from featuremart.errors import ConfigError, WarehouseError
 from featuremart.registry import Relation
 
 BATCH_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class DuckDBLimits:
+    """The resource limits of the DuckDB connections a sync opens (the warehouse read and the sync state).
+
+    DuckDB's own defaults (80% of RAM, a thread per core) let a sync's memory grow with the entity count; with a
+    `memory_limit` it spills to `temp_directory` instead, so a sync of 10M entities needs about what one of 1M
+    does. `preserve_insertion_order` is off: no query of the sync depends on row order, and keeping it buffers
+    results. The one place to change them is the environment: `FEATUREMART_DUCKDB_MEMORY_LIMIT` (per
+    connection, DuckDB's syntax: `512MB`, `2GB`) and `FEATUREMART_DUCKDB_THREADS` (docs/operations.md).
+    """
+
+    memory_limit: str = "128MB"
+    threads: int = 2
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> DuckDBLimits:
+        """The defaults, overridden by FEATUREMART_DUCKDB_MEMORY_LIMIT / FEATUREMART_DUCKDB_THREADS."""
+        env = os.environ if environ is None else environ
+        memory = env.get("FEATUREMART_DUCKDB_MEMORY_LIMIT", "").strip() or cls.memory_limit
+        if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", memory, re.IGNORECASE):
+            raise ConfigError(f"FEATUREMART_DUCKDB_MEMORY_LIMIT={memory!r} is not a size: write a number and a unit, "
+                              "e.g. 512MB or 2GB")
+        threads = env.get("FEATUREMART_DUCKDB_THREADS", "").strip() or str(cls.threads)
+        if not threads.isdigit() or int(threads) < 1:
+            raise ConfigError(f"FEATUREMART_DUCKDB_THREADS={threads!r} is not a positive whole number, e.g. 2")
+        return cls(memory, int(threads))
+
+    def apply(self, con, temp_directory: Path | None = None) -> None:
+        """Set the limits on a DuckDB connection; `temp_directory` is where it spills (default: beside its file)."""
+        con.execute("set memory_limit = ?", [self.memory_limit])
+        con.execute("set threads = ?", [self.threads])
+        con.execute("set preserve_insertion_order = false")
+        if temp_directory is not None:
+            con.execute("set temp_directory = ?", [str(temp_directory)])
 
 
 class Warehouse(ABC):
@@ -37,6 +75,10 @@ class Warehouse(ABC):
         batches = list(self.stream(sql))
         return pa.Table.from_batches(batches) if batches else pa.table({})
 
+    def bound_memory(self, limits: DuckDBLimits, temp_directory: Path) -> None:
+        """Bound the memory of what this warehouse runs in-process (DuckDB); a server warehouse's queries run
+        on the server, and its client holds one batch at a time, so by default this does nothing."""
+
     def close(self) -> None:
         """Release the connection (DuckDB: the file lock, so that `dbt build` can run)."""
 
@@ -55,6 +97,7 @@ class DuckDBWarehouse(Warehouse):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._con = None
+        self._limits: tuple[DuckDBLimits, Path] | None = None
 
     @property
     def con(self):
@@ -72,7 +115,14 @@ class DuckDBWarehouse(Warehouse):
             # DuckDB draws a progress bar on stdout for queries over 2 s: it would mix into a command's output
             # (and a piped `featuremart training-set`'s), and drawing it costs time.
             self._con.execute("set enable_progress_bar = false")
+            if self._limits:
+                self._limits[0].apply(self._con, self._limits[1])
         return self._con
+
+    def bound_memory(self, limits: DuckDBLimits, temp_directory: Path) -> None:
+        self._limits = (limits, temp_directory)
+        if self._con is not None:
+            limits.apply(self._con, temp_directory)
 
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
         wanted = list(relations)

@@ -74,7 +74,8 @@ class Harness:
         built = {self.view.model_id: NodeResult(self.view.model_id, build_status, None, utcnow())}  # no tests attached
         gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
         lock_ttl = kw.pop("lock_ttl", 30)
-        guard = {k: kw.pop(k) for k in ("allow_mass_delete", "max_delete_fraction", "now") if k in kw}
+        guard = {k: kw.pop(k) for k in ("allow_mass_delete", "max_delete_fraction", "now", "limits", "writers")
+                 if k in kw}
         with DuckDBWarehouse(self.db) as wh:
             return Syncer(self.registry, manifest, gate, wh, self.store, self.root / "state",
                           lock_ttl=lock_ttl, **guard).run([self.view], **kw)

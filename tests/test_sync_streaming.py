@@ -1,0 +1,138 @@
+"""Bounded memory and parallel writes in the sync: a tiny DuckDB memory limit makes every step spill to disk and
+the values read back still equal the warehouse; a write rejected on one of several connections stops them all
+and publishes nothing; limits set in the environment are checked and named."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from featuremart.errors import ConfigError
+from featuremart.state import temp_directory
+from featuremart.sync import _writers_from_env
+from featuremart.warehouse import DuckDBLimits
+from tests.test_sync import Harness
+
+pytestmark = pytest.mark.integration
+
+
+class SpillWatch:
+    """Polls the sync's DuckDB temp directory and records the most bytes it ever held (DuckDB empties it)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.most = folder, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            try:
+                size = sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file())
+            except FileNotFoundError:  # a temp file removed while counted
+                continue
+            self.most = max(self.most, size)
+
+    def __enter__(self) -> SpillWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def wide(tmp_path, redis_url):
+    """200k entities with a 200-byte string feature: about 60 MB staged, far over a 32 MB limit."""
+    h = Harness(tmp_path, redis_url, features=("a", "b", "c"))
+    h.sql("alter table feats add column c varchar")
+    h.sql("insert into feats (customer_id, ts, a, b, c) select 'C' || i, ?, i, i / 4, "
+          "repeat(chr((97 + i % 26)::integer), 200) from range(200000) t(i)", [h.t0])
+    yield h
+    h.store.close()
+
+
+def test_a_tiny_memory_limit_spills_and_the_store_equals_the_warehouse(wide):
+    """With 32 MB per DuckDB connection a full sync, an unchanged rerun and a 1% change all complete (spilling
+    to <state dir>/duckdb_tmp), and every value read back from Redis equals the warehouse's."""
+    tiny = DuckDBLimits("32MB", 1)
+    with SpillWatch(temp_directory(wide.root / "state")) as spill:
+        first = wide.sync(limits=tiny)
+    assert first.status == "success" and first.views[0].inserted == 200_000, first
+    assert spill.most > 0, f"DuckDB should have spilled past its 32 MB limit; its temp dir held {spill.most}"
+    assert wide.online() == wide.expected()
+
+    again = wide.sync(limits=tiny, incremental=False)
+    assert again.status == "success" and (again.views[0].inserted, again.views[0].updated) == (0, 0)
+    wide.sql("update feats set a = a + 1, ts = ts + interval 1 second where hash(customer_id) % 100 = 0")
+    changed = wide.sync(limits=tiny, incremental=False)
+    assert changed.status == "success" and 1_000 < changed.views[0].updated < 3_000, changed
+    assert wide.online() == wide.expected()
+
+
+def test_a_memory_limit_too_small_fails_loudly_and_keeps_the_previous_values(wide):
+    """A limit DuckDB cannot work within: the run fails naming the limit and how to raise it; what was served
+    stays served, and a sync with the default limits converges."""
+    assert wide.sync().status == "success"
+    before = wide.online()
+    wide.sql("update feats set a = a + 1")
+    run = wide.sync(limits=DuckDBLimits("1MB", 1))
+    assert run.status == "failed" and "FEATUREMART_DUCKDB_MEMORY_LIMIT" in run.error and "1MB" in run.error, run
+    assert wide.online() == before
+    assert wide.sync().status == "success" and wide.online() == wide.expected()
+
+
+def test_a_write_rejected_on_one_of_several_connections_stops_all_and_publishes_nothing(harness, redis_server):
+    """Four writers; Redis runs out of memory mid-way: the run fails naming the rejected key, no writer thread
+    is left running, readers keep the previous registry and values, and the rerun converges."""
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000) t(i)",
+                [harness.t0])
+    assert harness.sync().status == "success"
+    client = redis_server.client()
+    registry_before = client.get("fm:registry")
+    before = harness.online()
+    harness.sql("update feats set a = a + 1000")
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000, 60000) t(i)",
+                [harness.t0])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 500_000)
+    try:
+        run = harness.sync(writers=4)
+    finally:
+        client.config_set("maxmemory", 0)
+    assert run.status == "failed" and "Redis rejected" in run.error and "fm:{customer_id=C" in run.error, run.error
+    assert not [t for t in threading.enumerate() if t.name.startswith("featuremart-writer")]
+    assert client.get("fm:registry") == registry_before
+    online = harness.online()
+    assert set(before) <= set(online)  # every entity still served (old or new value)
+    rerun = harness.sync(writers=4)
+    assert rerun.status == "success" and harness.online() == harness.expected()
+    client.close()
+
+
+@pytest.fixture
+def harness(tmp_path, redis_url):
+    h = Harness(tmp_path, redis_url)
+    yield h
+    h.store.close()
+
+
+@pytest.mark.parametrize("name, value, named", [
+    ("FEATUREMART_DUCKDB_MEMORY_LIMIT", "lots", "is not a size"),
+    ("FEATUREMART_DUCKDB_THREADS", "0", "is not a positive whole number"),
+    ("FEATUREMART_SYNC_WRITERS", "many", "is not a whole number from 1 to 64"),
+])
+def test_a_bad_limit_in_the_environment_is_named(monkeypatch, name, value, named):
+    """What a sync reads from the environment (Syncer's defaults) is checked before anything runs."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}='{value}' {named}"):
+        DuckDBLimits.from_env()
+        _writers_from_env()
+
+
+def test_limits_from_the_environment():
+    assert DuckDBLimits.from_env({}) == DuckDBLimits()
+    assert DuckDBLimits.from_env({"FEATUREMART_DUCKDB_MEMORY_LIMIT": "2GB", "FEATUREMART_DUCKDB_THREADS": "8"}) == \
+        DuckDBLimits("2GB", 8)
