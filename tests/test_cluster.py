@@ -228,7 +228,7 @@ def test_a_master_down_during_a_sync_fails_switches_nothing_and_a_rerun_converge
                                                                                     cluster_url):
     h = Harness(tmp_path, cluster_url, features=("a",))
     h.sql("insert into feats select 'C' || i, now()::timestamp - interval 5 minute, i, 0, now()::timestamp "
-          "from range(30000) t(i)")
+          "from range(100000) t(i)")  # ten write chunks: most are still to send when the node dies
     try:
         assert h.sync().status == "success"
         registry_id = h.store.mget([keys.registry_id_key("fm")])[0]
@@ -254,7 +254,7 @@ def test_a_master_down_during_a_sync_fails_switches_nothing_and_a_rerun_converge
         redis_cluster.wait_ok()
         rerun = h.sync()
         assert rerun.status == "success", rerun.error
-        assert h.online() == h.expected() and len(h.expected()) == 30000
+        assert h.online() == h.expected() and len(h.expected()) == 100000
         assert all(v[1] >= 1000000 for v in h.online().values())
     finally:
         h.store.close()
