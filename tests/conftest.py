@@ -36,6 +36,14 @@ def dbt(project_dir: Path, *args: str, check: bool = True, env: dict | None = No
     return proc
 
 
+def nullable(table):
+    """`table` with every field nullable: featuremart's training-set Parquet marks the columns DuckDB knows are
+    never null as required (docs/training-sets.md); compare with tables read elsewhere on names, types, values."""
+    import pyarrow as pa
+
+    return table.cast(pa.schema([field.with_nullable(True) for field in table.schema]))
+
+
 def copy_project(dest: Path) -> Path:
     """A copy of the reference project's dbt files (not target/, not data/) in `dest`."""
     dest.mkdir(parents=True, exist_ok=True)

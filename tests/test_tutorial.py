@@ -20,7 +20,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import dbt
+from tests.conftest import dbt, nullable
 
 pytestmark = [pytest.mark.integration]
 
@@ -128,4 +128,4 @@ def test_the_tutorial_works_as_written(tmp_path: Path, redis_url: str) -> None:
     with duckdb.connect(str(project / "target" / "shop.duckdb"), read_only=True) as warehouse:
         from_model = warehouse.sql("select * from fraud_training_set").to_arrow_table()
     assert from_cli.num_rows == 300
-    assert from_cli.sort_by("txn_id").equals(from_model.sort_by("txn_id"))
+    assert nullable(from_cli).sort_by("txn_id").equals(from_model.sort_by("txn_id"))
