@@ -277,7 +277,9 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         diff_s = timed(lambda: store.sync(dry_run=True, incremental=False), writes=None)
         unchanged_inc_s = timed(lambda: store.sync(), writes=0)
         con = duckdb.connect(str(dest / "bench.duckdb"))
-        con.execute(f"""insert into feats select customer_id, ts + interval 1 second, now()::timestamp,
+        changed = datetime.now(timezone.utc).replace(tzinfo=None)  # UTC like every time here, not the session zone
+        con.execute(f"""insert into feats select customer_id, ts + interval 1 second,
+            timestamp '{changed:%Y-%m-%d %H:%M:%S.%f}',
             {", ".join(f"{f} + 1" for f in FEATURES)} from feats where hash(customer_id) % 100 = 0""")
         con.close()
         change_s = timed(lambda: store.sync(), writes=-1)
