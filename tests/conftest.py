@@ -90,6 +90,7 @@ def redis_cluster():
 @pytest.fixture
 def cluster_url(redis_cluster):
     """The URL of one master of the session's cluster, every master flushed, every node up and agreeing."""
+    redis_cluster.heal()
     redis_cluster.wait_ok()
     redis_cluster.flushall()
     return redis_cluster.url

@@ -125,6 +125,10 @@ class RedisServer:
         """SIGKILL the server (for fault tests); `restart()` brings it back on the same port, empty."""
         self._terminate(sig_kill=True)
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def restart(self, *, delay: float = 0.0) -> None:
         """Stop (if running) and start again on the same port, after `delay` seconds."""
         self._terminate()
@@ -190,6 +194,12 @@ class RedisCluster:
             self.stop()
             raise
         return self
+
+    def heal(self) -> None:
+        """Restart (empty) every node a test left down, so one failed fault test does not fail the next ones."""
+        for node in self.nodes:
+            if not node.running:
+                node.restart()
 
     def wait_ok(self) -> None:
         """Wait until every node says `cluster_state:ok` and agrees on the slot map."""

@@ -260,6 +260,27 @@ def test_a_master_down_during_a_sync_fails_switches_nothing_and_a_rerun_converge
         h.store.close()
 
 
+def test_a_reader_connects_while_the_first_master_is_down(redis_cluster, cluster_url):
+    """redis-py sends its start-up COMMAND to its default node, the first master of CLUSTER SLOTS: with that master
+    down, a reader connecting through a live node must still start and serve the keys on live masters."""
+    admin = redis_cluster.client()
+    first = admin.get_default_node().name
+    admin.close()
+    victim = next(n for n in redis_cluster.nodes if f"127.0.0.1:{n.port}" == first)
+    live = next(n for n in redis_cluster.nodes if n is not victim)
+    names = [f"k{i}".encode() for i in range(300)]
+    with OnlineStore.connect(cluster_url, embedded_dir=UNUSED) as writer:
+        writer.write(names, [b"v" + n for n in names], [None] * len(names))
+    victim.kill()
+    try:
+        with OnlineStore.connect(live.url, embedded_dir=UNUSED) as reader:
+            on_live = [n for n in names if reader._redis.get_node_from_key(n).name != first]
+            assert on_live and reader.mget(on_live) == [b"v" + n for n in on_live]
+    finally:
+        victim.restart()
+        redis_cluster.wait_ok()
+
+
 def test_the_cli_exits_non_zero_with_a_master_down(project, redis_cluster, cluster_url, monkeypatch):
     monkeypatch.setenv("FEATUREMART_REDIS_URL", cluster_url)
     monkeypatch.chdir(project)

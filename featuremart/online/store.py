@@ -71,6 +71,8 @@ _TRANSIENT_REPLY_PREFIXES = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "CLUST
 _REDIRECT_PREFIXES = ("MOVED ", "ASK ")
 #: Rounds of resending redirected writes (each after refreshing the slot map) before a write gives up.
 _REDIRECT_ROUNDS = 20
+#: Start-up tries of a cluster client: each moves redis-py's default node to another live master.
+_START_RETRIES = 5
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _URL_HINT = "is FEATUREMART_REDIS_URL right? is the server running and reachable from here?"
 
@@ -260,8 +262,13 @@ class OnlineStore:
             store._redis.close()
             store._redis.connection_pool.disconnect()
             try:
-                cluster = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5,
-                                                socket_timeout=60, health_check_interval=30, decode_responses=False)
+                # redis-py asks its default node (the first master of CLUSTER SLOTS) for COMMAND at start-up: a
+                # retry per master lets that move to a live master when the first is down, so readers still
+                # start and serve the keys on live masters. Then the store's own retry takes over.
+                cluster = RedisCluster.from_url(url, retry=Retry(NoBackoff(), _START_RETRIES),
+                                                socket_connect_timeout=5, socket_timeout=60,
+                                                health_check_interval=30, decode_responses=False)
+                cluster.set_retry(Retry(NoBackoff(), 0))
             except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
                 raise OnlineStoreError(f"The online store at {shown} is a Redis Cluster node, but the cluster "
                                        f"cannot be reached through it: {exc}; {_URL_HINT}") from None
