@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from featuremart import FeatureStore
 from featuremart.online import keys
+from featuremart.errors import OnlineStoreError
 from featuremart.online.store import OnlineStore
 from tests.feature_server import FeatureServer, serving_env
 from tests.test_end_to_end import run_cli
@@ -276,6 +277,8 @@ def test_a_reader_connects_while_the_first_master_is_down(redis_cluster, cluster
         with OnlineStore.connect(live.url, embedded_dir=UNUSED) as reader:
             on_live = [n for n in names if reader._redis.get_node_from_key(n).name != first]
             assert on_live and reader.mget(on_live) == [b"v" + n for n in on_live]
+            with pytest.raises(OnlineStoreError, match=str(victim.port)):
+                reader.mget(names)
     finally:
         victim.restart()
         redis_cluster.wait_ok()
