@@ -1,4 +1,4 @@
-"""The `featuremart` command line: list, describe, validate, sync, get.
+"""The `featuremart` command line: list, describe, validate, sync, status, get, serve, training-set.
 
 Options mirror dbt's (`--project-dir`, `--profiles-dir`, `--target`). User errors print one clear message,
 never a traceback, and exit non-zero.
@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` m
     from featuremart.sync import SyncRun
 
 #: Exit codes (docs/operations.md): everything asked for happened; a user error, nothing written; at least one
-#: selected view was withheld (the others were published); the sync failed, the previous values still served.
-EXIT_OK, EXIT_USER_ERROR, EXIT_WITHHELD, EXIT_FAILED = 0, 1, 2, 3
+#: selected view was withheld (the others were published); the sync failed, the previous values still served;
+#: `status` found an error-level freshness breach (docs/monitoring.md).
+EXIT_OK, EXIT_USER_ERROR, EXIT_WITHHELD, EXIT_FAILED, EXIT_STALE = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--allow-mass-delete", action="store_true",
                       help="publish views even if they delete more than max_delete_fraction of their entities")
     sync.add_argument("--json", action="store_true", help="print the run record as JSON (for CI logs)")
+
+    status = sub.add_parser("status", parents=[common, selecting],
+                            help="freshness of each online view and service, from source to online (exit 4 on error)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON (docs/monitoring.md)")
 
     online = argparse.ArgumentParser(add_help=False)
     online.add_argument("--redis-url", metavar="URL", default=None,
@@ -355,6 +360,20 @@ def render_run(run: SyncRun) -> Table:
     return table
 
 
+def cmd_status(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    """Freshness from source to online of the selected online views and their services; exit 4 on any error."""
+    from featuremart.monitoring.status import collect, plain_text, rich_table
+
+    report = collect(store, store.select(args.select, args.exclude, args.selector, args.state, online_only=True))
+    if args.json:
+        console.print_json(json.dumps(report.json()))
+    elif console.is_terminal:
+        console.print(rich_table(report))
+    else:
+        console.file.write(plain_text(report))
+    return EXIT_STALE if report.breached else EXIT_OK
+
+
 def cmd_get(args: argparse.Namespace, console: Console) -> int:
     entity = {}
     for pair in args.keys:
@@ -462,7 +481,7 @@ def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Con
 
 
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync,
-            "training-set": cmd_training_set}
+            "status": cmd_status, "training-set": cmd_training_set}
 #: Commands that read the online store only: they take (args, console) and open no dbt project unless needed.
 SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve}
 

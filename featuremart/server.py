@@ -7,7 +7,7 @@ Endpoints (docs/serving.md has examples and every error):
     GET  /features   feature views and their features, with types, ttl, join keys and version
     GET  /healthz    the process is up
     GET  /readyz     Redis answers and a registry is published (503 otherwise)
-    GET  /metrics    Prometheus text format
+    GET  /metrics    Prometheus text format: request metrics, and per view online freshness (docs/monitoring.md)
 
 Reads go through `OnlineReader` (one MGET per request, registry id included), so a sync that publishes a new
 registry is picked up by the next request and a response never mixes two versions of a view. The reader is
@@ -44,6 +44,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from featuremart.errors import ConfigError, FeaturemartError, NotPublishedError, UnknownNameError
+from featuremart.monitoring import metrics as freshness_metrics
 from featuremart.online.reader import PREFIX_ENV, STATUSES, URL_ENV, OnlineReader, OnlineResult
 from featuremart.registry import Registry
 
@@ -334,7 +335,12 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
                       "services": len(registry.services)})
 
     async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        try:  # freshness gauges from the sync's publish record: one GET per scrape, nothing on the read path
+            freshness = freshness_metrics.render(await call(freshness_metrics.read_record, online.store))
+        except FeaturemartError as exc:
+            log.warning("/metrics: the publish record could not be read, freshness gauges left out: %s", exc)
+            freshness = ""
+        return PlainTextResponse(metrics.render() + freshness, media_type="text/plain; version=0.0.4")
 
     async def client_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ClientError)

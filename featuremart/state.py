@@ -179,6 +179,13 @@ class SyncState:
                                 "where view = ?", [view]).fetchall()
         return Synced(*rows[0]) if rows else None
 
+    def published(self, view: str, expired_before_us: int) -> tuple[int, int | None]:
+        """(entities whose value has not expired, newest event time in µs or None) of what the state says is
+        online for `view`: what a sync records for monitoring (featuremart.monitoring)."""
+        row = self.con.execute(f"select count(*) filter (where ts_us >= ?), max(ts_us) from {self._ensure_state(view)}",
+                               [int(expired_before_us)]).fetchall()[0]
+        return int(row[0]), row[1]
+
     def trusted(self, view: str, store_id: str, generation: str) -> bool:
         """Whether the view's state describes the store: recorded for this store at its current generation (a
         view never synced: when the state as a whole describes the store, so no key of it can be online)."""

@@ -236,6 +236,8 @@ class Syncer:
                     self._durable.upload(state, name)
             # The seal: the store's generation and the state's move together, only if nothing changed meanwhile.
             seal = {keys.generation_key(self.prefix): json.dumps(self._token)}
+            seal[keys.published_key(self.prefix)] = json.dumps(self._published_record(run, state, published,
+                                                                                     snapshot))
             if self.store.cluster:  # which masters hold what this generation wrote (see _begin)
                 seal[keys.masters_key(self.prefix)] = json.dumps(self.store.masters(), sort_keys=True)
             self.store.fenced(self._fence, seal)
@@ -246,6 +248,22 @@ class Syncer:
         finally:
             run.notes.extend(self._durable.notes)  # what was restored or refused, also when the run failed
             state.close()
+
+    def _published_record(self, run: SyncRun, state: SyncState, published: dict[str, FeatureView],
+                          snapshot: dict) -> dict:
+        """What each served view holds online, sealed with the generation (docs/redis-format.md): views this run
+        published get its time, their newest event time and live entity count; views withheld keep their
+        previous entry; views no longer served drop out. `featuremart status` and `/metrics` read it."""
+        previous = self.store.get_json(keys.published_key(self.prefix))
+        entries = previous.get("views") if isinstance(previous, dict) else None
+        views = {name: entry for name, entry in (entries if isinstance(entries, dict) else {}).items()
+                 if name in snapshot["views"] and name not in published}
+        now_us = sql.to_us(self.now)
+        for name, view in published.items():
+            entities, newest_us = state.published(name, now_us - _ttl_ms(view) * 1000)
+            views[name] = {"published_at": snapshot["published_at"], "run_id": run.run_id, "version": view.version,
+                           "entities": entities, "newest_event_us": newest_us}
+        return {"format": 1, "views": views}
 
     def _diagnosed(self, exc: FeaturemartError) -> FeaturemartError:
         """A store error (a lost lock, a failed write) caused by the store changing under the run is reported as

@@ -69,6 +69,12 @@ def runs_key(prefix: str) -> str:
     return meta_key(prefix, "runs")
 
 
+def published_key(prefix: str) -> str:
+    """What each published view holds online (JSON), moved with the generation at a sync's seal: per view its
+    last publish, newest event time and live entity count (read by `featuremart status` and `/metrics`)."""
+    return meta_key(prefix, "published")
+
+
 def registry_id_key(prefix: str) -> str:
     """The id of the published registry snapshot, read with every batch of values to notice a new one."""
     return meta_key(prefix, "registry:id")
