@@ -1,0 +1,120 @@
+"""`featuremart status` at 100 feature views: the bar is an answer in under 1 s.
+
+Builds the reference project plus 95 generated feature views (100 in all, each a dbt table model with
+featuremart meta, tier gold) with `dbt build`, publishes them with `featuremart sync` to a private
+redis-server, and runs `dbt source freshness`. Then times, each in a fresh process from the project directory
+with the loaded-project cache warm (as a scheduler calling it every few minutes would find it):
+
+  status:    featuremart status --json          (every view and service: one UNION ALL, one GET)
+  list:      featuremart list                   (baseline: the same project and registry loading, no status)
+  collect:   featuremart.monitoring.status.collect() in one warm process (the status work alone)
+
+Rounds are paired, the order rotates; prints median and range of each and of status/list per round, and
+writes `bench/results/status.json`.
+
+    python bench/status.py                # 7 rounds, 100 views
+    python bench/status.py --views 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.project_start import spread, timed  # noqa: E402
+from tests.conftest import AS_OF, copy_project, dbt  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+REFERENCE_VIEWS = 5
+
+
+def generate_views(project: Path, count: int) -> None:
+    """`count` more feature views over customer_spend, each its own table model and YAML."""
+    folder = project / "models" / "features" / "generated"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        name = f"bench_view_{i:03d}"
+        (folder / f"{name}.sql").write_text(
+            "select customer_id, event_ts, spend_1d * " + str(i + 1) + " as spend_scaled, txn_count_7d + "
+            + str(i) + " as txn_shifted\nfrom {{ ref('customer_spend') }}\n")
+        (folder / f"{name}.yml").write_text(
+            f"version: 2\nmodels:\n  - name: {name}\n    description: Generated for bench/status.py.\n"
+            "    config:\n      meta:\n        featuremart:\n          entity: customer\n"
+            "          timestamp: event_ts\n          tier: gold\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="paired rounds (at least 5 for a reported figure)")
+    parser.add_argument("--views", type=int, default=100, help="feature views in all (default: 100)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "status.json")
+    args = parser.parse_args(argv)
+    fm = str(Path(sys.executable).with_name("featuremart"))
+    from demo.generate import generate
+
+    with tempfile.TemporaryDirectory(prefix="fm-bench-status-") as tmp_name, RedisServer() as redis_server:
+        tmp = Path(tmp_name)
+        project = copy_project(tmp / "project")
+        generate(project / "data" / "raw", customers=300, seed=7, as_of=AS_OF)  # fresh: status exits 0
+        generate_views(project, args.views - REFERENCE_VIEWS)
+        print(f"dbt build of {args.views} feature views ...", flush=True)
+        dbt(project, "build")
+        dbt(project, "source", "freshness", check=False)
+        env = {**os.environ, "DO_NOT_TRACK": "1", "FEATUREMART_CACHE_DIR": str(tmp / "cache"),
+               "FEATUREMART_REDIS_URL": redis_server.url}
+        timed([fm, "sync"], project, env)
+        out = subprocess.run([fm, "status", "--json"], cwd=project, env=env, capture_output=True, text=True)
+        doc = json.loads(out.stdout)
+        views = sum(r["kind"] == "view" for r in doc["rows"])
+        assert views == args.views, f"status reported {views} views, not {args.views}"
+        timed([fm, "list"], project, env)  # warm the loaded-project cache
+        os.environ.update({k: env[k] for k in ("FEATUREMART_CACHE_DIR", "FEATUREMART_REDIS_URL")})
+        os.chdir(project)
+        from featuremart.monitoring.status import collect
+        from featuremart.store import FeatureStore
+
+        def in_process() -> float:
+            with FeatureStore(project) as store:
+                store.online  # connected, as a scheduler's long-lived process would be
+                started = time.perf_counter()
+                collect(store, store.select(online_only=True))
+                return time.perf_counter() - started
+
+        contenders = {"status": lambda: timed([fm, "status", "--json"], project, env),
+                      "list": lambda: timed([fm, "list"], project, env), "collect": in_process}
+        names = list(contenders)
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        rounds: list[dict[str, float]] = []
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            rounds.append({name: contenders[name]() for name in order})
+            print(f"round {r + 1}: " + ", ".join(f"{n} {rounds[-1][n]:.3f}s" for n in order), flush=True)
+    record = {"benchmark": "status", "views": args.views, "rounds": args.rounds, "cpus": os.cpu_count(),
+              "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
+              "python": platform.python_version(),
+              "seconds": {name: spread([r[name] for r in rounds]) for name in names},
+              "ratios": {"status/list": spread([r["status"] / r["list"] for r in rounds])}, "per_round": rounds}
+    print(f"\n{args.views} views, {args.rounds} rounds; load average before {load_before}, after "
+          f"{record['load_average_after']} ({os.cpu_count()} CPUs)")
+    lines = [(f"{name:8s}", s, "s", 3) for name, s in record["seconds"].items()]
+    lines += [(f"{name:12s}", s, "x", 2) for name, s in record["ratios"].items()]
+    for label, s, unit, digits in lines:
+        print(f"  {label} {s['median']:.{digits}f}{unit} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]")
+    os.makedirs(args.out.parent, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
