@@ -9,6 +9,8 @@ with the loaded-project cache warm (as a scheduler calling it every few minutes 
   list:      featuremart list                   (baseline: the same project and registry loading, no status)
   collect:   featuremart.monitoring.status.collect() in one warm process (the status work alone)
 
+each as wall-clock and CPU seconds (the machine is shared: CPU time is the steadier figure).
+
 Rounds are paired, the order rotates; prints median and range of each and of status/list per round, and
 writes `bench/results/status.json`.
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -83,31 +86,43 @@ def main(argv: list[str] | None = None) -> int:
         from featuremart.monitoring.status import collect
         from featuremart.store import FeatureStore
 
-        def in_process() -> float:
+        def in_process() -> tuple[float, float]:
             with FeatureStore(project) as store:
                 store.online  # connected, as a scheduler's long-lived process would be
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 collect(store, store.select(online_only=True))
-                return time.perf_counter() - started
+                return time.perf_counter() - started, time.process_time() - cpu
 
-        contenders = {"status": lambda: timed([fm, "status", "--json"], project, env),
-                      "list": lambda: timed([fm, "list"], project, env), "collect": in_process}
+        def process(argv: list[str]) -> tuple[float, float]:
+            """Wall and CPU seconds (user + system of the child): on a shared machine CPU time is the steadier."""
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall = timed(argv, project, env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+        contenders = {"status": lambda: process([fm, "status", "--json"]), "list": lambda: process([fm, "list"]),
+                      "collect": in_process}
         names = list(contenders)
         load_before = [round(x, 2) for x in os.getloadavg()]
         rounds: list[dict[str, float]] = []
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
-            rounds.append({name: contenders[name]() for name in order})
-            print(f"round {r + 1}: " + ", ".join(f"{n} {rounds[-1][n]:.3f}s" for n in order), flush=True)
+            measured = {name: contenders[name]() for name in order}
+            rounds.append({**{n: w for n, (w, _) in measured.items()}, **{f"{n}_cpu": c for n, (_, c) in measured.items()}})
+            print(f"round {r + 1}: " + ", ".join(f"{n} {measured[n][0]:.3f}s (cpu {measured[n][1]:.3f}s)"
+                                                 for n in order), flush=True)
+        names += [f"{n}_cpu" for n in names]
     record = {"benchmark": "status", "views": args.views, "rounds": args.rounds, "cpus": os.cpu_count(),
               "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "python": platform.python_version(),
               "seconds": {name: spread([r[name] for r in rounds]) for name in names},
-              "ratios": {"status/list": spread([r["status"] / r["list"] for r in rounds])}, "per_round": rounds}
+              "ratios": {"status/list": spread([r["status"] / r["list"] for r in rounds]),
+                         "status/list cpu": spread([r["status_cpu"] / r["list_cpu"] for r in rounds])},
+              "per_round": rounds}
     print(f"\n{args.views} views, {args.rounds} rounds; load average before {load_before}, after "
           f"{record['load_average_after']} ({os.cpu_count()} CPUs)")
-    lines = [(f"{name:8s}", s, "s", 3) for name, s in record["seconds"].items()]
-    lines += [(f"{name:12s}", s, "x", 2) for name, s in record["ratios"].items()]
+    lines = [(f"{name:12s}", s, "s", 3) for name, s in record["seconds"].items()]
+    lines += [(f"{name:16s}", s, "x", 2) for name, s in record["ratios"].items()]
     for label, s, unit, digits in lines:
         print(f"  {label} {s['median']:.{digits}f}{unit} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]")
     os.makedirs(args.out.parent, exist_ok=True)

@@ -161,20 +161,17 @@ class FeatureStore:
         return found
 
     def freshness(self, view: FeatureView, now: datetime | None = None) -> Freshness:
-        """The newest event time of a view in the warehouse, its age, and its tier's freshness verdict."""
-        from sqlglot import exp
-        import sqlglot
+        """The newest event time of a view in the warehouse, its age, and its tier's freshness verdict (the same
+        query as `featuremart status`: featuremart.monitoring.status.newest_events)."""
+        from featuremart.monitoring.freshness import from_us
+        from featuremart.monitoring.status import newest_events
 
         now = now or datetime.now(timezone.utc).replace(tzinfo=None)
-        query = sqlglot.select(exp.Max(this=sql.col(view.timestamp)).as_("m")).from_(sql.table(view.relation))
         with self.warehouse() as wh:
-            table = wh.query(sql.render(query, wh.dialect))
-        newest = table.column(0)[0].as_py() if table.num_rows else None
+            newest = from_us(newest_events(wh, [view]).get(view.name))
         if newest is None:
             return Freshness(view.name, None, None, "empty")
-        if not isinstance(newest, datetime):
-            newest = datetime(newest.year, newest.month, newest.day)
-        newest = newest.astimezone(timezone.utc).replace(tzinfo=None) if newest.tzinfo else newest
+        newest = newest.replace(tzinfo=None)  # naive UTC, as `now`
         age = now - newest
         return Freshness(view.name, newest, age, view.freshness.status(age))
 
