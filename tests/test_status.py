@@ -368,3 +368,38 @@ def _gauges(text: str) -> dict[tuple[str, str], float]:
     for name, view, value in re.findall(r'^(featuremart_view_\w+)\{view="([^"]+)"\} (\S+)$', text, re.MULTILINE):
         found[(name, view)] = float(value)
     return found
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_postgres_status_matches_duckdb(postgres_project, project, redis_server, monkeypatch):
+    """The same data on PostgreSQL (its session in another time zone) and on DuckDB: the same instants,
+    the same verdicts, from the UNION ALL rendered for each dialect."""
+    from featuremart import FeatureStore
+    from featuremart.monitoring.status import collect
+
+    pg_project, env = postgres_project
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PGTZ", "Asia/Kolkata")  # libpq: the session's time zone
+    base = redis_server.url.removesuffix("/0")
+    for db in ("/2", "/3"):
+        client = redis_server.client()
+        client.select(int(db[1:]))
+        client.flushdb()
+        client.close()
+    with FeatureStore(pg_project, redis_url=base + "/2") as pg:
+        assert pg.sync().status == "success"
+        pg_report = collect(pg, pg.select(online_only=True))
+    monkeypatch.setenv("FEATUREMART_TARGET", "dev")
+    with FeatureStore(project, redis_url=base + "/3") as duck:
+        assert duck.sync().status == "success"
+        duck_report = collect(duck, duck.select(online_only=True))
+    pg_rows, duck_rows = rows_by_name(pg_report.json()), rows_by_name(duck_report.json())
+    assert set(pg_rows) == set(duck_rows) and len(pg_rows) == 7
+    for name, row in duck_rows.items():
+        checked = (("warehouse", "newest_event"), ("online", "newest_event")) + (
+            (("online", "entities"),) if row["kind"] == "view" else ())
+        for stage, key in checked:
+            assert pg_rows[name][stage][key] == row[stage][key] is not None, (name, stage, key)
+        assert pg_rows[name]["status"] == row["status"] == OK, (name, pg_rows[name], row)
