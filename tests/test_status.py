@@ -88,6 +88,16 @@ def test_publish_record_parsing_tolerates_absence_and_garbage():
     assert parsed["empty"].newest_event is None and parsed["empty"].entities == 0
 
 
+def test_publish_record_key_is_sealed_in_the_generations_slot():
+    """The sync sets it in the same script as the generation: on a Redis Cluster both must share one slot."""
+    from redis.crc import key_slot
+
+    from featuremart.online import keys
+
+    assert key_slot(keys.published_key("fm").encode()) == key_slot(keys.generation_key("fm").encode())
+    assert keys.parse_row_key("fm", keys.published_key("fm")) is None  # never swept as a value key
+
+
 def test_metrics_render_in_the_text_exposition_format():
     now = datetime(2026, 1, 2, tzinfo=timezone.utc)
     record = {"views": {'odd"view\\': {"published_at": "2026-01-01T23:00:00+00:00", "entities": 3,
