@@ -1,0 +1,1 @@
+"""Monitoring: feature statistics and drift (stats.py, drift.py)."""
