@@ -18,7 +18,7 @@ latest publish's profile over the baseline's rows (featuremart.monitoring.drift)
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 import sqlglot
@@ -293,7 +293,13 @@ def profile_view(warehouse: Any, history: Any, view: FeatureView, now: datetime)
     drift = compare_profiles(reference, profile["features"], DriftThresholds())
     for stats in profile["features"].values():
         stats.pop("reference_counts", None)
-    return {"format": RECORD_FORMAT, "view": view.name, "version": view.version, "as_of": now.isoformat(),
+    return {"format": RECORD_FORMAT, "view": view.name, "version": view.version, "as_of": _utc_text(now),
             "rows": profile["rows"], "features": profile["features"],
             "previous_run": previous.get("run_id") if previous else None,
             "drift": {name: {"psi": d.psi, "ks": d.ks} for name, d in drift.items()}}
+
+
+def _utc_text(moment: datetime) -> str:
+    """A (naive: UTC) time as ISO text with its offset, e.g. 2026-01-31T06:00:00+00:00."""
+    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="seconds")
