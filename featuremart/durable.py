@@ -301,8 +301,8 @@ class StatsHistory:
     a list `<prefix>:stats:{<view>}` of JSON records, newest first, at most STATS_KEPT. Only a sync that
     completed appends to it (featuremart.sync)."""
 
-    def __init__(self, store: OnlineStore, kept: int = STATS_KEPT):
-        self.store, self.kept = store, kept
+    def __init__(self, store: OnlineStore, kept: int | None = None):
+        self.store, self.kept = store, kept or STATS_KEPT
 
     def append(self, view: str, record: dict[str, Any]) -> None:
         self.store.push_record(keys.stats_key(self.store.prefix, view), json.dumps(record, default=str), self.kept)

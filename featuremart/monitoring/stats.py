@@ -221,16 +221,20 @@ def _norm(value: exp.Expression, dtype: str, dialect: str) -> exp.Expression:
     """The L2 norm of a numeric array's non-null items (null for an array of strings)."""
     if dtype == types.ARRAY_STRING:
         return exp.cast(exp.null(), "double")
-    doubles = sql.encode_value(value, types.ARRAY_FLOAT, dialect)  # NaN and ±Infinity items as null
+    doubles = sql.encode_value(value.copy(), types.ARRAY_FLOAT, dialect)  # NaN and ±Infinity items as null
     if dialect == "postgres":
         item = exp.to_identifier("__fm_x", quoted=True)
         squares = (sqlglot.select(exp.Sum(this=exp.Mul(this=exp.column(item), expression=exp.column(item))))
                    .from_(exp.Unnest(expressions=[doubles], alias=exp.TableAlias(columns=[item]))))
-        return exp.Sqrt(this=exp.Subquery(this=squares))
-    item = exp.to_identifier("__fm_x")
-    squares = exp.func("list_transform", doubles, exp.Lambda(
-        this=exp.Mul(this=exp.column(item), expression=exp.column(item)), expressions=[item]))
-    return exp.Sqrt(this=exp.func("list_sum", squares))
+        total: exp.Expression = exp.Subquery(this=squares)
+    else:
+        item = exp.to_identifier("__fm_x")
+        squares = exp.func("list_transform", doubles, exp.Lambda(
+            this=exp.Mul(this=exp.column(item), expression=exp.column(item)), expressions=[item]))
+        total = exp.func("list_sum", squares)
+    # An empty array (or one of nulls only) has norm 0; a null array has none.
+    return (exp.case().when(exp.Is(this=value.copy(), expression=exp.null()), exp.null())
+            .else_(exp.Sqrt(this=exp.func("coalesce", total, exp.Literal.number(0)))))
 
 
 def _quantiles(value: exp.Expression, dialect: str) -> exp.Expression:
