@@ -516,7 +516,10 @@ def render_stats(summary: dict[str, Any]) -> list[Table]:
     headers = ["feature", "type", "count", "null", "distribution", "psi prev", "ks prev", "drift"]
     if summary.get("baseline"):
         headers += ["psi base", "ks base", "drift base"]
-    title = f"{summary['view']}: {summary['rows']} entities published {summary['as_of']} (run {summary['run_id']})"
+    entities = summary["entities"] if summary.get("entities") is not None else "?"
+    title = f"{summary['view']}: {entities} entities published {summary['as_of']} (run {summary['run_id']})"
+    if (summary.get("sample") or 1.0) < 1.0:
+        title += f", profiled on a sample of {summary['rows']}"
     if summary.get("baseline"):
         title += f"; baseline {summary['baseline']['baseline']} ({summary['baseline']['rows']} rows)"
     tables = [_table(title, headers, latest_rows, wraps=("distribution",),

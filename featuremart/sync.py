@@ -345,8 +345,8 @@ class Syncer:
         if dry_run or result.status == "withheld":
             result.seconds = round(time.perf_counter() - started, 3)
             return result
-        if self.stats:
-            self._profile(view)
+        if self.stats:  # an incremental diff saw only the changed entities: the count is then the last record's
+            self._profile(view, None if since is not None else diff.inserted + diff.updated + diff.unchanged)
         state.mark(view.name, self._token)  # from here until the seal, the view's state is not trusted
         # Nor its durable copy, until this run uploads a new one: only if the view changes (an unchanged view's
         # durable copy still describes it, and is not uploaded again).
@@ -368,11 +368,12 @@ class Syncer:
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 
-    def _profile(self, view: FeatureView) -> None:
+    def _profile(self, view: FeatureView, entities: int | None) -> None:
         """The statistics of what the view publishes (one warehouse query). A failure there never stops the
         publish: the run's notes say the view has no statistics this time."""
         try:
-            self._profiles[view.name] = feature_stats.profile_view(self.warehouse, self._history, view, self.now)
+            self._profiles[view.name] = feature_stats.profile_view(self.warehouse, self._history, view, self.now,
+                                                                   entities)
         except Exception as exc:  # noqa: BLE001 (DuckDB's, or a dbt adapter's driver's, own error types)
             first = (str(exc).splitlines() or [""])[0]
             self._stats_notes.append(f"view {view.name}: statistics not computed this run ({type(exc).__name__}: "

@@ -224,6 +224,27 @@ def test_small_hand_computed_case(tmp_path):
             assert (d.psi, d.level) == (0.0, "ok") and d.ks in (0.0, None)
 
 
+def test_large_views_are_profiled_on_a_fixed_entity_sample(duck, monkeypatch):
+    monkeypatch.setattr(stats, "SAMPLE_ENTITIES", 1000)
+    assert stats.sample_buckets(None) is None and stats.sample_buckets(1000) is None
+    buckets = stats.sample_buckets(N)
+    assert buckets == 256  # ceil(1024 * 1000 / 4000)
+    wh, tables = duck
+    view = _view("base")
+    sampled = stats.read_profile(wh.query(sql.render(
+        stats.view_profile_query(view, NOW, "duckdb", sample=buckets), "duckdb")).to_pylist()[0], view.features)
+    ids = {r[0] for r in wh.con.execute("select id from base where (hash(id) & 1023) < ?", [buckets]).fetchall()}
+    assert 800 < len(ids) < 1200 and sampled["rows"] == len(ids)
+    subset = {name: (data.take(sorted(ids)) if isinstance(data, pa.Array) else
+                     [data[i] for i in sorted(ids)]) for name, data in tables["base"].items()}
+    subset["id"] = np.array(sorted(ids))
+    _check_all(sampled, subset, approximate_quantiles=True)
+    again = stats.read_profile(wh.query(sql.render(stats.view_profile_query(view, NOW, "duckdb", sampled["features"],
+                               sample=buckets), "duckdb")).to_pylist()[0], view.features, sampled["features"])
+    assert {n: drift.compare(sampled["features"][n], again["features"][n], DriftThresholds()).psi
+            for n in ("x", "c")} == {"x": 0.0, "c": 0.0}  # the same entities every run
+
+
 def test_zero_rows_profile_and_drift_are_na(duck):
     wh, _ = duck
     empty = _profile(wh, _view("base"), now=datetime(2000, 1, 1))  # nothing dated before 2000

@@ -46,8 +46,10 @@ def view_summary(online: Any, view: FeatureView, feature: Feature | None = None,
                             **drift.to_json()})
         features[f.name] = {"latest": latest["features"][f.name], "history": history}
     return {"view": view.name, "version": latest.get("version"), "as_of": latest.get("as_of"),
-            "run_id": latest.get("run_id"), "rows": latest.get("rows"), "features": features,
-            "runs": [{"run_id": r.get("run_id"), "as_of": r.get("as_of"), "rows": r.get("rows")} for r in records],
+            "run_id": latest.get("run_id"), "entities": latest.get("entities"), "rows": latest.get("rows"),
+            "sample": latest.get("sample", 1.0), "features": features,
+            "runs": [{"run_id": r.get("run_id"), "as_of": r.get("as_of"), "entities": r.get("entities"),
+                      "rows": r.get("rows")} for r in records],
             "baseline": compared}
 
 
