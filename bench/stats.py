@@ -3,8 +3,10 @@
 One generated view of N entities × 10 features (5 int, 5 float; bench/synthetic.py's table, 3 rows of history
 per entity), the system redis-server. Each repetition runs two full syncs (`full_refresh`: every value
 rewritten) in a rotated order: statistics on (the default, with a previous record, so the drift counts on
-its bins are included) and statistics off (FEATUREMART_STATS=off). Reported: each contender's median and
-range over the repetitions, and the paired ratio on/off per repetition (median and range).
+its bins are included) and statistics off (FEATUREMART_STATS=off); and, between them, the statistics query
+alone (`profile_view`, what "on" adds), so that its share of the sync is measured even when the machine's
+load makes whole-sync times noisy. Reported: each contender's median and range over the repetitions, the
+paired ratio on/off per repetition, and the paired share query/off (median and range).
 
     python bench/stats.py --entities 1000000 --repeat 5
 Results: bench/results/stats.json.
@@ -18,13 +20,18 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
-from bench.synthetic import make_table, sync  # noqa: E402
+from bench.synthetic import NOW, make_table, sync, view  # noqa: E402
+from featuremart.durable import StatsHistory  # noqa: E402
+from featuremart.monitoring.stats import profile_view  # noqa: E402
+from featuremart.online.store import OnlineStore  # noqa: E402
+from featuremart.warehouse import DuckDBLimits, DuckDBWarehouse  # noqa: E402
 
 
 def spread(values: list[float]) -> dict:
@@ -37,6 +44,15 @@ def timed(db: Path, url: str, state: Path, stats_on: bool) -> float:
     seconds, result = sync(db, url, state, full_refresh=True)
     assert result.inserted + result.updated + result.unchanged > 0, result
     return seconds
+
+
+def query_alone(db: Path, url: str, state: Path, entities: int) -> float:
+    """The statistics query of one sync, alone, with the sync's DuckDB limits (and its previous record)."""
+    with OnlineStore.connect(url, embedded_dir=state, prefix="fm") as store, DuckDBWarehouse(db) as wh:
+        wh.bound_memory(DuckDBLimits.from_env(), state / "tmp")
+        started = time.perf_counter()
+        profile_view(wh, StatsHistory(store), view(), NOW, entities)
+        return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,17 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         db, state = Path(tmp) / "w.duckdb", Path(tmp) / "state"
         make_table(db, args.entities, args.history)
         timed(db, server.url, state, True)  # the previous record every "on" run compares with
-        times: dict[str, list[float]] = {"on": [], "off": []}
-        ratios = []
+        times: dict[str, list[float]] = {"on": [], "off": [], "query": []}
+        ratios, shares = [], []
         for rep in range(args.repeat):
-            order = ["on", "off"] if rep % 2 == 0 else ["off", "on"]
-            got = {name: timed(db, server.url, state, name == "on") for name in order}
+            order = [["on", "query", "off"], ["off", "on", "query"], ["query", "off", "on"]][rep % 3]
+            got = {name: (query_alone(db, server.url, state, args.entities) if name == "query" else
+                          timed(db, server.url, state, name == "on")) for name in order}
             for name, seconds in got.items():
                 times[name].append(seconds)
             ratios.append(got["on"] / got["off"])
-            print(f"rep {rep}: order {order}, on {got['on']:.2f}s, off {got['off']:.2f}s, "
-                  f"ratio {ratios[-1]:.3f}", flush=True)
-        results.update(on=spread(times["on"]), off=spread(times["off"]), ratio=spread(ratios))
+            shares.append(got["query"] / got["off"])
+            print(f"rep {rep}: order {order}, on {got['on']:.2f}s, off {got['off']:.2f}s, query {got['query']:.2f}s,"
+                  f" ratio on/off {ratios[-1]:.3f}, query/off {shares[-1]:.3f}", flush=True)
+        results.update(on=spread(times["on"]), off=spread(times["off"]), query=spread(times["query"]),
+                       ratio=spread(ratios), query_share=spread(shares))
     out = ROOT / "bench" / "results" / "stats.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -92,7 +92,7 @@ def profile_query(source: exp.Select, features: Iterable[Feature], dialect: str,
             prepared.append(exp.alias_(_norm(value.copy(), f.dtype, dialect), f"n{i}", quoted=True))
             prepared.append(exp.alias_(exp.Is(this=value.copy(), expression=exp.null()), f"z{i}", quoted=True))
     values = sqlglot.select(*prepared) if prepared else sqlglot.select(exp.Literal.number(1).as_("__fm_one"))
-    values = values.from_(source.subquery("s"))
+    values = values.from_(source.subquery("s", copy=False), copy=False)
     numbers = [i for i, f in enumerate(features) if kind(f.dtype) == NUMBER]
     # Each number's bin code: its own bin * 16 + its bin on the reference's edges (0 without a reference).
     codes: list[exp.Expression] = []
@@ -141,19 +141,19 @@ def profile_query(source: exp.Select, features: Iterable[Feature], dialect: str,
         top_ctes.append(("__fm_hist", _bin_counts(numbers, codes)))
         for field in ("i", "code", "n"):
             out.append(_as(exp.Min(this=sql.col(field, "__fm_hist")), f"hist_{field}"))
-    query = sqlglot.select(*out).from_(exp.to_identifier("__fm_values", quoted=True))
+    query = sqlglot.select(*out, copy=False).from_(exp.to_identifier("__fm_values", quoted=True), copy=False)
     for name, _cte in top_ctes:
-        query = query.join(exp.to_identifier(name, quoted=True), join_type="cross")
+        query = query.join(exp.to_identifier(name, quoted=True), join_type="cross", copy=False)
     # Materialized: the latest rows are computed once, whatever reads them (bounds, bins, top values).
-    query = query.with_(exp.to_identifier("__fm_values", quoted=True), as_=values, materialized=True)
+    query = query.with_(exp.to_identifier("__fm_values", quoted=True), as_=values, materialized=True, copy=False)
     if numbers:
         bounds = sqlglot.select(*(e for i in numbers for e in (
             exp.alias_(exp.Min(this=_v(i)), f"lo{i}", quoted=True),
             exp.alias_(exp.Max(this=_v(i)), f"hi{i}", quoted=True)))).from_(
                 exp.to_identifier("__fm_values", quoted=True))
-        query = query.with_(exp.to_identifier("b", quoted=True), as_=bounds)
+        query = query.with_(exp.to_identifier("b", quoted=True), as_=bounds, copy=False)
     for name, cte in top_ctes:
-        query = query.with_(exp.to_identifier(name, quoted=True), as_=cte)
+        query = query.with_(exp.to_identifier(name, quoted=True), as_=cte, copy=False)
     return query
 
 
@@ -221,15 +221,15 @@ def _bin_counts(numbers: list[int], codes: list[exp.Expression]) -> exp.Select:
     index = exp.to_identifier("__fm_i", quoted=True)
     pick = exp.case()
     for i, code in zip(numbers, codes):
-        pick = pick.when(exp.EQ(this=exp.column(index), expression=exp.Literal.number(i)), code)
+        pick = pick.when(exp.EQ(this=exp.column(index), expression=exp.Literal.number(i)), code, copy=False)
     features = exp.Values(expressions=[exp.Tuple(expressions=[exp.Literal.number(i)]) for i in numbers],
                           alias=exp.TableAlias(this=exp.to_identifier("__fm_f", quoted=True), columns=[index]))
-    unpivoted = (sqlglot.select(exp.alias_(exp.column(index), "i", quoted=True), _as(pick, "code"))
-                 .from_(exp.to_identifier("__fm_values", quoted=True))
-                 .join(exp.to_identifier("b", quoted=True), join_type="cross")
-                 .join(features, join_type="cross"))
+    unpivoted = (sqlglot.select(exp.alias_(exp.column(index), "i", quoted=True), _as(pick, "code"), copy=False)
+                 .from_(exp.to_identifier("__fm_values", quoted=True), copy=False)
+                 .join(exp.to_identifier("b", quoted=True), join_type="cross", copy=False)
+                 .join(features, join_type="cross", copy=False))
     counted = (sqlglot.select(sql.col("i"), sql.col("code"), _as(exp.Count(this=exp.Star()), "n"))
-               .from_(unpivoted.subquery("u"))
+               .from_(unpivoted.subquery("u", copy=False))
                .where(exp.Not(this=exp.Is(this=sql.col("code"), expression=exp.null())))
                .group_by(sql.col("i"), sql.col("code")))
     return sqlglot.select(*(_as(exp.ArrayAgg(this=sql.col(c)), c) for c in ("i", "code", "n"))).from_(
