@@ -526,3 +526,17 @@ def test_postgres_statistics_match_numpy_and_duckdb(postgres_project, postgres_d
                 assert (s["min"], s["max"], s["mean"], s["stddev"]) == pytest.approx(
                     (d["min"], d["max"], d["mean"], d["stddev"]), rel=1e-9)
                 assert s["histogram"]["counts"] == d["histogram"]["counts"], (view_name, name)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/Los_Angeles", "Asia/Kolkata"])
+def test_baseline_range_is_utc_whatever_tz(monkeypatch, tz):
+    from featuremart.errors import StatsError
+    from featuremart.monitoring.baseline import Baseline
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    b = Baseline.parse("2026-01-01..2026-01-02T06:00:00+02:00", [])
+    assert (b.kind, b.start, b.end) == ("history", datetime(2026, 1, 1), datetime(2026, 1, 2, 4))
+    assert Baseline.parse("fraud_training_set", ["fraud_training_set"]).kind == "model"
+    with pytest.raises(StatsError, match="not a .parquet file, a dbt model of this project, or a date range"):
+        Baseline.parse("nothing", ["fraud_training_set"])
