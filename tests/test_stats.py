@@ -190,10 +190,17 @@ def _check_all(profile, data, approximate_quantiles):
         [norms.min(), norms.mean(), norms.max()])
 
 
-@pytest.mark.parametrize("tz", ["UTC", "America/Los_Angeles", "Asia/Kolkata"])
-def test_statistics_match_numpy(duck, monkeypatch, tz):
-    monkeypatch.setenv("TZ", tz)
+@pytest.fixture(params=["UTC", "America/Los_Angeles", "Asia/Kolkata"])
+def tz(request, monkeypatch):
+    """The process's TZ set to each of three zones (and restored after): results must not depend on it."""
+    monkeypatch.setenv("TZ", request.param)
     time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_statistics_match_numpy(duck, tz):
     wh, tables = duck
     _check_all(_profile(wh, _view("base")), tables["base"], approximate_quantiles=True)
 
@@ -528,13 +535,10 @@ def test_postgres_statistics_match_numpy_and_duckdb(postgres_project, postgres_d
                 assert s["histogram"]["counts"] == d["histogram"]["counts"], (view_name, name)
 
 
-@pytest.mark.parametrize("tz", ["UTC", "America/Los_Angeles", "Asia/Kolkata"])
-def test_baseline_range_is_utc_whatever_tz(monkeypatch, tz):
+def test_baseline_range_is_utc_whatever_tz(tz):
     from featuremart.errors import StatsError
     from featuremart.monitoring.baseline import Baseline
 
-    monkeypatch.setenv("TZ", tz)
-    time.tzset()
     b = Baseline.parse("2026-01-01..2026-01-02T06:00:00+02:00", [])
     assert (b.kind, b.start, b.end) == ("history", datetime(2026, 1, 1), datetime(2026, 1, 2, 4))
     assert Baseline.parse("fraud_training_set", ["fraud_training_set"]).kind == "model"
