@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time a request has to send its body (default: 30; 408 after)")
     serve.add_argument("--keep-alive", type=float, default=5.0, metavar="SECONDS",
                        help="how long an idle keep-alive connection stays open (default: 5)")
+    stats = sub.add_parser("stats", parents=[common],
+                           help="feature statistics of the last syncs, and drift (docs/monitoring-stats.md)")
+    stats.add_argument("name", metavar="VIEW[.FEATURE]", help="a feature view, or one of its features")
+    stats.add_argument("--runs", type=int, default=10, metavar="N", help="how many of the last runs to show "
+                       "(default: 10)")
+    stats.add_argument("--baseline", default=None, metavar="BASELINE",
+                       help="also compare with a Parquet file, a dbt model, or a date range START..END of the "
+                            "view's history")
+    stats.add_argument("--json", action="store_true", help="print JSON")
     training = sub.add_parser("training-set", parents=[common],
                               help="build a point-in-time correct training set from a spine of labelled events")
     training.add_argument("--spine", required=True,
@@ -465,6 +474,98 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_stats(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    from featuremart.config import DriftThresholds
+    from featuremart.monitoring.baseline import Baseline, baseline_drift
+    from featuremart.monitoring.summary import view_summary
+
+    if args.runs < 1:
+        raise FeaturemartError(f"--runs {args.runs}: show at least 1 run")
+    view_name, _, feature_name = args.name.partition(".")
+    view = store.registry.view(view_name)
+    feature = view.feature(feature_name) if feature_name else None
+    tier = store.config.tiers.get(view.tier or "")
+    thresholds = tier.drift if tier else DriftThresholds()
+    compare = None
+    if args.baseline:
+        manifest = store.manifest()
+        baseline = Baseline.parse(args.baseline, [m.name for m in manifest.models.values()])
+
+        def compare(features, latest):
+            from featuremart.registry import relation_of
+
+            if baseline.kind == "parquet":
+                return baseline_drift(baseline, view, features, latest, thresholds)
+            model = manifest.model_named(baseline.text) if baseline.kind == "model" else None
+            with store.warehouse() as wh:
+                return baseline_drift(baseline, view, features, latest, thresholds, warehouse=wh,
+                                      relation=relation_of(model) if model else None)
+    summary = view_summary(store.online, view, feature, runs=args.runs, thresholds=thresholds,
+                           baseline=compare, baseline_text=args.baseline or "")
+    if args.json:
+        console.print_json(json.dumps(summary, default=str))
+        return 0
+    for table in render_stats(summary):
+        console.print(table)
+    return 0
+
+
+def render_stats(summary: dict[str, Any]) -> list[Table]:
+    """The latest statistics (one row per feature), then each feature's history over the runs shown."""
+    baseline = (summary.get("baseline") or {}).get("drift") or {}
+    latest_rows = []
+    for name, f in summary["features"].items():
+        s, last = f["latest"], f["history"][0]
+        if s["kind"] == "number":
+            q = s.get("quantiles") or {}
+            shape = (f"mean {_num(s['mean'])} sd {_num(s['stddev'])} · min {_num(s['min'])} p50 {_num(q.get('p50'))} "
+                     f"max {_num(s['max'])}")
+        elif s["kind"] == "category":
+            top = ", ".join(f"{v} {n}" for v, n in (s.get("top") or [])[:3])
+            shape = f"{s['distinct']} distinct · top {top or '-'}"
+        else:
+            shape = (f"length {_num(s['length']['mean'])} (min {_num(s['length']['min'])}, max "
+                     f"{_num(s['length']['max'])}) · norm {_num(s['norm']['mean'])}")
+        row = [escape(name), s["dtype"], str(s["count"]), _pct(s["null_fraction"]), escape(shape), _num(last["psi"]),
+               _num(last["ks"]), last["level"]]
+        if summary.get("baseline"):
+            b = baseline.get(name) or {}
+            row += [_num(b.get("psi")), _num(b.get("ks")), b.get("level", "n/a")]
+        latest_rows.append(row)
+    headers = ["feature", "type", "count", "null", "distribution", "psi prev", "ks prev", "drift"]
+    if summary.get("baseline"):
+        headers += ["psi base", "ks base", "drift base"]
+    entities = summary["entities"] if summary.get("entities") is not None else "?"
+    title = f"{summary['view']}: {entities} entities published {summary['as_of']} (run {summary['run_id']})"
+    if (summary.get("sample") or 1.0) < 1.0:
+        title += f", profiled on a sample of {summary['rows']}"
+    if summary.get("baseline"):
+        title += f"; baseline {summary['baseline']['baseline']} ({summary['baseline']['rows']} rows)"
+    tables = [_table(title, headers, latest_rows, wraps=("distribution",),
+                     right=("count", "null", "psi prev", "ks prev", "psi base", "ks base"))]
+    for name, f in summary["features"].items():
+        rows = [(h["as_of"] or "", h["run_id"] or "", str(h["count"]), _pct(h["null_fraction"]),
+                 _num(h.get("mean", h.get("distinct", h.get("mean_length")))), _num(h["psi"]), _num(h["ks"]),
+                 h["level"]) for h in f["history"]]
+        center = {"number": "mean", "category": "distinct"}.get(f["latest"]["kind"], "mean length")
+        tables.append(_table(f"{summary['view']}.{name} over the last {len(rows)} run(s), newest first",
+                             ("as of", "run", "count", "null", center, "psi", "ks", "drift"), rows, wraps=(),
+                             right=("count", "null", center, "psi", "ks")))
+    return tables
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
     from featuremart.training import OUTPUT_SUFFIXES
 
@@ -481,7 +582,7 @@ def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Con
 
 
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync,
-            "status": cmd_status, "training-set": cmd_training_set}
+            "status": cmd_status, "stats": cmd_stats, "training-set": cmd_training_set}
 #: Commands that read the online store only: they take (args, console) and open no dbt project unless needed.
 SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve}
 

@@ -100,11 +100,33 @@ class Entity:
 
 
 @dataclass(frozen=True)
+class DriftThresholds:
+    """When drift of a feature is a warning or an error: PSI and KS levels (value >= threshold). The defaults
+    (docs/monitoring-stats.md): PSI 0.1 / 0.25, the usual rule of thumb; KS 0.1 / 0.2, a tenth and a fifth of
+    the population moved across some value."""
+
+    psi_warn: float = 0.1
+    psi_error: float = 0.25
+    ks_warn: float = 0.1
+    ks_error: float = 0.2
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> DriftThresholds:
+        """Thresholds from a checked `schema.DriftSpec` (or None: the defaults)."""
+        if spec is None:
+            return cls()
+        psi, ks, default = spec.psi, spec.ks, cls()
+        return cls(psi.warn if psi else default.psi_warn, psi.error if psi else default.psi_error,
+                   ks.warn if ks else default.ks_warn, ks.error if ks else default.ks_error)
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     description: str = ""
     freshness: Freshness = Freshness()
     online: bool = True  # a tier may forbid publishing its views online
+    drift: DriftThresholds = DriftThresholds()
 
 
 @dataclass(frozen=True)
@@ -183,7 +205,8 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
         raise ConfigProblems(lines)
     entities = {name: Entity(name, tuple(e.join_keys.items()), e.description)
                 for name, e in found.featuremart_entities.items()}
-    tiers = {name: Tier(name, t.description, Freshness.from_spec(t.freshness), t.online)
+    tiers = {name: Tier(name, t.description, Freshness.from_spec(t.freshness), t.online,
+                      DriftThresholds.from_spec(t.drift))
              for name, t in spec.tiers.items()}
     return ProjectConfig(
         path=path,

@@ -290,3 +290,31 @@ def _utc(text: str) -> datetime:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+#: Statistics records kept per view (docs/monitoring-stats.md): a sync a day keeps about seven weeks.
+STATS_KEPT = 50
+
+
+class StatsHistory:
+    """Each view's statistics history, in the online store beside the sync state (so a fresh runner sees it):
+    a list `<prefix>:stats:{<view>}` of JSON records, newest first, at most STATS_KEPT. Only a sync that
+    completed appends to it (featuremart.sync)."""
+
+    def __init__(self, store: OnlineStore, kept: int | None = None):
+        self.store, self.kept = store, kept or STATS_KEPT
+
+    def append(self, view: str, record: dict[str, Any]) -> None:
+        self.store.push_record(keys.stats_key(self.store.prefix, view), json.dumps(record, default=str), self.kept)
+
+    def read(self, view: str, count: int = STATS_KEPT) -> list[dict[str, Any]]:
+        """The view's newest `count` records, newest first (a record that is not JSON is skipped)."""
+        out = []
+        for raw in self.store.records(keys.stats_key(self.store.prefix, view), count):
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out

@@ -68,6 +68,11 @@ class StoreChangedError(OnlineStoreError):
     sync: what was written may be lost, so nothing is published."""
 
 
+class StatsError(FeaturemartError):
+    """Feature statistics that cannot be shown: none recorded yet, or a `--baseline` that cannot be read or compared
+    (missing, of other columns or types, empty)."""
+
+
 class StateError(FeaturemartError):
     """The sync state file is unreadable (corrupt or truncated); `featuremart sync --full-refresh` rebuilds it."""
 

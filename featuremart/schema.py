@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Mapping, TypeVar, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator,
+                      model_validator)
 from pydantic import ValidationError as PydanticError
 from pydantic_core import PydanticCustomError
 
@@ -130,10 +131,32 @@ class FreshnessSpec(Block):
     error_after: Threshold | None = None
 
 
+class DriftLevels(Block):
+    """`warn` and `error` thresholds of one drift statistic: a level is reached when the value is >= it."""
+
+    warn: Annotated[float, Field(gt=0)]
+    error: Annotated[float, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DriftLevels":
+        if self.warn > self.error:
+            raise PydanticCustomError("drift_levels", f"warn ({self.warn:g}) is above error ({self.error:g}); "
+                                      "write warn <= error")
+        return self
+
+
+class DriftSpec(Block):
+    """A tier's drift thresholds (docs/monitoring-stats.md); a statistic left out keeps its default."""
+
+    psi: DriftLevels | None = None
+    ks: DriftLevels | None = None
+
+
 class TierSpec(Block):
     description: str = ""
     freshness: FreshnessSpec | None = None
     online: bool = True
+    drift: DriftSpec | None = None
 
 
 class FeaturesFile(Block):

@@ -53,12 +53,14 @@ def to_us(moment: datetime) -> int:
 
 
 def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[str] | None = None,
-                changed_since_us: int | None = None) -> exp.Select:
+                changed_since_us: int | None = None, sample: int | None = None) -> exp.Select:
     """The latest row per entity whose event time is in [now - ttl, now]: what the online store serves at `now`.
 
     Rows dated after `now` are not valid yet; an entity whose latest row is older than the ttl has no value.
     Selects the join keys, `__fm_ts_us` and the feature columns (or `columns`). With `changed_since_us`, only
-    entities having a row whose `changed_at` is newer than that (an incremental sync).
+    entities having a row whose `changed_at` is newer than that (an incremental sync). With `sample` (1 to
+    SAMPLE_BUCKETS - 1), only the entities whose key hash falls in the first `sample` of SAMPLE_BUCKETS buckets:
+    the same entities every time (featuremart.monitoring.stats profiles large views on such a sample).
     """
     keys = [col(k) for k in view.key_names]
     ts = col(view.timestamp)
@@ -83,6 +85,10 @@ def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[st
         .where(exp.and_(*(exp.Not(this=exp.Is(this=k.copy(), expression=exp.Null())) for k in keys),
                         exp.LTE(this=ts_us.copy(), expression=exp.Literal.number(now_us))))
     )
+    if sample is not None:
+        ranked = ranked.where(exp.LT(this=exp.paren(exp.BitwiseAnd(
+            this=entity_hash(view, dialect), expression=exp.Literal.number(SAMPLE_BUCKETS - 1)), copy=False),
+            expression=exp.Literal.number(sample)))
     if changed_since_us is not None:
         if not view.changed_at:
             raise ValueError(f"view {view.name} declares no changed_at column")
@@ -101,6 +107,22 @@ def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[st
         .where(exp.and_(exp.EQ(this=col(_RN, "r"), expression=exp.Literal.number(1)),
                         exp.GTE(this=col(TS_US, "r"), expression=exp.Literal.number(oldest))))
     )
+
+
+#: Entity samples are taken in 1/1024ths: `hash(keys) & 1023 < n`.
+SAMPLE_BUCKETS = 1024
+
+
+def entity_hash(view: FeatureView, dialect: str) -> exp.Expression:
+    """A 64-bit hash of an entity's join keys, computed by the warehouse (DuckDB `hash`, Postgres
+    `hashtextextended`): where an entity falls in a sample."""
+    if dialect == "postgres":
+        text: exp.Expression = exp.cast(col(view.key_names[0]), "text")
+        for key in view.key_names[1:]:
+            text = exp.DPipe(this=exp.DPipe(this=text, expression=exp.Literal.string("\x1f")),
+                             expression=exp.cast(col(key), "text"))
+        return exp.Anonymous(this="hashtextextended", expressions=[text, exp.Literal.number(0)])
+    return exp.func("hash", *(col(k) for k in view.key_names))
 
 
 def max_changed_us(view: FeatureView, dialect: str) -> exp.Select:

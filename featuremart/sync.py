@@ -29,9 +29,10 @@ import duckdb
 import pyarrow as pa
 
 from featuremart import sql
-from featuremart.durable import DurableState
+from featuremart.durable import DurableState, StatsHistory
 from featuremart.errors import ConfigError, FeaturemartError, OnlineStoreError, StoreChangedError
 from featuremart.manifest import Manifest
+from featuremart.monitoring import stats as feature_stats
 from featuremart.online import keys
 from featuremart.online.store import Fence, OnlineStore, StoreLock
 from featuremart.registry import FeatureView, Registry, merge_snapshot
@@ -116,7 +117,7 @@ class Syncer:
                  store: OnlineStore, state_dir: Path, now: datetime | None = None,
                  lock_ttl: float = LOCK_TTL_SECONDS, *, allow_mass_delete: bool = False,
                  max_delete_fraction: float = MAX_DELETE_FRACTION, limits: DuckDBLimits | None = None,
-                 writers: int | None = None):
+                 writers: int | None = None, stats: bool | None = None):
         self.registry, self.manifest, self.gate = registry, manifest, gate
         self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
@@ -131,6 +132,11 @@ class Syncer:
         self._committed: set[str] = set()  # views whose local state this run committed: uploaded before the seal
         self.limits = limits or DuckDBLimits.from_env()  # bounded memory whatever the entity count
         self.writers = writers or _writers_from_env()
+        # Statistics of what each view publishes (featuremart.monitoring.stats): kept only once the run seals.
+        self.stats = feature_stats.stats_enabled() if stats is None else stats
+        self._history = StatsHistory(store)
+        self._profiles: dict[str, dict] = {}
+        self._stats_notes: list[str] = []
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -244,9 +250,13 @@ class Syncer:
             whole = self._scanned and set(snapshot["views"]) <= set(published)
             state.seal(self.store_id, self.generation, self._token, whole=whole)
             self._durable.seal(state, self.store_id, self._token, whole=whole)
+            for name, record in self._profiles.items():  # a run that failed before the seal stores none
+                if name in published:
+                    self._history.append(name, {**record, "run_id": run.run_id})
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
             run.notes.extend(self._durable.notes)  # what was restored or refused, also when the run failed
+            run.notes.extend(self._stats_notes)
             state.close()
 
     def _published_record(self, run: SyncRun, state: SyncState, published: dict[str, FeatureView],
@@ -353,6 +363,8 @@ class Syncer:
         if dry_run or result.status == "withheld":
             result.seconds = round(time.perf_counter() - started, 3)
             return result
+        if self.stats:  # an incremental diff saw only the changed entities: the count is then the last record's
+            self._profile(view, None if since is not None else diff.inserted + diff.updated + diff.unchanged)
         state.mark(view.name, self._token)  # from here until the seal, the view's state is not trusted
         # Nor its durable copy, until this run uploads a new one: only if the view changes (an unchanged view's
         # durable copy still describes it, and is not uploaded again).
@@ -373,6 +385,17 @@ class Syncer:
                 self._committed.add(view.name)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
+
+    def _profile(self, view: FeatureView, entities: int | None) -> None:
+        """The statistics of what the view publishes (one warehouse query). A failure there never stops the
+        publish: the run's notes say the view has no statistics this time."""
+        try:
+            self._profiles[view.name] = feature_stats.profile_view(self.warehouse, self._history, view, self.now,
+                                                                   entities)
+        except Exception as exc:  # noqa: BLE001 (DuckDB's, or a dbt adapter's driver's, own error types)
+            first = (str(exc).splitlines() or [""])[0]
+            self._stats_notes.append(f"view {view.name}: statistics not computed this run ({type(exc).__name__}: "
+                                     f"{first})")
 
     def _scan(self, state: SyncState) -> None:
         """Once per run, where some state is not trusted: every featuremart value key in the store, by SCAN."""

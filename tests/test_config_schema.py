@@ -63,7 +63,7 @@ FEATURES_CASES = [
     ("tiers: {gold: {online: 'no'}}", "features.yml: tiers.gold.online: expected true or false, got a string 'no' "
      "(quoted: write it without quotes)"),
     ("tiers: {gold: {fresh: {}}}", "features.yml: tiers.gold.fresh: unknown key; did you mean 'freshness'? "
-     "(allowed: description, freshness, online)"),
+     "(allowed: description, freshness, online, drift)"),
     ("tiers: {gold: {freshness: {warn_after: {count: two, period: day}}}}", "features.yml: "
      "tiers.gold.freshness.warn_after.count: expected a whole number, got a string 'two'"),
     ("tiers: {gold: {freshness: {warn_after: {count: 0, period: day}}}}", "features.yml: "

@@ -116,6 +116,11 @@ def view_state_part_key(prefix: str, view: str, token: str, part: int) -> str:
     return f"{prefix}:state:{{{view}}}:{token}:{part}"
 
 
+def stats_key(prefix: str, view: str) -> str:
+    """A view's statistics history (a list of JSON records, newest first; docs/monitoring-stats.md)."""
+    return f"{prefix}:stats:{{{view}}}"
+
+
 def row_key_pattern(prefix: str) -> str:
     """The SCAN glob of every feature value key (`parse_row_key` then checks the whole shape)."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":{*"

@@ -820,6 +820,10 @@ class OnlineStore:
 
         self._call(f"LPUSH {key}", push)
 
+    def records(self, key: str, count: int) -> list[bytes]:
+        """The newest `count` records of the list at `key` (see push_record), newest first."""
+        return self._call(f"LRANGE {key}", lambda: self._redis.lrange(key, 0, count - 1))
+
     # ---- lock ------------------------------------------------------------------------------------------------
 
     def lock(self, name: str, ttl_seconds: float) -> StoreLock:
