@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive", type=float, default=5.0, metavar="SECONDS",
                        help="how long an idle keep-alive connection stays open (default: 5)")
     stats = sub.add_parser("stats", parents=[common],
-                           help="feature statistics of the last syncs, and drift (docs/monitoring-stats.md)")
+                           help="feature statistics of the last syncs, and drift (docs/monitoring.md)")
     stats.add_argument("name", metavar="VIEW[.FEATURE]", help="a feature view, or one of its features")
     stats.add_argument("--runs", type=int, default=10, metavar="N", help="how many of the last runs to show "
                        "(default: 10)")

@@ -102,7 +102,7 @@ class Entity:
 @dataclass(frozen=True)
 class DriftThresholds:
     """When drift of a feature is a warning or an error: PSI and KS levels (value >= threshold). The defaults
-    (docs/monitoring-stats.md): PSI 0.1 / 0.25, the usual rule of thumb; KS 0.1 / 0.2, a tenth and a fifth of
+    (docs/monitoring.md): PSI 0.1 / 0.25, the usual rule of thumb; KS 0.1 / 0.2, a tenth and a fifth of
     the population moved across some value."""
 
     psi_warn: float = 0.1

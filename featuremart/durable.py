@@ -292,7 +292,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-#: Statistics records kept per view (docs/monitoring-stats.md): a sync a day keeps about seven weeks.
+#: Statistics records kept per view (docs/monitoring.md): a sync a day keeps about seven weeks.
 STATS_KEPT = 50
 
 

@@ -146,7 +146,7 @@ class DriftLevels(Block):
 
 
 class DriftSpec(Block):
-    """A tier's drift thresholds (docs/monitoring-stats.md); a statistic left out keeps its default."""
+    """A tier's drift thresholds (docs/monitoring.md); a statistic left out keeps its default."""
 
     psi: DriftLevels | None = None
     ks: DriftLevels | None = None

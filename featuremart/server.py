@@ -335,8 +335,8 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
                       "services": len(registry.services)})
 
     async def prometheus(request: Request) -> Response:
-        try:  # freshness gauges from the sync's publish record: one GET per scrape, nothing on the read path
-            freshness = freshness_metrics.render(await call(freshness_metrics.read_record, online.store))
+        try:  # freshness and drift gauges from the sync's records: a GET and an LRANGE per view, off the read path
+            freshness = freshness_metrics.render(*await call(freshness_metrics.read_record, online.store))
         except FeaturemartError as exc:
             log.warning("/metrics: the publish record could not be read, freshness gauges left out: %s", exc)
             freshness = ""

@@ -23,7 +23,7 @@ from featuremart.cli import main
 from featuremart.config import DriftThresholds, load_features_yml
 from featuremart.durable import StatsHistory
 from featuremart.errors import ConfigError, ConfigProblems, OnlineStoreError
-from featuremart.monitoring import drift, stats
+from featuremart.monitoring import drift, metrics, stats
 from featuremart.registry import Feature, FeatureView, Relation
 from featuremart.warehouse import DuckDBWarehouse
 
@@ -384,6 +384,23 @@ def test_planted_drift_is_named_and_survives_a_fresh_runner(synced, monkeypatch)
     code, out = _cli(synced, "customer_spend.spend_7d")
     assert code == 0
     assert "customer_spend.spend_7d over the last 2 run(s)" in out and "error" in out
+    # status folds the drift in: the view and every service reading it at error, exit 4; /metrics has the figures
+    out = io.StringIO()
+    code = main(["status", "--json", "--project-dir", str(synced), "--profiles-dir", str(synced)],
+                console=Console(file=out, width=200))
+    rows = {r["name"]: r for r in json.loads(out.getvalue())["rows"]}
+    assert code == 4
+    assert rows["customer_spend"]["drift"]["status"] == "error" and "spend_7d" in rows["customer_spend"]["drift"]["detail"]
+    assert rows["customer_spend"]["drift"]["features"]["spend_7d"]["psi"] == pytest.approx(spend["spend_7d"].psi)
+    readers = {name for name, r in rows.items() if r["kind"] == "service" and "customer_spend" in r["views"]}
+    assert readers and all(rows[n]["drift"]["status"] == "error" for n in readers)
+    assert all(r["drift"]["status"] != "error" for n, r in rows.items()
+               if n != "customer_spend" and n not in readers)
+    with FeatureStore(synced) as fs:
+        text = metrics.render(*metrics.read_record(fs.online))
+    psi_line = next(line for line in text.splitlines()
+                    if line.startswith('featuremart_feature_drift_psi{view="customer_spend",feature="spend_7d"}'))
+    assert float(psi_line.split()[-1]) == pytest.approx(spend["spend_7d"].psi, rel=1e-5)
 
 
 @pytest.mark.integration

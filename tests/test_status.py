@@ -102,13 +102,13 @@ def test_metrics_render_in_the_text_exposition_format():
     now = datetime(2026, 1, 2, tzinfo=timezone.utc)
     record = {"views": {'odd"view\\': {"published_at": "2026-01-01T23:00:00+00:00", "entities": 3,
                                        "newest_event_us": sql.to_us(datetime(2026, 1, 1))}}}
-    text = metrics.render(json.dumps(record).encode(), now)
+    text = metrics.render(json.dumps(record).encode(), now=now)
     assert 'featuremart_view_online_age_seconds{view="odd\\"view\\\\"} 86400.000' in text
     assert 'featuremart_view_seconds_since_publish{view="odd\\"view\\\\"} 3600.000' in text
     assert 'featuremart_view_entities_published{view="odd\\"view\\\\"} 3' in text
     for name, _ in metrics.GAUGES:
         assert f"# TYPE {name} gauge" in text
-    assert metrics.render(None, now) == ""
+    assert metrics.render(None, now=now) == ""
 
 
 @pytest.mark.parametrize("tz", TIMEZONES)
@@ -181,7 +181,8 @@ def env(project, redis_url, monkeypatch):
 SCHEMA_STAGES = {"source": {"status", "age_seconds", "detail", "newest", "sources"},
                  "warehouse": {"status", "age_seconds", "detail", "newest_event", "last_build"},
                  "online": {"status", "age_seconds", "detail", "newest_event", "last_publish",
-                            "seconds_since_publish", "entities"}}
+                            "seconds_since_publish", "entities"},
+                 "drift": {"status", "detail", "features"}}
 
 
 @pytest.mark.integration

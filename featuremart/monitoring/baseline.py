@@ -1,6 +1,6 @@
 """`featuremart stats --baseline`: drift of the last publish against a baseline the user names.
 
-A baseline is one of (docs/monitoring-stats.md):
+A baseline is one of (docs/monitoring.md):
 - a Parquet file (a training set): read by an in-memory DuckDB;
 - a dbt model of the project, by name: read in the warehouse;
 - a date range `START..END` of the view's own history (ISO dates or times, UTC, END excluded): the view's

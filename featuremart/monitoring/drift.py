@@ -1,6 +1,6 @@
 """Drift of a feature between two profiles: PSI on shared bins, and for numbers the Kolmogorov–Smirnov statistic.
 
-Bins (docs/monitoring-stats.md): both sides are counted on the *reference* profile's bins.
+Bins (docs/monitoring.md): both sides are counted on the *reference* profile's bins.
 - number: an open-ended bin below the reference's min, its BINS equal-width bins over [min, max], an
   open-ended bin above its max, and a bin of nulls. A constant reference (min = max) has below / equal / above.
 - category: the reference's top values, one bin "other" for every other value, and a bin of nulls.

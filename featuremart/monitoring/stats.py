@@ -1,4 +1,4 @@
-"""Feature statistics, computed by the warehouse over the values a sync publishes (docs/monitoring-stats.md).
+"""Feature statistics, computed by the warehouse over the values a sync publishes (docs/monitoring.md).
 
 One query per view (`profile_query`): a sqlglot expression rendered for DuckDB or Postgres, over the same
 latest rows the sync writes (`sql.latest_rows`), returning one row that Python only renames. Per feature kind:
@@ -321,7 +321,7 @@ def _float(value: Any) -> float | None:
 
 # ---- the sync's record ---------------------------------------------------------------------------------------
 
-#: The history record format this version writes (docs/monitoring-stats.md).
+#: The history record format this version writes (docs/monitoring.md).
 RECORD_FORMAT = 1
 
 

@@ -3,7 +3,9 @@ stage, judged against its freshness policy (the model's `freshness`, else its ti
 
 - source: the age of the newest data of the dbt sources it reads (target/sources.json, `dbt source freshness`);
 - warehouse: the newest event time in its table (one UNION ALL query for every view) and its last build;
-- online: the last publish and the online age, now minus the newest event time published (the sync's record).
+- online: the last publish and the online age, now minus the newest event time published (the sync's record);
+- drift: the worst drift level (PSI, KS) of its features at the last publish against the one before, judged by
+  the tier's thresholds (featuremart.monitoring.drift; the statistics history the sync keeps).
 
 A service row is the worst of its views. docs/monitoring.md describes every figure and the JSON schema.
 """
@@ -20,6 +22,7 @@ from sqlglot import exp
 
 from featuremart import sql
 from featuremart.errors import FeaturemartError
+from featuremart.monitoring.drift import Drift, latest_drift
 from featuremart.monitoring.freshness import (ERROR, NA, OK, WARN, Published, SourceResult, from_us, judge,
                                               load_source_freshness, read_published, upstream_sources, utc, worst)
 from featuremart.online import keys
@@ -71,11 +74,13 @@ class StatusRow:
     online_newest: datetime | None  # newest event time published
     entities: int | None  # entities with a live value at the last publish (views only)
     now: datetime = field(repr=False, default=datetime.min.replace(tzinfo=timezone.utc))
+    drift: Stage = Stage(NA)
+    features: dict[str, Drift] = field(default_factory=dict)  # each feature's drift (views only)
 
     @property
     def status(self) -> str:
-        """The worst of the three stages."""
-        return worst((self.source.status, self.warehouse.status, self.online.status))
+        """The worst of the four stages."""
+        return worst((self.source.status, self.warehouse.status, self.online.status, self.drift.status))
 
     def json(self) -> dict[str, Any]:
         since_publish = None if self.last_publish is None else self.now - self.last_publish
@@ -90,6 +95,8 @@ class StatusRow:
             "online": {**self.online.json(), "newest_event": _iso(self.online_newest),
                        "last_publish": _iso(self.last_publish), "seconds_since_publish": _seconds(since_publish),
                        "entities": self.entities},
+            "drift": {"status": self.drift.status, "detail": self.drift.detail,
+                      "features": {name: d.to_json() for name, d in sorted(self.features.items())}},
         }
 
 
@@ -135,8 +142,10 @@ def collect(store: FeatureStore, views: Sequence[FeatureView], now: datetime | N
         builds = BuildGate.load(store.project, manifest, wh).results
     sources = load_source_freshness(store.project.target_dir)
     published, unreachable = _published(store)
+    drift, drift_unread = _drift(store, list(needed.values())) if not unreachable else ({}, unreachable)
     rows = {name: view_row(view, now, manifest=manifest, sources=sources, newest_us=newest.get(name),
-                           build=builds.get(view.model_id), published=published.get(name), unreachable=unreachable)
+                           build=builds.get(view.model_id), published=published.get(name), unreachable=unreachable,
+                           drift=drift.get(name), drift_unread=drift_unread)
             for name, view in needed.items()}
     out = [rows[v.name] for v in sorted(views, key=lambda v: v.name)]
     out += [service_row(s, [rows[n] for n in s.view_names], now) for s in services]
@@ -150,6 +159,15 @@ def _published(store: FeatureStore) -> tuple[dict[str, Published], str]:
         return read_published(online.get_bytes(keys.published_key(online.prefix))), ""
     except FeaturemartError as exc:
         return {}, f"online store unreadable: {exc}"
+
+
+def _drift(store: FeatureStore, views: Sequence[FeatureView]) -> tuple[dict[str, dict[str, Drift]], str]:
+    """Each view's drift at its last publish (one read of its statistics history), and '' or why it could not be
+    read."""
+    try:
+        return latest_drift(store.online, views, store.config.tiers), ""
+    except FeaturemartError as exc:
+        return {}, f"statistics history unreadable: {exc}"
 
 
 def newest_events_query(views: Sequence[FeatureView], dialect: str) -> exp.Expression:
@@ -175,7 +193,7 @@ def newest_events(wh: Warehouse, views: Sequence[FeatureView]) -> dict[str, int 
 
 def view_row(view: FeatureView, now: datetime, *, manifest: Manifest, sources: dict[str, SourceResult],
              newest_us: int | None, build: NodeResult | None, published: Published | None,
-             unreachable: str = "") -> StatusRow:
+             unreachable: str = "", drift: dict[str, Drift] | None = None, drift_unread: str = "") -> StatusRow:
     """One view's row from the facts gathered for it."""
     policy = view.freshness
     source, source_newest, names = _source_stage(view, now, manifest, sources)
@@ -186,7 +204,7 @@ def view_row(view: FeatureView, now: datetime, *, manifest: Manifest, sources: d
         "view", view.name, (view.name,), view.tier, view.owner, policy.warn_after, policy.error_after,
         source, source_newest, names, warehouse, newest, last_build, online,
         published.published_at if published else None, published.newest_event if published else None,
-        published.entities if published else None, now)
+        published.entities if published else None, now, _drift_stage(view, drift, drift_unread), dict(drift or {}))
 
 
 def _source_stage(view: FeatureView, now: datetime, manifest: Manifest,
@@ -243,6 +261,23 @@ def _online_stage(view: FeatureView, now: datetime, published: Published | None,
     return Stage(level, age, "" if level == OK else f"newest value online {human_age(age)} old")
 
 
+def _drift_stage(view: FeatureView, drift: dict[str, Drift] | None, unread: str) -> Stage:
+    """The worst drift level of the view's features at its last publish (n/a before two publishes)."""
+    if not view.online:
+        return Stage(NA, None, "online: false")
+    if unread:
+        return Stage(ERROR, None, unread)
+    if not drift:
+        return Stage(NA, None, "no statistics history yet: drift needs two publishes")
+    level = worst(d.level for d in drift.values())
+    beyond = [f"{name} {_figures(d)} ({d.level})" for name, d in sorted(drift.items()) if d.level in (WARN, ERROR)]
+    return Stage(level, None, "drift against the previous publish: " + ", ".join(beyond) if beyond else "")
+
+
+def _figures(d: Drift) -> str:
+    return " ".join(f"{name} {value:.3f}" for name, value in (("PSI", d.psi), ("KS", d.ks)) if value is not None)
+
+
 def service_row(service: FeatureService, rows: Sequence[StatusRow], now: datetime) -> StatusRow:
     """A service judged by its views: each stage the worst of theirs, each age the oldest, each time the
     earliest (the stalest view is what limits the model)."""
@@ -260,25 +295,28 @@ def service_row(service: FeatureService, rows: Sequence[StatusRow], now: datetim
         _min(r.warn_after for r in rows), _min(r.error_after for r in rows),
         stage("source"), earliest(r.source_newest for r in rows), tuple(sorted({s for r in rows for s in r.sources})),
         stage("warehouse"), earliest(r.warehouse_newest for r in rows), earliest(r.last_build for r in rows),
-        stage("online"), earliest(r.last_publish for r in rows), earliest(r.online_newest for r in rows), None, now)
+        stage("online"), earliest(r.last_publish for r in rows), earliest(r.online_newest for r in rows), None, now,
+        stage("drift"))
 
 
 # -- showing -------------------------------------------------------------------------------------------------
 
 HEADERS = ("kind", "name", "tier", "source age", "newest event", "age", "last build", "last publish",
-           "online age", "status")
+           "online age", "drift", "status")
 
 
 def table_rows(report: StatusReport) -> list[tuple[str, ...]]:
     """The report as text cells, in HEADERS order (the terminal table and the plain text share them)."""
     return [(r.kind, r.name, r.tier or "-", _cell(r.source), _shown(r.warehouse_newest), _cell(r.warehouse),
-             _shown(r.last_build), _shown(r.last_publish), _cell(r.online), r.status) for r in report.rows]
+             _shown(r.last_build), _shown(r.last_publish), _cell(r.online), r.drift.status, r.status)
+            for r in report.rows]
 
 
 def notes(report: StatusReport) -> list[str]:
     """One line per stage that is not ok, saying why (views only: a service's notes repeat its views')."""
     return [f"{r.name}: {which}: {stage.detail}" for r in report.rows if r.kind == "view"
-            for which, stage in (("source", r.source), ("warehouse", r.warehouse), ("online", r.online))
+            for which, stage in (("source", r.source), ("warehouse", r.warehouse), ("online", r.online),
+                                 ("drift", r.drift))
             if stage.detail and stage.status != OK]
 
 

@@ -117,7 +117,7 @@ def view_state_part_key(prefix: str, view: str, token: str, part: int) -> str:
 
 
 def stats_key(prefix: str, view: str) -> str:
-    """A view's statistics history (a list of JSON records, newest first; docs/monitoring-stats.md)."""
+    """A view's statistics history (a list of JSON records, newest first; docs/monitoring.md)."""
     return f"{prefix}:stats:{{{view}}}"
 
 
