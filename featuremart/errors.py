@@ -74,3 +74,11 @@ class StateError(FeaturemartError):
 
 class UnavailableError(FeaturemartError):
     """A feature service exists but cannot be served online now (one of its views is withheld)."""
+
+
+class ServedLogError(FeaturemartError):
+    """The served-feature log cannot be set up (its directory is not writable) or read (a bad log file)."""
+
+
+class SkewError(FeaturemartError):
+    """Logged values disagree with the offline recomputation above the threshold set in features.yml."""

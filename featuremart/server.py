@@ -295,6 +295,9 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
         token, max_entities, max_body_bytes = settings.token(), settings.max_entities, settings.max_body_bytes
         body_timeout = settings.body_timeout
         _preload(reader)
+        from featuremart.servedlog.writer import attach_from_env
+
+        attach_from_env(reader)  # `featuremart serve --log-dir` with --workers: each process logs its reads
     from featuremart.http_guard import throttle_logs
 
     throttle_logs()
@@ -334,7 +337,9 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
                       "services": len(registry.services)})
 
     async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        log = online.served_log  # the served-feature log's counters (featuremart.servedlog), when logging
+        return PlainTextResponse(metrics.render() + (log.prometheus() if log is not None else ""),
+                                 media_type="text/plain; version=0.0.4")
 
     async def client_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ClientError)

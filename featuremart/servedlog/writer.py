@@ -1,0 +1,418 @@
+"""Logging served feature values without slowing or failing the read that served them.
+
+The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which only appends
+the finished `OnlineResult` to a bounded deque: no formatting, no I/O, no lock. A background thread drains the
+deque, turns each result into log rows (one per request x entity x feature, the schema `LOG_COLUMNS`) and
+writes them as Parquet under `<directory>/date=YYYY-MM-DD/` (the request's UTC date), each file written under a
+temporary name and renamed: a reader of the directory never sees half a file, and no row is written twice.
+
+When the buffer is full the read goes on and its rows are counted in `dropped_rows`; when a write fails (the
+directory became read-only, the disk is full or gone) the rows wait for the next flush, bounded by the same
+budget, and what exceeds it is dropped and counted. `stats()` gives the counters; `featuremart serve` exposes
+them on /metrics (docs/flywheel.md).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import contextvars
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import datetime, timedelta
+from itertools import chain, repeat
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
+
+import orjson
+
+from featuremart.errors import ServedLogError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from featuremart.online.reader import OnlineReader, OnlineResult
+
+#: Where logs go unless told otherwise; relative paths are relative to the dbt project directory. The dbt side
+#: reads the same variable (macros/flywheel/served_log.sql, models/flywheel/served_features.sql).
+LOG_DIR_ENV, DEFAULT_LOG_DIR = "FEATUREMART_SERVED_LOG_DIR", "data/served_log"
+#: The columns of a log file, in order, with their Arrow types (docs/flywheel.md describes each).
+LOG_COLUMNS = (
+    ("request_id", "string"), ("request_ts", "timestamp"), ("service", "string"), ("requested", "string"),
+    ("registry_id", "string"), ("entity_index", "int32"), ("entity_keys", "string"), ("feature", "string"),
+    ("output_name", "string"), ("dtype", "string"), ("view_version", "string"), ("value", "string"),
+    ("event_ts", "timestamp"), ("status", "string"),
+)
+_EPOCH = datetime(1970, 1, 1)
+_DAY_US = 86_400_000_000
+_FIRST = itemgetter(0)
+_log = logging.getLogger("featuremart.servedlog")
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("featuremart_request_id", default=None)
+
+
+def default_log_dir(project_dir: Path) -> Path:
+    """$FEATUREMART_SERVED_LOG_DIR, else data/served_log; a relative path is taken from `project_dir`."""
+    return project_dir / (os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR)
+
+
+#: How `featuremart serve --log-dir/--log-services` reaches its --workers processes (the environment).
+SERVICES_ENV = "FEATUREMART_SERVED_LOG_SERVICES"
+
+
+def services_option(text: str | None) -> str | list[str] | None:
+    """--log-services / $FEATUREMART_SERVED_LOG_SERVICES: unset -> None (exposures with `log: true`), "all",
+    or comma-separated service names."""
+    if not text:
+        return None
+    return "all" if text.strip() == "all" else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def attach_from_env(reader: OnlineReader) -> ServedLog | None:
+    """In a server worker process: log its reads when $FEATUREMART_SERVED_LOG_DIR is set (by `featuremart serve
+    --log-dir`), else nothing."""
+    directory = os.environ.get(LOG_DIR_ENV)
+    if not directory:
+        return None
+    return ServedLog(directory, services=services_option(os.environ.get(SERVICES_ENV))).attach(reader)
+
+
+@contextlib.contextmanager
+def request_id(value: Any) -> Iterator[None]:
+    """Log the reads made inside this block under `value` as their request id (e.g. the transaction id that
+    labels will carry later), instead of a generated one.
+
+    Example:
+        >>> with request_id("T000123"):                                     # doctest: +SKIP
+        ...     fs.get_online_features([{"customer_id": "C1", "merchant_id": "M1"}], service="fraud_model")
+    """
+    token = _request_id.set(str(value))
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+def log_schema() -> pa.Schema:
+    """`LOG_COLUMNS` as an Arrow schema (times are UTC, stored without a zone as featuremart's event times are)."""
+    import pyarrow as pa
+
+    kinds = {"string": pa.string(), "timestamp": pa.timestamp("us"), "int32": pa.int32()}
+    return pa.schema([pa.field(name, kinds[kind]) for name, kind in LOG_COLUMNS])
+
+
+class LogStats(NamedTuple):
+    """Counters of a ServedLog since it started (rows: one per request x entity x feature)."""
+
+    logged_rows: int  # accepted into the buffer
+    written_rows: int  # in Parquet files on disk
+    dropped_rows: int  # never written: buffer full, or a failed write beyond the buffer's budget
+    buffered_rows: int  # accepted, not yet written (in the buffer or waiting to retry a failed write)
+    files: int
+    write_errors: int
+    clock_regressions: int  # reads whose request time was earlier than the previous read's
+    last_error: str | None
+
+
+class _Record(NamedTuple):
+    result: OnlineResult
+    service: str | None
+    features: tuple[str, ...] | None
+    now_us: int
+    request_id: str | None
+    rows: int
+
+
+class ServedLog:
+    """A served-feature log writing Parquet under `directory`.
+
+    Args:
+        directory: created if absent; must be writable now (ServedLogError otherwise: a wrong path is a setup
+            error, reported at once; a directory that becomes unwritable later only drops, counted).
+        services: which reads to log. None (default): reads of the feature services whose exposure sets
+            `config.meta.featuremart.log: true`; "all": every read, feature lists included; or a list of
+            service names.
+        max_buffered_rows: the memory budget: rows accepted but not yet written, beyond which reads are not
+            logged (and counted in `dropped_rows`).
+        flush_seconds: how often the background thread writes what it holds.
+
+    Example:
+        >>> log = ServedLog("data/served_log", services="all").attach(fs.reader)   # doctest: +SKIP
+        >>> fs.get_online_features([{"customer_id": "C1"}], features=["customer_spend.*"])  # doctest: +SKIP
+        >>> log.flush(); log.stats().written_rows                                  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str | Path, *, services: str | Iterable[str] | None = None,
+                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0):
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServedLogError(f"served-feature log directory {self.directory}: cannot create it ({exc.strerror}); "
+                                 "pass a writable --log-dir (or set " + LOG_DIR_ENV + ")") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ServedLogError(f"served-feature log directory {self.directory} is not writable by this process: "
+                                 "fix its permissions or pass another --log-dir (or set " + LOG_DIR_ENV + ")")
+        if isinstance(services, str) and services != "all":
+            raise ServedLogError(f"services={services!r}: pass None (services whose exposure sets log: true), "
+                                 "'all', or a list of service names")
+        self.services = services if services is None or services == "all" else frozenset(services)
+        self.max_buffered_rows = max_buffered_rows
+        self.flush_seconds = flush_seconds
+        self._queue: deque[_Record] = deque()
+        self._queued_rows = 0  # changed under _count_lock (reads may come from many threads)
+        self._count_lock = threading.Lock()
+        self._pending: list[tuple[str, pa.Table]] = []  # (date, rows) whose write failed, retried next flush
+        self._drain_lock = threading.Lock()
+        self._wanted: dict[tuple[str | None, str | None], bool] = {}
+        self._names: dict[tuple[str | None, str, str], tuple[str, ...]] = {}
+        self._reader: OnlineReader | None = None
+        self._last_us = 0
+        self._counts = dict.fromkeys(("logged", "written", "dropped", "files", "errors", "regressions"), 0)
+        self._last_error: str | None = None
+        self._seq = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="featuremart-served-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # -- the read path ------------------------------------------------------------------------------------
+    def attach(self, reader: OnlineReader) -> ServedLog:
+        """Log the reads of `reader` (through its `served_log` hook); returns self."""
+        self._reader = reader
+        reader.served_log = self
+        return self
+
+    def record(self, result: OnlineResult, service: str | None, features: Any, now_us: int) -> None:
+        """Called by the reader after each read: queue the result, or count it dropped. Never raises."""
+        try:
+            wanted = self._wanted.get((result.registry_id, service))
+            if wanted is None:
+                wanted = self._decide(result.registry_id, service)
+            if not wanted:
+                return
+            rows = len(result) * len(result.names)
+            with self._count_lock:
+                if self._queued_rows + rows > self.max_buffered_rows:
+                    self._counts["dropped"] += rows
+                    return
+                self._queued_rows += rows
+                self._counts["logged"] += rows
+                if now_us < self._last_us:
+                    self._counts["regressions"] += 1
+                self._last_us = now_us
+            self._queue.append(_Record(result, service, None if features is None else tuple(features), now_us,
+                                       _request_id.get(), rows))
+        except Exception as exc:  # logging must never fail a read
+            self._last_error = f"record: {exc!r}"
+
+    def _decide(self, registry_id: str | None, service: str | None) -> bool:
+        if self.services == "all":
+            wanted = True
+        elif service is None:
+            wanted = False
+        elif self.services is None:
+            found = self._reader.registry.services.get(service) if self._reader is not None else None
+            wanted = bool(found is not None and found.log)
+        else:
+            wanted = service in self.services
+        self._wanted[(registry_id, service)] = wanted
+        return wanted
+
+    # -- the background thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self._drain()
+            except Exception as exc:  # pragma: no cover - a bug here must not kill the thread silently
+                self._last_error = f"drain: {exc!r}"
+                _log.exception("served-feature log: drain failed")
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write everything accepted so far; True when nothing is left waiting (False: a write failed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain()
+            if not self._queue and not self._pending:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop the thread after a last flush (what cannot be written is counted dropped)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self._drain()
+        with self._count_lock:
+            lost = sum(t.num_rows for _, t in self._pending)
+            self._pending.clear()
+            self._counts["dropped"] += lost
+            self._queued_rows -= lost
+        atexit.unregister(self.close)
+
+    def stats(self) -> LogStats:
+        c = self._counts
+        return LogStats(c["logged"], c["written"], c["dropped"], self._queued_rows, c["files"], c["errors"],
+                        c["regressions"], self._last_error)
+
+    def prometheus(self) -> str:
+        """The counters in Prometheus text format (appended to the server's /metrics)."""
+        s = self.stats()
+        lines = []
+        for name, value, kind, text in (
+                ("logged_rows_total", s.logged_rows, "counter", "Served-feature log rows accepted."),
+                ("written_rows_total", s.written_rows, "counter", "Served-feature log rows written to Parquet."),
+                ("dropped_rows_total", s.dropped_rows, "counter",
+                 "Served-feature log rows dropped (buffer full or sink unavailable)."),
+                ("buffered_rows", s.buffered_rows, "gauge", "Served-feature log rows waiting to be written."),
+                ("write_errors_total", s.write_errors, "counter", "Failed served-feature log writes.")):
+            lines += [f"# HELP featuremart_served_log_{name} {text}", f"# TYPE featuremart_served_log_{name} {kind}",
+                      f"featuremart_served_log_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+    def _drain(self) -> None:
+        with self._drain_lock:
+            by_date: dict[int, list[list[Any]]] = {}
+            while self._queue:
+                record = self._queue.popleft()
+                try:
+                    columns = self._rows(record)
+                except Exception as exc:  # a value this code cannot log: count it, keep the others
+                    with self._count_lock:
+                        self._queued_rows -= record.rows
+                        self._counts["dropped"] += record.rows
+                    self._last_error = f"rows: {exc!r}"
+                    continue
+                day = record.now_us // _DAY_US
+                if day in by_date:
+                    for have, new in zip(by_date[day], columns):
+                        have.extend(new)
+                else:
+                    by_date[day] = [list(c) for c in columns]
+                time.sleep(0)  # let a waiting read take the GIL between records
+            if not by_date and not self._pending:
+                return
+            import pyarrow as pa
+
+            schema = log_schema()
+            for day, columns in by_date.items():
+                date = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
+                self._pending.append((date, pa.table(columns, schema=schema)))
+            waiting, self._pending = self._pending, []
+            for i, (date, table) in enumerate(waiting):
+                error = self._write(date, table)
+                if error is not None:
+                    self._counts["errors"] += 1
+                    if self._last_error != error:
+                        _log.warning("served-feature log: %s (rows kept for the next flush, within the buffer)",
+                                     error)
+                    self._last_error = error
+                    self._pending = waiting[i:]
+                    self._trim_pending()
+                    return
+                with self._count_lock:
+                    self._queued_rows -= table.num_rows
+                    self._counts["written"] += table.num_rows
+                    self._counts["files"] += 1
+
+    def _trim_pending(self) -> None:
+        """Drop the oldest waiting rows while the buffer is over its budget (counted)."""
+        with self._count_lock:
+            while self._pending and self._queued_rows > self.max_buffered_rows:
+                _, table = self._pending.pop(0)
+                self._queued_rows -= table.num_rows
+                self._counts["dropped"] += table.num_rows
+
+    def _write(self, date: str, table: pa.Table) -> str | None:
+        """Write `table` as one new file of partition `date`, whole or not at all; an error message or None."""
+        import pyarrow.parquet as pq
+
+        self._seq += 1
+        folder = self.directory / f"date={date}"
+        name = f"part-{time.time_ns() // 1000}-{os.getpid()}-{self._seq}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, folder / name)
+            return None
+        except Exception as exc:  # OSError (read-only, full, gone) or an Arrow error: the rows wait
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return f"cannot write {folder / name}: {exc}"
+
+    # -- a result as log rows -----------------------------------------------------------------------------
+    def _rows(self, record: _Record) -> list[Iterable[Any]]:
+        """The columns (LOG_COLUMNS order) of one read: for each feature, one row per entity."""
+        result = record.result
+        plan = result._plan
+        n = len(result)
+        rid = record.request_id or uuid.uuid4().hex
+        keys = [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+                             default=str).decode() for e in result._entities]
+        requested = None if record.features is None else ",".join(record.features)
+        feature, output, dtype, version, value, event_ts, status = [], [], [], [], [], [], []
+        total = 0
+        for view, statuses, rows, others in result._view_columns():
+            names = self._feature_names(result.registry_id, view)
+            times = [None if us is None else _EPOCH + timedelta(microseconds=us) for us in map(_FIRST, rows)]
+            for name, out, getter in zip(names, view.out_names, view.getters):
+                values = list(map(getter, rows))
+                for i, _ in others:
+                    values[i] = None
+                feature.append(repeat(f"{view.name}.{name}", n))
+                output.append(repeat(out, n))
+                dtype.append(repeat(plan.dtypes[out], n))
+                version.append(repeat(view.version, n))
+                value.append(_json_texts(values))
+                event_ts.append(times)
+                status.append(statuses)
+                total += n
+        return [repeat(rid, total), repeat(_EPOCH + timedelta(microseconds=record.now_us), total),
+                repeat(record.service, total), repeat(requested, total), repeat(result.registry_id, total),
+                chain.from_iterable(repeat(range(n), total // n if n else 0)),
+                chain.from_iterable(repeat(keys, total // n if n else 0)), chain.from_iterable(feature),
+                chain.from_iterable(output), chain.from_iterable(dtype), chain.from_iterable(version),
+                chain.from_iterable(value), chain.from_iterable(event_ts), chain.from_iterable(status)]
+
+    def _feature_names(self, registry_id: str | None, view: Any) -> tuple[str, ...]:
+        """The feature names (not output names) of a view plan's columns, from the registry they were read with."""
+        key = (registry_id, view.name, view.version)
+        names = self._names.get(key)
+        if names is None:
+            registry = self._reader.registry if self._reader is not None else None
+            found = registry.views.get(view.name) if registry is not None else None
+            if found is not None and found.version == view.version:
+                names = tuple(found.features[p - 1].name for _, p in view.columns)
+            else:  # a sync replaced the registry since this read: the output name is the feature's name
+                names = tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out
+                              for out in view.out_names)
+            self._names[key] = names
+        return names
+
+
+def _json_texts(values: list[Any]) -> list[str | None]:
+    """Each value as JSON text (null for None), the form every warehouse's JSON functions read back."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append(None)
+        else:
+            try:
+                out.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+            except TypeError:
+                out.append(orjson.dumps(str(v)).decode())
+    return out
