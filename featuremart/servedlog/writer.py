@@ -174,6 +174,7 @@ class ServedLog:
         self._last_us = 0
         self._counts = dict.fromkeys(("logged", "written", "dropped", "files", "errors", "regressions"), 0)
         self._last_error: str | None = None
+        self._failing = False
         self._seq = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -314,13 +315,17 @@ class ServedLog:
                 error = self._write(date, table)
                 if error is not None:
                     self._counts["errors"] += 1
-                    if self._last_error != error:
-                        _log.warning("served-feature log: %s (rows kept for the next flush, within the buffer)",
-                                     error)
+                    if not self._failing:  # once per outage, not once per flush
+                        _log.warning("served-feature log: %s (rows kept for the next flush, within the buffer; "
+                                     "see stats() or /metrics for drops)", error)
+                    self._failing = True
                     self._last_error = error
                     self._pending = waiting[i:]
                     self._trim_pending()
                     return
+                if self._failing:
+                    _log.warning("served-feature log: writing again to %s", self.directory)
+                    self._failing = False
                 with self._count_lock:
                     self._queued_rows -= table.num_rows
                     self._counts["written"] += table.num_rows
