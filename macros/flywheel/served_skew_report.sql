@@ -27,11 +27,11 @@ with skew as (
 
 versions as (
 
-    select feature, sum(case
+    select feature, cast(sum(case
         {%- for feature in spec['features'] if versions.get(feature.ref.split('.')[0]) is not none %}
         when feature = {{ featuremart._sql_string(feature.ref) }} and view_version <> {{ featuremart._sql_string(versions[feature.ref.split('.')[0]]) }} then 1
         {%- endfor %}
-        else 0 end) as stale_rows
+        else 0 end) as {{ dbt.type_bigint() }}) as stale_rows
     from {{ log }} as _fm_log
     where service = {{ featuremart._sql_string(service) }}
     group by feature
@@ -43,10 +43,10 @@ summary as (
     select
         feature,
         output_name,
-        count(*) as rows_compared,
-        sum(case when outcome = 'mismatch' then 1 else 0 end) as mismatches,
-        sum(case when outcome = 'missing_online' then 1 else 0 end) as missing_online,
-        sum(case when outcome = 'missing_offline' then 1 else 0 end) as missing_offline,
+        cast(count(*) as {{ dbt.type_bigint() }}) as rows_compared,
+        cast(sum(case when outcome = 'mismatch' then 1 else 0 end) as {{ dbt.type_bigint() }}) as mismatches,
+        cast(sum(case when outcome = 'missing_online' then 1 else 0 end) as {{ dbt.type_bigint() }}) as missing_online,
+        cast(sum(case when outcome = 'missing_offline' then 1 else 0 end) as {{ dbt.type_bigint() }}) as missing_offline,
         max(abs_diff) as max_abs_diff
     from skew
     group by feature, output_name
@@ -95,7 +95,7 @@ union all
 select
     feature,
     min(output_name),
-    count(*),
+    cast(count(*) as {{ dbt.type_bigint() }}),
     0, 0, 0,
     cast(null as {{ dbt.type_float() }}),
     0,
