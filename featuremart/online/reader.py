@@ -578,7 +578,7 @@ class OnlineReader:
             if values[0] == plan.registry_id:
                 result = plan.decode(entities, values, now_us)
                 if self.served_log is not None:  # queues the result; never blocks or raises (servedlog)
-                    self.served_log.record(result, service, features, now_us)
+                    self.served_log.record(result, values, service, features, now_us)
                 return result
             self.refresh()  # a sync published a new registry since this plan was made: read again with it
         raise FeaturemartError("the registry changed three times during one read; is a sync looping?")

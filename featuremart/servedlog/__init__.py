@@ -8,7 +8,7 @@ buffer into rows and writes Parquet files partitioned by date. The logs then fee
 
 from __future__ import annotations
 
-from featuremart.servedlog.writer import (DEFAULT_LOG_DIR, LOG_COLUMNS, LOG_DIR_ENV, LogStats, ServedLog,
+from featuremart.servedlog.writer import (DEFAULT_LOG_DIR, FILE_COLUMNS, LOG_COLUMNS, LOG_DIR_ENV, LogStats, ServedLog,
                                           default_log_dir, log_schema, request_id)
 
-__all__ = ["DEFAULT_LOG_DIR", "LOG_COLUMNS", "LOG_DIR_ENV", "LogStats", "ServedLog", "default_log_dir", "log_schema", "request_id"]
+__all__ = ["DEFAULT_LOG_DIR", "FILE_COLUMNS", "LOG_COLUMNS", "LOG_DIR_ENV", "LogStats", "ServedLog", "default_log_dir", "log_schema", "request_id"]

@@ -27,7 +27,7 @@ class SkewExample:
     request_ts: datetime
     entity_keys: str
     online_status: str
-    online_value: str | None  # JSON text, as logged
+    online_value: str | None  # as logged (text)
     offline_value: str | None
     abs_diff: float | None
     outcome: str  # mismatch | missing_online | missing_offline

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import threading
@@ -24,8 +25,7 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime, timedelta
-from itertools import chain, repeat
-from operator import itemgetter
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
@@ -41,16 +41,25 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Where logs go unless told otherwise; relative paths are relative to the dbt project directory. The dbt side
 #: reads the same variable (macros/flywheel/served_log.sql, models/flywheel/served_features.sql).
 LOG_DIR_ENV, DEFAULT_LOG_DIR = "FEATUREMART_SERVED_LOG_DIR", "data/served_log"
-#: The columns of a log file, in order, with their Arrow types (docs/flywheel.md describes each).
+#: The columns of a log file, in order, with their Arrow types: one row per request x entity x feature view, the
+#: view's stored value as read from Redis (docs/redis-format.md), so that the read path's thread does almost
+#: nothing per value. `featuremart.served_log()` (dbt) expands them into LOG_COLUMNS, one row per feature.
+FILE_COLUMNS = (
+    ("request_id", "string"), ("request_ts", "timestamp"), ("service", "string"), ("requested", "string"),
+    ("registry_id", "string"), ("entity_index", "int32"), ("entity_keys", "string"), ("view", "string"),
+    ("view_version", "string"), ("features", "string"), ("status", "string"), ("stored", "string"),
+)
+#: The columns of the log as dbt reads it (`featuremart.served_log()`): one row per request x entity x feature.
 LOG_COLUMNS = (
     ("request_id", "string"), ("request_ts", "timestamp"), ("service", "string"), ("requested", "string"),
     ("registry_id", "string"), ("entity_index", "int32"), ("entity_keys", "string"), ("feature", "string"),
     ("output_name", "string"), ("dtype", "string"), ("view_version", "string"), ("value", "string"),
     ("event_ts", "timestamp"), ("status", "string"),
 )
+#: Rows built into one Arrow batch at a time by the background thread (a short hold of the GIL each).
+CHUNK_ROWS = 4096
 _EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
-_FIRST = itemgetter(0)
 _log = logging.getLogger("featuremart.servedlog")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("featuremart_request_id", default=None)
 
@@ -97,12 +106,13 @@ def request_id(value: Any) -> Iterator[None]:
         _request_id.reset(token)
 
 
+@functools.lru_cache(maxsize=None)
 def log_schema() -> pa.Schema:
-    """`LOG_COLUMNS` as an Arrow schema (times are UTC, stored without a zone as featuremart's event times are)."""
+    """`FILE_COLUMNS` as an Arrow schema (times are UTC, stored without a zone as featuremart's event times are)."""
     import pyarrow as pa
 
     kinds = {"string": pa.string(), "timestamp": pa.timestamp("us"), "int32": pa.int32()}
-    return pa.schema([pa.field(name, kinds[kind]) for name, kind in LOG_COLUMNS])
+    return pa.schema([pa.field(name, kinds[kind]) for name, kind in FILE_COLUMNS])
 
 
 class LogStats(NamedTuple):
@@ -120,6 +130,7 @@ class LogStats(NamedTuple):
 
 class _Record(NamedTuple):
     result: OnlineResult
+    stored: list[bytes | None]  # the MGET reply: the registry id, then one stored value per entity and view
     service: str | None
     features: tuple[str, ...] | None
     now_us: int
@@ -166,10 +177,11 @@ class ServedLog:
         self._queue: deque[_Record] = deque()
         self._queued_rows = 0  # changed under _count_lock (reads may come from many threads)
         self._count_lock = threading.Lock()
-        self._pending: list[tuple[str, pa.Table]] = []  # (date, rows) whose write failed, retried next flush
+        #: (date, table, log rows it holds) whose write failed, retried at the next flush
+        self._pending: list[tuple[str, pa.Table, int]] = []
         self._drain_lock = threading.Lock()
         self._wanted: dict[tuple[str | None, str | None], bool] = {}
-        self._names: dict[tuple[str | None, str, str], tuple[str, ...]] = {}
+        self._specs: dict[int, tuple[Any, tuple[tuple[str, str, str], ...]]] = {}
         self._reader: OnlineReader | None = None
         self._last_us = 0
         self._counts = dict.fromkeys(("logged", "written", "dropped", "files", "errors", "regressions"), 0)
@@ -189,8 +201,10 @@ class ServedLog:
         reader.served_log = self
         return self
 
-    def record(self, result: OnlineResult, service: str | None, features: Any, now_us: int) -> None:
-        """Called by the reader after each read: queue the result, or count it dropped. Never raises."""
+    def record(self, result: OnlineResult, stored: list[bytes | None], service: str | None, features: Any,
+               now_us: int) -> None:
+        """Called by the reader after each read with its result and MGET reply: queue them, or count them
+        dropped. Never raises."""
         try:
             wanted = self._wanted.get((result.registry_id, service))
             if wanted is None:
@@ -207,8 +221,8 @@ class ServedLog:
                 if now_us < self._last_us:
                     self._counts["regressions"] += 1
                 self._last_us = now_us
-            self._queue.append(_Record(result, service, None if features is None else tuple(features), now_us,
-                                       _request_id.get(), rows))
+            self._queue.append(_Record(result, stored, service, None if features is None else tuple(features),
+                                       now_us, _request_id.get(), rows))
         except Exception as exc:  # logging must never fail a read
             self._last_error = f"record: {exc!r}"
 
@@ -256,7 +270,7 @@ class ServedLog:
         self._thread.join(timeout=30)
         self._drain()
         with self._count_lock:
-            lost = sum(t.num_rows for _, t in self._pending)
+            lost = sum(rows for _, _, rows in self._pending)
             self._pending.clear()
             self._counts["dropped"] += lost
             self._queued_rows -= lost
@@ -284,34 +298,39 @@ class ServedLog:
 
     def _drain(self) -> None:
         with self._drain_lock:
-            by_date: dict[int, list[list[Any]]] = {}
+            import pyarrow as pa
+
+            by_date: dict[int, tuple[list[list[Any]], list[pa.RecordBatch], list[int]]] = {}
             while self._queue:
                 record = self._queue.popleft()
+                day = record.now_us // _DAY_US
+                columns, batches, counted = by_date.setdefault(day, ([[] for _ in FILE_COLUMNS], [], [0]))
+                mark = len(columns[0])
                 try:
-                    columns = self._rows(record)
-                except Exception as exc:  # a value this code cannot log: count it, keep the others
+                    self._rows(record, columns)
+                except Exception as exc:  # a record this code cannot log: count it, keep the others
                     with self._count_lock:
                         self._queued_rows -= record.rows
                         self._counts["dropped"] += record.rows
                     self._last_error = f"rows: {exc!r}"
+                    for column in columns:  # undo what was appended for it
+                        del column[mark:]
                     continue
-                day = record.now_us // _DAY_US
-                if day in by_date:
-                    for have, new in zip(by_date[day], columns):
-                        have.extend(new)
-                else:
-                    by_date[day] = [list(c) for c in columns]
+                counted[0] += record.rows
+                if len(columns[0]) >= CHUNK_ROWS:
+                    batches.append(_batch(columns, pa))
+                    for column in columns:
+                        column.clear()
                 time.sleep(0)  # let a waiting read take the GIL between records
-            if not by_date and not self._pending:
-                return
-            import pyarrow as pa
-
-            schema = log_schema()
-            for day, columns in by_date.items():
+            for day, (columns, batches, counted) in by_date.items():
+                if columns[0]:
+                    batches.append(_batch(columns, pa))
                 date = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
-                self._pending.append((date, pa.table(columns, schema=schema)))
+                self._pending.append((date, pa.Table.from_batches(batches, log_schema()), counted[0]))
+            if not self._pending:
+                return
             waiting, self._pending = self._pending, []
-            for i, (date, table) in enumerate(waiting):
+            for i, (date, table, rows) in enumerate(waiting):
                 error = self._write(date, table)
                 if error is not None:
                     self._counts["errors"] += 1
@@ -327,17 +346,17 @@ class ServedLog:
                     _log.warning("served-feature log: writing again to %s", self.directory)
                     self._failing = False
                 with self._count_lock:
-                    self._queued_rows -= table.num_rows
-                    self._counts["written"] += table.num_rows
+                    self._queued_rows -= rows
+                    self._counts["written"] += rows
                     self._counts["files"] += 1
 
     def _trim_pending(self) -> None:
         """Drop the oldest waiting rows while the buffer is over its budget (counted)."""
         with self._count_lock:
             while self._pending and self._queued_rows > self.max_buffered_rows:
-                _, table = self._pending.pop(0)
-                self._queued_rows -= table.num_rows
-                self._counts["dropped"] += table.num_rows
+                _, _, rows = self._pending.pop(0)
+                self._queued_rows -= rows
+                self._counts["dropped"] += rows
 
     def _write(self, date: str, table: pa.Table) -> str | None:
         """Write `table` as one new file of partition `date`, whole or not at all; an error message or None."""
@@ -360,64 +379,62 @@ class ServedLog:
             return f"cannot write {folder / name}: {exc}"
 
     # -- a result as log rows -----------------------------------------------------------------------------
-    def _rows(self, record: _Record) -> list[Iterable[Any]]:
-        """The columns (LOG_COLUMNS order) of one read: for each feature, one row per entity."""
+    def _rows(self, record: _Record, columns: list[list[Any]]) -> None:
+        """Append the file rows of one read (FILE_COLUMNS) to `columns`: one per entity and view (entity-major,
+        the order of the MGET reply), with C-level list operations; the values stay as Redis stored them."""
         result = record.result
         plan = result._plan
-        n = len(result)
-        rid = record.request_id or uuid.uuid4().hex
-        keys = [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
-                             default=str).decode() for e in result._entities]
-        requested = None if record.features is None else ",".join(record.features)
-        feature, output, dtype, version, value, event_ts, status = [], [], [], [], [], [], []
-        total = 0
-        for view, statuses, rows, others in result._view_columns():
-            names = self._feature_names(result.registry_id, view)
-            times = [None if us is None else _EPOCH + timedelta(microseconds=us) for us in map(_FIRST, rows)]
-            for name, out, getter in zip(names, view.out_names, view.getters):
-                values = list(map(getter, rows))
-                for i, _ in others:
-                    values[i] = None
-                feature.append(repeat(f"{view.name}.{name}", n))
-                output.append(repeat(out, n))
-                dtype.append(repeat(plan.dtypes[out], n))
-                version.append(repeat(view.version, n))
-                value.append(_json_texts(values))
-                event_ts.append(times)
-                status.append(statuses)
-                total += n
-        return [repeat(rid, total), repeat(_EPOCH + timedelta(microseconds=record.now_us), total),
-                repeat(record.service, total), repeat(requested, total), repeat(result.registry_id, total),
-                chain.from_iterable(repeat(range(n), total // n if n else 0)),
-                chain.from_iterable(repeat(keys, total // n if n else 0)), chain.from_iterable(feature),
-                chain.from_iterable(output), chain.from_iterable(dtype), chain.from_iterable(version),
-                chain.from_iterable(value), chain.from_iterable(event_ts), chain.from_iterable(status)]
+        n, nv = len(result), len(plan.views)
+        total = n * nv
+        specs = self._view_specs(result.registry_id, plan)
+        keys = [orjson.dumps({k: e[k] for k in plan.key_names},
+                             option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
+                for e in result._entities]
+        (request_id, request_ts, service, requested, registry_id, entity_index, entity_keys, view, version,
+         features, status, stored) = columns
+        request_id += repeat(record.request_id or uuid.uuid4().hex, total)
+        request_ts += repeat(record.now_us, total)
+        service += repeat(record.service, total)
+        requested += repeat(None if record.features is None else ",".join(record.features), total)
+        registry_id += repeat(result.registry_id, total)
+        entity_index += [i for i in range(n) for _ in specs]
+        entity_keys += [k for k in keys for _ in specs]
+        view += [v for v, _, _ in specs] * n
+        version += [v for _, v, _ in specs] * n
+        features += [f for _, _, f in specs] * n
+        status += result._status
+        stored += record.stored[1:]
+
+    def _view_specs(self, registry_id: str | None, plan: Any) -> tuple[tuple[str, str, str], ...]:
+        """Per view of a request plan: (view, version, the JSON list of [feature, output name, position in the
+        stored array, type] of the features requested), cached per plan."""
+        cached = self._specs.get(id(plan))
+        if cached is not None and cached[0] is plan:  # the plan is held here, so its id is not reused meanwhile
+            return cached[1]
+        specs = tuple((v.name, v.version, orjson.dumps([[name, out, position, plan.dtypes[out]] for name, (out, position)
+                                                        in zip(self._feature_names(registry_id, v), v.columns)]).decode())
+                      for v in plan.views)
+        if len(self._specs) > 1024:
+            self._specs.clear()
+        self._specs[id(plan)] = (plan, specs)
+        return specs
 
     def _feature_names(self, registry_id: str | None, view: Any) -> tuple[str, ...]:
         """The feature names (not output names) of a view plan's columns, from the registry they were read with."""
-        key = (registry_id, view.name, view.version)
-        names = self._names.get(key)
-        if names is None:
-            registry = self._reader.registry if self._reader is not None else None
-            found = registry.views.get(view.name) if registry is not None else None
-            if found is not None and found.version == view.version:
-                names = tuple(found.features[p - 1].name for _, p in view.columns)
-            else:  # a sync replaced the registry since this read: the output name is the feature's name
-                names = tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out
-                              for out in view.out_names)
-            self._names[key] = names
-        return names
+        registry = self._reader.registry if self._reader is not None else None
+        found = registry.views.get(view.name) if registry is not None else None
+        if found is not None and found.version == view.version:
+            return tuple(found.features[p - 1].name for _, p in view.columns)
+        # a sync replaced the registry since this read: the output name is the feature's name, unprefixed
+        return tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out for out in view.out_names)
 
 
-def _json_texts(values: list[Any]) -> list[str | None]:
-    """Each value as JSON text (null for None), the form every warehouse's JSON functions read back."""
-    out = []
-    for v in values:
-        if v is None:
-            out.append(None)
+def _batch(columns: list[list[Any]], pa: Any) -> pa.RecordBatch:
+    """One Arrow batch of accumulated file rows (request times from epoch microseconds, stored values as text)."""
+    arrays = []
+    for (name, kind), values in zip(FILE_COLUMNS, columns):
+        if name == "stored":
+            arrays.append(pa.array(values, pa.binary()).cast(pa.string()))
         else:
-            try:
-                out.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode())
-            except TypeError:
-                out.append(orjson.dumps(str(v)).decode())
-    return out
+            arrays.append(pa.array(values, log_schema().field(name).type))
+    return pa.RecordBatch.from_arrays(arrays, schema=log_schema())

@@ -1,5 +1,7 @@
 {#- The served-feature log (docs/flywheel.md) as a relation a model can select from: one row per request x
-    entity x feature, typed, each record once.
+    entity x feature, typed, each record once. The files hold one row per request x entity x feature view
+    with the view's value as Redis stored it (a JSON array [event time in µs, value, ...]) and the requested
+    features' positions in it (`features`: [[feature, output name, position, type], ...]); this expands them.
 
     Arguments:
       location  DuckDB: the directory featuremart writes the Parquet logs under (default: the env var
@@ -19,7 +21,7 @@
     {%- if location is none or location is string -%}
         {{ exceptions.raise_compiler_error("served_log: on " ~ target.type ~ " pass the relation the served-feature logs were loaded into, e.g. served_log(source('featuremart', 'served_log')) (see docs/flywheel.md, \"Other warehouses\"); got " ~ location | string) }}
     {%- endif -%}
-    {{ return(featuremart._served_log_once(location | string)) }}
+    {{ return(featuremart._served_log_once(featuremart._served_log_expand(location | string))) }}
 {%- endmacro %}
 
 
@@ -29,7 +31,7 @@
     because read_parquet fails on a glob that matches nothing. -#}
 {% macro duckdb__served_log(location=none) -%}
     {%- if location is not none and location is not string -%}
-        {{ return(featuremart._served_log_once(location | string)) }}
+        {{ return(featuremart._served_log_once(featuremart._served_log_expand(location | string))) }}
     {%- endif -%}
     {%- set directory = location or env_var('FEATUREMART_SERVED_LOG_DIR', 'data/served_log') -%}
     {%- set files = featuremart._sql_string(directory ~ '/*/*.parquet') -%}
@@ -40,7 +42,7 @@
     {%- if found == 0 -%}
         {{ return(featuremart._served_log_empty()) }}
     {%- endif -%}
-    {{ return(featuremart._served_log_once('read_parquet(' ~ files ~ ', union_by_name = true, hive_partitioning = false)')) }}
+    {{ return(featuremart._served_log_once(featuremart._served_log_expand('read_parquet(' ~ files ~ ', union_by_name = true, hive_partitioning = false)'))) }}
 {%- endmacro %}
 
 
@@ -63,6 +65,61 @@ select
     cast(null as {{ type }}) as {{ name }}{{ ',' if not loop.last }}
     {% endfor -%}
 where 1 = 0
+{%- endmacro %}
+
+
+{#- The file rows of `relation_sql` (featuremart.servedlog.writer.FILE_COLUMNS) as one row per feature: the
+    value as text that casts back to the feature's type (a timestamp feature, stored as µs, as UTC text), null
+    unless served (status present); the event time from the stored array's first element. -#}
+{% macro _served_log_expand(relation_sql) -%}
+    {{ return(adapter.dispatch('_served_log_expand', 'featuremart')(relation_sql)) }}
+{%- endmacro %}
+
+{#- PostgreSQL: jsonb_array_elements over the feature list, the value by position
+    (https://www.postgresql.org/docs/current/functions-json.html). -#}
+{% macro default___served_log_expand(relation_sql) -%}
+(
+    select
+        request_id, request_ts, service, requested, registry_id, entity_index, entity_keys,
+        view || '.' || (spec ->> 0) as feature,
+        spec ->> 1 as output_name,
+        spec ->> 3 as dtype,
+        view_version,
+        case when status = 'present' then
+            case when spec ->> 3 = 'timestamp'
+                then to_char(to_timestamp(cast(cast(stored as jsonb) ->> cast(spec ->> 2 as integer) as bigint) / 1000000.0) at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+                else cast(stored as jsonb) ->> cast(spec ->> 2 as integer) end
+        end as value,
+        case when stored is not null
+            then cast(to_timestamp(cast(cast(stored as jsonb) ->> 0 as bigint) / 1000000.0) at time zone 'UTC' as timestamp) end as event_ts,
+        status
+    from {{ relation_sql }} as _fm_file
+    cross join lateral jsonb_array_elements(cast(features as jsonb)) as _fm_spec(spec)
+)
+{%- endmacro %}
+
+{#- DuckDB: unnest over the feature list parsed by from_json, the value by a JSON path
+    (https://duckdb.org/docs/stable/data/json/json_functions), make_timestamp(µs) for times. -#}
+{% macro duckdb___served_log_expand(relation_sql) -%}
+(
+    select
+        request_id, request_ts, service, requested, registry_id, entity_index, entity_keys,
+        view || '.' || spec[1] as feature,
+        spec[2] as output_name,
+        spec[4] as dtype,
+        view_version,
+        case when status = 'present' then
+            case when spec[4] = 'timestamp'
+                then strftime(make_timestamp(cast(json_extract_string(stored, '$[' || spec[3] || ']') as bigint)), '%Y-%m-%d %H:%M:%S.%f')
+                else json_extract_string(stored, '$[' || spec[3] || ']') end
+        end as value,
+        make_timestamp(cast(json_extract_string(stored, '$[0]') as bigint)) as event_ts,
+        status
+    from (
+        select *, unnest(from_json(features, '[["VARCHAR"]]')) as spec
+        from {{ relation_sql }} as _fm_file
+    ) as _fm_specs
+)
 {%- endmacro %}
 
 
@@ -91,26 +148,17 @@ where _fm_copy = 1
 {%- endmacro %}
 
 
-{#- The text of a JSON value: the member `key` of a JSON object (key given), or a JSON scalar itself
-    (`"abc"` -> abc, 452.5 -> 452.5); null stays null. The log keeps entity keys and values as JSON text. -#}
-{% macro _json_text(expression, key=none) -%}
+{#- The text of the member `key` of a JSON object (null stays null): the log keeps entity keys as JSON text. -#}
+{% macro _json_text(expression, key) -%}
     {{ return(adapter.dispatch('_json_text', 'featuremart')(expression, key)) }}
 {%- endmacro %}
 
 {#- PostgreSQL's json operators: https://www.postgresql.org/docs/current/functions-json.html -#}
-{% macro default___json_text(expression, key=none) -%}
-    {%- if key is none -%}
-        (cast({{ expression }} as json) #>> '{}')
-    {%- else -%}
-        (cast({{ expression }} as json) ->> {{ featuremart._sql_string(key) }})
-    {%- endif -%}
+{% macro default___json_text(expression, key) -%}
+    (cast({{ expression }} as json) ->> {{ featuremart._sql_string(key) }})
 {%- endmacro %}
 
 {#- DuckDB's json extension, bundled: https://duckdb.org/docs/stable/data/json/json_functions -#}
-{% macro duckdb___json_text(expression, key=none) -%}
-    {%- if key is none -%}
-        json_extract_string({{ expression }}, '$')
-    {%- else -%}
-        json_extract_string({{ expression }}, {{ featuremart._sql_string('$."' ~ key ~ '"') }})
-    {%- endif -%}
+{% macro duckdb___json_text(expression, key) -%}
+    json_extract_string({{ expression }}, {{ featuremart._sql_string('$."' ~ key ~ '"') }})
 {%- endmacro %}

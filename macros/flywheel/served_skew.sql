@@ -3,13 +3,13 @@
     request x entity x feature of the service (features the service no longer has are left out: the skew
     report counts them apart):
 
-      feature, output_name, request_id, request_ts, entity_keys, online_status, online_value (JSON text),
+      feature, output_name, request_id, request_ts, entity_keys, online_status, online_value (as logged),
       offline_value (text), abs_diff (numeric features), outcome
 
     outcome: 'match' (equal, or both null), 'mismatch' (both present, different), 'missing_online' (not
     served, or served null, while the warehouse has a value), 'missing_offline' (served a value the warehouse
     does not have at that time). Values compare after casting the logged JSON to the feature's warehouse
-    type, so a float compares exactly.
+    type (the log writes numbers in shortest round-trip form), so a float compares exactly.
 
     Usage: select outcome, count(*) from ({{ featuremart.served_skew(ref('served_features'), 'fraud_model') }}) s group by 1 -#}
 {% macro served_skew(log, service) -%}
@@ -66,10 +66,10 @@ from (
         logged.value as online_value,
         cast(pit.{{ feature.output }} as {{ dbt.type_string() }}) as offline_value,
         case when logged.status = 'present'
-            then cast({{ featuremart._json_text('logged.value') }} as {{ feature.dtype }}) end as online,
+            then cast(logged.value as {{ feature.dtype }}) end as online,
         pit.{{ feature.output }} as offline,
         {% if feature.numeric -%}
-        abs(cast(case when logged.status = 'present' then cast({{ featuremart._json_text('logged.value') }} as {{ feature.dtype }}) end as {{ dbt.type_float() }})
+        abs(cast(case when logged.status = 'present' then cast(logged.value as {{ feature.dtype }}) end as {{ dbt.type_float() }})
             - cast(pit.{{ feature.output }} as {{ dbt.type_float() }}))
         {%- else -%}
         cast(null as {{ dbt.type_float() }})

@@ -135,7 +135,7 @@ select
     pit.logged_request_ts
     {%- for feature in spec['features'] %},
     case when logged._fm_has_{{ loop.index0 }} = 1
-        then cast({{ featuremart._json_text('logged._fm_value_' ~ loop.index0) }} as {{ feature.dtype }})
+        then cast(logged._fm_value_{{ loop.index0 }} as {{ feature.dtype }})
         else pit.{{ feature.output }} end as {{ feature.output }},
     case when logged._fm_has_{{ loop.index0 }} = 1 then 'logged' else 'recomputed' end as {{ feature.output }}__source
     {%- endfor %}
