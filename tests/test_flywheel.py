@@ -290,6 +290,7 @@ def test_logs_as_a_dbt_source_and_training_from_logs(synced, project):
     assert len(from_dbt) == len(oracle) == 8 * half  # the copied file's records counted once
     for got, want in zip(from_dbt, oracle):
         assert {**got, "value": as_served(got["value"], want["value"])} == want
+    with warehouse(project) as con:
         table = dicts(con, "select * from main.fraud_training_from_logs")
         pit = {r["txn_id"]: r for r in dicts(con, "select * from main.fraud_training_set")}
         arrived = [con.execute("select count(*) from main.fraud_labels where labelled_at <= ?", [t]).fetchone()[0]
@@ -410,3 +411,65 @@ def test_skew_bad_input_unknown_features_stale_versions_duplicates_and_no_logs(s
     assert by["customer_spend.spend_7d"].rows == 20 and by["customer_spend.spend_7d"].stale_rows == 10
     assert by["customer_spend.spend_1d"].rows == 10
     assert not report.failing
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+
+def test_training_from_logs_macro_on_postgres(postgres_project, postgres_dsn, monkeypatch):
+    """The log loaded into a PostgreSQL table as the files hold it; the macro reads it through served_log and
+    takes each logged value (planted, distinctive), recomputing point in time only where nothing was logged."""
+    import psycopg2
+
+    from featuremart.config import load_dbt_project
+    from featuremart.dbtcore import compile_inline
+    from featuremart.servedlog import FILE_COLUMNS
+
+    project, env = postgres_project
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    schema = env["FEATUREMART_PG_SCHEMA"]
+    sql_types = {"string": "text", "timestamp": "timestamp", "int32": "integer"}
+    with psycopg2.connect(postgres_dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(f'select txn_id, customer_id, merchant_id, label_ts from "{schema}".fraud_labels '
+                       "order by txn_id limit 4")
+        picked = cursor.fetchall()
+        cursor.execute(f'create table "{schema}".served_log_raw ('
+                       + ", ".join(f"{n} {sql_types[t]}" for n, t in FILE_COLUMNS) + ")")
+        views = {"customer_spend": ["spend_1d", "spend_7d", "txn_count_7d", "declined_count_7d"],
+                 "merchant_risk": ["chargeback_rate_90d", "distinct_customers_30d"],
+                 "customer_merchant_pair": ["pair_txn_count_30d", "pair_spend_30d"]}
+        planted = {}
+        for n, (txn, customer, merchant, label_ts) in enumerate(picked[:3]):
+            keys = json.dumps({"customer_id": customer, "merchant_id": merchant}, sort_keys=True)
+            for view, names in views.items():
+                values = [1000 * (n + 1) + i for i in range(len(names))]
+                planted.update({(txn, name): v for name, v in zip(names, values)})
+                specs = json.dumps([[name, name, i + 1, "float"] for i, name in enumerate(names)])
+                stored = json.dumps([int(label_ts.timestamp() * 1e6), *values])
+                cursor.execute(f'insert into "{schema}".served_log_raw values '
+                               "(%s, %s, 'fraud_model', null, 'r1', 0, %s, %s, 'v1', %s, 'present', %s)",
+                               (txn, label_ts, keys, view, specs, stored))
+    dbt_project = load_dbt_project(project)
+    inline = ("-- depends_on: {{ ref('customer_spend') }}\n-- depends_on: {{ ref('merchant_risk') }}\n"
+              "-- depends_on: {{ ref('customer_merchant_pair') }}\n"
+              "{% set raw = api.Relation.create(database=target.database, schema='" + schema + "', "
+              "identifier='served_log_raw') %}"
+              "{{ featuremart.training_set_from_logs(ref('fraud_labels'), 'label_ts', 'fraud_model', "
+              "'(' ~ featuremart.served_log(raw) ~ ')', request_id='txn_id') }}")
+    sql = compile_inline(dbt_project, inline)
+    with psycopg2.connect(postgres_dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(sql)
+        names = [d[0] for d in cursor.description]
+        rows = {r["txn_id"]: r for r in (dict(zip(names, row)) for row in cursor.fetchall())}
+        cursor.execute(f'select * from "{schema}".fraud_training_set')
+        pit_names = [d[0] for d in cursor.description]
+        pit = {r["txn_id"]: r for r in (dict(zip(pit_names, row)) for row in cursor.fetchall())}
+    assert len(rows) == len(pit)  # every label, once
+    for txn, *_ in picked[:3]:
+        assert rows[txn]["logged_request_id"] == txn
+        for name in [n for names in views.values() for n in names]:
+            assert rows[txn][name + "__source"] == "logged" and float(rows[txn][name]) == planted[(txn, name)]
+    txn = picked[3][0]
+    assert rows[txn]["logged_request_id"] is None
+    for name in [n for names in views.values() for n in names]:
+        assert rows[txn][name + "__source"] == "recomputed" and rows[txn][name] == pit[txn][name]
