@@ -7,8 +7,8 @@ Generates the reference project at `--customers` customers in a temp dir (or reu
   1 entity     and     100 entities
 
 Each repetition runs two blocks of `--calls` calls per shape, one with a `ServedLog` attached (every read
-logged, written as Parquet to a temp dir by its background thread, flushing every `--flush-seconds` so that
-several flushes land inside the block) and one without; the order of the two blocks alternates from
+logged, written as Parquet to a temp dir by its background thread, flushing every `--flush-seconds`, 2 s as
+in production: several flushes land inside a block) and one without; the order of the two blocks alternates from
 repetition to repetition and from shape to shape, so both share the machine's noise. A block's p50 and p99
 are compared with its partner's: the table shows the median and [min-max] of the ratios over `--reps`
 repetitions. The final flush of a block (closing the log) is not timed; the flushes during it are.
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=20_000, help="customers in the generated data")
     parser.add_argument("--calls", type=int, default=3_000, help="timed calls per block")
     parser.add_argument("--reps", type=int, default=7, help="repetitions (each gives one ratio per shape)")
-    parser.add_argument("--flush-seconds", type=float, default=0.25,
-                        help="the log's flush interval during the bench (default 0.25: several flushes per block)")
+    parser.add_argument("--flush-seconds", type=float, default=2.0,
+                        help="the log's flush interval (default 2.0, ServedLog's default; several flushes per block)")
     parser.add_argument("--project", type=Path, default=None, help="an already built reference project to reuse")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "logging_overhead.json")
     redis_check.add_arguments(parser)

@@ -77,8 +77,5 @@ class UnavailableError(FeaturemartError):
 
 
 class ServedLogError(FeaturemartError):
-    """The served-feature log cannot be set up (its directory is not writable) or read (a bad log file)."""
-
-
-class SkewError(FeaturemartError):
-    """Logged values disagree with the offline recomputation above the threshold set in features.yml."""
+    """The served-feature log cannot be set up (its directory cannot be created or written), or holds nothing
+    to compare for the service asked about."""

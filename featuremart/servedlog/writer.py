@@ -387,9 +387,11 @@ class ServedLog:
         n, nv = len(result), len(plan.views)
         total = n * nv
         specs = self._view_specs(result.registry_id, plan)
-        keys = [orjson.dumps({k: e[k] for k in plan.key_names},
-                             option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
-                for e in result._entities]
+        try:  # the entities as given (plain dicts of their keys: one C-level pass)
+            keys = list(map(bytes.decode, map(orjson.dumps, result._entities)))
+        except TypeError:  # numpy scalars, a Mapping that is not a dict: only the join keys, made JSON-able
+            keys = [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
+                                 default=str).decode() for e in result._entities]
         (request_id, request_ts, service, requested, registry_id, entity_index, entity_keys, view, version,
          features, status, stored) = columns
         request_id += repeat(record.request_id or uuid.uuid4().hex, total)
