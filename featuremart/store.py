@@ -310,6 +310,8 @@ class FeatureStore:
         return compiled.sql, frame
 
     def close(self) -> None:
+        if self._reader is not None and self._reader.served_log is not None:
+            self._reader.served_log.close()  # writes what it holds (log_served)
         if self._online is not None:
             self._online.close()
             self._online = None

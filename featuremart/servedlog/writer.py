@@ -1,10 +1,11 @@
 """Logging served feature values without slowing or failing the read that served them.
 
 The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which only appends
-the finished `OnlineResult` to a bounded deque: no formatting, no I/O, no lock. A background thread drains the
-deque, turns each result into log rows (one per request x entity x feature, the schema `LOG_COLUMNS`) and
-writes them as Parquet under `<directory>/date=YYYY-MM-DD/` (the request's UTC date), each file written under a
-temporary name and renamed: a reader of the directory never sees half a file, and no row is written twice.
+the finished `OnlineResult` and its MGET reply to a bounded deque: no formatting, no I/O. A background thread
+drains the deque into file rows (one per request x entity x feature view, the view's value as Redis stored it:
+`FILE_COLUMNS`) and writes them as Parquet under `<directory>/date=YYYY-MM-DD/` (the request's UTC date), each
+file written under a temporary name, fsynced and renamed: a reader of the directory never sees half a file, and
+no row is written twice. dbt's `featuremart.served_log()` expands them to one row per feature (`LOG_COLUMNS`).
 
 When the buffer is full the read goes on and its rows are counted in `dropped_rows`; when a write fails (the
 directory became read-only, the disk is full or gone) the rows wait for the next flush, bounded by the same
