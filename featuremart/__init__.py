@@ -14,11 +14,12 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it.
 _EXPORTS = {
     **dict.fromkeys(("ArtifactError", "ConfigError", "FeaturemartError", "NotPublishedError", "OnlineStoreError",
-                     "StatsError", "SyncLockedError", "TrainingSetError", "UnknownNameError", "ValidationError",
-                     "WarehouseError"), "featuremart.errors"),
+                     "ServedLogError", "StatsError", "SyncLockedError", "TrainingSetError", "UnknownNameError",
+                     "ValidationError", "WarehouseError"), "featuremart.errors"),
     **dict.fromkeys(("EXPIRED", "MISSING", "PRESENT", "FeatureValue"), "featuremart.online.reader"),
     **dict.fromkeys(("Feature", "FeatureService", "FeatureView", "Registry"), "featuremart.registry"),
     "FeatureStore": "featuremart.store",
+    "ServedLog": "featuremart.servedlog",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,8 +40,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from featuremart.errors import (ArtifactError, ConfigError, FeaturemartError, NotPublishedError,  # noqa: F401
-                                    OnlineStoreError, StatsError, SyncLockedError, TrainingSetError,
+                                    OnlineStoreError, ServedLogError, StatsError, SyncLockedError, TrainingSetError,
                                     UnknownNameError, ValidationError, WarehouseError)
     from featuremart.online.reader import EXPIRED, MISSING, PRESENT, FeatureValue  # noqa: F401
     from featuremart.registry import Feature, FeatureService, FeatureView, Registry  # noqa: F401
+    from featuremart.servedlog import ServedLog  # noqa: F401
     from featuremart.store import FeatureStore  # noqa: F401

@@ -30,8 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` m
 
 #: Exit codes (docs/operations.md): everything asked for happened; a user error, nothing written; at least one
 #: selected view was withheld (the others were published); the sync failed, the previous values still served;
-#: `status` found an error-level freshness breach (docs/monitoring.md).
-EXIT_OK, EXIT_USER_ERROR, EXIT_WITHHELD, EXIT_FAILED, EXIT_STALE = 0, 1, 2, 3, 4
+#: a check found a breach: `status` an error-level freshness or drift (docs/monitoring.md), `skew` a mismatch
+#: rate above its threshold (docs/flywheel.md).
+EXIT_OK, EXIT_USER_ERROR, EXIT_WITHHELD, EXIT_FAILED, EXIT_BREACH = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time a request has to send its body (default: 30; 408 after)")
     serve.add_argument("--keep-alive", type=float, default=5.0, metavar="SECONDS",
                        help="how long an idle keep-alive connection stays open (default: 5)")
+    serve.add_argument("--log-dir", metavar="DIR", default=None,
+                       help="log every read of the services that log (exposure meta log: true) as Parquet under "
+                            "DIR (docs/flywheel.md)")
+    serve.add_argument("--log-services", metavar="NAMES", default=None,
+                       help="with --log-dir: which reads to log: 'all', or comma-separated services")
+
     stats = sub.add_parser("stats", parents=[common],
                            help="feature statistics of the last syncs, and drift (docs/monitoring.md)")
     stats.add_argument("name", metavar="VIEW[.FEATURE]", help="a feature view, or one of its features")
@@ -111,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also compare with a Parquet file, a dbt model, or a date range START..END of the "
                             "view's history")
     stats.add_argument("--json", action="store_true", help="print JSON")
+
+    skew = sub.add_parser("skew", parents=[common],
+                          help="compare logged online values with their point-in-time recomputation")
+    skew.add_argument("--service", dest="skew_service", required=True, help="the feature service to check")
+    skew.add_argument("--log-dir", metavar="DIR", default=None,
+                      help="where the logs are (default: $FEATUREMART_SERVED_LOG_DIR, else data/served_log)")
+    skew.add_argument("--examples", type=int, default=3, metavar="N", help="examples per feature (default: 3)")
+    skew.add_argument("--json", action="store_true", help="print the report as JSON")
+
     training = sub.add_parser("training-set", parents=[common],
                               help="build a point-in-time correct training set from a spine of labelled events")
     training.add_argument("--spine", required=True,
@@ -380,7 +396,7 @@ def cmd_status(store: FeatureStore, args: argparse.Namespace, console: Console) 
         console.print(rich_table(report))
     else:
         console.file.write(plain_text(report))
-    return EXIT_STALE if report.breached else EXIT_OK
+    return EXIT_BREACH if report.breached else EXIT_OK
 
 
 def cmd_get(args: argparse.Namespace, console: Console) -> int:
@@ -465,7 +481,19 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
                               max_connections=args.max_connections, header_timeout=args.header_timeout,
                               body_timeout=args.body_timeout, keep_alive=args.keep_alive)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if args.log_dir:
+        from featuremart.servedlog.writer import LOG_DIR_ENV, SERVICES_ENV, ServedLog, services_option
+
+        if args.workers > 1:  # each worker process logs its own reads (featuremart.server.create_app)
+            ServedLog(args.log_dir, services=services_option(args.log_services)).close()  # check it now
+            os.environ[LOG_DIR_ENV] = args.log_dir
+            if args.log_services:
+                os.environ[SERVICES_ENV] = args.log_services
     with open_reader(args) as reader:  # connects now: a wrong URL fails here, with one message
+        if args.log_dir and args.workers == 1:
+            from featuremart.servedlog import ServedLog
+
+            ServedLog(args.log_dir, services=services_option(args.log_services)).attach(reader)
         console.print(f"serving features from {reader.store.url} on http://{args.host}:{args.port}"
                       f"{f' with {args.workers} workers' if args.workers > 1 else ''}"
                       f"{' (bearer token from $' + args.token_env + ')' if token else ''}", highlight=False)
@@ -581,8 +609,41 @@ def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Con
     return 0
 
 
+def cmd_skew(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    """Exit 0 when every feature's disagreement is within features.yml's skew.max_mismatch_rate, else 4."""
+    from featuremart.servedlog.skew import skew_report
+
+    if args.examples < 0:
+        raise FeaturemartError(f"--examples must be 0 or more, got {args.examples}")
+    report = skew_report(store, args.skew_service, log_dir=args.log_dir, examples=args.examples)
+    if args.json:
+        console.print_json(json.dumps(report.to_json(), default=str))
+    else:
+        table = _table(f"skew of {report.service} ({report.log_dir})",
+                       ["feature", "rows", "mismatch", "missing online", "missing offline", "max |diff|", "stale"],
+                       [[f.feature, str(f.rows), f"{f.mismatch_rate:.2%}", f"{f.rate(f.missing_online):.2%}",
+                         f"{f.rate(f.missing_offline):.2%}", "" if f.max_abs_diff is None else f"{f.max_abs_diff:g}",
+                         str(f.stale_rows or "")] for f in report.features], ())
+        console.print(table)
+        for f in report.features:
+            for e in f.examples:
+                console.print(f"  {f.feature}: {e.outcome} request {e.request_id} at {_ts(e.request_ts)} "
+                              f"{e.entity_keys}: online {e.online_value} ({e.online_status}), offline "
+                              f"{e.offline_value}", highlight=False, soft_wrap=True)
+        for name, rows in report.unknown.items():
+            console.print(f"  {name}: {rows} logged row(s) of a feature {report.service} no longer has; not compared",
+                          highlight=False)
+    failing = report.failing
+    if failing:
+        console.print(f"[red]skew above skew.max_mismatch_rate ({report.threshold:g}) in features.yml:[/] "
+                      + ", ".join(f"{f.feature} ({f.disagreement_rate:.2%} of {f.rows})" for f in failing),
+                      highlight=False, soft_wrap=True)
+        return EXIT_BREACH
+    return EXIT_OK
+
+
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync,
-            "status": cmd_status, "stats": cmd_stats, "training-set": cmd_training_set}
+            "status": cmd_status, "stats": cmd_stats, "training-set": cmd_training_set, "skew": cmd_skew}
 #: Commands that read the online store only: they take (args, console) and open no dbt project unless needed.
 SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve}
 

@@ -165,6 +165,7 @@ class ProjectConfig:
     tiers: dict[str, Tier] = field(default_factory=dict)
     default_ttl_text: str = "30d"  # as written in vars.featuremart_default_ttl, shown as written
     default_max_delete_fraction: float = 0.5  # a sync withholds a view that would delete more of its entities
+    max_skew_rate: float = 0.0  # `featuremart skew` fails a feature whose mismatch rate is above it
 
 
 def project_vars(project_dir: Path) -> Any:
@@ -218,6 +219,7 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
         tiers=tiers,
         default_ttl_text=found.featuremart_default_ttl.text,
         default_max_delete_fraction=spec.defaults.max_delete_fraction,
+        max_skew_rate=spec.skew.max_mismatch_rate,
     )
 
 

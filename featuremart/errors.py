@@ -79,3 +79,8 @@ class StateError(FeaturemartError):
 
 class UnavailableError(FeaturemartError):
     """A feature service exists but cannot be served online now (one of its views is withheld)."""
+
+
+class ServedLogError(FeaturemartError):
+    """The served-feature log cannot be set up (its directory cannot be created or written), or holds nothing
+    to compare for the service asked about."""

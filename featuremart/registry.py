@@ -117,6 +117,7 @@ class FeatureService:
     description: str = ""
     owner: str | None = None
     path: str = ""
+    log: bool = False  # config.meta.featuremart.log: its online reads are logged (featuremart.servedlog)
 
     @property
     def view_names(self) -> tuple[str, ...]:
@@ -184,7 +185,8 @@ class Registry:
                          for e in self.entities.values()},
             "views": {v.name: _view_to_json(v) for v in self.views.values()},
             "services": {s.name: {"features": [f.ref for f in s.features], "description": s.description,
-                                  "owner": s.owner} for s in self.services.values()},
+                                  "owner": s.owner, **({"log": True} if s.log else {})}
+                         for s in self.services.values()},
         }
 
     @classmethod
@@ -197,7 +199,7 @@ class Registry:
         views = {n: _view_from_json(n, v) for n, v in data["views"].items()}
         services = {
             n: FeatureService(n, tuple(views[r.split(".", 1)[0]].feature(r.split(".", 1)[1]) for r in s["features"]),
-                              s.get("description", ""), s.get("owner"))
+                              s.get("description", ""), s.get("owner"), log=bool(s.get("log")))
             for n, s in data["services"].items() if "unavailable" not in s
         }
         unavailable = {n: s["unavailable"] for n, s in data["services"].items() if "unavailable" in s}
@@ -496,8 +498,12 @@ def _build_services(manifest: Manifest, views: dict[str, FeatureView], broken: s
             if not views[view_name].online:
                 problems.append(Problem("warning", where, f"exposure {exposure.name}: view {view_name} is not online, "
                                         "so online reads of this service report its features as missing"))
+        log = exposure.meta.get("log", False)
+        if not isinstance(log, bool):
+            problems.append(Problem("error", where, f"exposure {exposure.name}: featuremart.log must be true or "
+                                    f"false, got {log!r}"))
         services[exposure.name] = FeatureService(exposure.name, tuple(dict.fromkeys(resolved)),
-                                                 exposure.description, exposure.owner, where)
+                                                 exposure.description, exposure.owner, where, log=log is True)
     return services
 
 

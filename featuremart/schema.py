@@ -159,12 +159,19 @@ class TierSpec(Block):
     drift: DriftSpec | None = None
 
 
+class SkewSpec(Block):
+    """How much online/offline disagreement `featuremart skew` tolerates before exiting non-zero."""
+
+    max_mismatch_rate: Fraction = 0.0
+
+
 class FeaturesFile(Block):
     """features.yml: what dbt has no place for (the online store, defaults, tier policies)."""
 
     version: Literal[1] = 1
     online_store: OnlineStoreSpec = OnlineStoreSpec()
     defaults: DefaultsSpec = DefaultsSpec()
+    skew: SkewSpec = SkewSpec()
     tiers: dict[Name, Annotated[TierSpec, BeforeValidator(_empty_if_null)]] = {}
     entities: Any = Field(default=None, json_schema_extra={"moved": "vars.featuremart_entities"})
 

@@ -296,6 +296,9 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
         token, max_entities, max_body_bytes = settings.token(), settings.max_entities, settings.max_body_bytes
         body_timeout = settings.body_timeout
         _preload(reader)
+        from featuremart.servedlog.writer import attach_from_env
+
+        attach_from_env(reader)  # `featuremart serve --log-dir` with --workers: each process logs its reads
     from featuremart.http_guard import throttle_logs
 
     throttle_logs()
@@ -340,7 +343,9 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
         except FeaturemartError as exc:
             log.warning("/metrics: the publish record could not be read, freshness gauges left out: %s", exc)
             freshness = ""
-        return PlainTextResponse(metrics.render() + freshness, media_type="text/plain; version=0.0.4")
+        served_log = online.served_log  # the served-feature log's counters (featuremart.servedlog), when logging
+        return PlainTextResponse(metrics.render() + freshness + (served_log.prometheus() if served_log else ""),
+                                 media_type="text/plain; version=0.0.4")
 
     async def client_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ClientError)

@@ -201,6 +201,17 @@ class FeatureStore:
             self._reader = OnlineReader(self.online)
         return self._reader
 
+    def log_served(self, directory: str | Path | None = None, *, services: Any = None, **options: Any) -> Any:
+        """Log the online reads of this store (a `featuremart.servedlog.ServedLog`, returned; see docs/flywheel.md).
+
+        `directory` defaults to $FEATUREMART_SERVED_LOG_DIR, else data/served_log in the dbt project; `services`
+        to the services whose exposure sets `log: true` ("all": every read)."""
+        from featuremart.servedlog import ServedLog, default_log_dir
+
+        if directory is None:
+            directory = default_log_dir(self.project.project_dir if self.project is not None else Path("."))
+        return ServedLog(directory, services=services, **options).attach(self.reader)
+
     def sync(self, *, select: Iterable[str] = (), exclude: Iterable[str] = (), selector: str | None = None,
              state: str | Path | None = None, full_refresh: bool = False, dry_run: bool = False,
              incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None,
@@ -296,6 +307,8 @@ class FeatureStore:
         return compiled.sql, frame
 
     def close(self) -> None:
+        if self._reader is not None and self._reader.served_log is not None:
+            self._reader.served_log.close()  # writes what it holds (log_served)
         if self._online is not None:
             self._online.close()
             self._online = None

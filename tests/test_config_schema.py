@@ -77,7 +77,7 @@ FEATURES_CASES = [
      "number 2"),
     ("version: '1'", "features.yml: version: expected 1, got a string '1'"),
     ("verison: 1", "features.yml: verison: unknown key; did you mean 'version'? (allowed: version, online_store, "
-     "defaults, tiers)"),
+     "defaults, skew, tiers)"),
 ]
 
 # (dbt vars, the exact error message)

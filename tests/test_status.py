@@ -20,7 +20,7 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from featuremart.cli import EXIT_OK, EXIT_STALE, EXIT_USER_ERROR, main
+from featuremart.cli import EXIT_OK, EXIT_BREACH, EXIT_USER_ERROR, main
 from featuremart.config import Freshness
 from featuremart.errors import ArtifactError
 from featuremart.monitoring import metrics
@@ -146,7 +146,7 @@ def run_cli(*args: str, terminal: bool = False) -> tuple[int, str]:
 
 def status_json(*args: str) -> tuple[int, dict]:
     code, out = run_cli("status", "--json", *args)
-    assert code in (EXIT_OK, EXIT_STALE), out
+    assert code in (EXIT_OK, EXIT_BREACH), out
     return code, json.loads(out[:out.rindex("}") + 1])
 
 
@@ -224,7 +224,7 @@ def test_no_previous_run_then_fresh_then_stale_in_the_warehouse_then_online(env,
     shift_event_times(env, "customer_spend", 10)
     code, doc = status_json()
     rows = rows_by_name(doc)
-    assert code == EXIT_STALE
+    assert code == EXIT_BREACH
     assert rows["customer_spend"]["warehouse"]["status"] == ERROR
     assert 10 * 86400 < rows["customer_spend"]["warehouse"]["age_seconds"] < 12 * 86400
     assert rows["customer_spend"]["online"]["status"] == OK
@@ -235,16 +235,16 @@ def test_no_previous_run_then_fresh_then_stale_in_the_warehouse_then_online(env,
     assert run_cli("sync")[0] == 0
     code, doc = status_json("--select", "customer_spend")
     rows = rows_by_name(doc)
-    assert code == EXIT_STALE and set(rows) == {"customer_spend", "fraud_model"}
+    assert code == EXIT_BREACH and set(rows) == {"customer_spend", "fraud_model"}
     assert rows["customer_spend"]["online"]["status"] == ERROR
     assert rows["customer_spend"]["online"]["newest_event"] == rows["customer_spend"]["warehouse"]["newest_event"]
 
     # Plain text for a log, a rich table for a terminal; both name the breach.
     code, out = run_cli("status")
-    assert code == EXIT_STALE and "┃" not in out and "customer_spend" in out and "status at" in out
+    assert code == EXIT_BREACH and "┃" not in out and "customer_spend" in out and "status at" in out
     assert re.search(r"customer_spend: warehouse: newest event 1[01]\.\dd old", out), out
     code, out = run_cli("status", terminal=True)
-    assert code == EXIT_STALE and "┃" in out and "error" in out
+    assert code == EXIT_BREACH and "┃" in out and "error" in out
 
 
 @pytest.mark.integration
@@ -292,7 +292,7 @@ def test_stale_source_is_judged_by_each_views_tier(env):
     dbt(env, "source", "freshness", check=False)
     code, doc = status_json()
     rows = rows_by_name(doc)
-    assert code == EXIT_STALE
+    assert code == EXIT_BREACH
     spend = rows["customer_spend"]["source"]
     assert spend["status"] == ERROR and spend["sources"] == ["raw.transactions"]
     assert spend["newest"] == as_utc(newest).isoformat()
@@ -311,7 +311,7 @@ def test_a_failed_last_build_is_an_error(env):
     sql_file.write_text(sql_file.read_text().split("\n-- broken on purpose")[0])  # the manifest keeps the build's
     code, doc = status_json()
     rows = rows_by_name(doc)
-    assert code == EXIT_STALE
+    assert code == EXIT_BREACH
     risk = rows["merchant_risk"]["warehouse"]
     assert risk["status"] == ERROR and "latest build failed" in risk["detail"] and risk["last_build"] is None
     assert risk["newest_event"] is not None  # the table still holds the previous build's rows
@@ -335,7 +335,7 @@ def test_empty_view_unknown_selection_and_unreachable_store(env, monkeypatch):
     monkeypatch.setenv("FEATUREMART_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     code, doc = status_json("--select", "customer_spend")
     online = rows_by_name(doc)["customer_spend"]["online"]
-    assert code == EXIT_STALE and online["status"] == ERROR and "online store unreadable" in online["detail"]
+    assert code == EXIT_BREACH and online["status"] == ERROR and "online store unreadable" in online["detail"]
 
 
 @pytest.mark.integration

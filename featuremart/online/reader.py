@@ -500,6 +500,8 @@ class OnlineReader:
         self.store = store
         self._state: _State | None = None
         self._refresh_lock = threading.Lock()
+        #: a featuremart.servedlog.ServedLog recording every read (set by its `attach`), or None
+        self.served_log: Any = None
 
     @classmethod
     def connect(cls, url: str | None = None, *, prefix: str | None = None) -> OnlineReader:
@@ -574,7 +576,10 @@ class OnlineReader:
             plan = self._plan(service, features)
             values = self.store.mget(plan.keys(entities))
             if values[0] == plan.registry_id:
-                return plan.decode(entities, values, now_us)
+                result = plan.decode(entities, values, now_us)
+                if self.served_log is not None:  # queues the result; never blocks or raises (servedlog)
+                    self.served_log.record(result, values, service, features, now_us)
+                return result
             self.refresh()  # a sync published a new registry since this plan was made: read again with it
         raise FeaturemartError("the registry changed three times during one read; is a sync looping?")
 

@@ -1,0 +1,164 @@
+{#- The served-feature log (docs/flywheel.md) as a relation a model can select from: one row per request x
+    entity x feature, typed, each record once. The files hold one row per request x entity x feature view
+    with the view's value as Redis stored it (a JSON array [event time in µs, value, ...]) and the requested
+    features' positions in it (`features`: [[feature, output name, position, type], ...]); this expands them.
+
+    Arguments:
+      location  DuckDB: the directory featuremart writes the Parquet logs under (default: the env var
+                FEATUREMART_SERVED_LOG_DIR, else data/served_log, relative to where dbt runs), or a relation.
+                Other warehouses: the relation the logs were loaded into (source() or ref()), required.
+
+    A record written twice (the same request id, request time, entity and feature: a file copied by hand, a
+    load run twice) comes out once. An empty or absent directory gives no rows, with the documented columns.
+
+    Usage (a model):  select * from ({{ featuremart.served_log() }}) as served -#}
+{% macro served_log(location=none) -%}
+    {{ return(adapter.dispatch('served_log', 'featuremart')(location)) }}
+{%- endmacro %}
+
+
+{% macro default__served_log(location=none) -%}
+    {%- if location is none or location is string -%}
+        {{ exceptions.raise_compiler_error("served_log: on " ~ target.type ~ " pass the relation the served-feature logs were loaded into, e.g. served_log(source('featuremart', 'served_log')) (see docs/flywheel.md, \"Other warehouses\"); got " ~ location | string) }}
+    {%- endif -%}
+    {{ return(featuremart._served_log_once(featuremart._served_log_expand(location | string))) }}
+{%- endmacro %}
+
+
+{#- DuckDB reads the Parquet files in place: read_parquet over a glob
+    (https://duckdb.org/docs/stable/data/parquet/overview#parameters); union_by_name lets files of older and
+    newer featuremart versions mix. The glob is counted first (glob(): https://duckdb.org/docs/stable/sql/functions/utility#globsearch_path)
+    because read_parquet fails on a glob that matches nothing. -#}
+{% macro duckdb__served_log(location=none) -%}
+    {%- if location is not none and location is not string -%}
+        {{ return(featuremart._served_log_once(featuremart._served_log_expand(location | string))) }}
+    {%- endif -%}
+    {%- set directory = location or env_var('FEATUREMART_SERVED_LOG_DIR', 'data/served_log') -%}
+    {%- set files = featuremart._sql_string(directory ~ '/*/*.parquet') -%}
+    {%- set found = 0 -%}
+    {%- if execute -%}
+        {%- set found = run_query('select count(*) from glob(' ~ files ~ ')').columns[0].values()[0] -%}
+    {%- endif -%}
+    {%- if found == 0 -%}
+        {{ return(featuremart._served_log_empty()) }}
+    {%- endif -%}
+    {{ return(featuremart._served_log_once(featuremart._served_log_expand('read_parquet(' ~ files ~ ', union_by_name = true, hive_partitioning = false)'))) }}
+{%- endmacro %}
+
+
+{#- The log's columns (featuremart.servedlog.writer.LOG_COLUMNS: a parity test keeps them equal) and their
+    SQL types. -#}
+{% macro _served_log_columns() -%}
+    {{ return([
+        ('request_id', dbt.type_string()), ('request_ts', dbt.type_timestamp()), ('service', dbt.type_string()),
+        ('requested', dbt.type_string()), ('registry_id', dbt.type_string()), ('entity_index', dbt.type_int()),
+        ('entity_keys', dbt.type_string()), ('feature', dbt.type_string()), ('output_name', dbt.type_string()),
+        ('dtype', dbt.type_string()), ('view_version', dbt.type_string()), ('value', dbt.type_string()),
+        ('event_ts', dbt.type_timestamp()), ('status', dbt.type_string()),
+    ]) }}
+{%- endmacro %}
+
+
+{% macro _served_log_empty() -%}
+select
+    {% for name, type in featuremart._served_log_columns() -%}
+    cast(null as {{ type }}) as {{ name }}{{ ',' if not loop.last }}
+    {% endfor -%}
+where 1 = 0
+{%- endmacro %}
+
+
+{#- The file rows of `relation_sql` (featuremart.servedlog.writer.FILE_COLUMNS) as one row per feature: the
+    value as text that casts back to the feature's type (a timestamp feature, stored as µs, as UTC text), null
+    unless served (status present); the event time from the stored array's first element. -#}
+{% macro _served_log_expand(relation_sql) -%}
+    {{ return(adapter.dispatch('_served_log_expand', 'featuremart')(relation_sql)) }}
+{%- endmacro %}
+
+{#- PostgreSQL: jsonb_array_elements over the feature list, the value by position
+    (https://www.postgresql.org/docs/current/functions-json.html). -#}
+{% macro default___served_log_expand(relation_sql) -%}
+(
+    select
+        request_id, request_ts, service, requested, registry_id, entity_index, entity_keys,
+        view || '.' || (spec ->> 0) as feature,
+        spec ->> 1 as output_name,
+        spec ->> 3 as dtype,
+        view_version,
+        case when status = 'present' then
+            case when spec ->> 3 = 'timestamp'
+                then to_char(to_timestamp(cast(cast(stored as jsonb) ->> cast(spec ->> 2 as integer) as bigint) / 1000000.0) at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+                else cast(stored as jsonb) ->> cast(spec ->> 2 as integer) end
+        end as value,
+        case when stored is not null
+            then cast(to_timestamp(cast(cast(stored as jsonb) ->> 0 as bigint) / 1000000.0) at time zone 'UTC' as timestamp) end as event_ts,
+        status
+    from {{ relation_sql }} as _fm_file
+    cross join lateral jsonb_array_elements(cast(features as jsonb)) as _fm_spec(spec)
+)
+{%- endmacro %}
+
+{#- DuckDB: unnest over the feature list parsed by from_json, the value by a JSON path
+    (https://duckdb.org/docs/stable/data/json/json_functions), make_timestamp(µs) for times. -#}
+{% macro duckdb___served_log_expand(relation_sql) -%}
+(
+    select
+        request_id, request_ts, service, requested, registry_id, entity_index, entity_keys,
+        view || '.' || spec[1] as feature,
+        spec[2] as output_name,
+        spec[4] as dtype,
+        view_version,
+        case when status = 'present' then
+            case when spec[4] = 'timestamp'
+                then strftime(make_timestamp(cast(json_extract_string(stored, '$[' || spec[3] || ']') as bigint)), '%Y-%m-%d %H:%M:%S.%f')
+                else json_extract_string(stored, '$[' || spec[3] || ']') end
+        end as value,
+        make_timestamp(cast(json_extract_string(stored, '$[0]') as bigint)) as event_ts,
+        status
+    from (
+        select *, unnest(from_json(features, '[["VARCHAR"]]')) as spec
+        from {{ relation_sql }} as _fm_file
+    ) as _fm_specs
+)
+{%- endmacro %}
+
+
+{#- Each record once: row_number() over the record's identity (portable; no `qualify` on PostgreSQL). -#}
+{% macro _served_log_once(relation_sql) -%}
+select
+    {% for name, type in featuremart._served_log_columns() -%}
+    cast({{ name }} as {{ type }}) as {{ name }}{{ ',' if not loop.last }}
+    {% endfor -%}
+from (
+    select
+        *,
+        row_number() over (
+            partition by request_id, request_ts, entity_index, feature
+            order by registry_id, status, value
+        ) as _fm_copy
+    from {{ relation_sql }} as _fm_log
+) as _fm_numbered
+where _fm_copy = 1
+{%- endmacro %}
+
+
+{#- `value` as a SQL string literal (quotes doubled). -#}
+{% macro _sql_string(value) -%}
+    {{ return("'" ~ (value | string).replace("'", "''") ~ "'") }}
+{%- endmacro %}
+
+
+{#- The text of the member `key` of a JSON object (null stays null): the log keeps entity keys as JSON text. -#}
+{% macro _json_text(expression, key) -%}
+    {{ return(adapter.dispatch('_json_text', 'featuremart')(expression, key)) }}
+{%- endmacro %}
+
+{#- PostgreSQL's json operators: https://www.postgresql.org/docs/current/functions-json.html -#}
+{% macro default___json_text(expression, key) -%}
+    (cast({{ expression }} as json) ->> {{ featuremart._sql_string(key) }})
+{%- endmacro %}
+
+{#- DuckDB's json extension, bundled: https://duckdb.org/docs/stable/data/json/json_functions -#}
+{% macro duckdb___json_text(expression, key) -%}
+    json_extract_string({{ expression }}, {{ featuremart._sql_string('$."' ~ key ~ '"') }})
+{%- endmacro %}
