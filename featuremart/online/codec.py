@@ -138,6 +138,15 @@ class RowDecoder:
         return True
 
 
+def json_bytes(value: Any) -> bytes:
+    """`value` as JSON text, written by orjson (datetimes and dates as ISO 8601, NaN and infinities as null); an
+    integer beyond 64 bits, which orjson refuses, makes the standard library write the whole value instead."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
 def tuple_getter(positions: tuple[int, ...]) -> Callable[[list], tuple]:
     """`itemgetter(*positions)`, returning a tuple even for one position (itemgetter returns the item)."""
     if not positions:
