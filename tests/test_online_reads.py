@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 from datetime import date, datetime, timedelta, timezone
+from types import MappingProxyType
 
 import orjson
 import pyarrow as pa
@@ -329,14 +330,14 @@ def test_http_results_of_every_type_are_what_orjson_writes_of_the_records(synced
         client.set(key, orjson.dumps(row).replace(b'"BIG"', b"%d" % (1 << 70)), keepttl=True)
     finally:
         client.close()
-    entities = [{"thing_id": "a"}, {"thing_id": "b"}, {"thing_id": "nobody"}, {"thing_id": "c"},
-                {"thing_id": ODD_KEY}]
+    entities = [{"thing_id": "a"}, {"thing_id": "b"}, {"thing_id": "nobody"},
+                MappingProxyType({"thing_id": "c"}), {"thing_id": ODD_KEY}]  # any Mapping is an entity
     result = synced.reader.read(entities, features=["all_types.f_strs", "all_types.*"])
     records = result.to_records()
     assert records[1]["f_int"].value == 1 << 70
     text = result.to_json()
     assert b"%d" % (1 << 70) in text  # exact, not a float
-    expected = json.loads(json.dumps([{"entity": e, "values": {k: {**v._asdict(), "event_ts": v.event_ts}
+    expected = json.loads(json.dumps([{"entity": dict(e), "values": {k: {**v._asdict(), "event_ts": v.event_ts}
                                                               for k, v in r.items()}}
                                       for e, r in zip(entities, records)], default=_iso))
     assert json.loads(text) == expected

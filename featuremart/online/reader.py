@@ -409,7 +409,10 @@ class OnlineResult:
         width = len(template)
         out = template * n
         out[-1] = b"}}}]"
-        out[1::width] = _json_texts(list(self._entities), False)
+        entities = self._entities
+        if set(map(type, entities)) != _DICTS_ONLY:  # any other Mapping is written as the object it stands for
+            entities = [dict(e) for e in entities]
+        out[1::width] = _json_texts(list(entities), False)
         for view, _status, rows, others in self._view_columns():
             event_ts = list(map(texts.__getitem__, map(_FIRST, rows)))
             for name, getter, slot in zip(view.out_names, view.getters, view.slots):
@@ -528,7 +531,7 @@ def _plan_cost(shape: tuple, plan: _Plan) -> int:
     size = sys.getsizeof(shape) + (sys.getsizeof(service) if service is not None else 0)
     if features is not None:
         size += sys.getsizeof(features) + sum(map(sys.getsizeof, features))
-    return size + 400 * len(plan.names) + 1000 * len(plan.views)
+    return size + 500 * len(plan.names) + 1000 * len(plan.views)  # per name: dtypes, slots, JSON template pieces
 
 
 class _State(NamedTuple):
