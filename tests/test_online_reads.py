@@ -376,7 +376,8 @@ def test_a_batch_mixes_statuses_across_views_in_every_shape(synced):
         return {**v._asdict(), "event_ts": None if v.event_ts is None else v.event_ts.isoformat()}
 
     response = orjson.loads(result.to_json())
-    assert response == [{"entity": e, "values": {k: as_json(v) for k, v in r.items()}} for e, r in zip(entities, expected)]
+    assert response == [{"entity": e, "values": {k: as_json(v) for k, v in r.items()}}
+                        for e, r in zip(entities, expected)]
     assert [list(r["values"]) for r in response] == [["f_int", "balance", "f_str"]] * 4
     columns = result.to_columns()
     for name in ("f_int", "balance", "f_str"):
