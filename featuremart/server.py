@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from featuremart.errors import ConfigError, FeaturemartError, NotPublishedError, UnknownNameError
 from featuremart.monitoring import metrics as freshness_metrics
+from featuremart.online.codec import json_bytes
 from featuremart.online.reader import PREFIX_ENV, STATUSES, URL_ENV, OnlineReader, OnlineResult
 from featuremart.registry import Registry
 
@@ -189,11 +190,7 @@ class Metrics:
 
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response written by orjson: datetimes and dates as ISO 8601, NaN and infinities as null."""
-    try:
-        body = orjson.dumps(value)
-    except orjson.JSONEncodeError:  # an integer feature value beyond 64 bits: the standard library writes it
-        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(json_bytes(value), status_code=status, media_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str, *, close: bool = False) -> Response:
@@ -247,14 +244,11 @@ def parse_request(body: bytes, max_entities: int) -> tuple[str | None, list[str]
     return service, features, entities
 
 
-def render_result(service: str | None, entities: list[dict[str, Any]], result: OnlineResult) -> dict[str, Any]:
-    return {
-        "service": service,
-        "features": list(result.names),
-        "versions": result.versions,
-        "results": [{"entity": entity, "values": values}
-                    for entity, values in zip(entities, result.to_json_records())],
-    }
+def render_result(service: str | None, result: OnlineResult) -> dict[str, Any]:
+    """The `POST /features` response; its `results` (one item per entity) are JSON text already
+    (`OnlineResult.to_json`), which orjson inserts as they are."""
+    return {"service": service, "features": list(result.names), "versions": result.versions,
+            "results": orjson.Fragment(result.to_json())}
 
 
 def registry_views(registry: Registry) -> dict[str, Any]:
@@ -318,7 +312,7 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
         except UnknownNameError as exc:
             raise ClientError(400, str(exc)) from None
         metrics.served(result)
-        return _json(render_result(service, entities, result))
+        return _json(render_result(service, result))
 
     async def list_services(request: Request) -> Response:
         return _json(registry_services(await call(online.check_registry)))

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -34,7 +35,7 @@ import pyarrow as pa
 from featuremart.config import DbtProject
 from featuremart.dbtcore import cached_compile, compile_inline
 from featuremart.errors import TrainingSetError
-from featuremart.manifest import load_manifest
+from featuremart.manifest import Manifest, load_manifest
 from featuremart.warehouse import BATCH_ROWS, DuckDBWarehouse, Warehouse
 
 #: The name a frame or Parquet spine is registered under on the DuckDB connection while the join runs.
@@ -88,14 +89,16 @@ def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, 
     if not isinstance(timestamp, str) or not timestamp:
         raise TrainingSetError(f"timestamp must be the name of the spine's timestamp column, got {timestamp!r}")
 
-    spine_arg, spine_columns, frame = _spine(project, warehouse, spine)
+    # Read once for both uses below (a dbt manifest is megabytes of JSON: parsing it was a visible part of a call)
+    manifest = functools.cache(lambda: load_manifest(project.target_dir))
+    spine_arg, spine_columns, frame = _spine(project, warehouse, spine, manifest)
     args = [spine_arg, _jinja(timestamp)]
     args.append(f"service={_jinja(service)}" if service is not None else f"features={_jinja(list(features))}")
     if spine_columns is not None:
         args.append(f"spine_columns={_jinja(spine_columns)}")
     # dbt records refs while parsing, before it knows a service's views: declare them (see training_set.sql).
     depends = "".join(f"-- depends_on: {{{{ ref({_jinja(v)}) }}}}\n"
-                      for v in _view_names(project, service, features))
+                      for v in _view_names(manifest, service, features))
     inline = depends + "{{ featuremart.training_set(" + ", ".join(args) + ") }}"
 
     started = time.perf_counter()
@@ -243,7 +246,8 @@ def _csv_ready(table: pa.Table) -> pa.Table:
 
 # --- the spine --------------------------------------------------------------------------------------------
 
-def _spine(project: DbtProject, warehouse: Warehouse, spine: Any) -> tuple[str, dict | None, pa.Table | None]:
+def _spine(project: DbtProject, warehouse: Warehouse, spine: Any,
+           manifest: Callable[[], Manifest]) -> tuple[str, dict | None, pa.Table | None]:
     """(the macro's `spine` argument as Jinja, the spine's columns when dbt cannot read them, a frame)."""
     frame = _as_arrow(spine)
     if frame is not None or _is_parquet(spine):
@@ -268,7 +272,7 @@ def _spine(project: DbtProject, warehouse: Warehouse, spine: Any) -> tuple[str, 
     if text.split(None, 1)[0].lower() in ("select", "with") or text.startswith("("):
         return _jinja(text), None, None
     manifest_path = project.target_dir / "manifest.json"
-    if manifest_path.exists() and load_manifest(project.target_dir).model_named(text) is not None:
+    if manifest_path.exists() and manifest().model_named(text) is not None:
         return f"ref({_jinja(text)})", None, None
     return _jinja(f"select * from {text}"), None, None
 
@@ -301,16 +305,16 @@ def _column_types(schema: pa.Schema) -> dict[str, str]:
 
 # --- dbt --------------------------------------------------------------------------------------------------
 
-def _view_names(project: DbtProject, service: str | None, features: Sequence[str] | None) -> list[str]:
+def _view_names(manifest: Callable[[], Manifest], service: str | None, features: Sequence[str] | None) -> list[str]:
     """The feature views a request reads, from the manifest (unknown names are left for the macro to report)."""
     if features is not None:
         refs = [str(f) for f in features]
     else:
-        manifest = load_manifest(project.target_dir)
-        exposure = manifest.exposures.get(service or "")
+        read = manifest()
+        exposure = read.exposures.get(service or "")
         if exposure is None:
-            services = sorted(e.name for e in manifest.exposures.values() if e.type == "ml")
-            raise TrainingSetError(f"no feature service {service!r} in {manifest.path}; services (dbt exposures "
+            services = sorted(e.name for e in read.exposures.values() if e.type == "ml")
+            raise TrainingSetError(f"no feature service {service!r} in {read.path}; services (dbt exposures "
                                    f"of type ml): {', '.join(services) or 'none'}")
         refs = [str(f) for f in exposure.meta.get("features") or []]
     names = dict.fromkeys(r.partition(".")[0] for r in refs if r.partition(".")[0])

@@ -66,3 +66,22 @@ def test_only_the_rows_with_an_odd_float_are_converted_and_each_is_typed():
     assert [[type(v) for v in row] for row in got] == [[int, float, int, float], [int, float, int, float],
                                                        [int, type(None), int, float], [int, float, int, float],
                                                        [int, float, int, float]]
+
+
+@pytest.mark.parametrize("raws", [
+    # every row has a timestamp, a date and a float array: converted column by column
+    [b'[1, 1732838400123456, "2024-02-29", [0.25, 1], 3]', b'[2, -1, "1970-01-01", [], 4.5]'],
+    # nulls among them, and a float spelled as an int in the same rows
+    [b'[1, null, "2024-02-29", null, 3]', b'[2, 0, null, [2, null], null]',
+     b'[3, 253402300799999999, "9999-12-31", [1e300], 2]'],
+])
+def test_columns_of_timestamps_dates_and_float_arrays_match_row_by_row(raws):
+    """Timestamps, dates and float arrays are converted column by column in a batch (no Python call per row):
+    the same values and types as converting each row alone, nulls kept, whatever sits in the other columns."""
+    dtypes = ["timestamp", "date", "array<float>", "float"]
+    decoder = RowDecoder(dtypes)
+    expected = [reference(dtypes, raw) for raw in raws]
+    got = decoder.decode_many(raws)
+    assert got == expected
+    assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in expected]
+    assert all(row[1].utcoffset().total_seconds() == 0 for row in got if row[1] is not None)

@@ -7,12 +7,16 @@ refresh while threads read (every result is all-old or all-new).
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from datetime import date, datetime, timedelta, timezone
+from types import MappingProxyType
 
+import orjson
 import pyarrow as pa
 import pytest
+import redis
 import yaml
 
 from featuremart import FeatureStore
@@ -285,7 +289,6 @@ def test_an_outlived_value_reads_missing_and_expired_only_while_its_key_remains(
     """What docs/serving.md says: keys expire in Redis at event time + ttl, so an entity whose value outlived
     its ttl reads `missing` (nothing is kept for it); `expired` is what a read sees of a key still there past
     the ttl (the instant before Redis removes it, or a read with an explicit later `now`)."""
-    import redis
 
     project = tmp_path / "tiny"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("logs"))
@@ -311,6 +314,38 @@ def test_an_outlived_value_reads_missing_and_expired_only_while_its_key_remains(
     finally:
         client.close()
 
+
+
+def test_http_results_of_every_type_are_what_orjson_writes_of_the_records(synced, redis_url):
+    """`to_json` writes the HTTP response's results as text, column by column: for every type (commas and
+    quotes inside strings and arrays, -0.0, 1e300, microsecond timestamps, nulls, empty arrays) and an int
+    beyond 64 bits put into Redis by hand (which orjson refuses), the text parses to what orjson writes of
+    the records, one dict per value, keys in request order."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [key] = client.scan_iter(match="fm:{thing_id=b}:all_types:*")
+        position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index("f_int")
+        row = orjson.loads(client.get(key))
+        row[position] = "BIG"
+        client.set(key, orjson.dumps(row).replace(b'"BIG"', b"%d" % (1 << 70)), keepttl=True)
+    finally:
+        client.close()
+    entities = [{"thing_id": "a"}, {"thing_id": "b"}, {"thing_id": "nobody"},
+                MappingProxyType({"thing_id": "c"}), {"thing_id": ODD_KEY}]  # any Mapping is an entity
+    result = synced.reader.read(entities, features=["all_types.f_strs", "all_types.*"])
+    records = result.to_records()
+    assert records[1]["f_int"].value == 1 << 70
+    text = result.to_json()
+    assert b"%d" % (1 << 70) in text  # exact, not a float
+    expected = json.loads(json.dumps([{"entity": dict(e), "values": {k: {**v._asdict(), "event_ts": v.event_ts}
+                                                              for k, v in r.items()}}
+                                      for e, r in zip(entities, records)], default=_iso))
+    assert json.loads(text) == expected
+    assert [list(r["values"]) for r in json.loads(text)] == [list(records[0])] * len(entities)
+
+
+def _iso(value):
+    return value.isoformat()
 
 BALANCE_EVENT = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -340,7 +375,10 @@ def test_a_batch_mixes_statuses_across_views_in_every_shape(synced):
     def as_json(v: FeatureValue) -> dict:  # what the HTTP response carries: the event time as ISO 8601 text
         return {**v._asdict(), "event_ts": None if v.event_ts is None else v.event_ts.isoformat()}
 
-    assert result.to_json_records() == [{k: as_json(v) for k, v in r.items()} for r in expected]
+    response = orjson.loads(result.to_json())
+    assert response == [{"entity": e, "values": {k: as_json(v) for k, v in r.items()}}
+                        for e, r in zip(entities, expected)]
+    assert [list(r["values"]) for r in response] == [["f_int", "balance", "f_str"]] * 4
     columns = result.to_columns()
     for name in ("f_int", "balance", "f_str"):
         assert columns[name] == [r[name].value for r in expected], name

@@ -43,7 +43,7 @@ import orjson
 from featuremart import types
 from featuremart.errors import ConfigError, FeaturemartError, NotPublishedError, UnknownNameError
 from featuremart.online import keys
-from featuremart.online.codec import EPOCH, RowDecoder, from_us
+from featuremart.online.codec import EPOCH, RowDecoder, from_us, json_bytes
 from featuremart.online.store import OnlineStore
 from featuremart.registry import Feature, Registry, output_names
 
@@ -98,13 +98,34 @@ def _expired_value(event_ts: datetime | None) -> FeatureValue:
     return FeatureValue(None, event_ts, EXPIRED)
 
 
-def _json_values(values: Iterable[Any], event_ts: list[datetime | None]) -> list[dict[str, Any]]:
-    """Present values of one feature as the HTTP response's dicts (a dict display: faster than dict(zip))."""
-    return [{"value": v, "status": PRESENT, "event_ts": t} for v, t in zip(values, event_ts)]
+#: Logical types whose JSON text (as orjson writes it) never holds a comma: a column of them is written with one
+#: `orjson.dumps` and split, instead of one call per value.
+_COMMA_FREE = frozenset({types.INT, types.FLOAT, types.BOOL, types.TIMESTAMP, types.DATE})
+_JSON_STATUS = {MISSING: b',"status":"missing","event_ts":', EXPIRED: b',"status":"expired","event_ts":'}
 
 
-def _expired_json(event_ts: datetime | None) -> dict[str, Any]:
-    return {"value": None, "status": EXPIRED, "event_ts": event_ts}
+def _json_texts(values: list[Any], comma_free: bool) -> list[bytes]:
+    """The JSON text of each value: one orjson call over the whole list, split at its commas, when no value's
+    text can hold one; otherwise (strings, arrays, or a value orjson refuses) one call per value."""
+    if comma_free and values:
+        try:
+            return orjson.dumps(values)[1:-1].split(b",")
+        except orjson.JSONEncodeError:
+            pass
+    try:
+        return list(map(orjson.dumps, values))
+    except orjson.JSONEncodeError:
+        return list(map(json_bytes, values))
+
+
+def _json_template(names: Sequence[str]) -> list[bytes]:
+    """One entity's item of `OnlineResult.to_json` as pieces of JSON text, the gaps empty: the entity at 1, and
+    for the name at position j its value at 3 + 4j, its status piece at 4 + 4j and its event time at 5 + 4j."""
+    pieces = [b',{"entity":', b""]
+    for j, name in enumerate(names):
+        pieces += [(b',"values":{' if j == 0 else b"},") + orjson.dumps(name) + b':{"value":', b"",
+                   b',"status":"present","event_ts":', b""]
+    return pieces + [b"}}}"]
 
 
 class _ViewPlan(NamedTuple):
@@ -118,6 +139,7 @@ class _ViewPlan(NamedTuple):
     columns: tuple[tuple[str, int], ...]  # (output name, position in the stored array)
     out_names: tuple[str, ...]  # the output names of `columns`
     getters: tuple[Any, ...]  # itemgetter of each of `columns` from a decoded row
+    slots: tuple[int, ...]  # the position in the request's output names of each of `columns`
     blank: list[None]  # stands for a missing row (every position None), so getters apply to every row
 
 
@@ -138,6 +160,7 @@ class _Plan:
         key_types = {k: t for jk in self.tags for k, t in jk}
         #: (name, (name, type)) of each join key, in `key_names` order: each key's text is built once per entity
         self.key_specs = tuple((k, (k, key_types[k])) for k in self.key_names)
+        slot = {n: i for i, n in enumerate(names)}
         plans = []
         for view in views:
             position = {f.name: i + 1 for i, f in enumerate(view.features)}
@@ -151,8 +174,11 @@ class _Plan:
                 tuple(k for k, _ in view.join_keys),
                 view.ttl // _ONE_US, RowDecoder([f.dtype for f in view.features]), columns,
                 tuple(n for n, _ in columns),
-                tuple(operator.itemgetter(p) for _, p in columns), [None] * (len(view.features) + 1)))
+                tuple(operator.itemgetter(p) for _, p in columns), tuple(slot[n] for n, _ in columns),
+                [None] * (len(view.features) + 1)))
         self.views = tuple(plans)
+        #: one entity's item of the HTTP response's results, as JSON pieces (OnlineResult.to_json fills the gaps)
+        self.json_template = _json_template(self.names)
         self.needed = frozenset(self.key_names)
         #: every join key is a string key (then `keys` may check and format a batch column by column)
         self.string_keys = all(key_types[k] == types.STRING for k in self.key_names)
@@ -363,16 +389,41 @@ class OnlineResult:
         columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value, self._times())
         return list(map(dict, map(zip, repeat(self._plan.names), zip(*columns))))
 
-    def to_json_records(self) -> list[dict[str, dict[str, Any]]]:
-        """`to_records` as plain dicts `{"value", "status", "event_ts"}` (what the HTTP server sends), built
-        straight from the decoded rows: no FeatureValue in between. Event times are the ISO 8601 text the
-        response carries (`2026-11-23T00:00:00+00:00`, as orjson writes a UTC datetime), each distinct time
-        formatted once rather than once per value. Missing values share one dict (the result is meant to be
-        serialized, not changed)."""
-        missing = {"value": None, "status": MISSING, "event_ts": None}
-        texts = {us: None if ts is None else orjson.dumps(ts)[1:-1].decode() for us, ts in self._times().items()}
-        columns = self._value_columns(_json_values, missing, _expired_json, texts)
-        return list(map(dict, map(zip, repeat(self._plan.names), zip(*columns))))
+    def to_json(self) -> bytes:
+        """The HTTP response's `results`: a JSON array of `{"entity": {...}, "values": {name: {"value", "status",
+        "event_ts"}}}`, one per entity in request order, names in request order, event times as orjson writes an
+        aware UTC datetime (`2026-11-23T00:00:00+00:00`).
+
+        Written as JSON text with no Python object per value (bench/README.md, "HTTP"): each entity's item is a
+        list of pieces from the plan's template (`_json_template`); the gaps are filled column by column with
+        slice assignments (the entities' texts, each feature's value texts from one orjson call, each view's
+        event time texts, each distinct time formatted once), then the rare values not served as present are
+        patched, and everything is joined once.
+        """
+        plan = self._plan
+        n = len(self._entities)
+        if not n:
+            return b"[]"
+        texts = {us: b"null" if ts is None else orjson.dumps(ts) for us, ts in self._times().items()}
+        template = plan.json_template
+        width = len(template)
+        out = template * n
+        out[-1] = b"}}}]"
+        entities = self._entities
+        if set(map(type, entities)) != _DICTS_ONLY:  # any other Mapping is written as the object it stands for
+            entities = [dict(e) for e in entities]
+        out[1::width] = _json_texts(list(entities), False)
+        for view, _status, rows, others in self._view_columns():
+            event_ts = list(map(texts.__getitem__, map(_FIRST, rows)))
+            for name, getter, slot in zip(view.out_names, view.getters, view.slots):
+                out[3 + 4 * slot::width] = _json_texts(list(map(getter, rows)), plan.dtypes[name] in _COMMA_FREE)
+                out[5 + 4 * slot::width] = event_ts
+            for i, s in others:  # a missing row's values and event time are null already (a blank row)
+                for slot in view.slots:
+                    at = i * width + 4 * slot
+                    out[at + 3], out[at + 4] = b"null", _JSON_STATUS[s]
+        out[0] = b'[{"entity":'
+        return b"".join(out)
 
     def _key_columns(self) -> dict[str, list[Any]]:
         plan = self._plan
@@ -480,7 +531,7 @@ def _plan_cost(shape: tuple, plan: _Plan) -> int:
     size = sys.getsizeof(shape) + (sys.getsizeof(service) if service is not None else 0)
     if features is not None:
         size += sys.getsizeof(features) + sum(map(sys.getsizeof, features))
-    return size + 400 * len(plan.names) + 1000 * len(plan.views)
+    return size + 500 * len(plan.names) + 1000 * len(plan.views)  # per name: dtypes, slots, JSON template pieces
 
 
 class _State(NamedTuple):
