@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
+from bench.common import dbt_project, spread  # noqa: E402
 from bench.raw_redis_ceiling import mset  # noqa: E402
 from featuremart import FeatureStore, sql  # noqa: E402
 from featuremart.state import SyncState  # noqa: E402
@@ -63,28 +64,9 @@ CONTENDERS = ("pipe", "mset", "sync", "process")
 
 def project(dest: Path, entities: int, pg_schema: str) -> Path:
     """A dbt project whose model `feats` generates N entities (DuckDB) or copies the COPY-loaded rows (pg)."""
-    (dest / "models").mkdir(parents=True)
-    (dest / "dbt_project.yml").write_text(textwrap.dedent("""\
-        name: bench_sync
-        version: "1.0.0"
-        config-version: 2
-        profile: bench_sync
-        models:
-          bench_sync: {+materialized: table}
-        vars:
-          featuremart_entities:
-            customer: {join_keys: {customer_id: string}}
-        """))
-    (dest / "packages.yml").write_text(f"packages:\n  - local: {ROOT}\n")
-    (dest / "profiles.yml").write_text(textwrap.dedent(f"""\
-        bench_sync:
-          target: dev
-          outputs:
-            dev: {{type: duckdb, path: "{dest / 'bench.duckdb'}", threads: 2}}
-            pg: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres, password: "", dbname: postgres,
-                  schema: {pg_schema}, threads: 2}}
-        """))
-    (dest / "features.yml").write_text("version: 1\nonline_store: {key_prefix: fm}\n")
+    dbt_project(dest, "bench_sync", join_key_type="string", key_prefix="fm", extra_outputs=(
+        f"pg: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres, password: \"\", dbname: postgres,\n"
+        f"      schema: {pg_schema}, threads: 2}}\n"))
     cols = ",\n    ".join(f"(hash(i, {n}) % 100000)::bigint as f{n}" if n < 5 else
                           f"(hash(i, {n}) % 1000000) / 100.0 as f{n}" for n in range(10))
     (dest / "models" / "feats.sql").write_text(textwrap.dedent(f"""\
@@ -196,11 +178,6 @@ def run_process(argv: list[str], env: dict) -> tuple[float, dict, float]:
     if measured["code"] != 0:
         raise SystemExit(f"{' '.join(argv)} exited {measured['code']}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return measured["seconds"], json.loads(proc.stdout), measured["peak_rss_mb"]
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "n": len(values)}
 
 
 def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres: bool,

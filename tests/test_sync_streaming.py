@@ -161,25 +161,15 @@ def test_a_streamed_first_sync_killed_mid_write_then_rerun_converges(harness, re
     """SIGKILL while a first sync streams into an empty store: the state's open transaction is lost with the
     process (nothing half-recorded), the next run rebuilds the view from a SCAN of what was written and
     converges to the warehouse, keys and values."""
-    import subprocess
-    import sys
     import time
 
-    from tests.test_sync import set_calls, wait_for_writes
+    from tests.test_sync import kill_sync_mid_write
 
     n = 200_000
     harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(?) t(i)",
                 [harness.t0, n])
     client = redis_server.client()
-    calls = set_calls(client)
-    script = ("import sys; from pathlib import Path; from tests.test_sync import Harness; "
-              "h = Harness(Path(sys.argv[1]), sys.argv[2], create=False); h.sync(lock_ttl=2)")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(harness.root), redis_server.url],
-                            cwd=Path(__file__).resolve().parent.parent)
-    wait_for_writes(client, calls + 5_000)
-    proc.kill()
-    proc.wait()
-    written = set_calls(client) - calls
+    written = kill_sync_mid_write(harness, redis_server.url, client, 5_000)
     assert 5_000 < written < n, f"the sync should have been killed mid-write ({written} of {n} written)"
     assert client.get("fm:meta:{fm}:registry") is None  # nothing published
     time.sleep(2.5)  # the killed run's lock expires
