@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -222,7 +223,7 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         for name in order:
             fresh(client, dest)
-            times[name].append(runs[name]())
+            times[name].append(with_cpu(runs[name], client))
             assert client.dbsize() >= rows, f"{name} left {client.dbsize()} keys, expected {rows}"
             print(f"    {name}: {json.dumps(times[name][-1])}", flush=True)  # long runs report as they go
         print(f"  {entities:,} rep {rep + 1}/{reps} ({' '.join(order)}): " + ", ".join(
@@ -238,6 +239,14 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         "ratio_to_mset": {n: spread([m / s for m, s in zip(secs["mset"], secs[n])])
                           for n in ("sync", "process") if {"mset", n} <= set(runs)},
     }
+    # CPU seconds spent (by this bench and its child processes: the client side; by redis-server), which the
+    # machine's load disturbs less than wall times: the work each contender makes the machine do.
+    result["cpu_seconds"] = {n: {side: spread([t[f"{side}_cpu"] for t in times[n]]) for side in ("client", "redis")}
+                             for n in runs}
+    if "pipe" in runs:
+        work = {n: [t["client_cpu"] + t["redis_cpu"] for t in times[n]] for n in runs}
+        result["cpu_ratio_to_pipe"] = {n: spread([p / w for p, w in zip(work["pipe"], work[n])])
+                                       for n in runs if n != "pipe"}
     if {"pipe", "mset"} <= set(runs):
         result["pipe_vs_mset"] = spread([m / p for m, p in zip(secs["mset"], secs["pipe"])])
     if "sync" in runs:
@@ -293,6 +302,24 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
             drop_postgres(pg_schema)
     client.close()
     return result
+
+
+def with_cpu(contender, client: redis.Redis) -> dict:
+    """Run a contender; add the CPU seconds it took on the client side (this process and the child processes it
+    waited for) and in redis-server (INFO cpu)."""
+    def redis_cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def client_cpu() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    before = (client_cpu(), redis_cpu())
+    measured = contender()
+    measured["client_cpu"] = round(client_cpu() - before[0], 3)
+    measured["redis_cpu"] = round(redis_cpu() - before[1], 3)
+    return measured
 
 
 def _timed_sync(store: FeatureStore, rows: int) -> dict:

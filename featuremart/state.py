@@ -82,6 +82,8 @@ _CRLF = "chr(13) || chr(10)"  # RESP line ending; strlen() counts bytes, as RESP
 # entities' state take 2-3 s instead of about 1 s, and the file was larger (20 MB against 17 MB).
 _STATE_COLUMNS = "key varchar using compression zstd, h ubigint, ts_us bigint"
 _VALUE_HASH = "hash(value)"  # what the state keeps of a value: an unchanged value has an unchanged hash
+#: Rows a streamed first sync records per transaction (`SyncState.record_commands`): bounds its memory.
+STREAM_COMMIT_ROWS = 500_000
 
 
 def _set_pxat(source: str, ttl_ms: int) -> str:
@@ -342,8 +344,8 @@ class SyncState:
 
     @contextlib.contextmanager
     def first_sync(self, view: str) -> Iterator[None]:
-        """The transaction of a view's first sync (`record_commands`, then `commit_first`): rolled back, leaving
-        the state as it was, if the block fails before `commit_first`."""
+        """The transactions of a view's first sync (`record_commands`, then `commit_first`); on failure the open
+        one is rolled back (the view stays marked untrusted whatever was recorded)."""
         self._ensure_state(view)
         self.con.execute("begin")
         try:
@@ -357,8 +359,15 @@ class SyncState:
         """A view with nothing online (its state is empty): record each warehouse batch as the view's state and
         yield its `SET ... PXAT` commands at once, as `upsert_commands` would after the diff. Every row is an
         insert and nothing departs, so nothing waits for the whole diff: reading the warehouse, encoding and
-        writing overlap. Runs inside `first_sync`; `commit_first` ends it after the writes completed."""
+        writing overlap. Runs inside `first_sync`; `commit_first` ends it after the writes completed.
+
+        The rows are committed every `STREAM_COMMIT_ROWS`: DuckDB keeps an open transaction's appends in memory
+        (about 110 MB per million entities), which one transaction over 10M entities took to 2 GB. The view is
+        marked untrusted meanwhile (`mark`), so rows recorded by a run that then fails are never diffed against:
+        the next run replaces them (restore or SCAN). Each batch is recorded before it is written, so the state
+        holds at least every key written."""
         state = self._ensure_state(view)
+        pending = 0
         for batch in payload:
             self.con.register("__fm_batch", batch)
             try:
@@ -367,6 +376,11 @@ class SyncState:
                 encoded = self.con.sql(_set_pxat("__fm_batch", ttl_ms)).to_arrow_table().combine_chunks()
             finally:
                 self.con.unregister("__fm_batch")
+            pending += batch.num_rows
+            if pending >= STREAM_COMMIT_ROWS:
+                self.con.execute("commit")
+                self.con.execute("begin")
+                pending = 0
             for chunk in encoded.to_batches():
                 yield _commands(chunk)
 

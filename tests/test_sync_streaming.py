@@ -181,3 +181,31 @@ def test_a_streamed_first_sync_killed_mid_write_then_rerun_converges(harness, re
     unchanged = harness.sync(incremental=False)
     assert (unchanged.views[0].inserted, unchanged.views[0].updated) == (0, 0), unchanged
     client.close()
+
+
+def test_a_streamed_first_sync_that_fails_after_some_slices_committed_converges(harness, redis_server,
+                                                                                monkeypatch):
+    """The streamed first sync commits its state every few batches (bounded memory). Redis rejects writes
+    part-way: the run fails and publishes nothing; the slices it had committed are never diffed against (the
+    view stays untrusted), and the next run rewrites what is missing and equals the warehouse."""
+    import featuremart.state
+
+    monkeypatch.setattr(featuremart.state, "STREAM_COMMIT_ROWS", 20_000)
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(150000) t(i)",
+                [harness.t0])
+    client = redis_server.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 8_000_000)
+    try:
+        failed = harness.sync(writers=1)
+    finally:
+        client.config_set("maxmemory", 0)
+    assert failed.status == "failed" and "Redis rejected" in failed.error, failed
+    assert client.get("fm:meta:{fm}:registry") is None
+    written = len(harness.online())
+    assert 0 < written < 150_000, f"the writes should have been refused part-way ({written} written)"
+    rerun = harness.sync()
+    view = rerun.views[0]
+    assert rerun.status == "success" and view.rebuilt and not view.streamed, rerun
+    assert harness.online() == harness.expected() and len(harness.online()) == 150_000
+    client.close()
