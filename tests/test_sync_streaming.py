@@ -4,6 +4,7 @@ and publishes nothing; limits set in the environment are checked and named."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -41,6 +42,17 @@ class SpillWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@contextlib.contextmanager
+def memory_capped(client, headroom: int):
+    """Our test server refuses writes (noeviction) once it holds `headroom` more bytes than now."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + headroom)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", 0)
 
 
 @pytest.fixture
@@ -97,12 +109,8 @@ def test_a_write_rejected_on_one_of_several_connections_stops_all_and_publishes_
     harness.sql("update feats set a = a + 1000")
     harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000, 60000) t(i)",
                 [harness.t0])
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", client.info("memory")["used_memory"] + 500_000)
-    try:
+    with memory_capped(client, 500_000):
         run = harness.sync(writers=4)
-    finally:
-        client.config_set("maxmemory", 0)
     assert run.status == "failed" and "Redis rejected" in run.error and "fm:{customer_id=C" in run.error, run.error
     assert not [t for t in threading.enumerate() if t.name.startswith("featuremart-writer")]
     assert client.get("fm:registry") == registry_before
@@ -194,12 +202,8 @@ def test_a_streamed_first_sync_that_fails_after_some_slices_committed_converges(
     harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(150000) t(i)",
                 [harness.t0])
     client = redis_server.client()
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", client.info("memory")["used_memory"] + 8_000_000)
-    try:
+    with memory_capped(client, 8_000_000):
         failed = harness.sync(writers=1)
-    finally:
-        client.config_set("maxmemory", 0)
     assert failed.status == "failed" and "Redis rejected" in failed.error, failed
     assert client.get("fm:meta:{fm}:registry") is None
     written = len(harness.online())
