@@ -20,8 +20,6 @@ costs or gains here, not the ceiling of a real cluster.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
+from bench.common import save, spread  # noqa: E402
 from bench.synthetic import NOW, make_table, sync, view  # noqa: E402
 from featuremart import sql  # noqa: E402
 from featuremart.online.store import WRITE_CHUNK_ROWS, OnlineStore, _encode_set_pxat  # noqa: E402
@@ -82,11 +81,6 @@ def time_sync(db: Path, url: str, tmp: Path, n: int) -> float:
     return seconds
 
 
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, default=200_000)
@@ -124,14 +118,11 @@ def main() -> None:
         for kind, by in measured.items():
             ratios = [s / c for s, c in zip(by["single"], by["cluster"])]  # throughput ratio cluster / single
             results[kind] = {
-                **{f"{c}_rows_per_s": summary([rows / s for s in by[c]]) for c in contenders},
-                **{f"{c}_seconds": summary(by[c]) for c in contenders},
-                "cluster_to_single_throughput": summary(ratios),
+                **{f"{c}_rows_per_s": spread([rows / s for s in by[c]]) for c in contenders},
+                **{f"{c}_seconds": spread(by[c]) for c in contenders},
+                "cluster_to_single_throughput": spread(ratios),
             }
-    out = ROOT / "bench" / "results" / "cluster.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save(ROOT / "bench" / "results" / "cluster.json", results)
 
 
 if __name__ == "__main__":

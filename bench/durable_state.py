@@ -18,14 +18,12 @@ Results: bench/results/durable_state.json.   python bench/durable_state.py --ent
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -34,40 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
-from bench.synthetic import make_table  # noqa: E402
-from featuremart.config import Entity  # noqa: E402
+from bench.common import save, spread  # noqa: E402
+from bench.synthetic import make_table, manifest, sync, view  # noqa: E402
 from featuremart.durable import DurableState  # noqa: E402
-from featuremart.gate import BuildGate, NodeResult  # noqa: E402
-from featuremart.manifest import Manifest  # noqa: E402
 from featuremart.online.store import OnlineStore  # noqa: E402
-from featuremart.registry import Feature, FeatureView, Registry, Relation  # noqa: E402
 from featuremart.state import SyncState  # noqa: E402
-from featuremart.sync import Syncer  # noqa: E402
-from featuremart.warehouse import DuckDBWarehouse  # noqa: E402
-
-
-def view(features: int = 10) -> FeatureView:
-    return FeatureView(name="feats", entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts",
-                       ttl=timedelta(days=30), relation=Relation(None, "main", "feats"), model_id="model.b.feats",
-                       features=tuple(Feature("feats", f"f{n}", "int" if n < 5 else "float")
-                                      for n in range(features)))
-
-
-def manifest(db: Path) -> Manifest:
-    return Manifest(db, 12, "", "2026-01-01T00:00:00Z", "duckdb", "bench", {}, (), {}, {}, project_name="bench")
-
-
-def sync(db: Path, url: str, state: Path, v: FeatureView, **kw):
-    registry = Registry({"customer": Entity("customer", (("customer_id", "string"),))}, {"feats": v}, {})
-    m = manifest(db)
-    built = {v.model_id: NodeResult(v.model_id, "success", None, datetime.now(timezone.utc).replace(tzinfo=None))}
-    gate = BuildGate(m, built, Relation(None, "main", "featuremart_build_results"))
-    with OnlineStore.connect(url, embedded_dir=state, prefix="fm") as store, DuckDBWarehouse(db) as wh:
-        started = time.perf_counter()
-        run = Syncer(registry, m, gate, wh, store, state).run([v], **kw)
-        seconds = time.perf_counter() - started
-    assert run.status == "success", run
-    return seconds, run.views[0]
 
 
 def upload_seconds(db: Path, url: str, state: Path) -> float:
@@ -95,7 +64,7 @@ def memory_per_entity(db: Path, url: str, client, entities: int, features: int, 
     client.flushall()
     base = client.info("memory")["used_memory"]
     state = tmp / f"mem{features}"
-    sync(db, url, state, view(features), full_refresh=True)
+    sync(db, url, state, view(features, changed_at=None), full_refresh=True)
     used = client.info("memory")["used_memory"] - base
     durable_usage, durable_value = state_bytes(client)
     sample = [k for k in client.scan_iter(match="fm:{*", count=1000)][:1000]
@@ -108,11 +77,6 @@ def memory_per_entity(db: Path, url: str, client, entities: int, features: int, 
             "mean_key_bytes": round(key_len, 1), "mean_value_bytes": round(value_len, 1),
             "durable_state_bytes_per_entity": round(durable_usage / entities, 2),
             "durable_state_parquet_bytes_per_entity": round(durable_value / entities, 2)}
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "runs": len(values)}
 
 
 def main() -> None:
@@ -136,7 +100,7 @@ def main() -> None:
 
         results["memory"] = [memory_per_entity(db, server.url, client, args.entities, n, tmp) for n in (1, 10, 20)]
 
-        v = view(10)
+        v = view(10, changed_at=None)
         state = tmp / "state"
         client.flushall()
         sync(db, server.url, state, v)  # the store and state every contender starts from
@@ -173,15 +137,12 @@ def main() -> None:
             print(f"repetition {rep + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
         client.close()
 
-    ratio = lambda a, b: summary([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
-    results["seconds"] = {name: summary(values) for name, values in times.items()}
+    ratio = lambda a, b: spread([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
+    results["seconds"] = {name: spread(values) for name, values in times.items()}
     results["upload_vs_full_sync"] = ratio("upload", "full_sync")
     results["fresh_restore_vs_fresh_rebuild"] = ratio("fresh_restore_sync", "fresh_rebuild_sync")
     results["note"] = "2-core machine shared with other jobs while measured: wall times are noisy, ratios paired"
-    out = ROOT / "bench" / "results" / "durable_state.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save(ROOT / "bench" / "results" / "durable_state.json", results)
 
 
 if __name__ == "__main__":

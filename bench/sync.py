@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -51,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
+from bench.common import dbt_project, spread  # noqa: E402
 from bench.raw_redis_ceiling import mset  # noqa: E402
 from featuremart import FeatureStore, sql  # noqa: E402
 from featuremart.state import SyncState  # noqa: E402
@@ -63,28 +65,9 @@ CONTENDERS = ("pipe", "mset", "sync", "process")
 
 def project(dest: Path, entities: int, pg_schema: str) -> Path:
     """A dbt project whose model `feats` generates N entities (DuckDB) or copies the COPY-loaded rows (pg)."""
-    (dest / "models").mkdir(parents=True)
-    (dest / "dbt_project.yml").write_text(textwrap.dedent("""\
-        name: bench_sync
-        version: "1.0.0"
-        config-version: 2
-        profile: bench_sync
-        models:
-          bench_sync: {+materialized: table}
-        vars:
-          featuremart_entities:
-            customer: {join_keys: {customer_id: string}}
-        """))
-    (dest / "packages.yml").write_text(f"packages:\n  - local: {ROOT}\n")
-    (dest / "profiles.yml").write_text(textwrap.dedent(f"""\
-        bench_sync:
-          target: dev
-          outputs:
-            dev: {{type: duckdb, path: "{dest / 'bench.duckdb'}", threads: 2}}
-            pg: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres, password: "", dbname: postgres,
-                  schema: {pg_schema}, threads: 2}}
-        """))
-    (dest / "features.yml").write_text("version: 1\nonline_store: {key_prefix: fm}\n")
+    dbt_project(dest, "bench_sync", join_key_type="string", key_prefix="fm", extra_outputs=(
+        f"pg: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres, password: \"\", dbname: postgres,\n"
+        f"      schema: {pg_schema}, threads: 2}}\n"))
     cols = ",\n    ".join(f"(hash(i, {n}) % 100000)::bigint as f{n}" if n < 5 else
                           f"(hash(i, {n}) % 1000000) / 100.0 as f{n}" for n in range(10))
     (dest / "models" / "feats.sql").write_text(textwrap.dedent(f"""\
@@ -198,11 +181,6 @@ def run_process(argv: list[str], env: dict) -> tuple[float, dict, float]:
     return measured["seconds"], json.loads(proc.stdout), measured["peak_rss_mb"]
 
 
-def spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "n": len(values)}
-
-
 def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres: bool,
                reruns: bool = True, contenders: tuple[str, ...] = CONTENDERS) -> dict:
     pg_schema = f"fm_bench_{uuid.uuid4().hex[:8]}"
@@ -245,7 +223,7 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         for name in order:
             fresh(client, dest)
-            times[name].append(runs[name]())
+            times[name].append(with_cpu(runs[name], client))
             assert client.dbsize() >= rows, f"{name} left {client.dbsize()} keys, expected {rows}"
             print(f"    {name}: {json.dumps(times[name][-1])}", flush=True)  # long runs report as they go
         print(f"  {entities:,} rep {rep + 1}/{reps} ({' '.join(order)}): " + ", ".join(
@@ -261,6 +239,14 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         "ratio_to_mset": {n: spread([m / s for m, s in zip(secs["mset"], secs[n])])
                           for n in ("sync", "process") if {"mset", n} <= set(runs)},
     }
+    # CPU seconds spent (by this bench and its child processes: the client side; by redis-server), which the
+    # machine's load disturbs less than wall times: the work each contender makes the machine do.
+    result["cpu_seconds"] = {n: {side: spread([t[f"{side}_cpu"] for t in times[n]]) for side in ("client", "redis")}
+                             for n in runs}
+    if "pipe" in runs:
+        work = {n: [t["client_cpu"] + t["redis_cpu"] for t in times[n]] for n in runs}
+        result["cpu_ratio_to_pipe"] = {n: spread([p / w for p, w in zip(work["pipe"], work[n])])
+                                       for n in runs if n != "pipe"}
     if {"pipe", "mset"} <= set(runs):
         result["pipe_vs_mset"] = spread([m / p for m, p in zip(secs["mset"], secs["pipe"])])
     if "sync" in runs:
@@ -316,6 +302,24 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
             drop_postgres(pg_schema)
     client.close()
     return result
+
+
+def with_cpu(contender, client: redis.Redis) -> dict:
+    """Run a contender; add the CPU seconds it took on the client side (this process and the child processes it
+    waited for) and in redis-server (INFO cpu)."""
+    def redis_cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def client_cpu() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    before = (client_cpu(), redis_cpu())
+    measured = contender()
+    measured["client_cpu"] = round(client_cpu() - before[0], 3)
+    measured["redis_cpu"] = round(redis_cpu() - before[1], 3)
+    return measured
 
 
 def _timed_sync(store: FeatureStore, rows: int) -> dict:

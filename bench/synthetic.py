@@ -37,23 +37,28 @@ def make_table(path: Path, entities: int, history: int) -> None:
     con.close()
 
 
-def view() -> FeatureView:
+def view(features: int = 10, changed_at: str | None = "changed_at") -> FeatureView:
+    """The table's view: `features` of its columns (5 int then float; f10.. where the table has them)."""
     return FeatureView(name="feats", entities=("customer",), join_keys=(("customer_id", "string"),), timestamp="ts",
                        ttl=timedelta(days=30), relation=Relation(None, "main", "feats"), model_id="model.b.feats",
-                       changed_at="changed_at",
-                       features=tuple(Feature("feats", f, "int" if int(f[1:]) < 5 else "float") for f in FEATURES))
+                       changed_at=changed_at,
+                       features=tuple(Feature("feats", f"f{n}", "int" if n < 5 else "float") for n in range(features)))
 
 
-def sync(db: Path, url: str, state: Path, **kw):
-    v = view()
+def manifest(db: Path) -> Manifest:
+    return Manifest(db, 12, "", "2026-01-01T00:00:00Z", "duckdb", "bench", {}, (), {}, {}, project_name="bench")
+
+
+def sync(db: Path, url: str, state: Path, v: FeatureView | None = None, **kw):
+    """An in-process sync of the view (default `view()`): (seconds, its ViewResult)."""
+    v = v or view()
     registry = Registry({"customer": Entity("customer", (("customer_id", "string"),))}, {"feats": v}, {})
-    manifest = Manifest(db, 12, "", "", "duckdb", "bench", {}, (), {}, {})
+    m = manifest(db)
     built = {v.model_id: NodeResult(v.model_id, "success", None, datetime.now(timezone.utc).replace(tzinfo=None))}
-    gate = BuildGate(manifest, built, Relation(None, "main", "featuremart_build_results"))
+    gate = BuildGate(m, built, Relation(None, "main", "featuremart_build_results"))
     with OnlineStore.connect(url, embedded_dir=state, prefix="fm") as store, DuckDBWarehouse(db) as wh:
         started = time.perf_counter()
-        run = Syncer(registry, manifest, gate, wh, store, state).run([v], **kw)
+        run = Syncer(registry, m, gate, wh, store, state).run([v], **kw)
         seconds = time.perf_counter() - started
     assert run.status in ("success", "dry-run"), run
     return seconds, run.views[0]
-

@@ -67,6 +67,7 @@ class ViewResult:
     incremental: bool = False  # only entities with rows changed since the last sync were read (changed_at)
     rebuilt: bool = False  # its state did not describe the store: rebuilt from a SCAN, every value rewritten
     restored: bool = False  # its local state was missing or stale: restored from the durable copy in the store
+    streamed: bool = False  # nothing of it was online: written as the warehouse was read, without a diff
     seconds: float = 0.0
 
 
@@ -340,19 +341,22 @@ class Syncer:
             watermark = table.column(0)[0].as_py() if table.num_rows else None
         query = sql.render(sql.online_payload(view, self.prefix, self.now, dialect, changed_since_us=since), dialect)
         schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("ts_us", pa.int64())])
-        progress(view.name, "staging", 0, 0)
-        with closing(self.warehouse.stream(query, STAGE_BATCH_ROWS)) as stream:
-            state.stage(view.name, pa.RecordBatchReader.from_batches(schema, (_conform(b, schema) for b in stream)))
-        if not trusted:
+        if not trusted:  # before staging: whether anything of the view is online decides how it is written
             self._scan(state)
             state.adopt(view.name, view.version)
+        result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
+                            incremental=since is not None, rebuilt=not trusted, restored=restored)
+        self._watermarks[view.name] = watermark
+        progress(view.name, "staging", 0, 0)
+        with closing(self.warehouse.stream(query, STAGE_BATCH_ROWS)) as stream:
+            payload = (_conform(b, schema) for b in stream)
+            if not dry_run and state.empty(view.name):  # nothing online: write as the warehouse is read
+                return self._first_sync(view, state, payload, ttl_ms, watermark, result, started, progress)
+            state.stage(view.name, pa.RecordBatchReader.from_batches(schema, payload))
         diff = state.diff(view.name, view.version, rewrite=rewrite, version_change=version_change,
                           expired_before_us=sql.to_us(self.now) - ttl_ms * 1000, partial=since is not None)
-        result = ViewResult(view.name, "dry-run" if dry_run else "synced", version=view.version,
-                            inserted=diff.inserted, updated=diff.updated, deleted=diff.deleted,
-                            unchanged=diff.unchanged, incremental=since is not None, rebuilt=not trusted,
-                            restored=restored)
-        self._watermarks[view.name] = watermark
+        result.inserted, result.updated, result.deleted = diff.inserted, diff.updated, diff.deleted
+        result.unchanged = diff.unchanged
         fraction = self.max_delete_fraction if view.max_delete_fraction is None else view.max_delete_fraction
         if not self.allow_mass_delete and diff.live_departed > fraction * diff.live_before:
             result.status = "withheld"
@@ -396,6 +400,36 @@ class Syncer:
             first = (str(exc).splitlines() or [""])[0]
             self._stats_notes.append(f"view {view.name}: statistics not computed this run ({type(exc).__name__}: "
                                      f"{first})")
+
+    def _first_sync(self, view: FeatureView, state: SyncState, payload: Iterator[pa.RecordBatch], ttl_ms: int,
+                    watermark: int | None, result: ViewResult, started: float,
+                    progress: Callable[[str, str, int, int], None]) -> ViewResult:
+        """A view with nothing online (a first sync, a full refresh, a store that lost it): every row is an insert
+        and nothing departs, so the mass-delete guard has nothing to weigh and no diff needs the whole staged
+        view. Each warehouse batch is recorded in the state and written at once: the warehouse read, encoding
+        and writes overlap. The state commits only after every write was acknowledged; until then the view is
+        marked, so a failed or killed run leaves it untrusted and the next run rebuilds it."""
+        state.mark(view.name, self._token)
+        self._durable.mark(view.name)
+        written = [0]
+
+        def counted(chunks: Iterator[tuple[memoryview, pa.Array]]) -> Iterator[tuple[memoryview, pa.Array]]:
+            for chunk in chunks:
+                written[0] += len(chunk[1])
+                yield chunk
+
+        progress(view.name, "writing", 0, 0)
+        with state.first_sync(view.name):
+            with closing(state.record_commands(view.name, payload, ttl_ms)) as commands:
+                self._write(counted(commands), view.name, 0, progress)
+            state.commit_first(view.name, view.version, self.store_id, watermark, generation=self._token,
+                               ttl_ms=ttl_ms)
+        self._committed.add(view.name)
+        if self.stats:  # every entity was written: the count is what was published
+            self._profile(view, written[0])
+        result.inserted, result.streamed = written[0], True
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
 
     def _scan(self, state: SyncState) -> None:
         """Once per run, where some state is not trusted: every featuremart value key in the store, by SCAN."""

@@ -423,3 +423,29 @@ def test_parse_row_key_accepts_what_the_sync_writes_and_nothing_else():
                   "other:{customer_id=C1}:v:0a1b2c3d", "fm:{customer_id=C1}:a:b:0a1b2c3d:x"]:
         assert keys.parse_row_key("fm", other) is None, other
     assert keys.row_key_pattern("fm") == "fm:{*" and keys.row_key_pattern("a*b") == "a\\*b:{*"
+
+
+def test_a_rejected_write_amid_acknowledged_ones_is_named_exactly(store, client):
+    """The replies of a bulk write are compared as runs of `+OK`; the first one that differs is parsed reply by
+    reply. Wherever the rejected command sits (first, last, mid-chunk, a later chunk), its own key is named, the
+    commands before it were applied, and the store writes again afterwards."""
+    from featuremart.online.store import _encode_command
+
+    def chunk(start: int, count: int, bad: int | None) -> tuple[bytes, list[bytes]]:
+        keys = [b"fm:{id=%d}:v" % i for i in range(start, start + count)]
+        return b"".join(_encode_command([b"SET", key, b"v%d" % i, b"PXAT",
+                                         b"soon" if i == bad else b"%d" % far_future_ms()])
+                        for i, key in zip(range(start, start + count), keys)), keys
+
+    for bad in (0, 4_999, 10_000, 12_345, 29_999):
+        client.flushall()
+        with pytest.raises(OnlineStoreError) as err:
+            store.write_encoded([chunk(start, 10_000, bad) for start in range(0, 30_000, 10_000)])
+        assert "key b'fm:{id=%d}:v'" % bad in str(err.value), (bad, str(err.value))
+        assert "not an integer" in str(err.value)
+        if bad:
+            assert client.get(b"fm:{id=%d}:v" % (bad - 1)) == b"v%d" % (bad - 1)
+        assert client.get(b"fm:{id=%d}:v" % bad) is None
+    client.flushall()
+    assert store.write_encoded([chunk(start, 10_000, None) for start in range(0, 30_000, 10_000)]) == 30_000
+    assert client.dbsize() == 30_000 and client.get(b"fm:{id=29999}:v") == b"v29999"

@@ -331,12 +331,26 @@ def test_failed_write_keeps_previous_values_and_state(harness, redis_server):
     assert harness.sync().status == "success" and harness.online() == harness.expected()
 
 
-def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_server):
-    """A sync killed with SIGKILL while it rewrites a populated store: every entity stays served (old or new
-    value), its lock expires, and the next run converges."""
+def kill_sync_mid_write(harness: Harness, url: str, client: redis.Redis, after: int) -> int:
+    """Run the harness's sync in another process (lock ttl 2 s) and SIGKILL it once it has written more than
+    `after` values; returns how many SETs it had sent."""
     import subprocess
     import sys
 
+    calls = set_calls(client)
+    script = ("import sys; from pathlib import Path; from tests.test_sync import Harness; "
+              "h = Harness(Path(sys.argv[1]), sys.argv[2], create=False); h.sync(lock_ttl=2)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(harness.root), url],
+                            cwd=Path(__file__).resolve().parent.parent)
+    wait_for_writes(client, calls + after)
+    proc.kill()
+    proc.wait()
+    return set_calls(client) - calls
+
+
+def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_server):
+    """A sync killed with SIGKILL while it rewrites a populated store: every entity stays served (old or new
+    value), its lock expires, and the next run converges."""
     n = 100_000
     harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(?) t(i)",
                 [harness.t0 - timedelta(minutes=5), n])
@@ -345,16 +359,8 @@ def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_serve
     harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i + 1000000, i from range(?) t(i)",
                 [harness.t0, n])
     after = harness.expected()
-    script = ("import sys; from pathlib import Path; from tests.test_sync import Harness; "
-              "h = Harness(Path(sys.argv[1]), sys.argv[2], create=False); h.sync(lock_ttl=2)")
     client = redis_server.client()
-    calls = set_calls(client)
-    proc = subprocess.Popen([sys.executable, "-c", script, str(harness.root), redis_server.url],
-                            cwd=Path(__file__).resolve().parent.parent)
-    wait_for_writes(client, calls + 5_000)
-    proc.kill()
-    proc.wait()
-    rewritten = set_calls(client) - calls
+    rewritten = kill_sync_mid_write(harness, redis_server.url, client, 5_000)
     assert 5_000 < rewritten < n, "the sync should have been killed mid-write"
     locked = harness.sync()
     assert locked.status == "failed" and "holds the lock" in locked.error

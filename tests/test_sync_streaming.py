@@ -4,6 +4,7 @@ and publishes nothing; limits set in the environment are checked and named."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -43,6 +44,17 @@ class SpillWatch:
         self._thread.join()
 
 
+@contextlib.contextmanager
+def memory_capped(client, headroom: int):
+    """Our test server refuses writes (noeviction) once it holds `headroom` more bytes than now."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + headroom)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", 0)
+
+
 @pytest.fixture
 def wide(tmp_path, redis_url):
     """200k entities with a 200-byte string feature: about 60 MB staged, far over a 32 MB limit."""
@@ -55,16 +67,17 @@ def wide(tmp_path, redis_url):
 
 
 def test_a_tiny_memory_limit_spills_and_the_store_equals_the_warehouse(wide):
-    """With 32 MB per DuckDB connection a full sync, an unchanged rerun and a 1% change all complete (spilling
-    to <state dir>/duckdb_tmp), and every value read back from Redis equals the warehouse's."""
+    """With 32 MB per DuckDB connection a full sync (streamed: nothing online yet), an unchanged rerun and a 1%
+    change (both staged and diffed, spilling to <state dir>/duckdb_tmp) all complete, and every value read back
+    from Redis equals the warehouse's."""
     tiny = DuckDBLimits("32MB", 1)
-    with SpillWatch(temp_directory(wide.root / "state")) as spill:
-        first = wide.sync(limits=tiny)
+    first = wide.sync(limits=tiny)
     assert first.status == "success" and first.views[0].inserted == 200_000, first
-    assert spill.most > 0, f"DuckDB should have spilled past its 32 MB limit; its temp dir held {spill.most}"
     assert wide.online() == wide.expected()
 
-    again = wide.sync(limits=tiny, incremental=False)
+    with SpillWatch(temp_directory(wide.root / "state")) as spill:
+        again = wide.sync(limits=tiny, incremental=False)
+    assert spill.most > 0, f"DuckDB should have spilled past its 32 MB limit; its temp dir held {spill.most}"
     assert again.status == "success" and (again.views[0].inserted, again.views[0].updated) == (0, 0)
     wide.sql("update feats set a = a + 1, ts = ts + interval 1 second where hash(customer_id) % 100 = 0")
     changed = wide.sync(limits=tiny, incremental=False)
@@ -96,12 +109,8 @@ def test_a_write_rejected_on_one_of_several_connections_stops_all_and_publishes_
     harness.sql("update feats set a = a + 1000")
     harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(1000, 60000) t(i)",
                 [harness.t0])
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", client.info("memory")["used_memory"] + 500_000)
-    try:
+    with memory_capped(client, 500_000):
         run = harness.sync(writers=4)
-    finally:
-        client.config_set("maxmemory", 0)
     assert run.status == "failed" and "Redis rejected" in run.error and "fm:{customer_id=C" in run.error, run.error
     assert not [t for t in threading.enumerate() if t.name.startswith("featuremart-writer")]
     assert client.get("fm:registry") == registry_before
@@ -136,3 +145,71 @@ def test_limits_from_the_environment():
     assert DuckDBLimits.from_env({}) == DuckDBLimits()
     assert DuckDBLimits.from_env({"FEATUREMART_DUCKDB_MEMORY_LIMIT": "2GB", "FEATUREMART_DUCKDB_THREADS": "8"}) == \
         DuckDBLimits("2GB", 8)
+
+
+def test_a_first_sync_streams_and_its_state_diffs_like_a_staged_one(harness, redis_server):
+    """Nothing online: the rows are written as the warehouse is read (no diff). What it records is what a staged
+    sync would: an unchanged rerun diffing every entity writes nothing, a change is found, and both equal the
+    warehouse read back from Redis."""
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(50000) t(i)",
+                [harness.t0])
+    first = harness.sync()
+    assert first.status == "success" and first.views[0].streamed and first.views[0].inserted == 50_000, first
+    assert harness.online() == harness.expected()
+    again = harness.sync(incremental=False)
+    view = again.views[0]
+    assert not view.streamed and (view.inserted, view.updated, view.unchanged) == (0, 0, 50_000), view
+    harness.sql("update feats set a = a + 1, ts = ts + interval 1 second where hash(customer_id) % 10 = 0")
+    changed = harness.sync(incremental=False)
+    assert changed.status == "success" and 4_000 < changed.views[0].updated < 6_000, changed
+    assert harness.online() == harness.expected()
+
+
+def test_a_streamed_first_sync_killed_mid_write_then_rerun_converges(harness, redis_server):
+    """SIGKILL while a first sync streams into an empty store: the state's open transaction is lost with the
+    process (nothing half-recorded), the next run rebuilds the view from a SCAN of what was written and
+    converges to the warehouse, keys and values."""
+    import time
+
+    from tests.test_sync import kill_sync_mid_write
+
+    n = 200_000
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(?) t(i)",
+                [harness.t0, n])
+    client = redis_server.client()
+    written = kill_sync_mid_write(harness, redis_server.url, client, 5_000)
+    assert 5_000 < written < n, f"the sync should have been killed mid-write ({written} of {n} written)"
+    assert client.get("fm:meta:{fm}:registry") is None  # nothing published
+    time.sleep(2.5)  # the killed run's lock expires
+    rerun = harness.sync()
+    view = rerun.views[0]
+    assert rerun.status == "success" and view.rebuilt and not view.streamed, rerun  # the SCAN found its keys
+    assert view.inserted + view.updated == n, view
+    assert harness.online() == harness.expected()
+    unchanged = harness.sync(incremental=False)
+    assert (unchanged.views[0].inserted, unchanged.views[0].updated) == (0, 0), unchanged
+    client.close()
+
+
+def test_a_streamed_first_sync_that_fails_after_some_slices_committed_converges(harness, redis_server,
+                                                                                monkeypatch):
+    """The streamed first sync commits its state every few batches (bounded memory). Redis rejects writes
+    part-way: the run fails and publishes nothing; the slices it had committed are never diffed against (the
+    view stays untrusted), and the next run rewrites what is missing and equals the warehouse."""
+    import featuremart.state
+
+    monkeypatch.setattr(featuremart.state, "STREAM_COMMIT_ROWS", 20_000)
+    harness.sql("insert into feats (customer_id, ts, a, b) select 'C' || i, ?, i, i / 4 from range(150000) t(i)",
+                [harness.t0])
+    client = redis_server.client()
+    with memory_capped(client, 8_000_000):
+        failed = harness.sync(writers=1)
+    assert failed.status == "failed" and "Redis rejected" in failed.error, failed
+    assert client.get("fm:meta:{fm}:registry") is None
+    written = len(harness.online())
+    assert 0 < written < 150_000, f"the writes should have been refused part-way ({written} written)"
+    rerun = harness.sync()
+    view = rerun.views[0]
+    assert rerun.status == "success" and view.rebuilt and not view.streamed, rerun
+    assert harness.online() == harness.expected() and len(harness.online()) == 150_000
+    client.close()

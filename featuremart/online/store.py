@@ -970,18 +970,50 @@ def _encode_command(args: list[bytes]) -> bytes:
 _SET_HEAD_ARGS = b"*5\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
+_OK = b"+OK\r\n"
+_OKS = _OK * 65_536  # what a run of up to 65,536 acknowledged writes reads as, compared in one C call
+
+
 class _ReplyReader:
     """Reads the replies to our packed commands on one connection; `read(n)` returns (row, error) pairs.
 
-    With hiredis, replies are parsed by our own reader fed from the connection's socket: one C call per reply
-    instead of redis-py's Python layers. The connection came idle from the pool, so nothing of ours is buffered
-    in redis-py's own parser; bytes of the next chunk's replies stay in this reader until read.
+    Every command of a bulk write answers `+OK` when it succeeds, so the replies are first compared with runs of
+    `+OK` bytes as they arrive (one C comparison per run, no work per reply); at the first byte that differs,
+    everything read so far goes to a hiredis reader, which parses reply by reply and names the errors. The
+    connection came idle from the pool, so nothing of ours is buffered in redis-py's own parser; bytes of the
+    next chunk's replies stay here (or in the hiredis reader) until read.
     """
 
     def __init__(self, conn: Any):
         self._conn = conn
         self._sock = getattr(conn, "_sock", None)
         self._reader = hiredis.Reader() if hiredis is not None and self._sock is not None else None
+        self._pending = bytearray()  # bytes received beyond the replies read so far (fast path)
+
+    def _recv(self) -> bytes:
+        data = self._sock.recv(1 << 20)
+        if not data:
+            raise redis.ConnectionError("Connection closed by the server while reading write replies")
+        return data
+
+    def _all_ok(self, n: int) -> bool:
+        """Whether the next `n` replies are all `+OK` (then consumed); False as soon as one is not (nothing
+        consumed: the bytes read are handed to the hiredis reader)."""
+        buf, need, checked = self._pending, len(_OK) * n, 0
+        while True:
+            upto = min(len(buf), need)
+            while checked < upto:
+                offset = checked % len(_OK)
+                size = min(upto - checked, len(_OKS) - offset)
+                if buf[checked:checked + size] != _OKS[offset:offset + size]:
+                    self._reader.feed(bytes(buf))
+                    self._pending = bytearray()
+                    return False
+                checked += size
+            if checked >= need:
+                del buf[:need]
+                return True
+            buf += self._recv()
 
     def read(self, n: int) -> list[tuple[int, Any]]:
         errors: list[tuple[int, Any]] = []
@@ -992,17 +1024,16 @@ class _ReplyReader:
                 except redis.ResponseError as exc:
                     errors.append((i, exc))
             return errors
-        reader, recv = self._reader, self._sock.recv
+        if not self._reader.has_data() and self._all_ok(n):
+            return errors
+        reader = self._reader
         gets = reader.gets
         reply_error = hiredis.ReplyError
         i = 0
         while i < n:
             reply = gets()
             if reply is False:
-                data = recv(1 << 20)
-                if not data:
-                    raise redis.ConnectionError("Connection closed by the server while reading write replies")
-                reader.feed(data)
+                reader.feed(self._recv())
                 continue
             if reply.__class__ is reply_error or isinstance(reply, Exception):
                 errors.append((i, reply))
@@ -1011,4 +1042,4 @@ class _ReplyReader:
 
     @property
     def drained(self) -> bool:
-        return self._reader is None or not self._reader.has_data()
+        return self._reader is None or not (self._pending or self._reader.has_data())
