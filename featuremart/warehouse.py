@@ -204,7 +204,8 @@ class DbtAdapterWarehouse(Warehouse):
         if self._handle is None:
             from featuremart.dbtcore import open_adapter
 
-            self._adapter = open_adapter(self.project)
+            if self._adapter is None:  # built once: dbt's adapter start-up walks the stack (~0.1 s and up)
+                self._adapter = open_adapter(self.project)
             self._context = self._adapter.connection_named("featuremart")
             self._context.__enter__()
             try:
@@ -263,9 +264,8 @@ class DbtAdapterWarehouse(Warehouse):
         if self._context is not None:
             self._context.__exit__(None, None, None)
         self._context = self._handle = None
-        if self._adapter is not None:
+        if self._adapter is not None:  # the connection goes; the adapter stays for the next use
             self._adapter.cleanup_connections()
-            self._adapter = None
 
 
 #: dbt adapter type -> sqlglot dialect, where the names differ.
