@@ -503,8 +503,8 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_stats(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
-    from featuremart.config import DriftThresholds
     from featuremart.monitoring.baseline import Baseline, baseline_drift
+    from featuremart.monitoring.drift import view_thresholds
     from featuremart.monitoring.summary import view_summary
 
     if args.runs < 1:
@@ -512,8 +512,7 @@ def cmd_stats(store: FeatureStore, args: argparse.Namespace, console: Console) -
     view_name, _, feature_name = args.name.partition(".")
     view = store.registry.view(view_name)
     feature = view.feature(feature_name) if feature_name else None
-    tier = store.config.tiers.get(view.tier or "")
-    thresholds = tier.drift if tier else DriftThresholds()
+    thresholds = view_thresholds(view, store.config.tiers)
     compare = None
     if args.baseline:
         manifest = store.manifest()

@@ -307,6 +307,10 @@ class StatsHistory:
     def append(self, view: str, record: dict[str, Any]) -> None:
         self.store.push_record(keys.stats_key(self.store.prefix, view), json.dumps(record, default=str), self.kept)
 
+    def drop(self, view: str) -> None:
+        """Delete the view's history (the sync does when the view leaves the project or goes offline)."""
+        self.store.delete([keys.stats_key(self.store.prefix, view)])
+
     def read(self, view: str, count: int = STATS_KEPT) -> list[dict[str, Any]]:
         """The view's newest `count` records, newest first (a record that is not JSON is skipped)."""
         out = []
