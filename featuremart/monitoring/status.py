@@ -185,9 +185,8 @@ def newest_events(wh: Warehouse, views: Sequence[FeatureView]) -> dict[str, int 
     found: dict[str, int | None] = {}
     for start in range(0, len(views), UNION_VIEWS):
         chunk = views[start:start + UNION_VIEWS]
-        table = wh.query(sql.render(newest_events_query(chunk, wh.dialect), wh.dialect))
-        for name, us in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
-            found[name] = None if us is None else int(us)
+        for row in wh.records(sql.render(newest_events_query(chunk, wh.dialect), wh.dialect)):
+            found[row["view"]] = None if row["newest_us"] is None else int(row["newest_us"])
     return found
 
 
