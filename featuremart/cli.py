@@ -417,9 +417,8 @@ def cmd_report(store: FeatureStore, args: argparse.Namespace, console: Console) 
     site = write_site(store, args.output, chosen, runs=args.runs)
     console.print(f"wrote {len(site.pages)} page(s) to {site.output}: open {site.output / INDEX}",
                   highlight=False, soft_wrap=True)
-    if site.without_stats:
-        console.print(f"no statistics yet for {len(site.without_stats)} view(s): {', '.join(site.without_stats)} "
-                      "(run `featuremart sync`)", highlight=False, soft_wrap=True)
+    for name, why in site.without_stats:  # said on the view's page too
+        console.print(f"{name}: shown without statistics: {why}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

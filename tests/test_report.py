@@ -15,14 +15,13 @@ from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
-import duckdb
 import pytest
 from rich.console import Console
 
-from featuremart import FeatureStore
 from featuremart.cli import main
 from featuremart.monitoring.report import INDEX, view_page
 from tests.conftest import skip_or_fail_in_ci
+from tests.test_stats import sync_with_planted_drift, synced  # noqa: F401  (synced: a fixture)
 
 CHROMIUM = "chromium"
 #: Appended to a copy of a page for the test only (the site itself has no JavaScript): writes each chart
@@ -85,17 +84,10 @@ def _cli(project: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def published(project, redis_url, monkeypatch):
+def published(synced):
     """The reference project synced twice, spend_7d shifted in between (drift), a view's description hostile."""
-    monkeypatch.setenv("FEATUREMART_REDIS_URL", redis_url)
-    monkeypatch.delenv("FEATUREMART_STATS", raising=False)
-    with FeatureStore(project) as fs:
-        assert fs.sync().status == "success"
-    con = duckdb.connect(str(project / "target" / "featuremart.duckdb"))
-    con.execute("update main.customer_spend set spend_7d = spend_7d * 3 + 500")
-    con.close()
-    with FeatureStore(project) as fs:
-        assert fs.sync().status == "success"
+    project = synced
+    sync_with_planted_drift(project, 3, 500)
     manifest = project / "target" / "manifest.json"
     doc = json.loads(manifest.read_text())
     doc["nodes"]["model.featuremart.merchant_risk"]["description"] = HOSTILE
@@ -218,7 +210,10 @@ def _shown(value) -> str:
 
 
 @pytest.mark.integration
-def test_unwritable_output_is_one_line_and_nothing_written(project, tmp_path):
+def test_unwritable_output_refused_and_a_never_synced_project_said_so(project, tmp_path, redis_url, monkeypatch):
+    """An --output that cannot be written: one line, exit 1, nothing written. A project never synced: the site is
+    written, each view's page and the command's output saying it has no statistics yet and why."""
+    monkeypatch.setenv("FEATUREMART_REDIS_URL", redis_url)
     (tmp_path / "out").mkdir()
     blocker = tmp_path / "out" / "a-file"
     blocker.write_text("not a directory")
@@ -227,3 +222,9 @@ def test_unwritable_output_is_one_line_and_nothing_written(project, tmp_path):
     code, out = _cli(project, "report", "--output", str(blocker / "site"))
     assert code == 1 and "cannot write there" in out and "Traceback" not in out, out
     assert blocker.read_text() == "not a directory" and list(blocker.parent.iterdir()) == [blocker]
+    code, out = _cli(project, "report", "--output", str(tmp_path / "site"))
+    assert code == 0 and "wrote 6 page(s)" in out, out
+    assert "customer_spend: shown without statistics: no statistics recorded for view customer_spend yet" in out
+    page = (tmp_path / "site" / view_page("customer_spend")).read_text()
+    assert "no statistics recorded for view customer_spend yet" in page and "<svg" not in page
+    assert 'data-stage="online" data-status="n/a"' in page  # never published: n/a, as status says

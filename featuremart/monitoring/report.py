@@ -41,11 +41,11 @@ WIDTH, HEIGHT, MARGIN, LEFT = 360, 140, 24, 48
 
 @dataclass(frozen=True)
 class Site:
-    """What `write_site` wrote: the directory, its pages, and the views whose statistics were missing."""
+    """What `write_site` wrote: the directory, its pages, and (view, why) for each view shown without statistics."""
 
     output: Path
     pages: tuple[str, ...]
-    without_stats: tuple[str, ...]
+    without_stats: tuple[tuple[str, str], ...]
 
 
 def view_page(name: str) -> str:
@@ -73,7 +73,7 @@ def write_site(store: FeatureStore, output: str | Path, views: Sequence[FeatureV
     for view in chosen:
         stats, why = _stats(store, view, runs)
         if stats is None:
-            missing.append(view.name)
+            missing.append((view.name, why))
         facts = _view_facts(view, manifest, rows.get(("view", view.name)), stats, why,
                             view_thresholds(view, store.config.tiers))
         index_views.append(facts)
@@ -81,7 +81,7 @@ def write_site(store: FeatureStore, output: str | Path, views: Sequence[FeatureV
     names = {v.name for v in chosen}
     services = [{"name": s.name, "owner": s.owner, "description": s.description,
                  "row": _row(rows.get(("service", s.name))),
-                 "views": [{"name": n, "page": view_page(n)} for n in s.view_names],
+                 "views": [{"name": n, "page": view_page(n) if n in names else None} for n in s.view_names],
                  "features": [f.ref for f in s.features]}
                 for s in sorted(registry.services.values(), key=lambda s: s.name) if set(s.view_names) & names]
     pages[INDEX] = _render("index.html", project=store.project.name, generated=shown(status.now),
