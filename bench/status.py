@@ -9,13 +9,19 @@ with the loaded-project cache warm (as a scheduler calling it every few minutes 
   list:      featuremart list                   (baseline: the same project and registry loading, no status)
   collect:   featuremart.monitoring.status.collect() in one warm process (the status work alone)
 
-each as wall-clock and CPU seconds (the machine is shared: CPU time is the steadier figure).
+each as wall-clock and CPU seconds (the machine is shared: CPU time is the steadier figure). With `--before DIR`
+(a source tree of an earlier featuremart, e.g. `git archive main | tar -x -C DIR`), also
+
+  before:    featuremart status --json          with PYTHONPATH=DIR (the same environment, the earlier code)
+
+paired with `status` in every round, for a before/after ratio measured under the same load.
 
 Rounds are paired, the order rotates; prints median and range of each and of status/list per round, and
 writes `bench/results/status.json`.
 
     python bench/status.py                # 7 rounds, 100 views
     python bench/status.py --views 300
+    python bench/status.py --before /tmp/featuremart-main
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="paired rounds (at least 5 for a reported figure)")
     parser.add_argument("--views", type=int, default=100, help="feature views in all (default: 100)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "status.json")
+    parser.add_argument("--before", type=Path, default=None, metavar="DIR",
+                        help="a source tree of an earlier featuremart to time `status` of, paired")
     args = parser.parse_args(argv)
     fm = str(Path(sys.executable).with_name("featuremart"))
     from demo.generate import generate
@@ -93,15 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                 collect(store, store.select(online_only=True))
                 return time.perf_counter() - started, time.process_time() - cpu
 
-        def process(argv: list[str]) -> tuple[float, float]:
+        def process(argv: list[str], environ: dict[str, str] = env) -> tuple[float, float]:
             """Wall and CPU seconds (user + system of the child): on a shared machine CPU time is the steadier."""
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            wall = timed(argv, project, env)
+            wall = timed(argv, project, environ)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
         contenders = {"status": lambda: process([fm, "status", "--json"]), "list": lambda: process([fm, "list"]),
                       "collect": in_process}
+        if args.before:
+            earlier = {**env, "PYTHONPATH": str(args.before.resolve())}
+            contenders["before"] = lambda: process([fm, "status", "--json"], earlier)
+            timed([fm, "status", "--json"], project, earlier)  # its loaded-project cache warm too
         names = list(contenders)
         load_before = [round(x, 2) for x in os.getloadavg()]
         rounds: list[dict[str, float]] = []
@@ -117,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
               "python": platform.python_version(),
               "seconds": {name: spread([r[name] for r in rounds]) for name in names},
               "ratios": {"status/list": spread([r["status"] / r["list"] for r in rounds]),
-                         "status/list cpu": spread([r["status_cpu"] / r["list_cpu"] for r in rounds])},
+                         "status/list cpu": spread([r["status_cpu"] / r["list_cpu"] for r in rounds]),
+                         **({"status/before": spread([r["status"] / r["before"] for r in rounds]),
+                             "status/before cpu": spread([r["status_cpu"] / r["before_cpu"] for r in rounds])}
+                            if args.before else {})},
               "per_round": rounds}
     print(f"\n{args.views} views, {args.rounds} rounds; load average before {load_before}, after "
           f"{record['load_average_after']} ({os.cpu_count()} CPUs)")

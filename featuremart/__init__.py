@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it.
 _EXPORTS = {
     **dict.fromkeys(("ArtifactError", "ConfigError", "FeaturemartError", "NotPublishedError", "OnlineStoreError",
-                     "ServedLogError", "StatsError", "SyncLockedError", "TrainingSetError", "UnknownNameError",
-                     "ValidationError", "WarehouseError"), "featuremart.errors"),
+                     "ReportError", "ServedLogError", "StatsError", "SyncLockedError", "TrainingSetError",
+                     "UnknownNameError", "ValidationError", "WarehouseError"), "featuremart.errors"),
     **dict.fromkeys(("EXPIRED", "MISSING", "PRESENT", "FeatureValue"), "featuremart.online.reader"),
     **dict.fromkeys(("Feature", "FeatureService", "FeatureView", "Registry"), "featuremart.registry"),
     "FeatureStore": "featuremart.store",
@@ -40,8 +40,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from featuremart.errors import (ArtifactError, ConfigError, FeaturemartError, NotPublishedError,  # noqa: F401
-                                    OnlineStoreError, ServedLogError, StatsError, SyncLockedError, TrainingSetError,
-                                    UnknownNameError, ValidationError, WarehouseError)
+                                    OnlineStoreError, ReportError, ServedLogError, StatsError, SyncLockedError,
+                                    TrainingSetError, UnknownNameError, ValidationError, WarehouseError)
     from featuremart.online.reader import EXPIRED, MISSING, PRESENT, FeatureValue  # noqa: F401
     from featuremart.registry import Feature, FeatureService, FeatureView, Registry  # noqa: F401
     from featuremart.servedlog import ServedLog  # noqa: F401

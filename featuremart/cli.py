@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                             help="freshness of each online view and service, from source to online (exit 4 on error)")
     status.add_argument("--json", action="store_true", help="print the status as JSON (docs/monitoring.md)")
 
+    report = sub.add_parser("report", parents=[common, selecting],
+                            help="write a static HTML report: services, views, features, freshness, statistics, drift")
+    report.add_argument("--output", required=True, metavar="DIR",
+                        help="the directory to write the site into (created if missing; its pages are replaced)")
+    report.add_argument("--runs", type=int, default=10, metavar="N",
+                        help="runs shown in each feature's drift chart and history (default: 10)")
+
     online = argparse.ArgumentParser(add_help=False)
     online.add_argument("--redis-url", metavar="URL", default=None,
                         help="the online store (default: $FEATUREMART_REDIS_URL); with either, no dbt project is read")
@@ -399,6 +406,22 @@ def cmd_status(store: FeatureStore, args: argparse.Namespace, console: Console) 
     return EXIT_BREACH if report.breached else EXIT_OK
 
 
+def cmd_report(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
+    """The static HTML site (docs/monitoring.md#the-report): exit 0 once written, whatever the status it shows."""
+    from featuremart.monitoring.report import INDEX, write_site
+
+    if args.runs < 1:
+        raise FeaturemartError(f"--runs {args.runs}: show at least 1 run")
+    chosen = (store.select(args.select, args.exclude, args.selector, args.state)
+              if args.select or args.exclude or args.selector else None)
+    site = write_site(store, args.output, chosen, runs=args.runs)
+    console.print(f"wrote {len(site.pages)} page(s) to {site.output}: open {site.output / INDEX}",
+                  highlight=False, soft_wrap=True)
+    for name, why in site.without_stats:  # said on the view's page too
+        console.print(f"{name}: shown without statistics: {why}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
 def cmd_get(args: argparse.Namespace, console: Console) -> int:
     entity = {}
     for pair in args.keys:
@@ -503,8 +526,8 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_stats(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
-    from featuremart.config import DriftThresholds
     from featuremart.monitoring.baseline import Baseline, baseline_drift
+    from featuremart.monitoring.drift import view_thresholds
     from featuremart.monitoring.summary import view_summary
 
     if args.runs < 1:
@@ -512,8 +535,7 @@ def cmd_stats(store: FeatureStore, args: argparse.Namespace, console: Console) -
     view_name, _, feature_name = args.name.partition(".")
     view = store.registry.view(view_name)
     feature = view.feature(feature_name) if feature_name else None
-    tier = store.config.tiers.get(view.tier or "")
-    thresholds = tier.drift if tier else DriftThresholds()
+    thresholds = view_thresholds(view, store.config.tiers)
     compare = None
     if args.baseline:
         manifest = store.manifest()
@@ -540,25 +562,27 @@ def cmd_stats(store: FeatureStore, args: argparse.Namespace, console: Console) -
 
 def render_stats(summary: dict[str, Any]) -> list[Table]:
     """The latest statistics (one row per feature), then each feature's history over the runs shown."""
+    from featuremart.monitoring.summary import number_text, percent_text
+
     baseline = (summary.get("baseline") or {}).get("drift") or {}
     latest_rows = []
     for name, f in summary["features"].items():
         s, last = f["latest"], f["history"][0]
         if s["kind"] == "number":
             q = s.get("quantiles") or {}
-            shape = (f"mean {_num(s['mean'])} sd {_num(s['stddev'])} · min {_num(s['min'])} p50 {_num(q.get('p50'))} "
-                     f"max {_num(s['max'])}")
+            shape = (f"mean {number_text(s['mean'])} sd {number_text(s['stddev'])} · min {number_text(s['min'])} p50 {number_text(q.get('p50'))} "
+                     f"max {number_text(s['max'])}")
         elif s["kind"] == "category":
             top = ", ".join(f"{v} {n}" for v, n in (s.get("top") or [])[:3])
             shape = f"{s['distinct']} distinct · top {top or '-'}"
         else:
-            shape = (f"length {_num(s['length']['mean'])} (min {_num(s['length']['min'])}, max "
-                     f"{_num(s['length']['max'])}) · norm {_num(s['norm']['mean'])}")
-        row = [escape(name), s["dtype"], str(s["count"]), _pct(s["null_fraction"]), escape(shape), _num(last["psi"]),
-               _num(last["ks"]), last["level"]]
+            shape = (f"length {number_text(s['length']['mean'])} (min {number_text(s['length']['min'])}, max "
+                     f"{number_text(s['length']['max'])}) · norm {number_text(s['norm']['mean'])}")
+        row = [escape(name), s["dtype"], str(s["count"]), percent_text(s["null_fraction"]), escape(shape), number_text(last["psi"]),
+               number_text(last["ks"]), last["level"]]
         if summary.get("baseline"):
             b = baseline.get(name) or {}
-            row += [_num(b.get("psi")), _num(b.get("ks")), b.get("level", "n/a")]
+            row += [number_text(b.get("psi")), number_text(b.get("ks")), b.get("level", "n/a")]
         latest_rows.append(row)
     headers = ["feature", "type", "count", "null", "distribution", "psi prev", "ks prev", "drift"]
     if summary.get("baseline"):
@@ -572,26 +596,14 @@ def render_stats(summary: dict[str, Any]) -> list[Table]:
     tables = [_table(title, headers, latest_rows, wraps=("distribution",),
                      right=("count", "null", "psi prev", "ks prev", "psi base", "ks base"))]
     for name, f in summary["features"].items():
-        rows = [(h["as_of"] or "", h["run_id"] or "", str(h["count"]), _pct(h["null_fraction"]),
-                 _num(h.get("mean", h.get("distinct", h.get("mean_length")))), _num(h["psi"]), _num(h["ks"]),
+        rows = [(h["as_of"] or "", h["run_id"] or "", str(h["count"]), percent_text(h["null_fraction"]),
+                 number_text(h.get("mean", h.get("distinct", h.get("mean_length")))), number_text(h["psi"]), number_text(h["ks"]),
                  h["level"]) for h in f["history"]]
         center = {"number": "mean", "category": "distinct"}.get(f["latest"]["kind"], "mean length")
         tables.append(_table(f"{summary['view']}.{name} over the last {len(rows)} run(s), newest first",
                              ("as of", "run", "count", "null", center, "psi", "ks", "drift"), rows, wraps=(),
                              right=("count", "null", center, "psi", "ks")))
     return tables
-
-
-def _num(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
 
 
 def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
@@ -643,7 +655,7 @@ def cmd_skew(store: FeatureStore, args: argparse.Namespace, console: Console) ->
 
 
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync,
-            "status": cmd_status, "stats": cmd_stats, "training-set": cmd_training_set, "skew": cmd_skew}
+            "status": cmd_status, "stats": cmd_stats, "report": cmd_report, "training-set": cmd_training_set, "skew": cmd_skew}
 #: Commands that read the online store only: they take (args, console) and open no dbt project unless needed.
 SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve}
 

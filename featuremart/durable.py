@@ -36,14 +36,17 @@ import json
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from featuremart.manifest import Manifest
 from featuremart.online import keys
 from featuremart.online.store import OnlineStore
-from featuremart.state import Synced, SyncState, described, export_view, restore_view
+
+if TYPE_CHECKING:  # pragma: no cover - featuremart.state loads pyarrow: imported where used, so that
+    # `featuremart status` (which reads only StatsHistory) starts without it
+    from featuremart.state import SyncState
 
 #: The record and index format this version writes and reads; another one is refused (rebuild).
 FORMAT = 1
@@ -98,6 +101,8 @@ class DurableState:
         """Restore a view's state into the local state if its durable copy describes the store; else note why
         not and return False (the caller rebuilds it from a SCAN). `version`, `ttl_ms`: the view's now, recorded
         for a view that the index says has no keys online."""
+        from featuremart.state import Synced, restore_view
+
         if self._index is None:
             return self._refuse(view, self._why_not)
         token = self._index["views"].get(view)
@@ -174,6 +179,8 @@ class DurableState:
 
     def upload(self, state: SyncState, view: str) -> None:
         """Export the view's committed local state and put it in the store; the previous parts then go."""
+        from featuremart.state import export_view
+
         if view not in self._touched or self._read(keys.view_state_key(self.prefix, view)) is None:
             self.mark(view)
         synced = state.synced(view)
@@ -218,6 +225,8 @@ class DurableState:
         Views this run did not touch keep their records (they still describe the store); those it uploaded
         get the new token. `whole`: every key online belongs to a view in the index (a view without a record
         then has none online); it holds only if no view with keys online lacks a current record."""
+        from featuremart.state import described
+
         base = self._index
         views = {v: t for v, t in (base["views"].items() if base else ()) if v not in self._touched}
         views.update(self._uploaded)
@@ -306,6 +315,10 @@ class StatsHistory:
 
     def append(self, view: str, record: dict[str, Any]) -> None:
         self.store.push_record(keys.stats_key(self.store.prefix, view), json.dumps(record, default=str), self.kept)
+
+    def drop(self, view: str) -> None:
+        """Delete the view's history (the sync does when the view leaves the project or goes offline)."""
+        self.store.delete([keys.stats_key(self.store.prefix, view)])
 
     def read(self, view: str, count: int = STATS_KEPT) -> list[dict[str, Any]]:
         """The view's newest `count` records, newest first (a record that is not JSON is skipped)."""

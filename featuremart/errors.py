@@ -73,6 +73,10 @@ class StatsError(FeaturemartError):
     (missing, of other columns or types, empty)."""
 
 
+class ReportError(FeaturemartError):
+    """`featuremart report` cannot write its site: the output directory cannot be created or written."""
+
+
 class StateError(FeaturemartError):
     """The sync state file is unreadable (corrupt or truncated); `featuremart sync --full-refresh` rebuilds it."""
 

@@ -118,9 +118,8 @@ def read_recorded(warehouse: Warehouse, relation: Relation) -> dict[str, NodeRes
     """The hook's record: each node's latest result, as written by macros/hooks/record_build_results.sql."""
     query = sqlglot.select(*(sql.col(c) for c in ("unique_id", "status", "message", "checksum", "completed_at"))) \
         .from_(sql.table(relation))
-    table = warehouse.query(sql.render(query, warehouse.dialect))
     rows = []
-    for row in table.to_pylist():
+    for row in warehouse.records(sql.render(query, warehouse.dialect)):
         moment = row["completed_at"]
         if moment is None:
             continue

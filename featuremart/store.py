@@ -20,11 +20,12 @@ from featuremart.manifest import Manifest, load_manifest
 from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
 from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
-from featuremart.sync import SyncRun, Syncer
 from featuremart.warehouse import Warehouse, open_warehouse
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
+
+    from featuremart.sync import SyncRun  # imported where used: `status` and `report` start without it (pyarrow)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class FeatureStore:
                                                     target, vars)
         self.config: ProjectConfig = load_features_yml(self.project.project_dir, self.project.vars)
         self._redis_url = redis_url
+        self._manifest: tuple[tuple[int, int], Manifest] | None = None
         self._registry: Registry | None = None
         self._online: OnlineStore | None = None
         self._reader: OnlineReader | None = None
@@ -65,6 +67,7 @@ class FeatureStore:
         self = cls.__new__(cls)
         self.project = None  # type: ignore[assignment]
         self.config = None  # type: ignore[assignment]
+        self._manifest = None
         self._registry = None
         self._reader = OnlineReader.connect(redis_url, prefix=prefix)
         self._redis_url, self._online = redis_url, self._reader.store
@@ -76,6 +79,14 @@ class FeatureStore:
         return self.project.target_dir / "featuremart"
 
     def manifest(self) -> Manifest:
+        """target/manifest.json, parsed again only when the file changed (a command reads it several times)."""
+        try:
+            found = (self.project.target_dir / "manifest.json").stat()
+            stamp: tuple[int, int] | None = (found.st_mtime_ns, found.st_size)
+        except OSError:
+            stamp = None  # load_manifest says what is missing
+        if stamp is not None and self._manifest is not None and self._manifest[0] == stamp:
+            return self._manifest[1]
         manifest = load_manifest(self.project.target_dir)
         if manifest.adapter_type and manifest.adapter_type != self.project.adapter_type:
             raise ArtifactError(
@@ -83,6 +94,7 @@ class FeatureStore:
                 f"{self.project.target_name!r} is {self.project.adapter_type}: run `dbt build --target "
                 f"{self.project.target_name}` first"
             )
+        self._manifest = (stamp, manifest) if stamp is not None else None
         return manifest
 
     def warehouse(self) -> Warehouse:
@@ -223,6 +235,8 @@ class FeatureStore:
         even where they delete more than their `max_delete_fraction`."""
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
+        from featuremart.sync import Syncer
+
         registry = self.registry
         manifest = self.manifest()
         views = self.select(select, exclude, selector, state, online_only=True)

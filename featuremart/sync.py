@@ -227,6 +227,7 @@ class Syncer:
                         continue  # removed by the loop below
                     self._scan(state)
                     self._durable.remove(name)
+                    self._history.drop(name)
             for name in state.views():  # views dropped, renamed or turned offline: remove what they left online
                 if name not in self.registry.views:
                     run.views.append(self._remove(state, name, "no longer a feature view of the project"))
@@ -461,6 +462,7 @@ class Syncer:
         deleted = self._delete(state.keys(name))
         state.drop(name)
         self._durable.remove(name)
+        self._history.drop(name)  # it described values no longer served; a view added back starts afresh
         return ViewResult(name, "removed", reason, deleted=deleted, seconds=round(time.perf_counter() - started, 3))
 
     def _delete(self, key_batches: Iterator[list[str]]) -> int:

@@ -11,13 +11,15 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from featuremart.config import DbtProject
 from featuremart.errors import ConfigError, WarehouseError
 from featuremart.registry import Relation
+
+if TYPE_CHECKING:  # pragma: no cover - pyarrow is imported where a result is streamed: `featuremart status`
+    # reads its few rows with `records` and starts without it
+    import pyarrow as pa
 
 BATCH_ROWS = 100_000
 
@@ -72,8 +74,14 @@ class Warehouse(ABC):
         """Run a query and yield its result in Arrow record batches: memory stays bounded by one batch."""
 
     def query(self, sql: str) -> pa.Table:
+        import pyarrow as pa
+
         batches = list(self.stream(sql))
         return pa.Table.from_batches(batches) if batches else pa.table({})
+
+    def records(self, sql: str) -> list[dict[str, Any]]:
+        """A small result as one dict per row (Python values): for the few rows of `status` and the build gate."""
+        return self.query(sql).to_pylist()
 
     def bound_memory(self, limits: DuckDBLimits, temp_directory: Path) -> None:
         """Bound the memory of what this warehouse runs in-process (DuckDB); a server warehouse's queries run
@@ -142,6 +150,11 @@ class DuckDBWarehouse(Warehouse):
 
     def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         yield from batches(self.con.sql(sql).to_arrow_reader(batch_rows))
+
+    def records(self, sql: str) -> list[dict[str, Any]]:
+        cursor = self.con.execute(sql)  # no Arrow: `featuremart status` then never loads pyarrow (0.18 s CPU)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def close(self) -> None:
         if self._con is not None:
@@ -241,6 +254,8 @@ class DbtAdapterWarehouse(Warehouse):
                 if (r.schema.lower(), r.identifier.lower()) in by_name}
 
     def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
         try:
             cur = self.handle.cursor(name=f"featuremart_{id(sql):x}")  # server-side (psycopg2)
             cur.itersize = batch_rows

@@ -364,15 +364,20 @@ def test_sync_records_statistics_of_what_it_publishes(synced):
     assert shown["features"]["spend_7d"]["history"][0]["level"] == "n/a"
 
 
+def sync_with_planted_drift(project, scale: float, shift: float) -> None:
+    """Sync, move customer_spend.spend_7d to `spend_7d * scale + shift` in the warehouse, sync again."""
+    with FeatureStore(project) as fs:
+        assert fs.sync().status == "success"
+    con = duckdb.connect(str(project / "target" / "featuremart.duckdb"))
+    con.execute("update main.customer_spend set spend_7d = spend_7d * ? + ?", [scale, shift])
+    con.close()
+    with FeatureStore(project) as fs:
+        assert fs.sync().status == "success"
+
+
 @pytest.mark.integration
 def test_planted_drift_is_named_and_survives_a_fresh_runner(synced, monkeypatch):
-    with FeatureStore(synced) as fs:
-        assert fs.sync().status == "success"
-    con = duckdb.connect(str(synced / "target" / "featuremart.duckdb"))
-    con.execute("update main.customer_spend set spend_7d = spend_7d * 5 + 2000")
-    con.close()
-    with FeatureStore(synced) as fs:
-        assert fs.sync().status == "success"
+    sync_with_planted_drift(synced, 5, 2000)
     shutil.rmtree(synced / "target" / "featuremart")  # a fresh runner: only Redis remembers
     with FeatureStore(synced) as fs:
         found = drift.latest_drift(fs.online, fs.registry.views.values(), fs.config.tiers)

@@ -375,8 +375,12 @@ def test_sync_process_killed_mid_write_then_rerun_converges(harness, redis_serve
 
 
 def test_a_renamed_view_replaces_the_old_one(harness):
+    """The old name's keys and its statistics history go (the history described values no longer served)."""
+    from featuremart.durable import StatsHistory
+
     harness.sql("insert into feats (customer_id, ts, a, b) values ('C1', ?, 1, 0.5), ('C2', ?, 2, 1.5)", [harness.t0, harness.t0])
     harness.sync()
+    assert len(StatsHistory(harness.store).read("feats")) == 1
     harness.set_features(("a", "b"), view_name="spend")
     run = harness.sync()
     assert run.status == "success"
@@ -384,6 +388,8 @@ def test_a_renamed_view_replaces_the_old_one(harness):
         ("spend", "synced", 2, 0), ("feats", "removed", 0, 2)}
     keys = sorted(k.decode() for k in harness.store.scan("fm:{*"))
     assert keys == [f"fm:{{customer_id=C{i}}}:spend:{harness.view.version}" for i in (1, 2)]
+    history = StatsHistory(harness.store)
+    assert history.read("feats") == [] and [r["view"] for r in history.read("spend")] == ["spend"]
 
 
 def test_sync_over_tls(tmp_path):

@@ -123,9 +123,14 @@ def latest_drift(online: Any, views: Iterable[Any], tiers: Mapping[str, Any] | N
         records = history.read(view.name, 1)
         if not records:
             continue
-        tier = (tiers or {}).get(view.tier) if view.tier else None
-        out[view.name] = record_drift(records[0], tier.drift if tier else DriftThresholds())
+        out[view.name] = record_drift(records[0], view_thresholds(view, tiers))
     return out
+
+
+def view_thresholds(view: Any, tiers: Mapping[str, Any] | None) -> DriftThresholds:
+    """The drift thresholds of `view`: its tier's in features.yml (`tiers`, by name), else the defaults."""
+    tier = (tiers or {}).get(view.tier) if view.tier else None
+    return tier.drift if tier else DriftThresholds()
 
 
 def record_drift(record: Mapping[str, Any], thresholds: DriftThresholds) -> dict[str, Drift]:

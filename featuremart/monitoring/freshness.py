@@ -87,6 +87,11 @@ def load_source_freshness(target_dir: Path) -> dict[str, SourceResult]:
 
 def upstream_sources(models: dict[str, Any], sources: Iterable[str], model_id: str) -> set[str]:
     """The dbt sources `model_id` reads, directly or through other models (manifest lineage, transitively)."""
+    return lineage(models, sources, model_id)[1]
+
+
+def lineage(models: dict[str, Any], sources: Iterable[str], model_id: str) -> tuple[set[str], set[str]]:
+    """(the models, the dbt sources) `model_id` reads, directly or through other models, by unique_id."""
     known = set(sources)
     found: set[str] = set()
     seen: set[str] = set()
@@ -102,7 +107,7 @@ def upstream_sources(models: dict[str, Any], sources: Iterable[str], model_id: s
                 found.add(parent)
             elif parent in models:
                 todo.append(parent)
-    return found
+    return seen - {model_id}, found
 
 
 # -- what the sync published (featuremart.sync seals it with the generation) ----------------------------------

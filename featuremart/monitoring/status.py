@@ -185,9 +185,8 @@ def newest_events(wh: Warehouse, views: Sequence[FeatureView]) -> dict[str, int 
     found: dict[str, int | None] = {}
     for start in range(0, len(views), UNION_VIEWS):
         chunk = views[start:start + UNION_VIEWS]
-        table = wh.query(sql.render(newest_events_query(chunk, wh.dialect), wh.dialect))
-        for name, us in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
-            found[name] = None if us is None else int(us)
+        for row in wh.records(sql.render(newest_events_query(chunk, wh.dialect), wh.dialect)):
+            found[row["view"]] = None if row["newest_us"] is None else int(row["newest_us"])
     return found
 
 
@@ -237,9 +236,9 @@ def _warehouse_stage(view: FeatureView, now: datetime, newest: datetime | None,
         return Stage(ERROR, age, f"model never built: run `dbt build -s {view.name}`"), None
     built = utc(build.completed_at)
     if build.status == "empty":
-        return Stage(WARN, age, f"last built with --empty at {_shown(built)}"), None
+        return Stage(WARN, age, f"last built with --empty at {shown(built)}"), None
     if build.status != "success":
-        return Stage(ERROR, age, f"latest build failed at {_shown(built)} ({build.status}); the table holds an "
+        return Stage(ERROR, age, f"latest build failed at {shown(built)} ({build.status}); the table holds an "
                                  "older build's rows"), None
     if newest is None:
         return Stage(NA, None, f"no rows in {view.relation}"), built
@@ -307,8 +306,8 @@ HEADERS = ("kind", "name", "tier", "source age", "newest event", "age", "last bu
 
 def table_rows(report: StatusReport) -> list[tuple[str, ...]]:
     """The report as text cells, in HEADERS order (the terminal table and the plain text share them)."""
-    return [(r.kind, r.name, r.tier or "-", _cell(r.source), _shown(r.warehouse_newest), _cell(r.warehouse),
-             _shown(r.last_build), _shown(r.last_publish), _cell(r.online), r.drift.status, r.status)
+    return [(r.kind, r.name, r.tier or "-", _cell(r.source), shown(r.warehouse_newest), _cell(r.warehouse),
+             shown(r.last_build), shown(r.last_publish), _cell(r.online), r.drift.status, r.status)
             for r in report.rows]
 
 
@@ -325,7 +324,7 @@ def plain_text(report: StatusReport) -> str:
     cells = [HEADERS, *table_rows(report)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.append(f"status at {_shown(report.now)}: {report.status}")
+    lines.append(f"status at {shown(report.now)}: {report.status}")
     return "\n".join(lines + notes(report)) + "\n"
 
 
@@ -335,7 +334,7 @@ def rich_table(report: StatusReport) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"featuremart status at {_shown(report.now)}: {report.status}")
+    table = Table(title=f"featuremart status at {shown(report.now)}: {report.status}")
     for header in HEADERS:
         table.add_column(header, no_wrap=header != "name", overflow="fold")
     for cells in table_rows(report):
@@ -367,7 +366,8 @@ def _cell(stage: Stage) -> str:
     return human_age(stage.age) if stage.age is not None else NA
 
 
-def _shown(moment: datetime | None) -> str:
+def shown(moment: datetime | None) -> str:
+    """A time for people: `2026-01-31 12:00:00 UTC`; '-' when unknown."""
     return utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "-"
 
 

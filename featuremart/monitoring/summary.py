@@ -65,3 +65,17 @@ def _headline(stats: dict[str, Any]) -> dict[str, Any]:
         out.update(mean_length=(stats.get("length") or {}).get("mean"), mean_norm=(stats.get("norm") or {}).get(
             "mean"))
     return out
+
+
+def number_text(value: Any) -> str:
+    """A figure for people: 4 significant digits for floats, integers whole, n/a for None."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def percent_text(value: float | None) -> str:
+    """A share for people: 12.5%, n/a for None."""
+    return "n/a" if value is None else f"{value:.1%}"
