@@ -89,7 +89,7 @@ def test_ci_script_fails_loudly_when_postgres_does_not_answer() -> None:
     assert "error: no PostgreSQL at 127.0.0.1:" in result.stderr and "cannot run" in result.stderr
 
 
-def test_ci_runs_the_readme_test_command_after_checking_postgres() -> None:
+def test_ci_runs_the_readme_test_command_after_checking_postgres_and_chromium() -> None:
     lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
-    assert lines[-2:] == [".ci/postgres", "make test"]
+    assert lines[-3:] == [".ci/postgres", ".ci/chromium", "make test"]
     assert 'export CI="${CI:-true}"' in lines
