@@ -139,6 +139,10 @@ class DuckDBWarehouse:
     def env(self) -> dict:
         return {"TZ": SESSION_ZONE}
 
+    def model(self, name: str) -> str:
+        """A model dbt built, qualified for `query`."""
+        return f"main.{name}"
+
     def drop(self) -> None:
         pass
 
@@ -181,6 +185,9 @@ class PostgresWarehouse(DuckDBWarehouse):
 
     def env(self) -> dict:
         return {"TZ": SESSION_ZONE, "PGTZ": SESSION_ZONE}
+
+    def model(self, name: str) -> str:
+        return f'"{self.schema}".{name}'
 
     def drop(self) -> None:
         con = self._connect()
@@ -255,8 +262,6 @@ def test_edges_by_hand(warehouse):
 
 BAD_INPUT = {
     # case: (macro arguments replacing the good ones, argument named, words of the fix)
-    "unknown column": ({"aggregations": "[{'name': 's', 'function': 'sum', 'column': 'amout'}]"},
-                       "aggregations[0].column", "use one of: amount"),
     "unknown function": ({"aggregations": "[{'name': 's', 'function': 'median', 'column': 'amount'}]"},
                          "aggregations[0].function", "use one of count, sum, avg"),
     "approximate distinct": ({"aggregations": "[{'name': 'm', 'function': 'approx_count_distinct', "
@@ -267,6 +272,12 @@ BAD_INPUT = {
     "unbalanced filter": ({"aggregations": "[{'name': 'n', 'function': 'count', 'column': '*', "
                                            "'where': \"status = 'declined\"}]"},
                           "aggregations[0].where", "boolean expression"),
+}
+# Mistakes only the warehouse can reveal (its columns, their types, its parser): found when the model is
+# compiled for execution, where `dbt run` reports each model's error and goes on, so one run checks them all.
+BAD_INPUT_SEEN_BY_THE_WAREHOUSE = {
+    "unknown column": ({"aggregations": "[{'name': 's', 'function': 'sum', 'column': 'amout'}]"},
+                       "aggregations[0].column", "use one of: amount"),
     "filter that does not parse": ({"aggregations": "[{'name': 'n', 'function': 'count', 'column': '*', "
                                                     "'where': 'status = = 1'}]"},
                                    "aggregations[0].where", "boolean expression"),
@@ -274,6 +285,16 @@ BAD_INPUT = {
     "sum of text": ({"aggregations": "[{'name': 's', 'function': 'sum', 'column': 'merchant'}]"},
                     "aggregations[0].column", "use a numeric column"),
 }
+# (`dbt compile` wraps a model's compilation error in "Runtime Error"; a warehouse error would read
+# "Database Error" or name the warehouse's parser/binder.)
+WAREHOUSE_ERRORS = ("Database Error", "Parser Error", "Binder Error")
+
+
+def _bad_model(changes: dict) -> str:
+    args = {"source": "source('raw', 'events')", "keys": "['entity']", "timestamp": "'ts'", "grain": "'1d'",
+            "windows": "['1d', '7d']",
+            "aggregations": "[{'name': 'n', 'function': 'count', 'column': '*'}]", **changes}
+    return "{{ featuremart.window_features(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ") }}\n"
 
 
 @pytest.fixture(scope="module")
@@ -290,21 +311,34 @@ def test_bad_input_is_a_compile_error_naming_model_argument_and_fix(bad_input_pr
     """Each bad argument stops `dbt compile` with the macro's message (model, argument, fix), never a
     warehouse error."""
     changes, argument, fix = BAD_INPUT[case]
-    args = {"source": "source('raw', 'events')", "keys": "['entity']", "timestamp": "'ts'", "grain": "'1d'",
-            "windows": "['1d', '7d']",
-            "aggregations": "[{'name': 'n', 'function': 'count', 'column': '*'}]", **changes}
-    model = bad_input_project / "models" / "bad_model.sql"
-    model.write_text("{{ featuremart.window_features("
-                     + ", ".join(f"{k}={v}" for k, v in args.items()) + ") }}\n")
+    (bad_input_project / "models" / "bad_model.sql").write_text(_bad_model(changes))
     proc = dbt(bad_input_project, "compile", "--select", "bad_model", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"{case}: dbt compile succeeded:\n{output[-2000:]}"
-    # (`dbt compile` wraps a model's compilation error in "Runtime Error"; a warehouse error would read
-    # "Database Error" or name the warehouse's parser/binder.)
     assert "Compilation Error in model bad_model" in output, output
-    assert "Database Error" not in output and "Parser Error" not in output and "Binder Error" not in output, output
+    assert not any(error in output for error in WAREHOUSE_ERRORS), output
     assert "window_features in model bad_model" in output, output
     assert argument in output and fix in output, f"{case}: expected {argument!r} and {fix!r} in:\n{output[-3000:]}"
+
+
+def test_bad_input_seen_by_the_warehouse_is_a_compile_error_too(bad_input_project):
+    """Each mistake of BAD_INPUT_SEEN_BY_THE_WAREHOUSE, one model each, in one `dbt run`: every model fails
+    with the macro's message naming that model, the argument and the fix, never a warehouse error."""
+    project = bad_input_project
+    (project / "models" / "bad_model.sql").unlink(missing_ok=True)  # a parse-time case's, which stops a run
+    models = {case: "bad_" + case.replace(" ", "_") for case in BAD_INPUT_SEEN_BY_THE_WAREHOUSE}
+    for case, (changes, _argument, _fix) in BAD_INPUT_SEEN_BY_THE_WAREHOUSE.items():
+        (project / "models" / f"{models[case]}.sql").write_text(_bad_model(changes))
+    proc = dbt(project, "run", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"dbt run succeeded:\n{output[-2000:]}"
+    assert not any(error in output for error in WAREHOUSE_ERRORS), output
+    assert f"ERROR={len(models)}" in output, output
+    for case, (_changes, argument, fix) in BAD_INPUT_SEEN_BY_THE_WAREHOUSE.items():
+        assert f"Compilation Error in model {models[case]} " in output, f"{case}:\n{output[-3000:]}"
+        message = next((line for line in output.splitlines()
+                        if f"window_features in model {models[case]}:" in line), "")
+        assert argument in message and fix in message, f"{case}: expected {argument!r} and {fix!r} in {message!r}"
 
 
 def _random_events(rng: random.Random, days: int, per_day: int) -> list[dict]:
@@ -319,17 +353,12 @@ def _random_events(rng: random.Random, days: int, per_day: int) -> list[dict]:
     return events
 
 
-def _table_difference(wh, left: str, right: str) -> list[tuple]:
-    schema = "main" if wh.name == "duckdb" else f'"{wh.schema}"'
-    _, rows = wh.query(f"(select * from {schema}.{left} except all select * from {schema}.{right}) union all "
-                       f"(select * from {schema}.{right} except all select * from {schema}.{left})")
-    return rows
+INCREMENTAL_SHAPES = {"daily": ("1d", ["1d", "7d"]), "per_event": ("event", ["1s", "1h", "1d"])}
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
 def incremental_project(request, tmp_path):
-    """A project with the same windows twice: `incremental_view` (the default materialization) and
-    `full_view` (a table rebuilt from all events)."""
+    """A project with `incremental_<shape>` (the default materialization) for each of INCREMENTAL_SHAPES."""
     if request.param == "duckdb":
         make_project(tmp_path, "duckdb")
         wh = DuckDBWarehouse(tmp_path)
@@ -341,22 +370,34 @@ def incremental_project(request, tmp_path):
     try:
         wh.load([])
         (tmp_path / "models" / "_sources.yml").write_text(sources_yml(wh.schema, ["events"]))
-        for name, incremental in (("incremental_view", True), ("full_view", False)):
-            (tmp_path / "models" / f"{name}.sql").write_text(
-                _macro_call("1d", "ts", ["1d", "7d"], incremental, "source('raw', 'events')"))
+        for shape, (grain, windows) in INCREMENTAL_SHAPES.items():
+            (tmp_path / "models" / f"incremental_{shape}.sql").write_text(
+                _macro_call(grain, "ts", windows, True, "source('raw', 'events')"))
         yield wh
     finally:
         wh.drop()
 
 
-def test_incremental_runs_in_random_chunks_equal_a_full_refresh(incremental_project):
+def _assert_incremental_is(wh, events: list[dict], label: str) -> None:
+    """Every incremental model holds exactly the oracle's rows for `events`: what a full build gives (the
+    oracle tests show the full build equals the oracle)."""
+    for shape, (grain, windows) in INCREMENTAL_SHAPES.items():
+        columns, rows = wh.query(f"select * from {wh.model(f'incremental_{shape}')}")
+        _assert_matches(_oracle(events, grain, windows), columns, rows, f"{wh.name}/{shape}, {label}")
+
+
+def test_incremental_runs_equal_a_full_refresh_and_later_events_need_one(incremental_project):
     """Events arrive in random chunks of days (some a day late, inside the 2d lookback); after each chunk
-    `dbt run` updates the incremental model, which then equals the table rebuilt from all events."""
+    `dbt run` updates the incremental models (grain 1d and 'event'), which then hold exactly what a full build
+    from all events holds (the oracle's rows). Then an event 10 days late, outside the lookback: as documented,
+    the incremental run leaves it out, and `dbt run --full-refresh` counts it. (One scenario in one project,
+    compared with the oracle rather than with rebuilt tables: one dbt run per step, two models per run.)"""
     wh = incremental_project
     rng = random.Random(14)
-    events = _random_events(rng, days=16, per_day=6)
+    days = 12
+    events = _random_events(rng, days=days, per_day=6)
     loaded, day = [], 0
-    while day < 16:
+    while day < days:
         chunk = rng.randint(1, 4)
         loaded += [e for e in events if day <= (e["ts"] - BASE).days < day + chunk]
         # a late event, one day before the newest loaded day: inside the lookback, it must be counted
@@ -365,30 +406,15 @@ def test_incremental_runs_in_random_chunks_equal_a_full_refresh(incremental_proj
         day += chunk
         wh.load(loaded)
         dbt(wh.project, "run", env=wh.env())
-        assert _table_difference(wh, "incremental_view", "full_view") == [], f"differs after day {day}"
-    _, rows = wh.query("select count(*) from " + ("main" if wh.name == "duckdb" else f'"{wh.schema}"')
-                       + ".incremental_view where entity = 'late'")
-    assert rows[0][0] > 0
+        _assert_incremental_is(wh, loaded, f"day {day}")
 
-
-def test_events_later_than_the_lookback_need_a_full_refresh(incremental_project):
-    """An event 10 days late is outside the 2d lookback: as documented, the incremental run leaves it out,
-    and `dbt run --full-refresh` counts it."""
-    wh = incremental_project
-    events = [{"stream": 1, "entity": "a", "ts": BASE + timedelta(days=d), "amount": 1.0, "status": "approved",
-               "merchant": "m1"} for d in range(20)]
-    wh.load(events)
+    too_late = {"stream": 1, "entity": "too_late", "ts": BASE + timedelta(days=days - 10, hours=3),
+                "amount": 5.0, "status": "approved", "merchant": "m1"}
+    wh.load(loaded + [too_late])
     dbt(wh.project, "run", env=wh.env())
-    wh.load(events + [{**events[0], "ts": BASE + timedelta(days=9, hours=3), "amount": 5.0}])
-    dbt(wh.project, "run", env=wh.env())
-    schema = "main" if wh.name == "duckdb" else f'"{wh.schema}"'
-    day10 = BASE + timedelta(days=10)
-    query = f"select n_1d from {schema}.incremental_view where entity = 'a' and event_ts = %s"
-    literal = f"timestamp '{day10.isoformat(sep=' ')}'"
-    assert wh.query(query % literal)[1] == [(1,)]  # the late event is not counted by the incremental run
-    dbt(wh.project, "run", "--full-refresh", "--select", "incremental_view", env=wh.env())
-    assert wh.query(query % literal)[1] == [(2,)]
-    assert _table_difference(wh, "incremental_view", "full_view") == []
+    _assert_incremental_is(wh, loaded, "an event beyond the lookback, not counted incrementally")
+    dbt(wh.project, "run", "--full-refresh", env=wh.env())
+    _assert_incremental_is(wh, loaded + [too_late], "after --full-refresh")
 
 
 LEGACY = Path(__file__).parent / "window_legacy"

@@ -255,6 +255,19 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- One tile partial combined over the window of `seconds` ending at a row: over the RANGE frame `fm_w<seconds>`
+    (a full build: every row), or, in an incremental run, as a conditional aggregate over the tiles joined to
+    the row (fm_rows x fm_tiles, grouped by row), which computes only the rows being written. Both read the
+    frame from _wf_frame_offset, so both include exactly the tiles known in (t - w, t]. -#}
+{% macro _wf_combine(function, column, seconds, spec, joined) -%}
+    {%- if joined -%}
+        {{ function }}(case when fm_tiles.fm_k >= fm_rows.fm_k - {{ featuremart._wf_frame_offset(seconds, spec) }}
+            then fm_tiles.{{ column }} end)
+    {%- else -%}
+        {{ function }}({{ column }}) over fm_w{{ seconds }}
+    {%- endif -%}
+{%- endmacro %}
+
 {#- When an event at `ts` (UTC timestamp) becomes known: the end of its grain period, or itself. -#}
 {% macro _wf_known_time(ts, spec) -%}
     {%- if spec.grain_seconds -%}

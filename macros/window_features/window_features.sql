@@ -58,7 +58,10 @@
       tiles    one row per (keys, k): the partial aggregates of the period (count, sum, min, max, sum of
                squares, first/last candidates);
       windows  the tiles' partials combined over `range between (w - grain) preceding and current row`
-               (grain 'event': w - 1 microsecond, so the window is (t - w, t]);
+               (grain 'event': w - 1 microsecond, so the window is (t - w, t]); an incremental run computes
+               only the rows it writes (fm_rows: known after the cutoff), each joined with its entity's tiles
+               of the longest window and combined by conditional aggregates over the same frames
+               (_wf_combine): window functions would compute every re-read tile's row and discard most;
       distinct counts: each distinct (keys, value, k) visit covers [k, min(next visit, k + w)); the count at t
                is a running sum of +1/-1 at those ends (as in rolling_distinct_count): no self-join. -#}
 {% macro default__window_features(source, keys, timestamp, aggregations, windows, grain, output_timestamp,
@@ -183,36 +186,53 @@ fm_tiles as (
 {%- endif -%}
 {%- endfor %},
 
+{%- if is_incremental_run %}
+
+fm_rows as (
+
+    select {{ key_list }}, fm_k
+    from fm_tiles
+    where fm_k > {{ cutoff }}
+
+),
+{%- endif %}
+
 fm_windows as (
 
     select
-        {{ key_list }},
-        fm_k
+        {%- for key in keys %}
+        {{ 'fm_rows.' if is_incremental_run }}{{ key }},
+        {%- endfor %}
+        {{ 'fm_rows.' if is_incremental_run }}fm_k
         {%- for agg in spec.aggregations -%}
         {%- set a = 'fm_a' ~ loop.index -%}
         {%- for window in agg.windows -%}
-        {%- set w = 'fm_w' ~ window.seconds -%}
+        {%- set combine = featuremart._wf_combine -%}
+        {%- set args = (window.seconds, spec, is_incremental_run) -%}
         {%- set out = a ~ '_w' ~ loop.index -%}
-        {%- if agg.function == 'count' %},
-        sum({{ a }}_n) over {{ w }} as {{ out }}_n
-        {%- elif agg.function == 'sum' %},
-        sum({{ a }}_s) over {{ w }} as {{ out }}_s
-        {%- elif agg.function == 'avg' %},
-        sum({{ a }}_s) over {{ w }} as {{ out }}_s,
-        sum({{ a }}_n) over {{ w }} as {{ out }}_n
+        {%- if agg.function in ('count', 'avg', 'stddev') %},
+        {{ combine('sum', a ~ '_n', *args) }} as {{ out }}_n
+        {%- endif -%}
+        {%- if agg.function in ('sum', 'avg', 'stddev') %},
+        {{ combine('sum', a ~ '_s', *args) }} as {{ out }}_s
+        {%- endif -%}
+        {%- if agg.function == 'stddev' %},
+        {{ combine('sum', a ~ '_ss', *args) }} as {{ out }}_ss
         {%- elif agg.function in ('min', 'max') %},
-        {{ agg.function }}({{ a }}_m) over {{ w }} as {{ out }}_m
-        {%- elif agg.function == 'stddev' %},
-        sum({{ a }}_n) over {{ w }} as {{ out }}_n,
-        sum({{ a }}_s) over {{ w }} as {{ out }}_s,
-        sum({{ a }}_ss) over {{ w }} as {{ out }}_ss
-        {%- elif agg.function == 'first' %},
-        min({{ a }}_k) over {{ w }} as {{ out }}_k
-        {%- elif agg.function == 'last' %},
-        max({{ a }}_k) over {{ w }} as {{ out }}_k
+        {{ combine(agg.function, a ~ '_m', *args) }} as {{ out }}_m
+        {%- elif agg.function in ('first', 'last') %},
+        {{ combine('min' if agg.function == 'first' else 'max', a ~ '_k', *args) }} as {{ out }}_k
         {%- endif -%}
         {%- endfor -%}
         {%- endfor %}
+    {%- if is_incremental_run %}
+    from fm_rows
+    inner join fm_tiles
+        on {% for key in keys %}fm_tiles.{{ key }} = fm_rows.{{ key }} and {% endfor -%}
+        fm_tiles.fm_k <= fm_rows.fm_k
+        and fm_tiles.fm_k >= fm_rows.fm_k - {{ featuremart._wf_frame_offset(spec.max_window_seconds, spec) }}
+    group by {% for key in keys %}fm_rows.{{ key }}, {% endfor %}fm_rows.fm_k
+    {%- else %}
     from fm_tiles
     window
     {%- for seconds in spec.frame_seconds %}
@@ -221,6 +241,7 @@ fm_windows as (
             range between {{ featuremart._wf_frame_offset(seconds, spec) }} preceding and current row
         ){{ ',' if not loop.last }}
     {%- endfor %}
+    {%- endif %}
 
 )
 
@@ -268,7 +289,4 @@ left join {{ out }}_counts
 {%- endif -%}
 {%- endfor -%}
 {%- endfor %}
-{%- if is_incremental_run %}
-where fm_windows.fm_k > {{ cutoff }}
-{%- endif %}
 {%- endmacro %}
