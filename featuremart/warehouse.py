@@ -139,10 +139,10 @@ class DuckDBWarehouse(Warehouse):
         if not wanted:
             return {}
         # DuckDB's own catalog, only the tables asked for (information_schema.columns is a view over every
-        # column of every attached database); the same data_type strings.
+        # column of every attached database); the same data_type strings, views included, DuckDB's own not.
         rows = self.con.execute(
             "select schema_name, table_name, column_name, data_type from duckdb_columns() "
-            "where lower(table_name) in (select unnest(?)) "
+            "where not internal and lower(table_name) in (select unnest(?)) "
             "order by database_name, schema_name, table_name, column_index",
             [sorted({r.identifier.lower() for r in wanted})]).fetchall()
         by_name: dict[tuple[str, str], dict[str, str]] = {}

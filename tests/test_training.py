@@ -706,3 +706,29 @@ def test_train_serve_consistency_on_postgres_in_every_time_zone(postgres_project
             assert trained[name] == (value.value if value.status == "present" else None), (trained["row_id"], name)
             present += value.status == "present"
     assert present > len(pairs) * 4
+
+
+def test_duckdb_column_types_are_read_for_the_asked_tables_and_views_only(tmp_path):
+    """The registry check reads column types from DuckDB's own catalog, for the requested relations: tables and
+    views, names matched case-insensitively, nothing of DuckDB's internal catalog (`tables`, `sqlite_master`
+    are its own views), a missing relation absent."""
+    from featuremart.registry import Relation
+    from featuremart.warehouse import DuckDBWarehouse
+
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("create table main.features (customer_id varchar, ts timestamptz, v double[])")
+        con.execute("create view main.features_v as select customer_id, ts, 1::bigint as n from main.features")
+    wh = DuckDBWarehouse(path)
+    try:
+        got = wh.columns([Relation("w", "MAIN", "Features"), Relation("w", "main", "features_v"),
+                          Relation("w", "main", "tables"), Relation("w", "main", "sqlite_master"),
+                          Relation("w", "main", "missing")])
+    finally:
+        wh.close()
+    assert got == {
+        Relation("w", "MAIN", "Features"): {"customer_id": "VARCHAR", "ts": "TIMESTAMP WITH TIME ZONE",
+                                            "v": "DOUBLE[]"},
+        Relation("w", "main", "features_v"): {"customer_id": "VARCHAR", "ts": "TIMESTAMP WITH TIME ZONE",
+                                              "n": "BIGINT"},
+    }
