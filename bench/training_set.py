@@ -12,10 +12,16 @@ Contenders, each in a fresh process (peak RSS is its own, read with getrusage(RU
   fm_sql         featuremart's compiled SQL, run the raw way (the SQL's own cost, without featuremart)
   fm_python      FeatureStore(project).training_set('spine', 'label_ts', service='bench_model') -> Arrow table:
                  the call on an open store (fm_python_open: counting the FeatureStore's opening too, in which
-                 dbt's loader reads the project: a session pays it once)
+                 dbt's loader reads the project: a session pays it once); duckdb and pyarrow imported before
+                 the clock starts, as in `raw`
+  fm_python_unordered  the same with ordered=False (rows in the join's order, as `raw`)
   raw_process    a whole `python -c` process: import duckdb, the ASOF join, COPY ... TO a Parquet file
   raw_process_ordered  the same, rows in the spine's order (as featuremart writes them)
   fm_cli         a whole `featuremart training-set --service bench_model --output x.parquet` process
+  fm_cli_unordered     the same with --unordered
+  fm_python_before, fm_cli_before  with --before DIR: fm_python and fm_cli running the featuremart package
+                 found in DIR (e.g. an export of the main branch: `git archive main featuremart | tar -x -C DIR`),
+                 so that a change is measured against what it changed in the same run
 
 In-process contenders report the time from just before opening the database (raw) or from the open
 FeatureStore (fm) to the Arrow table in hand; process contenders report the process's wall time. Every repetition runs every
@@ -26,6 +32,7 @@ compiled SQL from featuremart's caches (a private FEATUREMART_CACHE_DIR), as a u
 
     .venv/bin/python bench/training_set.py                                   # 1M spine x 5M history, 5 reps
     .venv/bin/python bench/training_set.py --spine-rows 100000 --view-rows 500000 --entities 100000
+    .venv/bin/python bench/training_set.py --before /tmp/before      # also the featuremart in /tmp/before
 Writes bench/results/training_set.json (or --out).
 """
 
@@ -125,13 +132,14 @@ print(json.dumps({"seconds": time.perf_counter() - started, "rows": table.num_ro
 """
 
 FM_IN_PROCESS = """
-import sys, time, json
+import sys, time, json, duckdb, pyarrow
 from featuremart import FeatureStore
+options = {"ordered": False} if sys.argv[3:] == ["unordered"] else {}
 started = time.perf_counter()
 with FeatureStore(sys.argv[1]) as fs:
     opened = time.perf_counter()
-    table = fs.training_set("spine", "label_ts", service=sys.argv[2])
-done = time.perf_counter()
+    table = fs.training_set("spine", "label_ts", service=sys.argv[2], **options)
+    done = time.perf_counter()
 print(json.dumps({"seconds": done - opened, "open_seconds": opened - started, "rows": table.num_rows}))
 """
 
@@ -160,10 +168,18 @@ print(json.dumps(r))
 """
 
 
-def run(argv: list[str], stdin: str = "", cwd: Path | None = None) -> dict:
-    """One contender in a fresh process: its time, rows and peak RSS."""
+#: The console script `featuremart` runs, for running another checkout's package the same way (--before).
+CLI_SCRIPT = "import sys; from featuremart.cli import main; sys.exit(main())"
+
+
+def run(argv: list[str], stdin: str = "", cwd: Path | None = None, pythonpath: Path | None = None) -> dict:
+    """One contender in a fresh process: its time, rows and peak RSS (`pythonpath`: import featuremart from
+    there, ahead of this checkout's editable install)."""
+    env = {**os.environ, "DO_NOT_TRACK": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *argv], input=stdin, text=True, capture_output=True,
-                          cwd=cwd, env={**os.environ, "DO_NOT_TRACK": "1"})
+                          cwd=cwd, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:4]} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
@@ -177,7 +193,7 @@ def parquet_rows(path: Path) -> int:
     return rows
 
 
-def contenders(project: Path, tmp: Path, fm_sql: str) -> dict:
+def contenders(project: Path, tmp: Path, fm_sql: str, before: Path | None) -> dict:
     db = str(project / "bench.duckdb")
     py = sys.executable
     fm = str(Path(sys.executable).with_name("featuremart"))
@@ -187,19 +203,31 @@ def contenders(project: Path, tmp: Path, fm_sql: str) -> dict:
         r = run([py, "-c", RAW_PROCESS, db, str(raw_out)], stdin=hand_written(ordered=ordered))
         return {**r, "rows": parquet_rows(raw_out)}
 
-    def fm_cli() -> dict:
-        r = run([fm, "training-set", "--project-dir", str(project), "--spine", "spine", "--timestamp",
-                 "label_ts", "--service", SERVICE, "--output", str(fm_out)], cwd=project)
+    def fm_cli(*options: str, pythonpath: Path | None = None) -> dict:
+        command = [py, "-c", CLI_SCRIPT] if pythonpath is not None else [fm]
+        r = run([*command, "training-set", "--project-dir", str(project), "--spine", "spine", "--timestamp",
+                 "label_ts", "--service", SERVICE, "--output", str(fm_out), *options], cwd=project,
+                pythonpath=pythonpath)
         return {**r, "rows": parquet_rows(fm_out)}
 
+    def fm_python(*options: str, pythonpath: Path | None = None) -> dict:
+        return run([py, "-c", FM_IN_PROCESS, str(project), SERVICE, *options], cwd=project, pythonpath=pythonpath)
+
+    before_contenders = {} if before is None else {
+        "fm_python_before": lambda: fm_python(pythonpath=before),
+        "fm_cli_before": lambda: fm_cli(pythonpath=before),
+    }
     return {
         "raw": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=hand_written(ordered=False)),
         "raw_ordered": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=hand_written(ordered=True)),
         "fm_sql": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=fm_sql),
-        "fm_python": lambda: run([py, "-c", FM_IN_PROCESS, str(project), SERVICE], cwd=project),
+        "fm_python": fm_python,
+        "fm_python_unordered": lambda: fm_python("unordered"),
         "raw_process": raw_process,
         "raw_process_ordered": lambda: raw_process(ordered=True),
         "fm_cli": fm_cli,
+        "fm_cli_unordered": lambda: fm_cli("--unordered"),
+        **before_contenders,
     }
 
 
@@ -212,6 +240,7 @@ def compiled_sql(project: Path) -> tuple[str, float]:
     started = time.perf_counter()
     run([sys.executable, "-c", FM_IN_PROCESS, str(project), SERVICE], cwd=project)
     first_use = time.perf_counter() - started
+    run([sys.executable, "-c", FM_IN_PROCESS, str(project), SERVICE, "unordered"], cwd=project)  # its own SQL
     with FeatureStore(project, profiles_dir=project) as fs, fs.warehouse() as wh:
         compiled, _ = compile_training_set(fs.project, wh, "spine", "label_ts", service=SERVICE)
     return compiled.sql, first_use
@@ -219,8 +248,12 @@ def compiled_sql(project: Path) -> tuple[str, float]:
 
 # --- the report -------------------------------------------------------------------------------------------
 
-RATIOS = [("fm_python", "raw"), ("fm_python_open", "raw"), ("fm_sql", "raw"), ("raw_ordered", "raw"), ("fm_python", "raw_ordered"),
-          ("fm_cli", "raw_process"), ("fm_cli", "raw_process_ordered"), ("raw_process_ordered", "raw_process")]
+RATIOS = [("fm_python", "raw"), ("fm_python_open", "raw"), ("fm_python_unordered", "raw"), ("fm_sql", "raw"),
+          ("raw_ordered", "raw"), ("fm_python", "raw_ordered"), ("fm_python_before", "raw"),
+          ("fm_python_before", "raw_ordered"), ("fm_python", "fm_python_before"),
+          ("fm_cli", "raw_process"), ("fm_cli_unordered", "raw_process"), ("fm_cli", "raw_process_ordered"),
+          ("raw_process_ordered", "raw_process"), ("fm_cli_before", "raw_process"),
+          ("fm_cli_before", "raw_process_ordered"), ("fm_cli", "fm_cli_before")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entities", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5, help="repetitions (at least 5 for a reported figure)")
     parser.add_argument("--only", default="", help="comma-separated contenders to run (default: all)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a directory holding another version of the featuremart package, run as fm_python_before "
+                             "and fm_cli_before (paired with this checkout's in the same run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "training_set.json")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
@@ -246,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               f"view {args.view_rows:,} rows; load average {load_before}", flush=True)
         fm_sql, first_use = compiled_sql(project)
         print(f"first use (fresh process, dbt compiles the macro): {first_use:.2f}s", flush=True)
-        runners = contenders(project, tmp, fm_sql)
+        runners = contenders(project, tmp, fm_sql, args.before.resolve() if args.before else None)
         if args.only:
             runners = {name: runners[name] for name in args.only.split(",")}
         names = list(runners)
@@ -254,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             order = names[rep % len(names):] + names[:rep % len(names)]
             results = {name: runners[name]() for name in order}
-            if "fm_python" in results:  # the same run, counting the FeatureStore's opening (dbt loads the project)
-                fm = results["fm_python"]
-                results["fm_python_open"] = {**fm, "seconds": fm["seconds"] + fm["open_seconds"]}
+            for name in ("fm_python", "fm_python_before"):  # counting the FeatureStore's opening too
+                if name in results:
+                    fm = results[name]
+                    results[name.replace("fm_python", "fm_python_open")] = {
+                        **fm, "seconds": fm["seconds"] + fm["open_seconds"]}
             reps.append(results)
             print(f"rep {rep + 1} ({', '.join(order)}): " + ", ".join(
                 f"{n} {r['seconds']:.2f}s/{r['peak_rss_bytes'] / 2**20:.0f}MB" for n, r in results.items()),

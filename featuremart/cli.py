@@ -20,11 +20,11 @@ from rich.table import Table
 from rich.text import Text
 
 from featuremart.errors import ConfigProblems, FeaturemartError, OnlineStoreError, ValidationError, WarehouseError
-from featuremart.online.reader import FeatureValue
 from featuremart.registry import Feature, FeatureService, FeatureView
 
-if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` must not load dbt or DuckDB
-    from featuremart.online.reader import OnlineReader
+if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` must not load dbt or DuckDB,
+    # and the project commands (training-set, list, ...) not Redis's client
+    from featuremart.online.reader import FeatureValue, OnlineReader
     from featuremart.store import FeatureStore
     from featuremart.sync import SyncRun
 
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--service", dest="ts_service", help="a feature service (a dbt exposure of type ml)")
     which.add_argument("--features", dest="ts_features", help="comma-separated view.feature (or view.*) references")
     training.add_argument("--output", required=True, help="where to write it: a .parquet or .csv file")
+    training.add_argument("--unordered", action="store_true",
+                          help="rows in whatever order the join leaves them, not the spine's (saves a sort: "
+                               "docs/training-sets.md)")
     return parser
 
 
@@ -615,7 +618,7 @@ def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Con
     features = [f.strip() for f in args.ts_features.split(",")] if args.ts_features else None
     started = time.perf_counter()
     rows, columns = store.write_training_set(output, args.spine, args.timestamp, service=args.ts_service,
-                                             features=features)
+                                             features=features, ordered=not args.unordered)
     console.print(f"wrote {rows} rows × {columns} columns to {output} "
                   f"in {time.perf_counter() - started:.1f}s", highlight=False)
     return 0

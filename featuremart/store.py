@@ -12,20 +12,21 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from featuremart import dbtcore, sql
+from featuremart import dbtcore
 from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
 from featuremart.errors import ArtifactError, FeaturemartError
-from featuremart.gate import BuildGate
 from featuremart.manifest import Manifest, load_manifest
-from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
-from featuremart.online.store import OnlineStore
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
 from featuremart.warehouse import Warehouse, open_warehouse
 
+# Imported where used: a training set or `featuremart list` needs neither Redis, sqlglot nor the sync (about
+# 0.3-0.6 s of imports and 60 MB of a CLI process, bench/README.md "Training sets end to end").
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
 
-    from featuremart.sync import SyncRun  # imported where used: `status` and `report` start without it (pyarrow)
+    from featuremart.online.reader import FeatureValue, OnlineReader, OnlineResult
+    from featuremart.online.store import OnlineStore
+    from featuremart.sync import SyncRun
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class FeatureStore:
                                                     target, vars)
         self.config: ProjectConfig = load_features_yml(self.project.project_dir, self.project.vars)
         self._redis_url = redis_url
-        self._manifest: tuple[tuple[int, int], Manifest] | None = None
         self._registry: Registry | None = None
+        self._manifest: tuple[tuple[int, int, int] | None, Manifest] | None = None
         self._online: OnlineStore | None = None
         self._reader: OnlineReader | None = None
 
@@ -64,11 +65,12 @@ class FeatureStore:
         `redis_url` and `prefix` default to FEATUREMART_REDIS_URL and FEATUREMART_PREFIX (then `fm`); no dbt
         project, warehouse or profile is read.
         """
+        from featuremart.online.reader import OnlineReader
+
         self = cls.__new__(cls)
         self.project = None  # type: ignore[assignment]
         self.config = None  # type: ignore[assignment]
-        self._manifest = None
-        self._registry = None
+        self._registry = self._manifest = None
         self._reader = OnlineReader.connect(redis_url, prefix=prefix)
         self._redis_url, self._online = redis_url, self._reader.store
         return self
@@ -79,13 +81,15 @@ class FeatureStore:
         return self.project.target_dir / "featuremart"
 
     def manifest(self) -> Manifest:
-        """target/manifest.json, parsed again only when the file changed (a command reads it several times)."""
+        """target/manifest.json, parsed once per version of the file (a dbt manifest is megabytes of JSON: each
+        training set read it twice, about 0.1 s here)."""
+        path = self.project.target_dir / "manifest.json"
         try:
-            found = (self.project.target_dir / "manifest.json").stat()
-            stamp: tuple[int, int] | None = (found.st_mtime_ns, found.st_size)
-        except OSError:
-            stamp = None  # load_manifest says what is missing
-        if stamp is not None and self._manifest is not None and self._manifest[0] == stamp:
+            st = path.stat()
+            version = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:  # missing: load_manifest says what to do
+            version = None
+        if version is not None and self._manifest is not None and self._manifest[0] == version:
             return self._manifest[1]
         manifest = load_manifest(self.project.target_dir)
         if manifest.adapter_type and manifest.adapter_type != self.project.adapter_type:
@@ -94,7 +98,7 @@ class FeatureStore:
                 f"{self.project.target_name!r} is {self.project.adapter_type}: run `dbt build --target "
                 f"{self.project.target_name}` first"
             )
-        self._manifest = (stamp, manifest) if stamp is not None else None
+        self._manifest = (version, manifest)
         return manifest
 
     def warehouse(self) -> Warehouse:
@@ -158,6 +162,8 @@ class FeatureStore:
     def non_finite_values(self) -> list[Problem]:
         """A warning per float feature holding NaN or ±Infinity in the warehouse: online reads serve them as null
         (JSON has no such numbers) while training sets keep them, so a model would see two different values."""
+        from featuremart import sql
+
         found = []
         with self.warehouse() as wh:
             for view in self.registry.views.values():
@@ -191,6 +197,8 @@ class FeatureStore:
     @property
     def online(self) -> OnlineStore:
         if self._online is None:
+            from featuremart.online.store import OnlineStore
+
             url = self._redis_url or self.config.online_store.url
             self._online = OnlineStore.connect(url, embedded_dir=self.state_dir,
                                                prefix=self.config.online_store.key_prefix)
@@ -210,6 +218,8 @@ class FeatureStore:
     @property
     def reader(self) -> OnlineReader:
         if self._reader is None:
+            from featuremart.online.reader import OnlineReader
+
             self._reader = OnlineReader(self.online)
         return self._reader
 
@@ -233,10 +243,11 @@ class FeatureStore:
         The selection is dbt's own (`select`, `exclude`, `selector`, `state` as for `dbt build`), narrowed to
         online feature views; one that keeps none raises SelectionError. `allow_mass_delete`: publish views
         even where they delete more than their `max_delete_fraction`."""
-        if self.project is None:
-            raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
+        from featuremart.gate import BuildGate
         from featuremart.sync import Syncer
 
+        if self.project is None:
+            raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
         registry = self.registry
         manifest = self.manifest()
         views = self.select(select, exclude, selector, state, online_only=True)
@@ -269,23 +280,28 @@ class FeatureStore:
         return self.reader.read(entities, service=service, features=features).to_arrow()
 
     def training_set(self, spine: Any, timestamp: str, *, service: str | None = None,
-                     features: Iterable[str] | None = None, to_pandas: bool = False) -> Any:
+                     features: Iterable[str] | None = None, to_pandas: bool = False, ordered: bool = True) -> Any:
         """A point-in-time correct training set: for each spine row, each feature's value as it was served then.
 
         `spine` is a dbt model name, a table, a SQL query, a Parquet path, or a pandas / Arrow frame; the join is
         the `featuremart.training_set` dbt macro, compiled by dbt and run in the warehouse (docs/training-sets.md).
-        Returns a pyarrow.Table, or a pandas DataFrame with `to_pandas=True`.
+        Returns a pyarrow.Table, or a pandas DataFrame with `to_pandas=True`. Rows come in the spine's order;
+        `ordered=False` skips that sort (the same rows, in the join's order).
         """
         from featuremart.training import run_training_set
 
         self._needs_project("build training sets")
-        with self.warehouse() as wh:
+        wh = self.warehouse()
+        try:
             features = self._training_request(wh, service, features)
-            table = run_training_set(wh, *self._compile_training_set(wh, spine, timestamp, service, features))
+            table = run_training_set(wh, *self._compile_training_set(wh, spine, timestamp, service, features,
+                                                                     ordered))
+        finally:
+            wh.release()  # DuckDB closes on a helper thread while the table goes back; `close()` waits for it
         return table.to_pandas() if to_pandas else table
 
     def write_training_set(self, path: str | Path, spine: Any, timestamp: str, *, service: str | None = None,
-                           features: Iterable[str] | None = None) -> tuple[int, int]:
+                           features: Iterable[str] | None = None, ordered: bool = True) -> tuple[int, int]:
         """`training_set` written to a .parquet or .csv file, whole or not at all; returns (rows, columns).
         Parquet is streamed (on DuckDB, written by DuckDB): the whole table is never held in memory."""
         from featuremart.training import write_training_set_query
@@ -293,7 +309,7 @@ class FeatureStore:
         self._needs_project("build training sets")
         with self.warehouse() as wh:
             features = self._training_request(wh, service, features)
-            sql, frame = self._compile_training_set(wh, spine, timestamp, service, features)
+            sql, frame = self._compile_training_set(wh, spine, timestamp, service, features, ordered)
             return write_training_set_query(wh, sql, frame, path)
 
     def _needs_project(self, what: str) -> None:
@@ -313,14 +329,20 @@ class FeatureStore:
         return features
 
     def _compile_training_set(self, wh: Warehouse, spine: Any, timestamp: str, service: str | None,
-                              features: list[str] | None) -> tuple[str, Any]:
+                              features: list[str] | None, ordered: bool) -> tuple[str, Any]:
         from featuremart.training import compile_training_set
 
         compiled, frame = compile_training_set(self.project, wh, spine, timestamp, service=service,
-                                               features=features)
+                                               features=features, ordered=ordered, manifest=self.manifest)
         return compiled.sql, frame
 
     def close(self) -> None:
+        """Release what the store holds: the online store, a served-feature log (written out), and any warehouse
+        connection still closing (`training_set` releases its DuckDB file on a helper thread)."""
+        if self.project is not None:
+            from featuremart.warehouse import wait_released
+
+            wait_released()
         if self._reader is not None and self._reader.served_log is not None:
             self._reader.served_log.close()  # writes what it holds (log_served)
         if self._online is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from featuremart.config import DbtProject
 from featuremart.errors import ConfigError, WarehouseError
 from featuremart.registry import Relation
 
-if TYPE_CHECKING:  # pragma: no cover - pyarrow is imported where a result is streamed: `featuremart status`
-    # reads its few rows with `records` and starts without it
+if TYPE_CHECKING:  # pragma: no cover - imported where used: `status` reads its few rows with `records`, and a
+    # DuckDB Parquet training set never loads pyarrow
     import pyarrow as pa
 
 BATCH_ROWS = 100_000
@@ -90,6 +91,11 @@ class Warehouse(ABC):
     def close(self) -> None:
         """Release the connection (DuckDB: the file lock, so that `dbt build` can run)."""
 
+    def release(self) -> None:
+        """Release the connection without making the caller wait for it where that is slow (DuckDB); by default
+        the same as `close`. Whatever opens the warehouse again, or `wait_released`, waits for it first."""
+        self.close()
+
     def __enter__(self) -> Warehouse:
         return self
 
@@ -114,6 +120,7 @@ class DuckDBWarehouse(Warehouse):
 
             if not self.path.exists():
                 raise WarehouseError(f"DuckDB file {self.path} does not exist: run `dbt build` first")
+            wait_released(self.path)
             try:
                 self._con = duckdb.connect(str(self.path), read_only=True)
             except duckdb.IOException as exc:
@@ -134,12 +141,17 @@ class DuckDBWarehouse(Warehouse):
 
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
         wanted = list(relations)
+        if not wanted:
+            return {}
+        # DuckDB's own catalog, only the tables asked for (information_schema.columns is a view over every
+        # column of every attached database); the same data_type strings, views included, DuckDB's own not.
         rows = self.con.execute(
-            "select table_catalog, table_schema, table_name, column_name, data_type "
-            "from information_schema.columns order by table_catalog, table_schema, table_name, ordinal_position"
-        ).fetchall()
+            "select schema_name, table_name, column_name, data_type from duckdb_columns() "
+            "where not internal and lower(table_name) in (select unnest(?)) "
+            "order by database_name, schema_name, table_name, column_index",
+            [sorted({r.identifier.lower() for r in wanted})]).fetchall()
         by_name: dict[tuple[str, str], dict[str, str]] = {}
-        for _catalog, schema, name, column, dtype in rows:
+        for schema, name, column, dtype in rows:
             by_name.setdefault((schema.lower(), name.lower()), {})[column] = dtype
         found = {}
         for rel in wanted:
@@ -160,6 +172,32 @@ class DuckDBWarehouse(Warehouse):
         if self._con is not None:
             self._con.close()
             self._con = None
+        wait_released(self.path)
+
+    def release(self) -> None:
+        """Close the connection on a helper thread: DuckDB frees the query's buffers on close (0.1-0.5 s after a
+        1M-row training set), time the caller need not wait for. Until it has, the file stays locked: opening
+        it again here, `close`, and `FeatureStore.close` wait for it (`wait_released`)."""
+        con, self._con = self._con, None
+        if con is not None:
+            thread = threading.Thread(target=con.close, name=f"featuremart-close-{self.path.name}")
+            with _RELEASING_LOCK:
+                _RELEASING.setdefault(self.path, []).append(thread)
+            thread.start()
+
+
+#: Connections being closed on a helper thread (DuckDBWarehouse.release), by DuckDB file.
+_RELEASING: dict[Path, list[threading.Thread]] = {}
+_RELEASING_LOCK = threading.Lock()
+
+
+def wait_released(path: Path | None = None) -> None:
+    """Wait until the connections `release` is closing (of the DuckDB file `path`, else of every file) are closed:
+    until then the file is locked, for this process's next connection, dbt, and other processes."""
+    with _RELEASING_LOCK:
+        threads = [t for p in ([path] if path is not None else list(_RELEASING)) for t in _RELEASING.pop(p, [])]
+    for thread in threads:
+        thread.join()
 
 
 def batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
@@ -261,6 +299,8 @@ class DbtAdapterWarehouse(Warehouse):
             cur.itersize = batch_rows
         except TypeError:
             cur = self.handle.cursor()
+        import pyarrow as pa
+
         try:
             cur.execute(sql)
             names = None

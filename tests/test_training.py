@@ -344,6 +344,63 @@ def test_python_training_set_equals_the_dbt_model_for_every_spine_kind(reference
 
 
 @pytest.mark.integration
+def test_unordered_training_set_has_the_same_rows_and_its_cli_loads_no_redis_or_arrow(reference, tmp_path):
+    """`ordered=False` / `--unordered` skip the sort into the spine's order, nothing else; and a DuckDB training
+    set written to Parquet by the CLI imports neither Redis's client, pyarrow, numpy, sqlglot nor dbt (their
+    imports were a third of the process's time: bench/README.md)."""
+    import json
+    import sys
+
+    project, warehouse = reference
+    ordered = training_set(project, warehouse, "fraud_labels", "label_ts", service="fraud_model")
+    unordered = training_set(project, warehouse, "fraud_labels", "label_ts", service="fraud_model", ordered=False)
+    assert unordered.sort_by("txn_id").equals(ordered.sort_by("txn_id"))
+    out = tmp_path / "unordered.parquet"
+    code = ("import sys, json\nfrom featuremart.cli import main\n"
+            f"rc = main(['training-set', '--project-dir', {str(project.project_dir)!r}, '--spine', 'fraud_labels', "
+            f"'--timestamp', 'label_ts', '--service', 'fraud_model', '--unordered', '--output', {str(out)!r}])\n"
+            "heavy = {'redis', 'pyarrow', 'numpy', 'sqlglot', 'dbt'}\n"
+            "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]), file=sys.stderr)\n")
+    # the working directory of this process: the project's load is then cached for the child (its key has it)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "DO_NOT_TRACK": "1"})
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == [0, []], proc.stderr
+    written = pq.read_table(out)  # DuckDB marks the spine's not-null columns required: the same values
+    assert written.cast(ordered.schema).sort_by("txn_id").equals(ordered.sort_by("txn_id"))
+
+
+@pytest.mark.integration
+def test_a_training_set_returns_before_duckdb_closes_and_close_waits_for_it(reference, monkeypatch):
+    """FeatureStore.training_set hands its DuckDB connection to a helper thread to close (DuckDB frees the
+    query's memory then: time the caller need not wait for). With that close held back, the table is already
+    back; FeatureStore.close() waits for it, after which the file is free for a writer (dbt build)."""
+    import threading
+    import types
+
+    import featuremart.warehouse as warehouse_module
+
+    project, warehouse = reference
+    warehouse.close()  # the fixture's connection (reopened when next used): the writer below needs the file alone
+    gate = threading.Event()
+
+    class HeldClose(threading.Thread):  # DuckDB's close, held back until the test lets it go
+        def run(self) -> None:
+            gate.wait(30)
+            super().run()
+
+    monkeypatch.setattr(warehouse_module, "threading", types.SimpleNamespace(Thread=HeldClose))
+    fs = FeatureStore(project.project_dir)
+    table = fs.training_set("fraud_labels", "label_ts", service="fraud_model")
+    closing = [t for t in threading.enumerate() if isinstance(t, HeldClose)]
+    assert table.num_rows > 0 and len(closing) == 1 and closing[0].is_alive()
+    threading.Timer(0.3, gate.set).start()
+    fs.close()  # waits for the held close
+    assert not closing[0].is_alive()
+    with duckdb.connect(str(warehouse.path)) as writer:  # read-write: fails while any read-only connection is open here
+        assert writer.execute("select count(*) from main.fraud_labels").fetchone()[0] == table.num_rows
+
+
+@pytest.mark.integration
 def test_aware_spine_times_are_compared_in_utc(reference):
     project, warehouse = reference
     naive = warehouse.con.sql("select customer_id, label_ts from main.fraud_labels order by txn_id limit 500"
@@ -649,3 +706,29 @@ def test_train_serve_consistency_on_postgres_in_every_time_zone(postgres_project
             assert trained[name] == (value.value if value.status == "present" else None), (trained["row_id"], name)
             present += value.status == "present"
     assert present > len(pairs) * 4
+
+
+def test_duckdb_column_types_are_read_for_the_asked_tables_and_views_only(tmp_path):
+    """The registry check reads column types from DuckDB's own catalog, for the requested relations: tables and
+    views, names matched case-insensitively, nothing of DuckDB's internal catalog (`tables`, `sqlite_master`
+    are its own views), a missing relation absent."""
+    from featuremart.registry import Relation
+    from featuremart.warehouse import DuckDBWarehouse
+
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("create table main.features (customer_id varchar, ts timestamptz, v double[])")
+        con.execute("create view main.features_v as select customer_id, ts, 1::bigint as n from main.features")
+    wh = DuckDBWarehouse(path)
+    try:
+        got = wh.columns([Relation("w", "MAIN", "Features"), Relation("w", "main", "features_v"),
+                          Relation("w", "main", "tables"), Relation("w", "main", "sqlite_master"),
+                          Relation("w", "main", "missing")])
+    finally:
+        wh.close()
+    assert got == {
+        Relation("w", "MAIN", "Features"): {"customer_id": "VARCHAR", "ts": "TIMESTAMP WITH TIME ZONE",
+                                            "v": "DOUBLE[]"},
+        Relation("w", "main", "features_v"): {"customer_id": "VARCHAR", "ts": "TIMESTAMP WITH TIME ZONE",
+                                              "n": "BIGINT"},
+    }
