@@ -67,6 +67,7 @@ def writer_at(ref: str) -> type:
                           check=True, capture_output=True, text=True).stdout
     module = types.ModuleType(f"servedlog_writer_at_{ref}")
     sys.modules[module.__name__] = module  # dataclasses and NamedTuple look their module up
+    module.__file__ = str(ROOT / "featuremart" / "servedlog" / "writer.py")  # where it finds its package
     exec(compile(text, f"{ref}:featuremart/servedlog/writer.py", "exec"), module.__dict__)
     base = module.ServedLog
     if "request_id" in inspect.signature(base.record).parameters:
@@ -173,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                            files_during_block=statistics.median(r[mode]["files_during_block"] for r in runs),
                            rows_dropped=sum(r[mode]["rows_dropped"] for r in runs))
             summary[f"{shape} {mode}"] = row
-            if mode == "on":
-                ok &= row["p99_ratio"]["median"] <= BAR_P99
+            if mode == "on":  # a log that dropped rows did less work than it should: not a pass
+                ok &= row["p99_ratio"]["median"] <= BAR_P99 and row["rows_dropped"] == 0
             print(f"{shape:<14} {mode:<14} {row['p50_us']['median']:>9.1f} {row['p99_us']['median']:>9.1f}  "
                   + (f"{cell(row['p50_ratio']):<20} {cell(row['p99_ratio']):<20} {row['files_during_block']:>11} "
                      f"{row['rows_dropped']:>8}" if mode != "off" else ""))
-    print(f"\nbar: p99 with logging at most {BAR_P99}x without (median of the paired ratios): "
+    print(f"\nbar: p99 with logging at most {BAR_P99}x without (median of the paired ratios), nothing dropped: "
           f"{'met' if ok else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
