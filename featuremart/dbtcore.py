@@ -567,6 +567,27 @@ def parse_project(project: DbtProject) -> Path:
 
 # --- compiling --------------------------------------------------------------------------------------------
 
+def jinja_literal(value: Any) -> str:
+    """A Python value as a Jinja literal, for the text given to `compile_inline` (JSON is valid Jinja for
+    strings, numbers, lists and mappings; None and booleans are spelled as Jinja spells them)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{jinja_literal(k)}: {jinja_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(jinja_literal(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def depends_on(models: Iterable[str]) -> str:
+    """`-- depends_on: {{ ref(...) }}` lines for inline Jinja whose macro refs models dbt cannot see while
+    parsing (a feature service's views: dbt records refs before it knows which views a service has)."""
+    return "".join(f"-- depends_on: {{{{ ref({jinja_literal(m)}) }}}}\n" for m in models)
+
+
+
 def compile_inline(project: DbtProject, inline: str, cache: bool = False) -> str:
     """`inline` (Jinja SQL) rendered by `dbt compile --inline` for the project's target: the compiled SQL.
 

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, fields
 from typing import Any, Awaitable, Callable
 
@@ -67,6 +68,10 @@ ENDPOINTS = ("/features", "/services", "/healthz", "/readyz", "/metrics")
 #: Paths answered without the bearer token: probes from the orchestrator.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REQUEST_KEYS = frozenset({"service", "features", "entities"})
+#: `POST /features` takes the caller's request id from this header (else makes one) and returns it there: the
+#: served-feature log records the read under it, so that labels carrying it join what was served.
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID = 128
 
 
 class ClientError(Exception):
@@ -244,6 +249,20 @@ def parse_request(body: bytes, max_entities: int) -> tuple[str | None, list[str]
     return service, features, entities
 
 
+def request_id(request: Request) -> str:
+    """The caller's `X-Request-ID` (1 to 128 visible ASCII characters, no space), or a new uuid (hex)."""
+    given = request.headers.getlist(REQUEST_ID_HEADER)
+    if not given:
+        return uuid.uuid4().hex
+    if len(given) > 1:
+        raise ClientError(400, f"X-Request-ID given {len(given)} times; send it once")
+    value = given[0]
+    if not 0 < len(value) <= MAX_REQUEST_ID or not all("!" <= c <= "~" for c in value):
+        raise ClientError(400, f"X-Request-ID {_shown(value[:40])} ({len(value)} characters) must be 1 to "
+                               f"{MAX_REQUEST_ID} visible ASCII characters, without spaces")
+    return value
+
+
 def render_result(service: str | None, result: OnlineResult) -> dict[str, Any]:
     """The `POST /features` response; its `results` (one item per entity) are JSON text already
     (`OnlineResult.to_json`), which orjson inserts as they are."""
@@ -307,12 +326,13 @@ def create_app(reader: OnlineReader | None = None, *, token: str | None = None,
     async def get_features(request: Request) -> Response:
         body = await _read_body(request, max_body_bytes, body_timeout)
         service, features, entities = parse_request(body, max_entities)
+        rid = request_id(request)
         try:
-            result = await call(online.read, entities, service=service, features=features)
+            result = await call(online.read, entities, service=service, features=features, request_id=rid)
         except UnknownNameError as exc:
             raise ClientError(400, str(exc)) from None
         metrics.served(result)
-        return _json(render_result(service, result))
+        return _json(render_result(service, result), headers={REQUEST_ID_HEADER: rid})
 
     async def list_services(request: Request) -> Response:
         return _json(registry_services(await call(online.check_registry)))

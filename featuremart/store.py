@@ -259,25 +259,31 @@ class FeatureStore:
                 views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
 
     def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
-                            features: Iterable[str] | None = None) -> list[dict[str, FeatureValue]]:
-        """Features for each entity from the online store, with event timestamps and statuses."""
-        return self.reader.get(entities, service=service, features=features)
+                            features: Iterable[str] | None = None,
+                            request_id: str | None = None) -> list[dict[str, FeatureValue]]:
+        """Features for each entity from the online store, with event timestamps and statuses.
+
+        `request_id`: the id a served-feature log (`log_served`) records this read under (docs/flywheel.md)."""
+        return self.reader.get(entities, service=service, features=features, request_id=request_id)
 
     def read_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
-                             features: Iterable[str] | None = None) -> OnlineResult:
+                             features: Iterable[str] | None = None,
+                             request_id: str | None = None) -> OnlineResult:
         """The values read for a batch of entities, to shape as records, columns or Arrow (one MGET)."""
-        return self.reader.read(entities, service=service, features=features)
+        return self.reader.read(entities, service=service, features=features, request_id=request_id)
 
     def get_online_features_columns(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
-                                    features: Iterable[str] | None = None) -> dict[str, list[Any]]:
+                                    features: Iterable[str] | None = None,
+                                    request_id: str | None = None) -> dict[str, list[Any]]:
         """Columns for batch scoring: entity keys, then `<name>`, `<name>__status`, `<name>__event_ts` per
         feature, one item per entity (see docs/serving.md)."""
-        return self.reader.read(entities, service=service, features=features).to_columns()
+        return self.reader.read(entities, service=service, features=features, request_id=request_id).to_columns()
 
     def get_online_features_arrow(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
-                                  features: Iterable[str] | None = None) -> pyarrow.Table:
+                                  features: Iterable[str] | None = None,
+                                  request_id: str | None = None) -> pyarrow.Table:
         """The columns of `get_online_features_columns` as a typed `pyarrow.Table`."""
-        return self.reader.read(entities, service=service, features=features).to_arrow()
+        return self.reader.read(entities, service=service, features=features, request_id=request_id).to_arrow()
 
     def training_set(self, spine: Any, timestamp: str, *, service: str | None = None,
                      features: Iterable[str] | None = None, to_pandas: bool = False, ordered: bool = True) -> Any:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from featuremart.config import DbtProject
-from featuremart.dbtcore import cached_compile, compile_inline
+from featuremart.dbtcore import cached_compile, compile_inline, depends_on, jinja_literal
 from featuremart.errors import TrainingSetError
 from featuremart.manifest import Manifest, load_manifest
 from featuremart.warehouse import BATCH_ROWS, DuckDBWarehouse, Warehouse
@@ -97,16 +97,16 @@ def compile_training_set(project: DbtProject, warehouse: Warehouse, spine: Any, 
     # Read once for both uses below (a dbt manifest is megabytes of JSON: parsing it was a visible part of a call)
     manifest = manifest or functools.cache(lambda: load_manifest(project.target_dir))
     spine_arg, spine_columns, frame = _spine(project, warehouse, spine, manifest)
-    args = [spine_arg, _jinja(timestamp)]
-    args.append(f"service={_jinja(service)}" if service is not None else f"features={_jinja(list(features))}")
+    args = [spine_arg, jinja_literal(timestamp)]
+    args.append(f"service={jinja_literal(service)}" if service is not None
+                else f"features={jinja_literal(list(features))}")
     if spine_columns is not None:
-        args.append(f"spine_columns={_jinja(spine_columns)}")
+        args.append(f"spine_columns={jinja_literal(spine_columns)}")
     if not ordered:
         args.append("ordered=false")
     # dbt records refs while parsing, before it knows a service's views: declare them (see training_set.sql).
-    depends = "".join(f"-- depends_on: {{{{ ref({_jinja(v)}) }}}}\n"
-                      for v in _view_names(manifest, service, features))
-    inline = depends + "{{ featuremart.training_set(" + ", ".join(args) + ") }}"
+    inline = (depends_on(_view_names(manifest, service, features))
+              + "{{ featuremart.training_set(" + ", ".join(args) + ") }}")
 
     started = time.perf_counter()
     # The rendered SQL depends on the project, the target and the columns dbt reads from the warehouse: those
@@ -271,24 +271,24 @@ def _spine(project: DbtProject, warehouse: Warehouse, spine: Any,
                 f"target {project.target_name!r} is {project.adapter_type}: load the spine into a table there "
                 "and pass its name (or a SQL query) instead")
         if frame is not None:
-            return _jinja(f"select * from {SPINE_RELATION}"), _column_types(frame.schema), frame
+            return jinja_literal(f"select * from {SPINE_RELATION}"), _column_types(frame.schema), frame
         import pyarrow.parquet as pq
 
         path = Path(spine).resolve()
         if not path.exists():
             raise TrainingSetError(f"spine file {path} does not exist")
         literal = "'" + str(path).replace("'", "''") + "'"
-        return (_jinja(f"select * from read_parquet({literal})"), _column_types(pq.read_schema(path)), None)
+        return (jinja_literal(f"select * from read_parquet({literal})"), _column_types(pq.read_schema(path)), None)
     if not isinstance(spine, str) or not spine.strip():
         raise TrainingSetError(f"spine must be a model or table name, a SQL query, a Parquet path or a frame, "
                                f"got {type(spine).__name__}")
     text = spine.strip()
     if text.split(None, 1)[0].lower() in ("select", "with") or text.startswith("("):
-        return _jinja(text), None, None
+        return jinja_literal(text), None, None
     manifest_path = project.target_dir / "manifest.json"
     if manifest_path.exists() and manifest().model_named(text) is not None:
-        return f"ref({_jinja(text)})", None, None
-    return _jinja(f"select * from {text}"), None, None
+        return f"ref({jinja_literal(text)})", None, None
+    return jinja_literal(f"select * from {text}"), None, None
 
 
 def _as_arrow(spine: Any) -> pa.Table | None:
@@ -339,16 +339,3 @@ def _view_names(manifest: Callable[[], Manifest], service: str | None, features:
         refs = [str(f) for f in exposure.meta.get("features") or []]
     names = dict.fromkeys(r.partition(".")[0] for r in refs if r.partition(".")[0])
     return list(names)
-
-
-def _jinja(value: Any) -> str:
-    """A Python value as a Jinja literal (JSON is valid Jinja for strings, numbers, lists and mappings)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_jinja(k)}: {_jinja(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_jinja(v) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=False)

@@ -614,10 +614,13 @@ class OnlineReader:
         return plan
 
     def read(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
-             features: Iterable[str] | None = None, now: datetime | None = None) -> OnlineResult:
+             features: Iterable[str] | None = None, now: datetime | None = None,
+             request_id: str | None = None) -> OnlineResult:
         """Read a feature service (or a list of `view.feature` / `view.*`) for a batch of entities.
 
         `now` (default: the clock) decides which values are expired; a naive datetime is taken as UTC.
+        `request_id` is the id the served-feature log records this read under, when one is attached (default:
+        the one set by `featuremart.servedlog.request_id(...)`, else a generated one).
         Raises UnknownNameError for an unknown service, view, feature or entity key name, listing what exists.
         """
         if features is not None and not isinstance(features, (list, tuple)):
@@ -629,15 +632,16 @@ class OnlineReader:
             if values[0] == plan.registry_id:
                 result = plan.decode(entities, values, now_us)
                 if self.served_log is not None:  # queues the result; never blocks or raises (servedlog)
-                    self.served_log.record(result, values, service, features, now_us)
+                    self.served_log.record(result, values, service, features, now_us, request_id)
                 return result
             self.refresh()  # a sync published a new registry since this plan was made: read again with it
         raise FeaturemartError("the registry changed three times during one read; is a sync looping?")
 
     def get(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
-            features: Iterable[str] | None = None, now: datetime | None = None) -> list[dict[str, FeatureValue]]:
+            features: Iterable[str] | None = None, now: datetime | None = None,
+            request_id: str | None = None) -> list[dict[str, FeatureValue]]:
         """One dict per entity, mapping each output name (see registry.output_names) to its FeatureValue."""
-        return self.read(entities, service=service, features=features, now=now).to_records()
+        return self.read(entities, service=service, features=features, now=now, request_id=request_id).to_records()
 
 
 def _epoch_us(moment: datetime) -> int:

@@ -93,9 +93,8 @@ def skew_report(store: FeatureStore, service: str, *, log_dir: str | Path | None
     Raises UnknownNameError for a service the project does not have, ServedLogError when nothing of it was
     logged there (nothing to compare is not a pass).
     """
-    from featuremart.dbtcore import compile_inline
+    from featuremart.dbtcore import compile_inline, depends_on, jinja_literal
     from featuremart.servedlog.writer import default_log_dir
-    from featuremart.training import _jinja
 
     project = store.project
     directory = Path(log_dir) if log_dir is not None else default_log_dir(project.project_dir)
@@ -104,10 +103,10 @@ def skew_report(store: FeatureStore, service: str, *, log_dir: str | Path | None
     registry = store.registry
     found = registry.service(service)  # an unknown name: an error listing the services
     versions = {name: registry.views[name].version for name in found.view_names}
-    log = "'(' ~ featuremart.served_log(" + _jinja(str(directory)) + ") ~ ')'"
-    inline = "".join(f"-- depends_on: {{{{ ref({_jinja(v)}) }}}}\n" for v in found.view_names)
-    inline += (f"{{{{ featuremart.served_skew_report({log}, {_jinja(service)}, {int(examples)}, "
-               f"{_jinja(versions)}) }}}}")
+    log = "'(' ~ featuremart.served_log(" + jinja_literal(str(directory)) + ") ~ ')'"
+    inline = depends_on(found.view_names) + (
+        f"{{{{ featuremart.served_skew_report({log}, {jinja_literal(service)}, {int(examples)}, "
+        f"{jinja_literal(versions)}) }}}}")
     with store.warehouse() as wh:
         wh.close()  # DuckDB: dbt opens the file itself while compiling
         sql = compile_inline(project, inline)

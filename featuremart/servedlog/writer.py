@@ -1,16 +1,18 @@
 """Logging served feature values without slowing or failing the read that served them.
 
-The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which only appends
-the finished `OnlineResult` and its MGET reply to a bounded deque: no formatting, no I/O. A background thread
-drains the deque into file rows (one per request x entity x feature view, the view's value as Redis stored it:
-`FILE_COLUMNS`) and writes them as Parquet under `<directory>/date=YYYY-MM-DD/` (the request's UTC date), each
-file written under a temporary name, fsynced and renamed: a reader of the directory never sees half a file, and
-no row is written twice. dbt's `featuremart.served_log()` expands them to one row per feature (`LOG_COLUMNS`).
+The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which pickles what the
+read already holds (its MGET reply and statuses, the entities as one JSON text: C-level calls, nothing per
+value) and hands it to a writer process (`featuremart.servedlog.sink`) with one non-blocking send on a
+SOCK_SEQPACKET socket pair. That process turns records into file rows (one per request x entity x feature view,
+the view's value as Redis stored it: `FILE_COLUMNS`) and writes them as Parquet under
+`<directory>/date=YYYY-MM-DD/` (the request's UTC date). It is a process, not a thread, because a thread doing
+that work held the GIL the reads were waiting for (docs/flywheel.md has the measurements). dbt's
+`featuremart.served_log()` expands the files to one row per feature (`LOG_COLUMNS`).
 
-When the buffer is full the read goes on and its rows are counted in `dropped_rows`; when a write fails (the
-directory became read-only, the disk is full or gone) the rows wait for the next flush, bounded by the same
-budget, and what exceeds it is dropped and counted. `stats()` gives the counters; `featuremart serve` exposes
-them on /metrics (docs/flywheel.md).
+When the buffer budget is spent, the socket is full (the writer is behind) or the writer process is gone, the
+read goes on and its rows are counted in `dropped_rows`; when a write fails (the directory became read-only, the
+disk is full or gone) the writer keeps the rows for its next write, within the same budget, and drops and counts
+what exceeds it. `stats()` gives the counters; `featuremart serve` exposes them on /metrics.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import contextvars
 import functools
 import logging
 import os
+import pickle
+import select
+import socket
+import subprocess
+import sys
 import threading
 import time
-import uuid
-from collections import deque
-from datetime import datetime, timedelta
-from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
@@ -43,8 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: reads the same variable (macros/flywheel/served_log.sql, models/flywheel/served_features.sql).
 LOG_DIR_ENV, DEFAULT_LOG_DIR = "FEATUREMART_SERVED_LOG_DIR", "data/served_log"
 #: The columns of a log file, in order, with their Arrow types: one row per request x entity x feature view, the
-#: view's stored value as read from Redis (docs/redis-format.md), so that the read path's thread does almost
-#: nothing per value. `featuremart.served_log()` (dbt) expands them into LOG_COLUMNS, one row per feature.
+#: view's stored value as read from Redis (docs/redis-format.md), so that the read path does almost nothing per
+#: value. `featuremart.served_log()` (dbt) expands them into LOG_COLUMNS, one row per feature.
 FILE_COLUMNS = (
     ("request_id", "string"), ("request_ts", "timestamp"), ("service", "string"), ("requested", "string"),
     ("registry_id", "string"), ("entity_index", "int32"), ("entity_keys", "string"), ("view", "string"),
@@ -57,10 +60,9 @@ LOG_COLUMNS = (
     ("output_name", "string"), ("dtype", "string"), ("view_version", "string"), ("value", "string"),
     ("event_ts", "timestamp"), ("status", "string"),
 )
-#: Rows built into one Arrow batch at a time by the background thread (a short hold of the GIL each).
-CHUNK_ROWS = 4096
-_EPOCH = datetime(1970, 1, 1)
-_DAY_US = 86_400_000_000
+#: Kernel buffer of the socket to the writer process, what may be in flight while it writes (capped by the
+#: kernel at net.core.wmem_max), and the largest message: a larger record is sent in entity slices.
+SOCKET_BYTES, MAX_MESSAGE_BYTES = 4 << 20, 256 << 10
 _log = logging.getLogger("featuremart.servedlog")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("featuremart_request_id", default=None)
 
@@ -119,28 +121,18 @@ def log_schema() -> pa.Schema:
 class LogStats(NamedTuple):
     """Counters of a ServedLog since it started (rows: one per request x entity x feature)."""
 
-    logged_rows: int  # accepted into the buffer
+    logged_rows: int  # accepted (handed to the writer process)
     written_rows: int  # in Parquet files on disk
-    dropped_rows: int  # never written: buffer full, or a failed write beyond the buffer's budget
-    buffered_rows: int  # accepted, not yet written (in the buffer or waiting to retry a failed write)
+    dropped_rows: int  # never written: buffer full, writer behind or gone, or a failed write beyond the budget
+    buffered_rows: int  # accepted, not yet written (in flight, or waiting to retry a failed write)
     files: int
     write_errors: int
     clock_regressions: int  # reads whose request time was earlier than the previous read's
     last_error: str | None
 
 
-class _Record(NamedTuple):
-    result: OnlineResult
-    stored: list[bytes | None]  # the MGET reply: the registry id, then one stored value per entity and view
-    service: str | None
-    features: tuple[str, ...] | None
-    now_us: int
-    request_id: str | None
-    rows: int
-
-
 class ServedLog:
-    """A served-feature log writing Parquet under `directory`.
+    """A served-feature log writing Parquet under `directory`, through a writer process of its own.
 
     Args:
         directory: created if absent; must be writable now (ServedLogError otherwise: a wrong path is a setup
@@ -150,7 +142,7 @@ class ServedLog:
             service names.
         max_buffered_rows: the memory budget: rows accepted but not yet written, beyond which reads are not
             logged (and counted in `dropped_rows`).
-        flush_seconds: how often the background thread writes what it holds.
+        flush_seconds: how often the writer process writes what it holds.
 
     Example:
         >>> log = ServedLog("data/served_log", services="all").attach(fs.reader)   # doctest: +SKIP
@@ -160,7 +152,7 @@ class ServedLog:
 
     def __init__(self, directory: str | Path, *, services: str | Iterable[str] | None = None,
                  max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0):
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -175,24 +167,35 @@ class ServedLog:
         self.services = services if services is None or services == "all" else frozenset(services)
         self.max_buffered_rows = max_buffered_rows
         self.flush_seconds = flush_seconds
-        self._queue: deque[_Record] = deque()
-        self._queued_rows = 0  # changed under _count_lock (reads may come from many threads)
-        self._count_lock = threading.Lock()
-        #: (date, table, log rows it holds) whose write failed, retried at the next flush
-        self._pending: list[tuple[str, pa.Table, int]] = []
-        self._drain_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # reads may come from many threads
+        self._counts = dict.fromkeys(("logged", "dropped", "regressions"), 0)
+        #: the writer process's last report (rows written, dropped and held there, files, write errors), replaced
+        #: whole by the listener thread
+        self._sink: dict[str, Any] = {"written": 0, "dropped": 0, "held": 0, "files": 0, "errors": 0,
+                                      "last_error": None, "flushed": 0}
+        self._reported = threading.Condition()
+        self._last_error: str | None = None
         self._wanted: dict[tuple[str | None, str | None], bool] = {}
         self._specs: dict[int, tuple[Any, tuple[tuple[str, str, str], ...]]] = {}
         self._reader: OnlineReader | None = None
         self._last_us = 0
-        self._counts = dict.fromkeys(("logged", "written", "dropped", "files", "errors", "regressions"), 0)
-        self._last_error: str | None = None
-        self._failing = False
-        self._seq = 0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="featuremart-served-log", daemon=True)
-        self._thread.start()
+        self._flushes = 0
+        self._closed = False
+        self._writer_lost = False
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (self._sock, theirs):
+            with contextlib.suppress(OSError):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BYTES)
+        self._sock.setblocking(False)
+        root = str(Path(__file__).resolve().parents[2])  # the child imports this featuremart, however we did
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "featuremart.servedlog.sink", str(theirs.fileno()), str(self.directory),
+             str(max_buffered_rows), str(flush_seconds)],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self._listener = threading.Thread(target=self._listen, name="featuremart-served-log", daemon=True)
+        self._listener.start()
         atexit.register(self.close)
 
     # -- the read path ------------------------------------------------------------------------------------
@@ -203,9 +206,9 @@ class ServedLog:
         return self
 
     def record(self, result: OnlineResult, stored: list[bytes | None], service: str | None, features: Any,
-               now_us: int) -> None:
-        """Called by the reader after each read with its result and MGET reply: queue them, or count them
-        dropped. Never raises."""
+               now_us: int, request_id: str | None = None) -> None:
+        """Called by the reader after each read with its result and MGET reply: hand them to the writer
+        process, or count them dropped. Never blocks, never raises."""
         try:
             wanted = self._wanted.get((result.registry_id, service))
             if wanted is None:
@@ -213,19 +216,53 @@ class ServedLog:
             if not wanted:
                 return
             rows = len(result) * len(result.names)
+            sink = self._sink
             with self._count_lock:
-                if self._queued_rows + rows > self.max_buffered_rows:
+                if self._counts["logged"] - sink["written"] - sink["dropped"] + rows > self.max_buffered_rows:
                     self._counts["dropped"] += rows
                     return
-                self._queued_rows += rows
                 self._counts["logged"] += rows
                 if now_us < self._last_us:
                     self._counts["regressions"] += 1
                 self._last_us = now_us
-            self._queue.append(_Record(result, stored, service, None if features is None else tuple(features),
-                                       now_us, _request_id.get(), rows))
+            plan = result._plan
+            head = (now_us, request_id or _request_id.get(), service,
+                    None if features is None else ",".join(features), result.registry_id,
+                    self._view_specs(result.registry_id, plan))
+            error = self._send(head, result._entities, plan.key_names, result._status, stored, len(plan.views),
+                               len(result.names), 0, len(result))
+            if error is not None:
+                with self._count_lock:
+                    self._counts["logged"] -= rows
+                    self._counts["dropped"] += rows
+                self._last_error = error
         except Exception as exc:  # logging must never fail a read
             self._last_error = f"record: {exc!r}"
+
+    def _send(self, head: tuple, entities: Any, key_names: tuple[str, ...], status: list[str],
+              stored: list[bytes | None], nv: int, per_entity: int, lo: int, hi: int) -> str | None:
+        """One message for entities [lo, hi) of a record (halved while too large): an error message, or None."""
+        part = entities if lo == 0 and hi == len(entities) else entities[lo:hi]
+        try:  # the entities as given (plain dicts of their keys): one C-level pass
+            keys: bytes | list[str] = orjson.dumps(part)
+        except TypeError:  # numpy scalars, a Mapping that is not a dict: only the join keys, made JSON-able
+            keys = [orjson.dumps({k: e[k] for k in key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
+                                 default=str).decode() for e in part]
+        message = pickle.dumps((*head, lo, keys, status[lo * nv:hi * nv], stored[1 + lo * nv:1 + hi * nv],
+                                (hi - lo) * per_entity), pickle.HIGHEST_PROTOCOL)
+        if len(message) > MAX_MESSAGE_BYTES:
+            if hi - lo == 1:
+                return f"one entity's values take {len(message)} bytes, over {MAX_MESSAGE_BYTES}: not logged"
+            middle = (lo + hi) // 2
+            return (self._send(head, entities, key_names, status, stored, nv, per_entity, lo, middle)
+                    or self._send(head, entities, key_names, status, stored, nv, per_entity, middle, hi))
+        try:
+            self._sock.send(message)
+            return None
+        except BlockingIOError:
+            return "the writer process is behind (its socket is full): reads not logged meanwhile"
+        except OSError as exc:
+            return f"the writer process is gone ({exc.strerror or exc}): reads not logged"
 
     def _decide(self, registry_id: str | None, service: str | None) -> bool:
         if self.services == "all":
@@ -240,47 +277,81 @@ class ServedLog:
         self._wanted[(registry_id, service)] = wanted
         return wanted
 
-    # -- the background thread ----------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
+    # -- the writer process's reports ---------------------------------------------------------------------
+    def _listen(self) -> None:
+        """Take in the writer process's counters as it sends them (a thread waiting in select, off the GIL);
+        when it is gone, count what it had not written as dropped."""
+        while True:
             try:
-                self._drain()
-            except Exception as exc:  # pragma: no cover - a bug here must not kill the thread silently
-                self._last_error = f"drain: {exc!r}"
-                _log.exception("served-feature log: drain failed")
+                select.select([self._sock], [], [])
+                message = self._sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):
+                message = b""
+            if not message:
+                break
+            status = orjson.loads(message)
+            warn = status.pop("warn")
+            if warn:  # a write failed (once per outage), or writing works again
+                _log.warning("served-feature log: %s", warn)
+            with self._reported:
+                status["flushed"] = max(status["flushed"] or 0, self._sink["flushed"])
+                self._sink = status
+                self._reported.notify_all()
+        code = self._process.wait()
+        with self._count_lock, self._reported:  # nothing more will be written: what was in flight is lost
+            sink = self._sink
+            lost = self._counts["logged"] - sink["written"] - sink["dropped"]
+            self._sink = {**sink, "dropped": sink["dropped"] + lost, "held": 0, "flushed": float("inf")}
+            if not self._closed:
+                self._writer_lost = True
+                self._last_error = f"the writer process exited (code {code}): reads are no longer logged"
+                _log.warning("served-feature log: %s", self._last_error)
+            self._reported.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Write everything accepted so far; True when nothing is left waiting (False: a write failed)."""
+        """Have the writer process write everything accepted so far; True when it did (False: a write failed,
+        the writer process is gone, or `timeout` passed first)."""
         deadline = time.monotonic() + timeout
-        while True:
-            self._drain()
-            if not self._queue and not self._pending:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        with self._reported:
+            self._flushes += 1
+            token = self._flushes
+        message = pickle.dumps(("flush", token))
+        while not self._closed:
+            try:
+                self._sock.send(message)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+            except OSError:
+                break  # the process is gone: the listener counts what was lost
+        with self._reported:
+            self._reported.wait_for(lambda: self._sink["flushed"] >= token, max(0.0, deadline - time.monotonic()))
+            return (self._sink["flushed"] >= token and not self._writer_lost
+                    and self.stats().buffered_rows == 0)
 
     def close(self) -> None:
-        """Stop the thread after a last flush (what cannot be written is counted dropped)."""
-        if self._stop.is_set():
+        """Stop the writer process after its last write (what cannot be written is counted dropped)."""
+        if self._closed:
             return
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-        self._drain()
-        with self._count_lock:
-            lost = sum(rows for _, _, rows in self._pending)
-            self._pending.clear()
-            self._counts["dropped"] += lost
-            self._queued_rows -= lost
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)  # the writer reads to the end, writes, reports, and exits
+        self._listener.join(timeout=60)
+        if self._listener.is_alive():  # pragma: no cover - a writer stuck on a dead disk
+            self._process.kill()
+            self._listener.join(timeout=10)
+        self._sock.close()
         atexit.unregister(self.close)
 
     def stats(self) -> LogStats:
-        c = self._counts
-        return LogStats(c["logged"], c["written"], c["dropped"], self._queued_rows, c["files"], c["errors"],
-                        c["regressions"], self._last_error)
+        c, sink = self._counts, self._sink
+        return LogStats(c["logged"], sink["written"], c["dropped"] + sink["dropped"],
+                        c["logged"] - sink["written"] - sink["dropped"], sink["files"], sink["errors"],
+                        c["regressions"], self._last_error or sink["last_error"])
 
     def prometheus(self) -> str:
         """The counters in Prometheus text format (appended to the server's /metrics)."""
@@ -290,124 +361,14 @@ class ServedLog:
                 ("logged_rows_total", s.logged_rows, "counter", "Served-feature log rows accepted."),
                 ("written_rows_total", s.written_rows, "counter", "Served-feature log rows written to Parquet."),
                 ("dropped_rows_total", s.dropped_rows, "counter",
-                 "Served-feature log rows dropped (buffer full or sink unavailable)."),
+                 "Served-feature log rows dropped (buffer full, writer behind or gone, sink unavailable)."),
                 ("buffered_rows", s.buffered_rows, "gauge", "Served-feature log rows waiting to be written."),
                 ("write_errors_total", s.write_errors, "counter", "Failed served-feature log writes.")):
             lines += [f"# HELP featuremart_served_log_{name} {text}", f"# TYPE featuremart_served_log_{name} {kind}",
                       f"featuremart_served_log_{name} {value}"]
         return "\n".join(lines) + "\n"
 
-    def _drain(self) -> None:
-        with self._drain_lock:
-            import pyarrow as pa
-
-            by_date: dict[int, tuple[list[list[Any]], list[pa.RecordBatch], list[int]]] = {}
-            while self._queue:
-                record = self._queue.popleft()
-                day = record.now_us // _DAY_US
-                columns, batches, counted = by_date.setdefault(day, ([[] for _ in FILE_COLUMNS], [], [0]))
-                mark = len(columns[0])
-                try:
-                    self._rows(record, columns)
-                except Exception as exc:  # a record this code cannot log: count it, keep the others
-                    with self._count_lock:
-                        self._queued_rows -= record.rows
-                        self._counts["dropped"] += record.rows
-                    self._last_error = f"rows: {exc!r}"
-                    for column in columns:  # undo what was appended for it
-                        del column[mark:]
-                    continue
-                counted[0] += record.rows
-                if len(columns[0]) >= CHUNK_ROWS:
-                    batches.append(_batch(columns, pa))
-                    for column in columns:
-                        column.clear()
-                time.sleep(0)  # let a waiting read take the GIL between records
-            for day, (columns, batches, counted) in by_date.items():
-                if columns[0]:
-                    batches.append(_batch(columns, pa))
-                date = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
-                self._pending.append((date, pa.Table.from_batches(batches, log_schema()), counted[0]))
-            if not self._pending:
-                return
-            waiting, self._pending = self._pending, []
-            for i, (date, table, rows) in enumerate(waiting):
-                error = self._write(date, table)
-                if error is not None:
-                    self._counts["errors"] += 1
-                    if not self._failing:  # once per outage, not once per flush
-                        _log.warning("served-feature log: %s (rows kept for the next flush, within the buffer; "
-                                     "see stats() or /metrics for drops)", error)
-                    self._failing = True
-                    self._last_error = error
-                    self._pending = waiting[i:]
-                    self._trim_pending()
-                    return
-                if self._failing:
-                    _log.warning("served-feature log: writing again to %s", self.directory)
-                    self._failing = False
-                with self._count_lock:
-                    self._queued_rows -= rows
-                    self._counts["written"] += rows
-                    self._counts["files"] += 1
-
-    def _trim_pending(self) -> None:
-        """Drop the oldest waiting rows while the buffer is over its budget (counted)."""
-        with self._count_lock:
-            while self._pending and self._queued_rows > self.max_buffered_rows:
-                _, _, rows = self._pending.pop(0)
-                self._queued_rows -= rows
-                self._counts["dropped"] += rows
-
-    def _write(self, date: str, table: pa.Table) -> str | None:
-        """Write `table` as one new file of partition `date`, whole or not at all; an error message or None."""
-        import pyarrow.parquet as pq
-
-        self._seq += 1
-        folder = self.directory / f"date={date}"
-        name = f"part-{time.time_ns() // 1000}-{os.getpid()}-{self._seq}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, folder / name)
-            return None
-        except Exception as exc:  # OSError (read-only, full, gone) or an Arrow error: the rows wait
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            return f"cannot write {folder / name}: {exc}"
-
-    # -- a result as log rows -----------------------------------------------------------------------------
-    def _rows(self, record: _Record, columns: list[list[Any]]) -> None:
-        """Append the file rows of one read (FILE_COLUMNS) to `columns`: one per entity and view (entity-major,
-        the order of the MGET reply), with C-level list operations; the values stay as Redis stored them."""
-        result = record.result
-        plan = result._plan
-        n, nv = len(result), len(plan.views)
-        total = n * nv
-        specs = self._view_specs(result.registry_id, plan)
-        try:  # the entities as given (plain dicts of their keys: one C-level pass)
-            keys = list(map(bytes.decode, map(orjson.dumps, result._entities)))
-        except TypeError:  # numpy scalars, a Mapping that is not a dict: only the join keys, made JSON-able
-            keys = [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
-                                 default=str).decode() for e in result._entities]
-        (request_id, request_ts, service, requested, registry_id, entity_index, entity_keys, view, version,
-         features, status, stored) = columns
-        request_id += repeat(record.request_id or uuid.uuid4().hex, total)
-        request_ts += repeat(record.now_us, total)
-        service += repeat(record.service, total)
-        requested += repeat(None if record.features is None else ",".join(record.features), total)
-        registry_id += repeat(result.registry_id, total)
-        entity_index += [i for i in range(n) for _ in specs]
-        entity_keys += [k for k in keys for _ in specs]
-        view += [v for v, _, _ in specs] * n
-        version += [v for _, v, _ in specs] * n
-        features += [f for _, _, f in specs] * n
-        status += result._status
-        stored += record.stored[1:]
-
+    # -- a read plan as log file columns -----------------------------------------------------------------
     def _view_specs(self, registry_id: str | None, plan: Any) -> tuple[tuple[str, str, str], ...]:
         """Per view of a request plan: (view, version, the JSON list of [feature, output name, position in the
         stored array, type] of the features requested), cached per plan."""
@@ -430,14 +391,3 @@ class ServedLog:
             return tuple(found.features[p - 1].name for _, p in view.columns)
         # a sync replaced the registry since this read: the output name is the feature's name, unprefixed
         return tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out for out in view.out_names)
-
-
-def _batch(columns: list[list[Any]], pa: Any) -> pa.RecordBatch:
-    """One Arrow batch of accumulated file rows (request times from epoch microseconds, stored values as text)."""
-    arrays = []
-    for (name, kind), values in zip(FILE_COLUMNS, columns):
-        if name == "stored":
-            arrays.append(pa.array(values, pa.binary()).cast(pa.string()))
-        else:
-            arrays.append(pa.array(values, log_schema().field(name).type))
-    return pa.RecordBatch.from_arrays(arrays, schema=log_schema())

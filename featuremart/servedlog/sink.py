@@ -1,0 +1,294 @@
+"""The served-feature log's writer process: records in, Parquet files out (run by `ServedLog`, never by hand).
+
+`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a SOCK_SEQPACKET
+socket pair, one message per record (or a slice of a large one) or control message, pickled by the serving
+process (`writer.ServedLog`). A receiver thread only moves messages off the socket, so the serving process
+finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one Parquet file per
+UTC date every FLUSH_SECONDS, under a temporary name, fsynced and renamed: a reader of the directory never sees
+half a file, and no row is written twice. It answers with its counters (orjson) after every write and every
+flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
+
+It runs in its own process so that its Python work never holds the serving process's GIL (docs/flywheel.md has
+the measurement behind this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import datetime, timedelta
+from array import array
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from featuremart.servedlog.writer import MAX_MESSAGE_BYTES, SOCKET_BYTES, log_schema
+
+#: Rows built into one Arrow batch at a time.
+CHUNK_ROWS = 65_536
+_EPOCH = datetime(1970, 1, 1)
+_DAY_US = 86_400_000_000
+_CLOSE = b""
+
+
+class Sink:
+    """The writer: file rows accumulated per UTC date, written by `write`, counted for the serving process."""
+
+    def __init__(self, sock: socket.socket, directory: Path, max_rows: int):
+        self.sock, self.directory, self.max_rows = sock, directory, max_rows
+        self.inbox: deque[bytes] = deque()
+        self.arrived = threading.Event()
+        self.days: dict[int, _Day] = {}  # by UTC day (epoch days)
+        #: every distinct (view, version, features) of the records seen: file rows point into it
+        self.specs: dict[tuple, int] = {}
+        self.spec_columns: tuple[list[str], list[str], list[str]] = ([], [], [])
+        self.pending: list[tuple[str, pa.Table, int]] = []  # tables whose write failed, retried at the next write
+        self.held = 0  # log rows received, not yet written or dropped
+        self.counts = dict.fromkeys(("written", "dropped", "files", "errors"), 0)
+        self.last_error: str | None = None
+        self.failing = False
+        self.seq = 0
+
+    # -- receiving --------------------------------------------------------------------------------------------
+    def receive(self) -> None:
+        """The receiver thread: messages off the socket into the inbox, and _CLOSE once it is closed."""
+        try:
+            while True:
+                message = self.sock.recv(MAX_MESSAGE_BYTES)
+                if not message:
+                    break
+                self.inbox.append(message)
+                self.arrived.set()
+        except OSError:
+            pass
+        self.inbox.append(_CLOSE)
+        self.arrived.set()
+
+    def take(self) -> tuple[bool, list[int]]:
+        """Turn what arrived into rows; (closed, flush tokens asked for)."""
+        closed, tokens = False, []
+        while self.inbox:
+            message = self.inbox.popleft()
+            if message is _CLOSE or not message:
+                closed = True
+                continue
+            item = pickle.loads(message)
+            if item[0] == "flush":
+                tokens.append(item[1])
+                continue
+            rows = item[-1]
+            self.held += rows
+            day = self.days.get(item[0] // _DAY_US)
+            if day is None:
+                day = self.days[item[0] // _DAY_US] = _Day()
+            try:
+                day.add(item, self.spec_rows(item[5]))
+            except Exception as exc:  # a record this code cannot log: count it, keep the others
+                self.held -= rows
+                self.counts["dropped"] += rows
+                self.last_error = f"rows: {exc!r}"
+                day.undo()
+                continue
+            day.rows += rows
+            if len(day.status) >= CHUNK_ROWS:
+                day.finish(self.spec_table())
+        return closed, tokens
+
+    def spec_rows(self, specs: tuple[tuple[str, str, str], ...]) -> int:
+        """Where the (view, version, features) of a record's views start in the spec table."""
+        base = self.specs.get(specs)
+        if base is None:
+            base = self.specs[specs] = len(self.spec_columns[0])
+            for column, values in zip(self.spec_columns, zip(*specs)):
+                column.extend(values)
+        return base
+
+    def spec_table(self) -> tuple[pa.Array, pa.Array, pa.Array]:
+        return tuple(pa.array(column, pa.string()) for column in self.spec_columns)  # type: ignore[return-value]
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def write(self) -> None:
+        """Write every UTC date's rows as one new file each; a failed write keeps its table for the next."""
+        table = self.spec_table()
+        for day, rows in self.days.items():
+            rows.finish(table)
+            date = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
+            self.pending.append((date, pa.Table.from_batches(rows.batches, log_schema()), rows.rows))
+        self.days.clear()
+        waiting, self.pending = self.pending, []
+        for i, (date, table, rows) in enumerate(waiting):
+            error = self.write_file(date, table)
+            if error is not None:
+                self.counts["errors"] += 1
+                if not self.failing:  # once per outage, not once per write
+                    self.report(warn=f"{error} (rows kept for the next write, within the buffer; see stats() or "
+                                     "/metrics for drops)")
+                self.failing = True
+                self.last_error = error
+                self.pending = waiting[i:]
+                while self.pending and self.held > self.max_rows:  # over budget: the oldest go, counted
+                    _, _, lost = self.pending.pop(0)
+                    self.held -= lost
+                    self.counts["dropped"] += lost
+                return
+            if self.failing:
+                self.report(warn=f"writing again to {self.directory}")
+                self.failing = False
+            self.held -= rows
+            self.counts["written"] += rows
+            self.counts["files"] += 1
+
+    def write_file(self, date: str, table: pa.Table) -> str | None:
+        """Write `table` as one new file of partition `date`, whole or not at all; an error message or None."""
+        self.seq += 1
+        folder = self.directory / f"date={date}"
+        name = f"part-{time.time_ns() // 1000}-{os.getpid()}-{self.seq}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, folder / name)
+            return None
+        except Exception as exc:  # OSError (read-only, full, gone) or an Arrow error: the rows wait
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return f"cannot write {folder / name}: {exc}"
+
+    def report(self, flushed: int | None = None, warn: str | None = None) -> None:
+        """The counters to the serving process (its status thread reads them)."""
+        status = {**self.counts, "held": self.held, "last_error": self.last_error, "flushed": flushed, "warn": warn}
+        with contextlib.suppress(OSError):
+            self.sock.send(orjson.dumps(status))
+
+    def run(self, flush_seconds: float) -> None:
+        threading.Thread(target=self.receive, name="featuremart-served-log-receive", daemon=True).start()
+        deadline = time.monotonic() + flush_seconds
+        while True:
+            self.arrived.wait(max(0.0, deadline - time.monotonic()))
+            self.arrived.clear()
+            closed, tokens = self.take()
+            if closed or tokens or time.monotonic() >= deadline:
+                if self.days or self.pending:
+                    self.write()
+                self.report(flushed=max(tokens) if tokens else None)
+                deadline = time.monotonic() + flush_seconds
+            if closed:
+                return
+
+
+class _Day:
+    """The file rows of one UTC date, kept column-wise so that Arrow builds them with few Python objects: values
+    per record and per entity once, with index arrays (filled by C-level `extend`) that `take` expands."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.rows = 0  # log rows (one per feature) held, for the counters
+        self.clear()
+
+    def clear(self) -> None:
+        # per record: request id, request time (µs), service, requested, registry id
+        self.ids: list[str] = []
+        self.times = array("q")
+        self.services: list[str | None] = []
+        self.requested: list[str | None] = []
+        self.registries: list[str | None] = []
+        self.firsts, self.offsets = array("i"), array("i")  # per record: its first entity in `keys`, in the request
+        self.keys: list[str] = []  # per entity: its keys as a JSON object
+        # per file row: its record, its entity within the record, its spec row; its status and value
+        self.record_of, self.entity_in, self.spec_of = array("i"), array("i"), array("i")
+        self.status: list[str] = []
+        self.stored: list[bytes | None] = []
+
+    def add(self, item: tuple, base: int) -> None:
+        """One record (or a slice of one): a file row per entity and view, entity-major (the MGET reply's order)."""
+        now_us, given_id, service, requested, registry_id, specs, offset, keys, status, stored, _ = item
+        if isinstance(keys, bytes):  # the entities as one JSON array: one object text each
+            keys = list(map(bytes.decode, map(orjson.dumps, orjson.loads(keys))))
+        n, nv = len(keys), len(specs)
+        if len(status) != n * nv or len(stored) != n * nv:
+            raise ValueError(f"{n} entities x {nv} views, but {len(status)} statuses and {len(stored)} values")
+        self.mark = (len(self.ids), len(self.keys), len(self.status))
+        record, first = len(self.ids), len(self.keys)
+        self.ids.append(given_id or uuid.uuid4().hex)
+        self.times.append(now_us)
+        self.services.append(service)
+        self.requested.append(requested)
+        self.registries.append(registry_id)
+        self.firsts.append(first)
+        self.offsets.append(offset)
+        self.keys += keys
+        self.record_of += array("i", (record,)) * (n * nv)  # sequence repetition and concatenation: memcpy
+        self.entity_in += _entity_pattern(n, nv)
+        self.spec_of += array("i", range(base, base + nv)) * n
+        self.status += status
+        self.stored += stored
+
+    def undo(self) -> None:
+        """Forget what `add` appended for a record it failed on."""
+        records, entities, rows = getattr(self, "mark", (len(self.ids), len(self.keys), len(self.status)))
+        for column in (self.ids, self.services, self.requested, self.registries, self.times, self.firsts,
+                       self.offsets):
+            del column[records:]
+        del self.keys[entities:]
+        for column in (self.record_of, self.entity_in, self.spec_of, self.status, self.stored):
+            del column[rows:]
+
+    def finish(self, specs: tuple[pa.Array, pa.Array, pa.Array]) -> None:
+        """The rows held as one Arrow batch (FILE_COLUMNS), then start again."""
+        if not self.status:
+            return
+        record_of, spec_of, entity_in = _ints(self.record_of), _ints(self.spec_of), _ints(self.entity_in)
+        schema = log_schema()
+        per_record = [pa.array(self.ids, pa.string()), pa.Array.from_buffers(
+            pa.timestamp("us"), len(self.times), [None, pa.py_buffer(self.times)]),
+            pa.array(self.services, pa.string()), pa.array(self.requested, pa.string()),
+            pa.array(self.registries, pa.string())]
+        columns = [a.take(record_of) for a in per_record]
+        index = pc.add(entity_in, _ints(self.offsets).take(record_of))
+        entity = pc.add(entity_in, _ints(self.firsts).take(record_of))
+        columns += [index, pa.array(self.keys, pa.string()).take(entity)]
+        columns += [a.take(spec_of) for a in specs]
+        columns += [pa.array(self.status, pa.string()), pa.array(self.stored, pa.binary()).cast(pa.string())]
+        self.batches.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+        self.clear()
+
+
+@functools.lru_cache(maxsize=256)
+def _entity_pattern(n: int, nv: int) -> array:
+    """0 (nv times), 1 (nv times), ..., n - 1: each file row's entity within a record of n entities x nv views."""
+    return array("i", [i for i in range(n) for _ in range(nv)])
+
+
+def _ints(values: array) -> pa.Array:
+    """An array('i') as an Arrow int32 array, without copying."""
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+
+
+def main(argv: list[str]) -> int:
+    fd, directory, max_rows, flush_seconds = argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server closes us
+    sock = socket.socket(fileno=int(fd))
+    sock.setblocking(True)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BYTES)
+    Sink(sock, Path(directory), int(max_rows)).run(float(flush_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
