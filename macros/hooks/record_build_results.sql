@@ -21,6 +21,12 @@
   {%- endif -%}
   {%- set relation = featuremart._build_results_relation() -%}
   {%- do adapter.create_schema(relation) -%}
+  {%- do adapter.dispatch('_write_build_results', 'featuremart')(relation, rows) -%}
+  {{ return('') }}
+{% endmacro %}
+
+{#- Replace the record's rows of these nodes: delete them, insert the new ones, 500 at a time. -#}
+{% macro default___write_build_results(relation, rows) %}
   {%- call statement('featuremart_build_results_create', auto_begin=True) -%}
     create table if not exists {{ relation }} ({{ featuremart._build_results_columns() }})
   {%- endcall -%}
@@ -37,24 +43,14 @@
     {%- endcall -%}
   {%- endfor -%}
   {%- do adapter.commit() -%}
-  {{ return('') }}
 {% endmacro %}
 
 {#- Spark: a plain (parquet) table has no `delete` (only Delta and other v2 tables do,
     https://spark.apache.org/docs/latest/sql-ref-syntax-dml.html), and `insert overwrite` may not read the table it
     overwrites. So the kept rows and the new ones are written to a sibling table, which then replaces the record
     (drop, rename): a reader between the two statements finds no record and withholds every view, never a wrong one. -#}
-{% macro spark__record_build_results(results) %}
-  {%- if not execute -%}
-    {{ return('') }}
-  {%- endif -%}
-  {%- set rows = featuremart._build_result_rows(results) -%}
-  {%- if rows | length == 0 -%}
-    {{ return('') }}
-  {%- endif -%}
-  {%- set relation = featuremart._build_results_relation() -%}
+{% macro spark___write_build_results(relation, rows) %}
   {%- set staged = relation.incorporate(path={'identifier': relation.identifier ~ '__next'}) -%}
-  {%- do adapter.create_schema(relation) -%}
   {%- call statement('featuremart_build_results_create') -%}
     create table if not exists {{ relation }} ({{ featuremart._build_results_columns() }}) using parquet
   {%- endcall -%}
@@ -69,7 +65,6 @@
   {%- endcall -%}
   {%- call statement('featuremart_build_results_drop') -%}drop table {{ relation }}{%- endcall -%}
   {%- call statement('featuremart_build_results_rename') -%}alter table {{ staged }} rename to {{ relation }}{%- endcall -%}
-  {{ return('') }}
 {% endmacro %}
 
 {#- The record's columns and types. -#}

@@ -60,9 +60,9 @@ final as (
         cast(rolling_activity.txn_count_1d as bigint) as txn_count_1d,
         cast(rolling_activity.txn_count_7d as bigint) as txn_count_7d,
         cast(rolling_activity.txn_count_30d as bigint) as txn_count_30d,
-        cast(
-            rolling_activity.spend_30d / nullif(rolling_activity.approved_count_30d, 0) as {{ featuremart.type_double() }}
-        ) as avg_amount_30d,
+        -- divided as doubles: Spark divides decimals as decimals, rounded to 8 places
+        cast(rolling_activity.spend_30d as {{ featuremart.type_double() }})
+            / nullif(rolling_activity.approved_count_30d, 0) as avg_amount_30d,
         cast(rolling_activity.max_amount_7d as {{ featuremart.type_double() }}) as max_amount_7d,
         cast(rolling_activity.declined_count_7d as bigint) as declined_count_7d,
         cast(rolling_activity.distinct_merchants_30d as bigint) as distinct_merchants_30d,
