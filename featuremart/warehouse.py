@@ -304,7 +304,8 @@ class SparkWarehouse(DbtAdapterWarehouse):
                 session = builder.getOrCreate()
             except Exception as exc:  # pyspark's PySparkRuntimeError, py4j errors: the JVM did not start
                 raise WarehouseError(
-                    f"cannot start Spark for target {self.project.target_name!r}: {str(exc).strip().splitlines()[0]}. "
+                    f"cannot start Spark for target {self.project.target_name!r}: "
+                    f"{str(exc).strip().splitlines()[0].rstrip('.')}. "
                     f"Spark needs a Java 17 runtime: install one, or point JAVA_HOME at it "
                     f"(JAVA_HOME={os.environ.get('JAVA_HOME', '(unset)')})") from None
             session.conf.set("spark.sql.session.timeZone", "UTC")
