@@ -40,6 +40,8 @@ def epoch_us(value: exp.Expression, dialect: str) -> exp.Expression:
     """Microseconds since the epoch of a timestamp (naive timestamps are read as UTC)."""
     if dialect == "duckdb":
         return exp.func("epoch_us", value)
+    if dialect == "spark":  # unix_micros takes an instant: timestamp_ntz is read in the session's zone, UTC
+        return exp.func("unix_micros", exp.cast(value, "timestamp"))
     seconds = exp.Extract(this=exp.var("EPOCH"), expression=value)
     return exp.cast(exp.Round(this=exp.Mul(this=seconds, expression=exp.Literal.number(1_000_000))), "bigint")
 
@@ -115,7 +117,9 @@ SAMPLE_BUCKETS = 1024
 
 def entity_hash(view: FeatureView, dialect: str) -> exp.Expression:
     """A 64-bit hash of an entity's join keys, computed by the warehouse (DuckDB `hash`, Postgres
-    `hashtextextended`): where an entity falls in a sample."""
+    `hashtextextended`, Spark `xxhash64`): where an entity falls in a sample."""
+    if dialect == "spark":
+        return exp.Anonymous(this="xxhash64", expressions=[col(k) for k in view.key_names])
     if dialect == "postgres":
         text: exp.Expression = exp.cast(col(view.key_names[0]), "text")
         for key in view.key_names[1:]:
@@ -189,17 +193,23 @@ def _non_finite(double: exp.Expression) -> exp.Expression:
 
 def _finite_items(array: exp.Expression, dialect: str) -> exp.Expression:
     """An array of doubles with its NaN and ±Infinity items replaced by null (a null array stays null)."""
-    doubles = exp.cast(array, exp.DataType.build("double[]", dialect=dialect))
+    doubles = exp.cast(array, exp.DataType.build("array<double>" if dialect == "spark" else "double[]", dialect=dialect))
+    if dialect == "spark":  # transform: https://spark.apache.org/docs/latest/api/sql/index.html#transform
+        return exp.Anonymous(this="transform", expressions=[doubles, _finite_lambda()])
     if dialect == "postgres":  # array_replace compares with =, under which NaN equals NaN
         for bad in _non_finite_values():
             doubles = exp.func("array_replace", doubles, bad, exp.null())
         return doubles
-    item = exp.to_identifier("__fm_x")
-    replaced = exp.func("list_transform", doubles.copy(), exp.Lambda(
-        this=exp.case().when(_non_finite(exp.column(item)), exp.null()).else_(exp.column(item)),
-        expressions=[item]))
+    replaced = exp.func("list_transform", doubles.copy(), _finite_lambda())
     # Fast path: a finite sum means every item is finite (any NaN or ±Infinity makes the sum NaN or infinite).
     return exp.case().when(exp.func("isfinite", exp.func("list_sum", doubles.copy())), doubles).else_(replaced)
+
+
+def _finite_lambda() -> exp.Lambda:
+    """x -> x, or null where x is NaN or ±Infinity."""
+    item = exp.to_identifier("__fm_x")
+    return exp.Lambda(this=exp.case().when(_non_finite(exp.column(item)), exp.null()).else_(exp.column(item)),
+                      expressions=[item])
 
 
 def non_finite_counts(view: FeatureView, dialect: str) -> exp.Select | None:
@@ -212,7 +222,8 @@ def non_finite_counts(view: FeatureView, dialect: str) -> exp.Select | None:
             bad: exp.Expression = _non_finite(exp.cast(value, "double"))
         elif f.dtype == types.ARRAY_FLOAT:
             bad = exp.Not(this=exp.EQ(this=_finite_items(value, dialect), expression=exp.cast(
-                value.copy(), exp.DataType.build("double[]", dialect=dialect))))
+                value.copy(), exp.DataType.build("array<double>" if dialect == "spark" else "double[]",
+                                                 dialect=dialect))))
         else:
             continue
         hits = exp.Sum(this=exp.case().when(bad, exp.Literal.number(1)).else_(exp.Literal.number(0)))
@@ -221,9 +232,19 @@ def non_finite_counts(view: FeatureView, dialect: str) -> exp.Select | None:
 
 
 def json_array(values: list[exp.Expression], dialect: str) -> exp.Expression:
-    """A JSON array of the values (json_build_array on Postgres < 16, which has no json_array)."""
+    """A JSON array of the values (json_build_array on Postgres < 16, which has no json_array).
+
+    Spark has no JSON array of mixed types (its arrays hold one type): each value is written by `to_json` as a
+    one-item array, whose brackets are stripped, and the items joined."""
     if dialect == "postgres":
         return exp.Anonymous(this="json_build_array", expressions=values)
+    if dialect == "spark":
+        items = [exp.Anonymous(this="regexp_replace", expressions=[
+            exp.Anonymous(this="to_json", expressions=[exp.Array(expressions=[v])]),
+            exp.Literal.string(r"^\[|\]$"), exp.Literal.string("")]) for v in values]
+        return exp.func("concat", exp.Literal.string("["),
+                        exp.Anonymous(this="concat_ws", expressions=[exp.Literal.string(","), *items]),
+                        exp.Literal.string("]"))
     return exp.func("json_array", *values)
 
 

@@ -27,7 +27,7 @@ _PG_ARRAYS = {"_float8": ARRAY_FLOAT, "_float4": ARRAY_FLOAT, "_numeric": ARRAY_
 
 
 def logical_type(warehouse_type: str) -> str | None:
-    """The logical type of a warehouse column type (DuckDB or Postgres spelling), or None if unsupported.
+    """The logical type of a warehouse column type (DuckDB, Postgres or Spark spelling), or None if unsupported.
 
     >>> logical_type("DOUBLE[]"), logical_type("timestamp with time zone"), logical_type("DECIMAL(18,2)")
     ('array<float>', 'timestamp', 'float')
@@ -35,8 +35,9 @@ def logical_type(warehouse_type: str) -> str | None:
     raw = warehouse_type.strip().lower()
     if raw in _PG_ARRAYS:
         return _PG_ARRAYS[raw]
-    if raw.endswith("[]"):
-        inner = logical_type(raw[:-2])
+    element = raw[:-2] if raw.endswith("[]") else raw[6:-1] if raw.startswith("array<") and raw.endswith(">") else None
+    if element is not None:  # DuckDB/Postgres `double[]`, Spark `array<double>`
+        inner = logical_type(element)
         return {FLOAT: ARRAY_FLOAT, INT: ARRAY_INT, STRING: ARRAY_STRING}.get(inner or "")
     for pattern, name in _SCALARS:
         if pattern.search(raw):

@@ -1,7 +1,8 @@
 """Warehouses: where feature models live and where featuremart's SQL runs.
 
 DuckDB (the embedded default) is read through its native Arrow API. Any other dbt adapter is reached through
-dbt itself, with the user's own profiles.yml, and its DB-API cursor is read in batches into Arrow.
+dbt itself, with the user's own profiles.yml, and its DB-API cursor is read in batches into Arrow. Spark (dbt-spark's
+session mode) is read through the SparkSession dbt configures, in Arrow.
 """
 
 from __future__ import annotations
@@ -227,6 +228,8 @@ def open_warehouse(project: DbtProject) -> Warehouse:
             raise WarehouseError(f"target {project.target_name!r} is an in-memory DuckDB: nothing to read; "
                                  "set a file path in profiles.yml")
         return DuckDBWarehouse(path if path.is_absolute() else project.project_dir / path)
+    if kind == "spark":
+        return SparkWarehouse(project)
     return DbtAdapterWarehouse(project)
 
 
@@ -323,7 +326,99 @@ class DbtAdapterWarehouse(Warehouse):
             self._adapter.cleanup_connections()
 
 
+class SparkWarehouse(DbtAdapterWarehouse):
+    """Apache Spark through dbt-spark's `session` method: a SparkSession in this process, configured as the
+    profile says (its `server_side_parameters`: warehouse directory, metastore), so featuremart sees the tables
+    `dbt build` wrote. Results come back in Arrow; the session's time zone is set to UTC (featuremart's SQL
+    reads timestamps without zone as UTC). Other dbt-spark methods (thrift, http, odbc) are not supported yet:
+    docs/warehouses.md.
+    """
+
+    def __init__(self, project: DbtProject):
+        super().__init__(project)
+        method = str(project.target.get("method", ""))
+        if method != "session":
+            raise WarehouseError(f"target {project.target_name!r} is a spark warehouse with method {method!r}; "
+                                 "featuremart reads Spark through method: session only so far (docs/warehouses.md)")
+        self._session = None
+
+    @property
+    def session(self):
+        """The SparkSession of the profile (started on first use; one per process, as Spark allows)."""
+        if self._session is None:
+            try:
+                from pyspark.sql import SparkSession
+            except ImportError:
+                raise WarehouseError(f"target {self.project.target_name!r} is Spark: install featuremart[spark] "
+                                     "(dbt-spark[session], pyspark)") from None
+            builder = SparkSession.builder.enableHiveSupport()
+            params = spark_parameters(self.project.target.get("server_side_parameters") or {}, self.project.project_dir)
+            for key, value in params.items():
+                builder = builder.config(key, value)
+            try:
+                session = builder.getOrCreate()
+            except Exception as exc:  # pyspark's PySparkRuntimeError, py4j errors: the JVM did not start
+                raise WarehouseError(
+                    f"cannot start Spark for target {self.project.target_name!r}: "
+                    f"{str(exc).strip().splitlines()[0].rstrip('.')}. "
+                    f"Spark needs a Java 17 runtime: install one, or point JAVA_HOME at it "
+                    f"(JAVA_HOME={os.environ.get('JAVA_HOME', '(unset)')})") from None
+            session.conf.set("spark.sql.session.timeZone", "UTC")
+            self._session = session
+        return self._session
+
+    def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
+        found = {}
+        for rel in relations:
+            name = f"`{rel.schema.replace('`', '``')}`.`{rel.identifier.replace('`', '``')}`"
+            if self.session.catalog.tableExists(name):
+                found[rel] = {f.name: f.dataType.simpleString() for f in self.session.table(name).schema.fields}
+        return found
+
+    def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """The result in Arrow. Spark hands a result's partitions over in the order they finish and their order
+        only at the end, so an ordered result is gathered whole in this process before it is sliced: the
+        process holds one query's result (docs/warehouses.md, limits)."""
+        try:
+            table = self.session.sql(sql).toArrow()
+        except Exception as exc:
+            if type(exc).__name__ in ("AnalysisException", "ParseException", "SparkRuntimeException",
+                                      "PythonException", "IllegalArgumentException", "ArithmeticException"):
+                raise WarehouseError(f"Spark (target {self.project.target_name!r}) refused a query: "
+                                     f"{str(exc).strip().splitlines()[0]}") from None
+            raise
+        yield from table.to_batches(max_chunksize=batch_rows)
+
+    def close(self) -> None:
+        """The SparkSession stays: Spark runs one per process, and starting one takes seconds."""
+
+
+_DERBY_HOME = re.compile(r"(-Dderby\.system\.home=)(\S+)")
+
+
+def spark_parameters(params: dict, project_dir: Path) -> dict[str, str]:
+    """The profile's Spark settings, with a relative warehouse directory and Derby home (where a relative
+    metastore `databaseName` lives) anchored at the project directory, as featuremart reads a relative DuckDB
+    path: Spark would take them relative to the working directory, and featuremart may run from another one
+    than `dbt build` did.
+
+    >>> spark_parameters({"spark.sql.warehouse.dir": "target/spark/warehouse",
+    ...                   "spark.driver.extraJavaOptions": "-Xss4m -Dderby.system.home=target/spark"}, Path("/p"))
+    {'spark.sql.warehouse.dir': '/p/target/spark/warehouse', 'spark.driver.extraJavaOptions': '-Xss4m -Dderby.system.home=/p/target/spark'}
+    """
+    def anchored(path: str) -> str:
+        return path if Path(path).is_absolute() or ":" in path else str(project_dir / path)
+
+    out = {str(k): str(v) for k, v in params.items()}
+    if "spark.sql.warehouse.dir" in out:
+        out["spark.sql.warehouse.dir"] = anchored(out["spark.sql.warehouse.dir"])
+    if "spark.driver.extraJavaOptions" in out:
+        out["spark.driver.extraJavaOptions"] = _DERBY_HOME.sub(lambda m: m.group(1) + anchored(m.group(2)),
+                                                               out["spark.driver.extraJavaOptions"])
+    return out
+
+
 #: dbt adapter type -> sqlglot dialect, where the names differ.
-_SQLGLOT_DIALECTS = {"postgres": "postgres", "duckdb": "duckdb"}
+_SQLGLOT_DIALECTS = {"postgres": "postgres", "duckdb": "duckdb", "spark": "spark"}
 #: The dialects featuremart's generated SQL is written and tested for.
-SUPPORTED_DIALECTS = ("duckdb", "postgres")
+SUPPORTED_DIALECTS = ("duckdb", "postgres", "spark")

@@ -187,3 +187,38 @@ def postgres_project(tmp_path_factory, postgres_dsn):
             for schema in (env["FEATUREMART_RAW_SCHEMA"], env["FEATUREMART_PG_SCHEMA"]):
                 cursor.execute(f'drop schema if exists "{schema}" cascade')
         connection.close()
+
+
+def spark_env(project: Path) -> dict[str, str]:
+    """The environment that selects the `spark` target of a project copy, its Spark files under its target/,
+    and the settings that suit the tests' small data (no code generation, one shuffle partition)."""
+    return {"FEATUREMART_TARGET": "spark", "FEATUREMART_SPARK_DIR": str(project / "target" / "spark"),
+            "FEATUREMART_SPARK_CODEGEN": "false", "FEATUREMART_SPARK_PARTITIONS": "1"}
+
+
+def require_java() -> None:
+    """Skip (fail in CI) where Spark cannot run: no pyspark (the `spark` extra) or no Java runtime."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        skip_or_fail_in_ci("pyspark is not installed: pip install -e '.[spark]'")
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        skip_or_fail_in_ci("no Java runtime for Spark (install Java 17, or set JAVA_HOME)")
+
+
+@pytest.fixture(scope="session")
+def spark_project(tmp_path_factory):
+    """The reference project built on Apache Spark (dbt-spark session mode), once per test session, from the same
+    generated data as `built_project`. Yields (project dir, env vars that select its target). Building it runs
+    dbt in a subprocess, whose JVM and Derby metastore are gone when it exits: the test process then starts the
+    one SparkSession it may have."""
+    require_java()
+    project = copy_project(tmp_path_factory.mktemp("reference_spark"))
+    from demo.generate import generate
+
+    generate(project / "data" / "raw", customers=DEMO_CUSTOMERS, seed=7, as_of=AS_OF)
+    env = spark_env(project)
+    dbt(project, "build", env=env)
+    return project, env

@@ -177,9 +177,9 @@ def test_a_failing_test_on_a_changed_view_breaks_no_reader(env, redis_url):
         [before] = fs.get_online_features([entity], service="fraud_model")
     sql = env / "models" / "features" / "customer_spend.sql"
     text = sql.read_text().replace(
-        "        cast(rolling_activity.spend_7d as double precision) as spend_7d,\n",
-        "        cast(rolling_activity.spend_7d as double precision) as spend_7d,\n"
-        "        cast(2 * rolling_activity.spend_7d as double precision) as spend_7d_doubled,\n")
+        "        cast(rolling_activity.spend_7d as {{ featuremart.type_double() }}) as spend_7d,\n",
+        "        cast(rolling_activity.spend_7d as {{ featuremart.type_double() }}) as spend_7d,\n"
+        "        cast(2 * rolling_activity.spend_7d as {{ featuremart.type_double() }}) as spend_7d_doubled,\n")
     sql.write_text(text.replace("select * from final", "select * from final union all select * from final "
                                 "where customer_id = (select min(customer_id) from final)"))
     exposures = env / "models" / "exposures.yml"

@@ -145,7 +145,9 @@ def profile_query(source: exp.Select, features: Iterable[Feature], dialect: str,
     for name, _cte in top_ctes:
         query = query.join(exp.to_identifier(name, quoted=True), join_type="cross", copy=False)
     # Materialized: the latest rows are computed once, whatever reads them (bounds, bins, top values).
-    query = query.with_(exp.to_identifier("__fm_values", quoted=True), as_=values, materialized=True, copy=False)
+    # (Spark has no MATERIALIZED: it plans the common table expression once per reference.)
+    query = query.with_(exp.to_identifier("__fm_values", quoted=True), as_=values,
+                        materialized=None if dialect == "spark" else True, copy=False)
     if numbers:
         bounds = sqlglot.select(*(e for i in numbers for e in (
             exp.alias_(exp.Min(this=_v(i)), f"lo{i}", quoted=True),
@@ -183,7 +185,8 @@ def read_profile(row: Mapping[str, Any], features: Iterable[Feature],
         elif k == CATEGORY:
             s["distinct"] = int(row[f"distinct{i}"] or 0)
             vals, cnts = row[f"topvals{i}"] or [], row[f"topcnts{i}"] or []
-            s["top"] = [[v, int(n)] for v, n in zip(vals, cnts)]
+            # Most frequent first (Spark's collect_list keeps no order of its input).
+            s["top"] = sorted(([v, int(n)] for v, n in zip(vals, cnts)), key=lambda t: (-t[1], str(t[0])))
             if ref.get("kind") == CATEGORY:
                 s["reference_counts"] = [int(row[f"r{i}_{j}"] or 0) for j in range(len(ref.get("top") or []))]
         else:
@@ -258,6 +261,9 @@ def _number(value: exp.Expression, dtype: str, dialect: str) -> exp.Expression:
 
 
 def _length(value: exp.Expression, dialect: str) -> exp.Expression:
+    if dialect == "spark":  # size(null) is -1 unless ANSI mode is on: keep null a null
+        return exp.case().when(exp.Is(this=value.copy(), expression=exp.null()), exp.null()).else_(
+            exp.Anonymous(this="size", expressions=[value]))
     return exp.func("cardinality" if dialect == "postgres" else "len", value)
 
 
@@ -271,6 +277,13 @@ def _norm(value: exp.Expression, dtype: str, dialect: str) -> exp.Expression:
         squares = (sqlglot.select(exp.Sum(this=exp.Mul(this=exp.column(item), expression=exp.column(item))))
                    .from_(exp.Unnest(expressions=[doubles], alias=exp.TableAlias(columns=[item]))))
         total: exp.Expression = exp.Subquery(this=squares)
+    elif dialect == "spark":  # aggregate: https://spark.apache.org/docs/latest/api/sql/index.html#aggregate
+        acc, item = exp.to_identifier("__fm_acc"), exp.to_identifier("__fm_x")
+        square = exp.func("coalesce", exp.Mul(this=exp.column(item), expression=exp.column(item)),
+                          exp.cast(exp.Literal.number(0), "double"))
+        total = exp.Anonymous(this="aggregate", expressions=[doubles, exp.cast(exp.Literal.number(0), "double"),
+                                                             exp.Lambda(this=exp.Add(this=exp.column(acc), expression=square),
+                                                                        expressions=[acc, item])])
     else:
         item = exp.to_identifier("__fm_x")
         squares = exp.func("list_transform", doubles, exp.Lambda(
@@ -286,6 +299,8 @@ def _quantiles(value: exp.Expression, dialect: str) -> exp.Expression:
     if dialect == "postgres":
         return exp.WithinGroup(this=exp.PercentileCont(this=fractions),
                                expression=exp.Order(expressions=[exp.Ordered(this=value)]))
+    if dialect == "spark":
+        return exp.Anonymous(this="percentile_approx", expressions=[value, fractions])
     return exp.func("approx_quantile", value, fractions)
 
 

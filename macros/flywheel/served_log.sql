@@ -162,3 +162,8 @@ where _fm_copy = 1
 {% macro duckdb___json_text(expression, key) -%}
     json_extract_string({{ expression }}, {{ featuremart._sql_string('$."' ~ key ~ '"') }})
 {%- endmacro %}
+
+{#- Spark: get_json_object with a bracketed JSON path (https://spark.apache.org/docs/latest/api/sql/index.html#get_json_object). -#}
+{% macro spark___json_text(expression, key) -%}
+    get_json_object({{ expression }}, {{ featuremart._sql_string("$['" ~ key ~ "']") }})
+{%- endmacro %}

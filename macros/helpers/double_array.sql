@@ -17,3 +17,12 @@
     {%- endif -%}
     cast(array[{{ expressions | join(', ') }}] as double precision[])
 {%- endmacro %}
+
+{#- Spark: `array(...)` of doubles, `array<double>` (https://spark.apache.org/docs/latest/api/sql/index.html#array). -#}
+{% macro spark__double_array(expressions) -%}
+    {%- if expressions is string or expressions | length == 0 -%}
+        {{ exceptions.raise_compiler_error(
+            "double_array: `expressions` must be a non-empty list of SQL expressions, got " ~ expressions | tojson) }}
+    {%- endif -%}
+    array({% for e in expressions %}cast({{ e }} as double){{ ", " if not loop.last }}{% endfor %})
+{%- endmacro %}

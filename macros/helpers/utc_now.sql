@@ -12,3 +12,10 @@
 {% macro default__utc_now() -%}
     cast({{ dbt.current_timestamp() }} at time zone 'utc' as timestamp)
 {%- endmacro %}
+
+{#- Spark: `current_timestamp()` is a `timestamp` (with local time zone); cast to `timestamp_ntz` it is the
+    wall-clock time in the session's time zone, which the `spark` target pins to UTC
+    (`spark.sql.session.timeZone`, docs/warehouses.md; https://spark.apache.org/docs/latest/sql-ref-datatypes.html). -#}
+{% macro spark__utc_now() -%}
+    cast(current_timestamp() as timestamp_ntz)
+{%- endmacro %}

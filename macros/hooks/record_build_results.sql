@@ -21,17 +21,14 @@
   {%- endif -%}
   {%- set relation = featuremart._build_results_relation() -%}
   {%- do adapter.create_schema(relation) -%}
+  {%- do adapter.dispatch('_write_build_results', 'featuremart')(relation, rows) -%}
+  {{ return('') }}
+{% endmacro %}
+
+{#- Replace the record's rows of these nodes: delete them, insert the new ones, 500 at a time. -#}
+{% macro default___write_build_results(relation, rows) %}
   {%- call statement('featuremart_build_results_create', auto_begin=True) -%}
-    create table if not exists {{ relation }} (
-      unique_id {{ dbt.type_string() }},
-      resource_type {{ dbt.type_string() }},
-      status {{ dbt.type_string() }},
-      message {{ dbt.type_string() }},
-      checksum {{ dbt.type_string() }},
-      completed_at {{ dbt.type_timestamp() }},
-      invocation_id {{ dbt.type_string() }},
-      command {{ dbt.type_string() }}
-    )
+    create table if not exists {{ relation }} ({{ featuremart._build_results_columns() }})
   {%- endcall -%}
   {%- for batch in rows | batch(500) -%}
     {%- call statement('featuremart_build_results_delete', auto_begin=True) -%}
@@ -42,23 +39,56 @@
     {%- call statement('featuremart_build_results_insert', auto_begin=True) -%}
       insert into {{ relation }}
         (unique_id, resource_type, status, message, checksum, completed_at, invocation_id, command)
+      {{ featuremart._build_results_values(batch) }}
+    {%- endcall -%}
+  {%- endfor -%}
+  {%- do adapter.commit() -%}
+{% endmacro %}
+
+{#- Spark: a plain (parquet) table has no `delete` (only Delta and other v2 tables do,
+    https://spark.apache.org/docs/latest/sql-ref-syntax-dml.html), and `insert overwrite` may not read the table it
+    overwrites. So the kept rows and the new ones are written to a sibling table, which then replaces the record
+    (drop, rename): a reader between the two statements finds no record and withholds every view, never a wrong one. -#}
+{% macro spark___write_build_results(relation, rows) %}
+  {%- set staged = relation.incorporate(path={'identifier': relation.identifier ~ '__next'}) -%}
+  {%- call statement('featuremart_build_results_create') -%}
+    create table if not exists {{ relation }} ({{ featuremart._build_results_columns() }}) using parquet
+  {%- endcall -%}
+  {%- call statement('featuremart_build_results_drop_next') -%}drop table if exists {{ staged }}{%- endcall -%}
+  {%- call statement('featuremart_build_results_stage') -%}
+    create table {{ staged }} using parquet as
+    select * from {{ relation }} where unique_id not in (
+      {%- for row in rows %}{{ featuremart._build_results_literal(row.unique_id) }}{{ ", " if not loop.last }}{% endfor -%}
+    )
+    union all
+    select * from ({{ featuremart._build_results_values(rows) }})
+  {%- endcall -%}
+  {%- call statement('featuremart_build_results_drop') -%}drop table {{ relation }}{%- endcall -%}
+  {%- call statement('featuremart_build_results_rename') -%}alter table {{ staged }} rename to {{ relation }}{%- endcall -%}
+{% endmacro %}
+
+{#- The record's columns and types. -#}
+{% macro _build_results_columns() -%}
+  unique_id {{ dbt.type_string() }}, resource_type {{ dbt.type_string() }}, status {{ dbt.type_string() }},
+  message {{ dbt.type_string() }}, checksum {{ dbt.type_string() }}, completed_at {{ dbt.type_timestamp() }},
+  invocation_id {{ dbt.type_string() }}, command {{ dbt.type_string() }}
+{%- endmacro %}
+
+{#- `values` rows of the record, in the order of its columns. -#}
+{% macro _build_results_values(rows) -%}
       values
-      {%- for row in batch %}
+      {%- for row in rows %}
         ({{ featuremart._build_results_literal(row.unique_id) }}, {{ featuremart._build_results_literal(row.resource_type) }},
          {{ featuremart._build_results_literal(row.status) }}, {{ featuremart._build_results_literal(row.message) }},
          {{ featuremart._build_results_literal(row.checksum) }},
          cast({{ featuremart._build_results_literal(row.completed_at) }} as {{ dbt.type_timestamp() }}),
          {{ featuremart._build_results_literal(invocation_id) }}, {{ featuremart._build_results_literal(row.command) }}){{ "," if not loop.last }}
       {%- endfor %}
-    {%- endcall -%}
-  {%- endfor -%}
-  {%- do adapter.commit() -%}
-  {{ return('') }}
-{% endmacro %}
+{%- endmacro %}
 
-{#- Where the results live: the target's own schema, named the same in every project. -#}
+{#- Where the results live: the target's own schema, named the same in every project (Spark has no database). -#}
 {% macro _build_results_relation() %}
-  {{ return(api.Relation.create(database=target.database, schema=target.schema,
+  {{ return(api.Relation.create(database=target.database if target.database is defined else none, schema=target.schema,
                                 identifier='featuremart_build_results')) }}
 {% endmacro %}
 

@@ -7,9 +7,27 @@
 select
     _fm_source.*,
     {{ pit.timestamp_sql }} as _fm_ts,
-    row_number() over () as _fm_row
+    {{ featuremart._pit_row_number(pit) }} as _fm_row
     {%- for view in pit.views if view.ttl_seconds is not none %},
     {{ dbt.dateadd('second', -view.ttl_seconds, pit.timestamp_sql) }} as _fm_since_{{ view.index }}
     {%- endfor %}
 from {{ pit.spine_from }} as _fm_source
+{%- endmacro %}
+
+
+{#- The spine's row numbers. default: `row_number() over ()`, the order the spine is read in. -#}
+{% macro _pit_row_number(pit) -%}
+    {{ return(adapter.dispatch('_pit_row_number', 'featuremart')(pit)) }}
+{%- endmacro %}
+
+{% macro default___pit_row_number(pit) -%}
+    row_number() over ()
+{%- endmacro %}
+
+{#- Spark requires an ordered window for row_number (WINDOW_FUNCTION_FRAME_NOT_ORDERED), and a Spark table has no
+    order of its own; a common table expression is also evaluated once per reference, so the numbering must be
+    the same at each: order by every spine column. Rows equal in all of them get the same features, so which of
+    them takes which number does not matter. The result is in that order, not the spine's read order. -#}
+{% macro spark___pit_row_number(pit) -%}
+    row_number() over (order by {% for column in pit.spine_columns %}_fm_source.{{ column.quoted }}{{ ", " if not loop.last }}{% endfor %})
 {%- endmacro %}

@@ -131,8 +131,8 @@ fm_tiles as (
         {{ agg.function }}({{ a }}) as {{ a }}_m
         {%- elif agg.function == 'stddev' %},
         count({{ a }}) as {{ a }}_n,
-        sum(cast({{ a }} as double precision)) as {{ a }}_s,
-        sum(cast({{ a }} as double precision) * cast({{ a }} as double precision)) as {{ a }}_ss
+        sum(cast({{ a }} as {{ featuremart.type_double() }})) as {{ a }}_s,
+        sum(cast({{ a }} as {{ featuremart.type_double() }}) * cast({{ a }} as {{ featuremart.type_double() }})) as {{ a }}_ss
         {%- elif agg.function in ('first', 'last') %},
         min(case when {{ a }} is not null then fm_k end) as {{ a }}_k
         {%- endif -%}
@@ -260,7 +260,7 @@ select
     {%- elif agg.function == 'sum' -%}
         {{ out }}_s as {{ name }}
     {%- elif agg.function == 'avg' -%}
-        cast({{ out }}_s as double precision) / nullif({{ out }}_n, 0) as {{ name }}
+        cast({{ out }}_s as {{ featuremart.type_double() }}) / nullif({{ out }}_n, 0) as {{ name }}
     {%- elif agg.function in ('min', 'max') -%}
         {{ out }}_m as {{ name }}
     {%- elif agg.function == 'stddev' -%}

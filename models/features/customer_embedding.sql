@@ -47,10 +47,10 @@ rolling_category_spend as (
         customer_id,
         event_ts,
         {%- for category in categories %}
-        cast(sum({{ category }}_spend) over last_30_days as double precision) as {{ category }}_spend_30d,
+        cast(sum({{ category }}_spend) over last_30_days as {{ featuremart.type_double() }}) as {{ category }}_spend_30d,
         {%- endfor %}
         cast(sum({% for category in categories %}{{ category }}_spend{{ ' + ' if not loop.last }}{% endfor %})
-            over last_30_days as double precision) as total_spend_30d
+            over last_30_days as {{ featuremart.type_double() }}) as total_spend_30d
     from daily_category_spend
     window
         last_30_days as (

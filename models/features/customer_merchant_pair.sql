@@ -36,8 +36,8 @@ final as (
         rolling_activity.merchant_id,
         rolling_activity.event_ts,
         cast(rolling_activity.pair_txn_count_30d as bigint) as pair_txn_count_30d,
-        cast(coalesce(rolling_activity.pair_spend_30d, 0) as double precision) as pair_spend_30d,
-        cast(rolling_activity.last_pair_amount_1d as double precision) as last_pair_amount,
+        cast(coalesce(rolling_activity.pair_spend_30d, 0) as {{ featuremart.type_double() }}) as pair_spend_30d,
+        cast(rolling_activity.last_pair_amount_1d as {{ featuremart.type_double() }}) as last_pair_amount,
         first_attempts.first_pair_txn_ts,
         {{ dbt.current_timestamp() }} as computed_at
     from rolling_activity

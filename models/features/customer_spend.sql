@@ -54,16 +54,16 @@ final as (
     select
         rolling_activity.customer_id,
         rolling_activity.event_ts,
-        cast(rolling_activity.spend_1d as double precision) as spend_1d,
-        cast(rolling_activity.spend_7d as double precision) as spend_7d,
-        cast(rolling_activity.spend_30d as double precision) as spend_30d,
+        cast(rolling_activity.spend_1d as {{ featuremart.type_double() }}) as spend_1d,
+        cast(rolling_activity.spend_7d as {{ featuremart.type_double() }}) as spend_7d,
+        cast(rolling_activity.spend_30d as {{ featuremart.type_double() }}) as spend_30d,
         cast(rolling_activity.txn_count_1d as bigint) as txn_count_1d,
         cast(rolling_activity.txn_count_7d as bigint) as txn_count_7d,
         cast(rolling_activity.txn_count_30d as bigint) as txn_count_30d,
-        cast(
-            rolling_activity.spend_30d / nullif(rolling_activity.approved_count_30d, 0) as double precision
-        ) as avg_amount_30d,
-        cast(rolling_activity.max_amount_7d as double precision) as max_amount_7d,
+        -- divided as doubles: Spark divides decimals as decimals, rounded to 8 places
+        cast(rolling_activity.spend_30d as {{ featuremart.type_double() }})
+            / nullif(rolling_activity.approved_count_30d, 0) as avg_amount_30d,
+        cast(rolling_activity.max_amount_7d as {{ featuremart.type_double() }}) as max_amount_7d,
         cast(rolling_activity.declined_count_7d as bigint) as declined_count_7d,
         cast(rolling_activity.distinct_merchants_30d as bigint) as distinct_merchants_30d,
         {{ dbt.current_timestamp() }} as computed_at

@@ -29,13 +29,13 @@ final as (
     select
         rolling_activity.merchant_id,
         rolling_activity.event_ts,
-        cast(rolling_activity.chargeback_count_90d as double precision)
+        cast(rolling_activity.chargeback_count_90d as {{ featuremart.type_double() }})
             / nullif(rolling_activity.approved_count_90d, 0) as chargeback_rate_90d,
         cast(rolling_activity.distinct_customers_30d as bigint) as distinct_customers_30d,
         cast(rolling_activity.txn_count_30d as bigint) as txn_count_30d,
-        cast(
-            rolling_activity.spend_30d / nullif(rolling_activity.approved_count_30d, 0) as double precision
-        ) as avg_amount_30d,
+        -- divided as doubles: Spark divides decimals as decimals, rounded to 8 places
+        cast(rolling_activity.spend_30d as {{ featuremart.type_double() }})
+            / nullif(rolling_activity.approved_count_30d, 0) as avg_amount_30d,
         {{ dbt.current_timestamp() }} as computed_at
     from rolling_activity
 
