@@ -13,9 +13,10 @@
     cast({{ dbt.current_timestamp() }} at time zone 'utc' as timestamp)
 {%- endmacro %}
 
-{#- Spark: `current_timestamp()` is a `timestamp` (with local time zone); cast to `timestamp_ntz` it is the
-    wall-clock time in the session's time zone, which the `spark` target pins to UTC
-    (`spark.sql.session.timeZone`, docs/warehouses.md; https://spark.apache.org/docs/latest/sql-ref-datatypes.html). -#}
+{#- Spark: `current_timestamp()` is a `timestamp` (an instant, shown in the session's time zone);
+    `convert_timezone('UTC', ...)` gives its UTC wall-clock time as `timestamp_ntz` whatever the session's
+    time zone (a plain cast to `timestamp_ntz` would give the session zone's wall clock)
+    (https://spark.apache.org/docs/latest/api/sql/index.html#convert_timezone). -#}
 {% macro spark__utc_now() -%}
-    cast(current_timestamp() as timestamp_ntz)
+    convert_timezone('UTC', current_timestamp())
 {%- endmacro %}

@@ -28,11 +28,14 @@
 
 {#- Spark names its types `timestamp` (an instant, with the session's local time zone), `timestamp_ntz` (wall-clock,
     without zone: featuremart's event times) and `date` (https://spark.apache.org/docs/latest/sql-ref-datatypes.html).
-    Spark has no `at time zone`; a `timestamp` cast to `timestamp_ntz` is its wall-clock time in the session's
-    time zone, which the `spark` target pins to UTC (`spark.sql.session.timeZone`, docs/warehouses.md). -#}
+    Spark has no `at time zone`: `convert_timezone('UTC', x)` turns an instant into its UTC wall-clock
+    `timestamp_ntz` whatever the session's time zone (a plain cast would give the session zone's wall clock);
+    a date is cast (midnight, as on the other warehouses). -#}
 {% macro spark___pit_utc_timestamp(expression, data_type) -%}
     {%- set type_name = (data_type or '') | lower -%}
-    {%- if type_name in ('timestamp', 'date') -%}
+    {%- if type_name == 'timestamp' -%}
+        convert_timezone('UTC', {{ expression }})
+    {%- elif type_name == 'date' -%}
         cast({{ expression }} as timestamp_ntz)
     {%- else -%}
         {{ expression }}
