@@ -366,6 +366,11 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
         console.print_json(json.dumps(run.to_json()))
     else:
         console.print(render_run(run))
+        # Below the table, not its caption: a caption folds at the table's width, mid-word in a long path.
+        if run.error:
+            console.print(f"[red]{escape(run.error)}[/]", soft_wrap=True)
+        for note in run.notes:
+            console.print(escape(note), soft_wrap=True, highlight=False)
     return sync_exit_code(run)
 
 
@@ -387,12 +392,7 @@ def render_run(run: SyncRun) -> Table:
             str(v.inserted), str(v.updated), str(v.deleted), str(v.unchanged), f"{v.seconds:.2f}")
         note = v.reason or ("state rebuilt from the store; every value rewritten" if v.rebuilt else "")
         rows.append((v.view, v.status, *counts, note))
-    table = _table(title, ("view", "status", *numbers, "note"), rows, wraps=("view", "note"), right=numbers)
-    notes = [f"[red]{escape(run.error)}[/]"] if run.error else []
-    notes += [escape(note) for note in run.notes]
-    if notes:
-        table.caption = "\n".join(notes)
-    return table
+    return _table(title, ("view", "status", *numbers, "note"), rows, wraps=("view", "note"), right=numbers)
 
 
 def cmd_status(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:

@@ -266,6 +266,8 @@ def test_unreachable_redis(env, monkeypatch):
     started = time.monotonic()
     code, out = run_cli("sync")
     assert code == 3 and "Cannot reach the online store" in out and "s3cret" not in out
+    error = next(line for line in out.splitlines() if "Cannot reach the online store" in line)
+    assert len(error) > 100 and "redis://user:***@127.0.0.1:1/0" in error  # whole, not folded at the width
     assert time.monotonic() - started < 30
     assert not (env / "target" / "featuremart" / "sync_state.duckdb").exists()
 
