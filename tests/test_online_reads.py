@@ -408,3 +408,23 @@ def test_a_batch_of_string_keys_reads_as_one_entity_at_a_time(synced):
     for entity, message in bad:
         with pytest.raises(UnknownNameError, match=message):
             synced.get_online_features([*plain, entity, *plain], features=features)
+
+
+def test_arrow_is_the_columns_typed_for_every_type_and_batch(synced):
+    """`to_arrow` builds one array per Arrow type and slices it into columns, with a cached status column when a
+    view is all present: every column equals `to_columns`, whatever the mix of types, lengths and statuses,
+    and a later read with missing values leaves an earlier table's shared all-present statuses unchanged."""
+    features = ["all_types.*", "balances.balance"]
+    present = [{"thing_id": "a", "account_id": 7}, {"thing_id": ODD_KEY, "account_id": 7}]
+    mixed = [*present, {"thing_id": "nobody", "account_id": 8}]
+    first = synced.reader.read(present, features=features)
+    table = first.to_arrow()
+    assert table.to_pydict() == first.to_columns()
+    assert set(table.column("balance__status").to_pylist()) == {PRESENT}
+    assert table.column("f_ts").to_pylist()[1] == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    for batch in (present[:1], mixed, mixed[2:], []):
+        result = synced.reader.read(batch, features=features)
+        other = result.to_arrow()
+        assert other.to_pydict() == result.to_columns()
+        assert other.column_names == table.column_names and other.schema == table.schema
+    assert table.to_pydict() == first.to_columns()  # unchanged by the reads since
