@@ -428,3 +428,14 @@ def test_arrow_is_the_columns_typed_for_every_type_and_batch(synced):
         assert other.to_pydict() == result.to_columns()
         assert other.column_names == table.column_names and other.schema == table.schema
     assert table.to_pydict() == first.to_columns()  # unchanged by the reads since
+
+
+def test_record_builder_takes_any_name_as_data():
+    """Records are built by a generated dict display: names with quotes, braces, backslashes, code or non-ASCII
+    text are keys, never source, and a plan of thousands of names builds too."""
+    from featuremart.online.reader import _record_builder
+
+    names = ["a'b", 'c"}', "x\\", "__import__('os').getcwd()", "é ☃", "v0"]
+    assert _record_builder(names)(*range(6)) == dict(zip(names, range(6)))
+    many = [f"f{i}" for i in range(5000)]
+    assert _record_builder(many)(*range(5000)) == dict(zip(many, range(5000)))

@@ -118,6 +118,15 @@ def _json_texts(values: list[Any], comma_free: bool) -> list[bytes]:
         return list(map(json_bytes, values))
 
 
+def _record_builder(names: Sequence[str]) -> Callable[..., dict[str, Any]]:
+    """A function of one value per name returning the record `{name: value, ...}`, as a dict display: mapped
+    over the feature columns it builds 100 records in a quarter less time than `dict(zip(names, row))` (the
+    records' largest cost after their FeatureValues, bench/README.md). The names enter the source only through
+    `repr`, the arguments are `v0, v1, ...`."""
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    return eval(f"lambda {args}: {{{', '.join(f'{name!r}: v{i}' for i, name in enumerate(names))}}}")  # noqa: S307
+
+
 def _json_template(names: Sequence[str]) -> list[bytes]:
     """One entity's item of `OnlineResult.to_json` as pieces of JSON text, the gaps empty: the entity at 1, and
     for the name at position j its value at 3 + 4j, its status piece at 4 + 4j and its event time at 5 + 4j."""
@@ -180,6 +189,7 @@ class _Plan:
                 tuple(operator.itemgetter(p) for _, p in columns), tuple(slot[n] for n, _ in columns),
                 [None] * (len(view.features) + 1)))
         self.views = tuple(plans)
+        self.record = _record_builder(self.names)
         #: one entity's item of the HTTP response's results, as JSON pieces (OnlineResult.to_json fills the gaps)
         self.json_template = _json_template(self.names)
         self.needed = frozenset(self.key_names)
@@ -390,7 +400,7 @@ class OnlineResult:
     def to_records(self) -> list[dict[str, FeatureValue]]:
         """One dict per entity (in request order), mapping each output name to its FeatureValue."""
         columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value, self._times())
-        return list(map(dict, map(zip, repeat(self._plan.names), zip(*columns))))
+        return list(map(self._plan.record, *columns))
 
     def to_json(self) -> bytes:
         """The HTTP response's `results`: a JSON array of `{"entity": {...}, "values": {name: {"value", "status",
