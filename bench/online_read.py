@@ -122,13 +122,12 @@ def percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0  # µs
 
 
-def measure(calls: int, contenders: dict, batches: list) -> dict[str, dict[str, float]]:
+def measure(calls: int, contenders: dict, batches: list, clock=time.perf_counter_ns) -> dict[str, dict[str, float]]:
     """One repetition: every call runs each contender once on the same batch, the order rotating from call to
-    call; p50/p99/mean in µs per contender."""
+    call; p50/p99/mean in µs per contender (of `clock`: wall time, or e.g. `time.thread_time_ns`)."""
     names = list(contenders)
     fns = list(contenders.values())
     times: list[list[int]] = [[] for _ in names]
-    clock = time.perf_counter_ns
     n = len(fns)
     for i in range(calls):
         batch = batches[i % len(batches)]
