@@ -31,6 +31,22 @@ from bench.online_read import raw_reader  # noqa: E402
 from featuremart import FeatureStore  # noqa: E402
 
 
+def synced_pairs(project: Path, url: str) -> tuple[FeatureStore, list[dict[str, str]]]:
+    """Sync `project` into the server at `url`; a reader on it, and the customer x merchant pairs (of the first
+    8,000) whose `fraud_model` values are all present."""
+    with FeatureStore(project, redis_url=url) as fs:
+        assert fs.sync().status == "success"
+    fs = FeatureStore.from_url(url)
+    con = duckdb.connect(str(project / "target" / "featuremart.duckdb"), read_only=True)
+    rows = con.sql("select distinct customer_id, merchant_id from main.customer_merchant_pair "
+                   "order by 1, 2 limit 8000").fetchall()
+    con.close()
+    candidates = [{"customer_id": c, "merchant_id": m} for c, m in rows]
+    pairs = [e for e, r in zip(candidates, fs.get_online_features(candidates, service="fraud_model"))
+             if all(v.status == "present" for v in r.values())]
+    return fs, pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, required=True)
@@ -43,16 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server, info = redis_check.start(args)
     with redis_check.stopping(server):
-        with FeatureStore(args.project, redis_url=server.url) as fs:
-            assert fs.sync().status == "success"
-        fs = FeatureStore.from_url(server.url)
-        con = duckdb.connect(str(args.project / "target" / "featuremart.duckdb"), read_only=True)
-        rows = con.sql("select distinct customer_id, merchant_id from main.customer_merchant_pair "
-                       "order by 1, 2 limit 8000").fetchall()
-        con.close()
-        candidates = [{"customer_id": c, "merchant_id": m} for c, m in rows]
-        pairs = [e for e, r in zip(candidates, fs.get_online_features(candidates, service="fraud_model"))
-                 if all(v.status == "present" for v in r.values())]
+        fs, pairs = synced_pairs(args.project, server.url)
         batches = [pairs[i:i + 100] for i in range(0, len(pairs) - 99, 100)]
         registry = fs.reader.registry
 

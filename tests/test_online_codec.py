@@ -85,3 +85,16 @@ def test_columns_of_timestamps_dates_and_float_arrays_match_row_by_row(raws):
     assert got == expected
     assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in expected]
     assert all(row[1].utcoffset().total_seconds() == 0 for row in got if row[1] is not None)
+
+
+def test_batch_decode_converts_exactly_the_rows_with_odd_floats():
+    """Float features JSON spelled as ints or nulls, in several rows and both float positions, among plain rows:
+    those rows are converted (ints to floats, nulls kept), every other row is left as parsed."""
+    dtypes = ["float", "int", "float"]
+    raws = [b"[1, 2.5, 3, 4.5]", b"[2, 7, 3, null]", b"[3, 1.5, 3, 2.5]", b"[4, null, 3, 8]",
+            b"[5, 1.25, 3, 0.5]", b"[6, 0, 3, 0]"] * 20
+    got = RowDecoder(dtypes).decode_many(raws)
+    expected = [reference(dtypes, raw) for raw in raws]
+    assert got == expected
+    assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in expected]
+    assert got[5] == [6, 0.0, 3, 0.0] and type(got[5][1]) is float and type(got[1][1]) is float

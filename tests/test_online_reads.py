@@ -408,3 +408,34 @@ def test_a_batch_of_string_keys_reads_as_one_entity_at_a_time(synced):
     for entity, message in bad:
         with pytest.raises(UnknownNameError, match=message):
             synced.get_online_features([*plain, entity, *plain], features=features)
+
+
+def test_arrow_is_the_columns_typed_for_every_type_and_batch(synced):
+    """`to_arrow` builds one array per Arrow type and slices it into columns, with a cached status column when a
+    view is all present: every column equals `to_columns`, whatever the mix of types, lengths and statuses,
+    and a later read with missing values leaves an earlier table's shared all-present statuses unchanged."""
+    features = ["all_types.*", "balances.balance"]
+    present = [{"thing_id": "a", "account_id": 7}, {"thing_id": ODD_KEY, "account_id": 7}]
+    mixed = [*present, {"thing_id": "nobody", "account_id": 8}]
+    first = synced.reader.read(present, features=features)
+    table = first.to_arrow()
+    assert table.to_pydict() == first.to_columns()
+    assert set(table.column("balance__status").to_pylist()) == {PRESENT}
+    assert table.column("f_ts").to_pylist()[1] == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    for batch in (present[:1], mixed, mixed[2:], []):
+        result = synced.reader.read(batch, features=features)
+        other = result.to_arrow()
+        assert other.to_pydict() == result.to_columns()
+        assert other.column_names == table.column_names and other.schema == table.schema
+    assert table.to_pydict() == first.to_columns()  # unchanged by the reads since
+
+
+def test_record_builder_takes_any_name_as_data():
+    """Records are built by a generated dict display: names with quotes, braces, backslashes, code or non-ASCII
+    text are keys, never source, and a plan of thousands of names builds too."""
+    from featuremart.online.reader import _record_builder
+
+    names = ["a'b", 'c"}', "x\\", "__import__('os').getcwd()", "é ☃", "v0"]
+    assert _record_builder(names)(*range(6)) == dict(zip(names, range(6)))
+    many = [f"f{i}" for i in range(5000)]
+    assert _record_builder(many)(*range(5000)) == dict(zip(many, range(5000)))

@@ -55,6 +55,53 @@ def test_write_mget_round_trip_binary_and_unicode(store):
     assert got == [values[0], values[1], "str value é".encode(), None]
 
 
+@pytest.mark.parametrize("kind", ["ascii str", "non-ascii str", "bytes", "mixed", "long key"])
+def test_mget_encodes_every_kind_of_key_batch(store, kind):
+    """A batch of 16+ keys takes the hand-encoded MGET for ASCII str keys and hiredis' packer otherwise: each
+    kind reads back exactly what was written, in order, None where absent."""
+    names = [f"fm:{{k=K{i:03d}}}:v:1" for i in range(40)]
+    if kind == "non-ascii str":
+        names[17] = "fm:{k=é☃}:v:1"
+    elif kind == "bytes":
+        names = [n.encode() for n in names]
+    elif kind == "mixed":
+        names[3] = names[3].encode() + b"\xff"
+    elif kind == "long key":
+        names[5] = "fm:{k=" + "x" * 5000 + "}:v:1"
+    present = names[::2]
+    store.write(present, [b"v" + str(i).encode() for i in range(len(present))], [far_future_ms()] * len(present))
+    expected = [b"v" + str(i // 2).encode() if i % 2 == 0 else None for i in range(len(names))]
+    assert store.mget(names) == expected
+    assert store.mget(names[:3]) == expected[:3]
+
+
+def test_mget_per_thread_connections_survive_a_killed_connection_and_close(store, client):
+    """Each thread reads on its own connection; a connection killed by the server is replaced on the next read
+    (the read retries), and `close` closes every thread's connection."""
+    keys = [f"fm:{{k={i}}}:v:1" for i in range(20)]
+    store.write(keys, [k.encode() for k in keys], [far_future_ms()] * 20)
+    results: list[list] = []
+
+    def read() -> None:
+        results.append(store.mget(keys))
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[k.encode() for k in keys]] * 3
+    assert store.mget(keys[:2]) == [keys[0].encode(), keys[1].encode()]
+    killed = client.client_kill_filter(_type="normal", skipme=True)  # every connection but this client's
+    assert killed >= 1
+    assert store.mget(keys) == [k.encode() for k in keys]
+    before = {c["id"] for c in client.client_list()}
+    store.close()
+    time.sleep(0.1)
+    after = {c["id"] for c in client.client_list()}
+    assert len(after) < len(before) and after <= before
+
+
 def test_write_with_no_expiry_and_empty_write(store, client):
     assert store.write([], [], []) == 0
     store.write([b"k"], [b"v"], [None])

@@ -138,8 +138,9 @@ class RowDecoder:
             # the types of all the rows' floats are listed in C, and the few odd ones found from that list.
             width = len(self.floats)
             kinds = list(map(type, chain.from_iterable(map(self.float_values, rows))))
-            if set(kinds) != _FLOATS_ONLY:
-                for i in sorted({i // width for i, kind in enumerate(kinds) if kind is not float}):
+            odd_kinds = set(kinds) - _FLOATS_ONLY
+            if odd_kinds:
+                for i in sorted({i // width for kind in odd_kinds for i in _positions(kinds, kind)}):
                     self._convert_floats(rows[i])
         # The other conversions column by column: a Python call per row was a third of a 100-entity read of a
         # view with a timestamp feature (bench/README.md); the values are set back into the rows by C-level map.
@@ -158,6 +159,19 @@ class RowDecoder:
             if row[i] is not None and float in map(type, row[i]):
                 return False
         return True
+
+
+def _positions(items: list, item: Any) -> list[int]:
+    """Where `item` is in `items`, found by `list.index` (a C-level scan): a view whose float features JSON
+    sometimes spells as ints (a whole amount, a null) has a few such values among hundreds, and a Python loop
+    over all of them was a sixth of a 100-entity decode (bench/README.md)."""
+    found, i = [], -1
+    try:
+        while True:
+            i = items.index(item, i + 1)
+            found.append(i)
+    except ValueError:
+        return found
 
 
 def json_bytes(value: Any) -> bytes:
