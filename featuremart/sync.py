@@ -138,6 +138,7 @@ class Syncer:
         self._history = StatsHistory(store)
         self._profiles: dict[str, dict] = {}
         self._stats_notes: list[str] = []
+        self._profiling: list[threading.Thread] = []  # statistics queries running beside the sync (`_profile`)
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -252,11 +253,13 @@ class Syncer:
             whole = self._scanned and set(snapshot["views"]) <= set(published)
             state.seal(self.store_id, self.generation, self._token, whole=whole)
             self._durable.seal(state, self.store_id, self._token, whole=whole)
+            self._profiled()
             for name, record in self._profiles.items():  # a run that failed before the seal stores none
                 if name in published:
                     self._history.append(name, {**record, "run_id": run.run_id})
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
+            self._profiled()
             run.notes.extend(self._durable.notes)  # what was restored or refused, also when the run failed
             run.notes.extend(self._stats_notes)
             state.close()
@@ -317,6 +320,7 @@ class Syncer:
     def _sync_view(self, view: FeatureView, state: SyncState, full_refresh: bool, dry_run: bool,
                    progress: Callable[[str, str, int, int], None]) -> ViewResult:
         started = time.perf_counter()
+        self._profiled()  # the warehouse connection is used below: the previous view's statistics query is done
         dialect = self.warehouse.dialect
         ttl_ms = _ttl_ms(view)
         if ttl_ms <= 0:
@@ -392,15 +396,28 @@ class Syncer:
         return result
 
     def _profile(self, view: FeatureView, entities: int | None) -> None:
-        """The statistics of what the view publishes (one warehouse query). A failure there never stops the
-        publish: the run's notes say the view has no statistics this time."""
-        try:
-            self._profiles[view.name] = feature_stats.profile_view(self.warehouse, self._history, view, self.now,
-                                                                   entities)
-        except Exception as exc:  # noqa: BLE001 (DuckDB's, or a dbt adapter's driver's, own error types)
-            first = (str(exc).splitlines() or [""])[0]
-            self._stats_notes.append(f"view {view.name}: statistics not computed this run ({type(exc).__name__}: "
-                                     f"{first})")
+        """The statistics of what the view publishes (one warehouse query), in a background thread: it overlaps
+        the work that follows on the state and the store (writes, the durable upload; about 0.5 s of a 1M sync's
+        tail otherwise), and `_profiled` waits for it before the warehouse is used again and before the seal. A
+        failure there never stops the publish: the run's notes say the view has no statistics this time."""
+        def run() -> None:
+            try:
+                self._profiles[view.name] = feature_stats.profile_view(self.warehouse, self._history, view,
+                                                                       self.now, entities)
+            except Exception as exc:  # noqa: BLE001 (DuckDB's, or a dbt adapter's driver's, own error types)
+                first = (str(exc).splitlines() or [""])[0]
+                self._stats_notes.append(f"view {view.name}: statistics not computed this run "
+                                         f"({type(exc).__name__}: {first})")
+
+        self._profiled()
+        thread = threading.Thread(target=run, name=f"featuremart-stats-{view.name}", daemon=True)
+        thread.start()
+        self._profiling.append(thread)
+
+    def _profiled(self) -> None:
+        """Wait for the statistics queries `_profile` started: the warehouse connection is free again."""
+        while self._profiling:
+            self._profiling.pop().join()
 
     def _first_sync(self, view: FeatureView, state: SyncState, payload: Iterator[pa.RecordBatch], ttl_ms: int,
                     watermark: int | None, result: ViewResult, started: float,

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import shutil
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -433,6 +434,57 @@ def test_failed_sync_stores_no_statistics(synced, monkeypatch):
         run = fs.sync(select=["customer_spend"])
     assert run.status == "failed" and "injected" in run.error
     assert len(_history(synced)) == 1
+
+
+@pytest.mark.integration
+def test_statistics_run_beside_the_sync_never_sharing_the_warehouse_and_a_failure_only_notes(synced, monkeypatch):
+    """The statistics query runs in a thread beside the writes and the durable upload: a slow one never overlaps
+    another use of the warehouse connection (the next view's read waits for it), one that fails leaves the
+    publish whole with a note, and a successful one is in the history once the run returned."""
+    active, overlaps, profiled = [0], [], []
+    real_stream, real_profile = DuckDBWarehouse.stream, stats.profile_view
+
+    def stream(self, query, *args, **kwargs):
+        active[0] += 1
+        overlaps.append(active[0])
+        try:
+            if threading.current_thread().name.startswith("featuremart-stats"):
+                time.sleep(0.5)  # a slow statistics query: the sync goes on meanwhile, the next read must wait
+            yield from real_stream(self, query, *args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    def failing_profile(warehouse, history, view, now, entities=None):
+        if view.name == "customer_spend":
+            raise duckdb.IOException("injected: the statistics query failed")
+        record = real_profile(warehouse, history, view, now, entities)
+        profiled.append(view.name)
+        return record
+
+    monkeypatch.setattr(DuckDBWarehouse, "stream", stream)
+    monkeypatch.setattr(stats, "profile_view", failing_profile)
+    with FeatureStore(synced) as fs:
+        run = fs.sync()
+        online = [v.view for v in run.views if v.status == "synced"]
+        assert run.status == "success" and len(online) >= 2 and "customer_spend" in online, run
+        assert overlaps and max(overlaps) == 1, "the warehouse connection was used by two threads at once"
+        assert any("customer_spend: statistics not computed this run (IOException: injected" in n for n in run.notes)
+        assert sorted(profiled) == sorted(set(online) - {"customer_spend"})  # joined before the run returned
+        for name in profiled:
+            assert _history(synced, name)[0]["run_id"] == run.run_id
+        assert _history(synced, "customer_spend") == []
+        # every value of the view whose statistics failed was published: read back from Redis
+        view = fs.registry.view("customer_spend")
+        con = duckdb.connect(str(synced / "target" / "featuremart.duckdb"), read_only=True)
+        latest = con.sql(sql.render(sql.latest_rows(view, datetime.utcnow(), "duckdb"), "duckdb")).fetchall()
+        names = [c for c in con.sql(sql.render(sql.latest_rows(view, datetime.utcnow(), "duckdb"), "duckdb")).columns]
+        con.close()
+        rows = [dict(zip(names, row)) for row in latest]
+        feature = view.features[0].name
+        read = fs.get_online_features([{k: r[k] for k in view.key_names} for r in rows],
+                                      features=[f"customer_spend.{feature}"])
+        assert rows and [(v[feature].status, v[feature].value) for v in read] == [
+            ("present", pytest.approx(r[feature])) for r in rows]
 
 
 @pytest.mark.integration

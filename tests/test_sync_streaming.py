@@ -213,3 +213,37 @@ def test_a_streamed_first_sync_that_fails_after_some_slices_committed_converges(
     assert rerun.status == "success" and view.rebuilt and not view.streamed, rerun
     assert harness.online() == harness.expected() and len(harness.online()) == 150_000
     client.close()
+
+
+@pytest.mark.parametrize("configured, streaming", [("128MB", "48MB"), ("32MB", "32MB"), ("2GB", "48MB")])
+def test_a_streamed_first_sync_appends_under_a_small_limit_then_restores_the_configured_one(tmp_path, configured,
+                                                                                             streaming):
+    """While a first sync only appends, the state connection's memory limit is the smaller of its own and
+    STREAM_MEMORY_LIMIT (written blocks are not cached up to 128 MB); the configured limit is back afterwards,
+    also when the streamed sync fails, since the diffs of later syncs need it."""
+    import duckdb
+
+    from featuremart.state import SyncState
+
+    def limit(con) -> str:
+        return con.execute("select current_setting('memory_limit')").fetchall()[0][0]
+
+    reference = duckdb.connect()
+    expected = {}
+    for size in (configured, streaming):
+        reference.execute("set memory_limit = ?", [size])
+        expected[size] = limit(reference)
+    reference.close()
+    state = SyncState(tmp_path / "state.duckdb", limits=DuckDBLimits(configured, 1))
+    try:
+        assert limit(state.con) == expected[configured]
+        with state.first_sync("v"):
+            assert limit(state.con) == expected[streaming]
+            state.commit_first("v", "v1", "store")
+        assert limit(state.con) == expected[configured]
+        with pytest.raises(RuntimeError, match="injected"), state.first_sync("v"):
+            assert limit(state.con) == expected[streaming]
+            raise RuntimeError("injected: a write failed mid-stream")
+        assert limit(state.con) == expected[configured]
+    finally:
+        state.close()
