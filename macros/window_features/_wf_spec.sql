@@ -239,6 +239,30 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- An incremental run's cutoff: (latest stored output time - lookback) as a UTC datetime, read from the model's
+    table; none when the table has no rows. -#}
+{% macro _wf_cutoff(spec) -%}
+    {%- set result = run_query('select max(' ~ spec.output_timestamp ~ ') from ' ~ this) -%}
+    {%- set latest = result.columns[0].values()[0] if result else none -%}
+    {{ return(none if latest is none else latest - modules.datetime.timedelta(seconds=spec.lookback_seconds)) }}
+{%- endmacro %}
+
+{#- A naive UTC datetime as a timestamp literal. -#}
+{% macro _wf_timestamp(instant) -%}
+    cast('{{ instant.isoformat(sep=' ') }}' as {{ dbt.type_timestamp() }})
+{%- endmacro %}
+
+{#- The source's events at or after the UTC instant `since`, as a predicate on the bare column: a timestamp
+    column (already UTC, `utc_ts` is the column itself) against a timestamp, a timestamptz column against the same
+    instant in UTC, never a converted expression, so the warehouse can use the column's min/max per row group. -#}
+{% macro _wf_since(column, utc_ts, since) -%}
+    {%- if utc_ts == column -%}
+        {{ column }} >= {{ featuremart._wf_timestamp(since) }}
+    {%- else -%}
+        {{ column }} >= cast('{{ since.isoformat(sep=' ') }}+00:00' as timestamp with time zone)
+    {%- endif -%}
+{%- endmacro %}
+
 {#- An interval literal of whole seconds (both warehouses read `interval 'N seconds'`). -#}
 {% macro _wf_interval(seconds) -%}
     interval '{{ seconds | int }} seconds'
