@@ -104,13 +104,6 @@ with fm_source_events as (
     {%- if is_incremental_run %}
         and {{ featuremart._wf_since(spec.timestamp, utc_ts,
                 cutoff - modules.datetime.timedelta(seconds=spec.max_window_seconds + spec.grain_seconds)) }}
-        {#- only the entities with a row to write: an event known after the cutoff, i.e. at or after one grain
-            before it (a superset; fm_rows is exact) -#}
-        and ({{ key_list }}) in (
-            select {{ key_list }} from {{ source }}
-            where {{ featuremart._wf_since(spec.timestamp, utc_ts,
-                                           cutoff - modules.datetime.timedelta(seconds=spec.grain_seconds)) }}
-        )
     {%- endif %}
 
 ),
@@ -119,6 +112,14 @@ fm_events as (
 
     select *, {{ featuremart._wf_known_time('fm_ts', spec) }} as fm_k
     from fm_source_events
+    {%- if is_incremental_run %}
+    {#- only the entities with a row to write: an event known after the cutoff, i.e. at or after one grain
+        before it (a superset; fm_rows is exact), taken from the same scan, not a second read of the source #}
+    where ({{ key_list }}) in (
+        select {{ key_list }} from fm_source_events
+        where fm_ts >= {{ featuremart._wf_timestamp(cutoff - modules.datetime.timedelta(seconds=spec.grain_seconds)) }}
+    )
+    {%- endif %}
 
 ),
 
