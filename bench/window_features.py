@@ -12,7 +12,9 @@ reports its own wall time and peak RSS; paired per repetition, order rotated):
 
 Incremental (real `dbt run`s, node execution time from run_results.json): the model over 364 days, one more
 day of events inserted, then `dbt run` (incremental, default lookback 2d) against `dbt run --full-refresh`
-over the 365 days, paired per repetition, order rotated. The wall time of each `dbt` process is recorded too: the rest
+over the 365 days, paired per repetition, order rotated. Twice per repetition: with the `events` source in
+time order (the realistic case: event sources are appended as time goes by, so DuckDB can skip the row groups
+before the run's cutoff), and in random order (every run reads all of it), the second figure. The wall time of each `dbt` process is recorded too: the rest
 (wall - node) is dbt's own start-up (imports, parsing, connecting), the same for both runs.
 
     .venv/bin/python bench/window_features.py                  # 5M events, 5 repetitions
@@ -36,7 +38,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BARS = {"full macro/hand": 1.3, "incremental day/full": 0.10, "memory macro/hand": 1.2}
+BARS = {"full macro/hand": 1.3, "incremental day/full": 0.10, "incremental day/full, random-order source": 0.10,
+        "memory macro/hand": 1.2}
 
 HAND_SQL = """
 with daily as (
@@ -133,13 +136,15 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def load_events(db: Path, days_365: bool) -> None:
-    """The `events` source: all 365 days of the generated events, or the first 364."""
+def load_events(db: Path, days_365: bool, time_order: bool = False) -> None:
+    """The `events` source: all 365 days of the generated events, or the first 364; in the generated (random)
+    order, or in time order (as appended day after day: day 365 lands after the 364 days either way)."""
     import duckdb
 
     with duckdb.connect(str(db)) as con:
         con.execute("create or replace table events as select * from all_events"
-                    + ("" if days_365 else " where txn_ts < timestamp '2025-12-31'"))
+                    + ("" if days_365 else " where txn_ts < timestamp '2025-12-31'")
+                    + (" order by txn_ts" if time_order else ""))
 
 
 def full_builds(project: Path, db: Path, reps: int) -> dict:
@@ -170,31 +175,34 @@ def full_builds(project: Path, db: Path, reps: int) -> dict:
 
 
 def incremental_runs(project: Path, db: Path, reps: int) -> dict:
-    """The incremental day vs the full refresh, as real `dbt run`s, paired, order rotated:
-    {name: {"node": [...], "process": [...]}}."""
-    def run(name: str, *args: str) -> None:
+    """The incremental day vs the full refresh, as real `dbt run`s, paired, order rotated, for a source in time
+    order and in random order: {source order: {name: {"node": [...], "process": [...]}}}."""
+    def run(results: dict, name: str, *args: str) -> None:
         nodes, wall = dbt(project, "run", "--select", "wf_incremental", *args)
         results[name]["node"].append(nodes["wf_incremental"])
         results[name]["process"].append(wall)
 
-    def incremental_day() -> None:
-        load_events(db, days_365=False)
+    def incremental_day(results: dict, time_order: bool) -> None:
+        load_events(db, days_365=False, time_order=time_order)
         dbt(project, "run", "--select", "wf_incremental", "--full-refresh")
-        load_events(db, days_365=True)  # the 364 days unchanged, plus day 365
-        run("incremental_day")
+        load_events(db, days_365=True, time_order=time_order)  # the 364 days unchanged, plus day 365
+        run(results, "incremental_day")
 
-    def full_refresh() -> None:
-        load_events(db, days_365=True)
-        run("full_refresh", "--full-refresh")
+    def full_refresh(results: dict, time_order: bool) -> None:
+        load_events(db, days_365=True, time_order=time_order)
+        run(results, "full_refresh", "--full-refresh")
 
     order = [incremental_day, full_refresh]
-    results = {name: {"node": [], "process": []} for name in ("incremental_day", "full_refresh")}
+    by_source = {source: {name: {"node": [], "process": []} for name in ("incremental_day", "full_refresh")}
+                 for source in ("time_order", "random_order")}
     for rep in range(reps):
-        for contender in order[rep % 2:] + order[:rep % 2]:
-            contender()
-        print(f"rep {rep}: " + ", ".join(f"{name} {r['node'][-1]:.2f}s ({r['process'][-1]:.2f}s with dbt start-up)"
-                                         for name, r in results.items()), flush=True)
-    return results
+        for source, results in by_source.items():
+            for contender in order[rep % 2:] + order[:rep % 2]:
+                contender(results, source == "time_order")
+            print(f"rep {rep}, {source}: " + ", ".join(
+                f"{name} {r['node'][-1]:.2f}s ({r['process'][-1]:.2f}s with dbt start-up)"
+                for name, r in results.items()) + f"; load {open('/proc/loadavg').read().split()[0]}", flush=True)
+    return by_source
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "window_features.json")
     args = parser.parse_args(argv)
 
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start}", flush=True)
     with tempfile.TemporaryDirectory(prefix="wf_bench_") as tmp:
         project = make_project(Path(tmp) / "project")
         db = project / "bench.duckdb"
@@ -214,22 +224,22 @@ def main(argv: list[str] | None = None) -> None:
         full = full_builds(project, db, args.reps) if args.part in ("all", "full") else None
         runs = incremental_runs(project, db, args.reps) if args.part in ("all", "incremental") else None
 
-    report = {"events": args.events, "entities": args.entities, "reps": args.reps,
+    report = {"events": args.events, "entities": args.entities, "reps": args.reps, "load_average_start": load_start,
               "load_average": os.getloadavg(), "seconds": {}, "ratios": {}, "bars": BARS}
     if full:
         report["seconds"].update({name: spread(r["seconds"]) for name, r in full.items()})
         report["peak_rss_bytes"] = {name: spread(r["rss"]) for name, r in full.items()}
         for figure, measure in (("full macro/hand", "seconds"), ("memory macro/hand", "rss")):
             report["ratios"][figure] = spread([m / h for m, h in zip(full["macro"][measure], full["hand"][measure])])
-    if runs:
-        inc, ref = runs["incremental_day"], runs["full_refresh"]
-        report["seconds"].update({"incremental_day": spread(inc["node"]), "full_refresh": spread(ref["node"]),
-                                  "incremental_day_process": spread(inc["process"]),
-                                  "full_refresh_process": spread(ref["process"]),
-                                  "dbt_startup": spread([w - n for r in (inc, ref)
-                                                         for w, n in zip(r["process"], r["node"])])})
-        report["ratios"]["incremental day/full"] = spread([i / f for i, f in zip(inc["node"], ref["node"])])
-        report["ratios"]["incremental day/full, whole dbt processes"] = spread(
+    for source, results in (runs or {}).items():
+        inc, ref = results["incremental_day"], results["full_refresh"]
+        suffix = "" if source == "time_order" else ", random-order source"
+        report["seconds"].update({f"{name}{suffix}": spread(values) for name, values in (
+            ("incremental_day", inc["node"]), ("full_refresh", ref["node"]),
+            ("incremental_day_process", inc["process"]), ("full_refresh_process", ref["process"]),
+            ("dbt_startup", [w - n for r in (inc, ref) for w, n in zip(r["process"], r["node"])]))})
+        report["ratios"][f"incremental day/full{suffix}"] = spread([i / f for i, f in zip(inc["node"], ref["node"])])
+        report["ratios"][f"incremental day/full, whole dbt processes{suffix}"] = spread(
             [i / f for i, f in zip(inc["process"], ref["process"])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             if name in BARS else ""
         print(f"{name}: median {value['median']:.3f} [{value['min']:.3f}-{value['max']:.3f}]{verdict}")
     if runs:
+        print(f"load average at start {load_start}, at the end {report['load_average']}")
         startup = report["seconds"]["dbt_startup"]
         print(f"dbt start-up (process wall - node time): median {startup['median']:.1f}s "
               f"[{startup['min']:.1f}-{startup['max']:.1f}] per run")

@@ -144,7 +144,7 @@
 
 {#- A `where` must be one SQL condition: quotes and parentheses balanced, no statement separator or comment
     (which would swallow or break the SQL around it). The warehouse's parser is asked too where it can say so
-    without failing the run (_wf_parse_condition). -#}
+    without failing the run (_wf_parse_conditions). -#}
 {% macro _wf_check_condition(argument, condition) -%}
     {%- if condition is not string or condition | trim | length == 0 -%}
         {{ featuremart._wf_error(argument, "must be a SQL condition on the source's columns, e.g. "
@@ -198,6 +198,7 @@
         {{ featuremart._wf_error('timestamp', "names " ~ spec.timestamp ~ ", of type " ~ ts_type ~ ", not a "
             ~ "timestamp; cast it to timestamp (UTC) or timestamptz in the source model") }}
     {%- endif -%}
+    {%- set conditions = {} -%}
     {%- for agg in spec.aggregations -%}
         {%- set where = 'aggregations[' ~ loop.index0 ~ '].column' -%}
         {%- if agg.column != '*' and agg.column | lower not in found -%}
@@ -209,33 +210,67 @@
                 ~ ", which " ~ agg.function ~ " cannot add up; use a numeric column, or count/min/max/"
                 ~ "count_distinct/first/last") }}
         {%- endif -%}
-        {%- if agg.where is not none -%}
-            {{ featuremart._wf_parse_condition('aggregations[' ~ loop.index0 ~ '].where', agg.where, source) }}
+        {%- if agg.where is not none and agg.where not in conditions -%}
+            {%- do conditions.update({agg.where: 'aggregations[' ~ loop.index0 ~ '].where'}) -%}
         {%- endif -%}
     {%- endfor -%}
+    {%- if conditions -%}
+        {{ featuremart._wf_parse_conditions(conditions) }}
+    {%- endif -%}
     {{ return(found) }}
 {%- endmacro %}
 
-{#- Ask the warehouse's parser whether `select ... where <condition>` parses, without running it. Only DuckDB
-    can answer without raising (json_serialize_sql returns the error as data); elsewhere the structural check
-    of _wf_check_condition is all. -#}
-{% macro _wf_parse_condition(argument, condition, source) -%}
-    {{ return(adapter.dispatch('_wf_parse_condition', 'featuremart')(argument, condition, source)) }}
+{#- Ask the warehouse's parser whether `select ... where <condition>` parses, without running it, for each
+    distinct condition ({condition: argument}) in one query. Only DuckDB can answer without raising
+    (json_serialize_sql returns the error as data); elsewhere the structural check of _wf_check_condition is
+    all. -#}
+{% macro _wf_parse_conditions(conditions) -%}
+    {{ return(adapter.dispatch('_wf_parse_conditions', 'featuremart')(conditions)) }}
 {%- endmacro %}
 
-{% macro default___wf_parse_condition(argument, condition, source) -%}
+{% macro default___wf_parse_conditions(conditions) -%}
 {%- endmacro %}
 
 {#- https://duckdb.org/docs/stable/data/json/sql_to_and_from_json: json_serialize_sql parses a statement and
     returns {"error": true, "error_message": ...} instead of raising. -#}
-{% macro duckdb___wf_parse_condition(argument, condition, source) -%}
-    {%- set statement = 'select 1 from t where (' ~ condition ~ ')' -%}
-    {%- set result = run_query("select json_extract_string(json_serialize_sql('" ~ statement.replace("'", "''")
-                               ~ "'), '$.error_message')") -%}
-    {%- set message = result.columns[0].values()[0] if result else none -%}
-    {%- if message -%}
-        {{ featuremart._wf_error(argument, "is " ~ condition | tojson ~ ", which does not compile: " ~ message
-            ~ "; write a boolean expression on the source's columns, e.g. \"status = 'declined'\"") }}
+{% macro duckdb___wf_parse_conditions(conditions) -%}
+    {%- set probes = [] -%}
+    {%- for condition in conditions -%}
+        {%- set statement = 'select 1 from t where (' ~ condition ~ ')' -%}
+        {%- do probes.append("json_extract_string(json_serialize_sql('" ~ statement.replace("'", "''")
+                             ~ "'), '$.error_message')") -%}
+    {%- endfor -%}
+    {%- set result = run_query('select ' ~ probes | join(', ')) -%}
+    {%- for condition, argument in conditions.items() -%}
+        {%- set message = result.columns[loop.index0].values()[0] if result else none -%}
+        {%- if message -%}
+            {{ featuremart._wf_error(argument, "is " ~ condition | tojson ~ ", which does not compile: " ~ message
+                ~ "; write a boolean expression on the source's columns, e.g. \"status = 'declined'\"") }}
+        {%- endif -%}
+    {%- endfor -%}
+{%- endmacro %}
+
+{#- An incremental run's cutoff: (latest stored output time - lookback) as a UTC datetime, read from the model's
+    table; none when the table has no rows. -#}
+{% macro _wf_cutoff(spec) -%}
+    {%- set result = run_query('select max(' ~ spec.output_timestamp ~ ') from ' ~ this) -%}
+    {%- set latest = result.columns[0].values()[0] if result else none -%}
+    {{ return(none if latest is none else latest - modules.datetime.timedelta(seconds=spec.lookback_seconds)) }}
+{%- endmacro %}
+
+{#- A naive UTC datetime as a timestamp literal. -#}
+{% macro _wf_timestamp(instant) -%}
+    cast('{{ instant.isoformat(sep=' ') }}' as {{ dbt.type_timestamp() }})
+{%- endmacro %}
+
+{#- The source's events at or after the UTC instant `since`, as a predicate on the bare column: a timestamp
+    column (already UTC, `utc_ts` is the column itself) against a timestamp, a timestamptz column against the same
+    instant in UTC, never a converted expression, so the warehouse can use the column's min/max per row group. -#}
+{% macro _wf_since(column, utc_ts, since) -%}
+    {%- if utc_ts == column -%}
+        {{ column }} >= {{ featuremart._wf_timestamp(since) }}
+    {%- else -%}
+        {{ column }} >= cast('{{ since.isoformat(sep=' ') }}+00:00' as timestamp with time zone)
     {%- endif -%}
 {%- endmacro %}
 

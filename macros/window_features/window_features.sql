@@ -80,10 +80,11 @@
     {%- set key_list = keys | join(', ') -%}
     {%- set ts_type = columns[spec.timestamp | lower] -%}
     {%- set utc_ts = featuremart._pit_utc_timestamp(spec.timestamp, ts_type) -%}
-    {%- set is_incremental_run = spec.incremental and is_incremental() -%}
-    {%- set cutoff -%}
-        (select max({{ spec.output_timestamp }}) - {{ featuremart._wf_interval(spec.lookback_seconds) }} from {{ this }})
-    {%- endset -%}
+    {#- The cutoff is read once and written into the SQL as a constant, so the source's time predicate is one the
+        warehouse can push into its scan (DuckDB skips the row groups whose max time is before it: in a source
+        appended in time order, all but the last weeks); none when the stored table is empty (a full build). -#}
+    {%- set cutoff = featuremart._wf_cutoff(spec) if spec.incremental and is_incremental() else none -%}
+    {%- set is_incremental_run = cutoff is not none -%}
 
 with fm_source_events as (
 
@@ -101,7 +102,8 @@ with fm_source_events as (
         and {{ key }} is not null
     {%- endfor %}
     {%- if is_incremental_run %}
-        and {{ utc_ts }} >= {{ cutoff }} - {{ featuremart._wf_interval(spec.max_window_seconds + spec.grain_seconds) }}
+        and {{ featuremart._wf_since(spec.timestamp, utc_ts,
+                cutoff - modules.datetime.timedelta(seconds=spec.max_window_seconds + spec.grain_seconds)) }}
     {%- endif %}
 
 ),
@@ -110,6 +112,14 @@ fm_events as (
 
     select *, {{ featuremart._wf_known_time('fm_ts', spec) }} as fm_k
     from fm_source_events
+    {%- if is_incremental_run %}
+    {#- only the entities with a row to write: an event known after the cutoff, i.e. at or after one grain
+        before it (a superset; fm_rows is exact), taken from the same scan, not a second read of the source #}
+    where ({{ key_list }}) in (
+        select {{ key_list }} from fm_source_events
+        where fm_ts >= {{ featuremart._wf_timestamp(cutoff - modules.datetime.timedelta(seconds=spec.grain_seconds)) }}
+    )
+    {%- endif %}
 
 ),
 
@@ -192,7 +202,7 @@ fm_rows as (
 
     select {{ key_list }}, fm_k
     from fm_tiles
-    where fm_k > {{ cutoff }}
+    where fm_k > {{ featuremart._wf_timestamp(cutoff) }}
 
 ),
 {%- endif %}
