@@ -1,7 +1,7 @@
 """The served-feature log's writer process: records in, Parquet files out (run by `ServedLog`, never by hand).
 
 `python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a stream socket
-pair carrying length-prefixed messages, one per record or control message, pickled by the serving process
+pair carrying length-prefixed messages, one per record or control message, marshalled by the serving process
 (`writer.ServedLog`). A receiver thread only moves what arrived off the socket (all of it, in one call), so the
 serving process finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one Parquet file per
 UTC date every FLUSH_SECONDS, under a temporary name, fsynced and renamed: a reader of the directory never sees
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pickle
+import marshal
 import signal
 import socket
 import sys
@@ -107,7 +107,7 @@ class Sink:
         return closed, tokens
 
     def messages(self) -> Iterator[tuple | None]:
-        """The messages whole in the inbox, unpickled, then None if the socket was closed."""
+        """The messages whole in the inbox, unmarshalled, then None if the socket was closed."""
         chunks, closed = [self.rest], False
         while self.inbox:
             chunk = self.inbox.popleft()
@@ -123,7 +123,7 @@ class Sink:
             if size - start < length:
                 break
             position = start + length
-            yield pickle.loads(view[start:position])
+            yield marshal.loads(view[start:position])
         self.rest = data[position:]
         if closed:
             yield None
@@ -301,7 +301,6 @@ def _ints(values: array) -> pa.Array:
 def main(argv: list[str]) -> int:
     fd, directory, max_rows, flush_seconds = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server closes us
-    sys.setswitchinterval(0.0005)  # the receiver thread takes the GIL soon after data arrives: the socket drains
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(True)
     with contextlib.suppress(OSError):
