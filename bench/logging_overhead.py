@@ -61,13 +61,19 @@ def block(read, batches: list, calls: int) -> dict[str, float]:
     return {"p50_us": round(percentile(times, 0.50), 1), "p99_us": round(percentile(times, 0.99), 1)}
 
 
-def writer_at(ref: str) -> type:
-    """The ServedLog class of featuremart/servedlog/writer.py at git `ref`, loaded as a module of its own."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:featuremart/servedlog/writer.py"],
-                          check=True, capture_output=True, text=True).stdout
+def writer_at(ref: str, tmp: Path) -> type:
+    """The ServedLog class of featuremart/servedlog/writer.py at git `ref`, loaded as a module of its own. The
+    package at `ref` is extracted under `tmp`, so that a writer process it starts runs the sink of `ref` too
+    (the two speak a protocol of their own)."""
+    dest = tmp / f"at-{ref}"
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "featuremart"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    text = (dest / "featuremart" / "servedlog" / "writer.py").read_text()
     module = types.ModuleType(f"servedlog_writer_at_{ref}")
     sys.modules[module.__name__] = module  # dataclasses and NamedTuple look their module up
-    module.__file__ = str(ROOT / "featuremart" / "servedlog" / "writer.py")  # where it finds its package
+    module.__file__ = str(dest / "featuremart" / "servedlog" / "writer.py")  # its writer process runs REF's sink
     exec(compile(text, f"{ref}:featuremart/servedlog/writer.py", "exec"), module.__dict__)
     base = module.ServedLog
     if "request_id" in inspect.signature(base.record).parameters:
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         contenders = {"off": None, "on": ServedLog}
         if args.compare_ref:
-            contenders[f"on@{args.compare_ref}"] = writer_at(args.compare_ref)
+            contenders[f"on@{args.compare_ref}"] = writer_at(args.compare_ref, Path(tmp))
         names = list(contenders)
         calls = {"1 entity": args.calls_1, "100 entities": args.calls}
         reps: dict[str, list[dict]] = {shape: [] for shape in shapes}

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -337,6 +338,36 @@ def test_writer_process_killed_is_restarted_reads_go_on_and_the_loss_is_counted(
             assert (r["status"], r["value"]) == (served.status, served.value)
     log.close()
     assert log._process.poll() is not None and log.stats().writer_restarts == 1  # closing restarts nothing
+
+
+def test_writer_stalled_under_a_full_speed_reader_loses_nothing(synced, tmp_path):
+    """The writer process stopped (SIGSTOP) while a reader reads 100-entity batches as fast as it can, then
+    let go: the rows wait, within the budget, and every one is written once (read back by DuckDB)."""
+    pairs = [{"customer_id": c, "merchant_id": m} for _, c, m in labels(synced.project.project_dir, 300)]
+    batches = [pairs[i:i + 100] for i in range(0, 300, 100)]
+    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2).attach(synced.reader)
+    assert log.flush()
+    reads, start = 0, time.monotonic()
+    os.kill(log._process.pid, signal.SIGSTOP)
+    try:
+        while time.monotonic() - start < 0.5:
+            synced.reader.read(batches[reads % 3], service=SERVICE)
+            reads += 1
+    finally:
+        os.kill(log._process.pid, signal.SIGCONT)
+    while time.monotonic() - start < 1.5:  # and on at full speed while it catches up
+        synced.reader.read(batches[reads % 3], service=SERVICE)
+        reads += 1
+    assert log.flush(timeout=120)
+    stats = log.stats()
+    assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (
+        reads * 800, reads * 800, 0, 0)
+    with duckdb.connect() as con:
+        found = con.execute("select count(*), count(distinct request_id), count(distinct entity_keys) from "
+                            f"read_parquet('{tmp_path / 'logs'}/date=*/*.parquet')").fetchone()
+    distinct = len({(p["customer_id"], p["merchant_id"]) for p in pairs})
+    assert found == (reads * 100 * 3, reads, distinct)  # a file row per request x entity x view
+    log.close()
 
 
 # -- the dbt side -------------------------------------------------------------------------------------------

@@ -328,10 +328,14 @@ class ServedLog:
         if restart:  # at once after a writer that had run a while; after a growing pause while they die young
             self._young_deaths = 0 if time.monotonic() - started > 5 else self._young_deaths + 1
             self._closing.wait(0.0 if not self._young_deaths else min(30.0, 0.25 * 2 ** self._young_deaths))
-            with contextlib.suppress(Exception), self._reported:
-                if not self._closed:
-                    self._restarts += 1
-                    self._start_writer()
+            with self._reported:
+                try:
+                    if not self._closed:
+                        self._start_writer()
+                        self._restarts += 1
+                except Exception as exc:  # e.g. out of processes: reads go on, unlogged and counted dropped
+                    self._last_error = f"the writer process exited (code {code}) and cannot be restarted: {exc}"
+                    _log.warning("served-feature log: %s", self._last_error)
         sock.close()
 
     def _take_report(self, status: dict[str, Any]) -> None:
