@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -304,26 +305,71 @@ def test_http_request_id_header_is_the_logged_id_and_is_returned(synced, tmp_pat
     assert len(by_id["txn-42:a/b"]) == 2  # the same id twice: two requests, each at its own time
 
 
-def test_writer_process_killed_reads_go_on_and_the_loss_is_counted(synced, tmp_path):
-    """The sink gone altogether (its process killed): reads are served as without a log, every record not
-    written is counted dropped, and the error says what happened."""
-    txns = labels(synced.project.project_dir, 6)
+def test_writer_process_killed_is_restarted_reads_go_on_and_the_loss_is_counted(synced, tmp_path):
+    """The sink gone (its process killed): reads are served as without a log, what it held is counted dropped,
+    and a new writer process logs the reads after it (read back from the files)."""
+    txns = labels(synced.project.project_dir, 8)
     log = ServedLog(tmp_path / "logs", flush_seconds=3600).attach(synced.reader)
     serve_labels(synced, txns[:2])
     assert log.flush() and log.stats().written_rows == 16
     serve_labels(synced, txns[2:4])  # 16 rows in flight when the writer dies
-    log._process.kill()
-    log._listener.join(timeout=10)
+    first = log._process
+    os.kill(first.pid, 9)
+    deadline = time.monotonic() + 20
+    while log.stats().writer_restarts < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log._process.pid != first.pid and log._process.poll() is None
     during = serve_labels(synced, txns[4:])
-    plain = OnlineReader(synced.online)
+    plain = OnlineReader(synced.online)  # a reader that logs nothing serves the same values
     for txn, customer, merchant in txns[4:]:
         assert during[txn] == plain.get([{"customer_id": customer, "merchant_id": merchant}], service=SERVICE)[0]
-    assert not log.flush(timeout=1)
+    assert log.flush()
     stats = log.stats()
-    assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (32, 16, 32, 0)
-    assert "writer process" in stats.last_error
-    assert "featuremart_served_log_dropped_rows_total 32\n" in log.prometheus()  # what /metrics shows
-    assert {r["request_id"] for r in logged_rows(tmp_path / "logs")} == {t for t, _, _ in txns[:2]}
+    assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (64, 48, 16, 0)
+    assert stats.writer_restarts == 1 and "writer process exited (code -9): restarted" in stats.last_error
+    metrics = log.prometheus()  # what /metrics shows
+    assert "featuremart_served_log_dropped_rows_total 16\n" in metrics
+    assert "featuremart_served_log_writer_restarts_total 1\n" in metrics
+    rows = logged_rows(tmp_path / "logs")
+    assert {r["request_id"] for r in rows} == {t for t, _, _ in txns[:2] + txns[4:]} and len(rows) == 48
+    for r in rows:
+        if r["request_id"] in during:  # written by the new writer process: what was served
+            served = during[r["request_id"]][r["output_name"]]
+            assert (r["status"], r["value"]) == (served.status, served.value)
+    log.close()
+    assert log._process.poll() is not None and log.stats().writer_restarts == 1  # closing restarts nothing
+
+
+def test_writer_stalled_under_a_full_speed_reader_loses_nothing(synced, tmp_path):
+    """The writer process stopped (SIGSTOP) while a reader reads 100-entity batches as fast as it can, then
+    let go: the rows wait, within the budget, and every one is written once (read back by DuckDB). The budget is
+    raised from its default 1M rows: a quiet machine's full-speed reader logs about 900k rows a second here, and
+    this test is about the hand-off losing nothing, not about the budget (test_sink_gone... covers that)."""
+    pairs = [{"customer_id": c, "merchant_id": m} for _, c, m in labels(synced.project.project_dir, 300)]
+    batches = [pairs[i:i + 100] for i in range(0, 300, 100)]
+    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2, max_buffered_rows=10_000_000).attach(
+        synced.reader)
+    assert log.flush()
+    reads, start = 0, time.monotonic()
+    os.kill(log._process.pid, signal.SIGSTOP)
+    try:
+        while time.monotonic() - start < 0.5:
+            synced.reader.read(batches[reads % 3], service=SERVICE)
+            reads += 1
+    finally:
+        os.kill(log._process.pid, signal.SIGCONT)
+    while time.monotonic() - start < 1.5:  # and on at full speed while it catches up
+        synced.reader.read(batches[reads % 3], service=SERVICE)
+        reads += 1
+    assert log.flush(timeout=120)
+    stats = log.stats()
+    assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (
+        reads * 800, reads * 800, 0, 0)
+    with duckdb.connect() as con:
+        found = con.execute("select count(*), count(distinct request_id), count(distinct entity_keys) from "
+                            f"read_parquet('{tmp_path / 'logs'}/date=*/*.parquet')").fetchone()
+    distinct = len({(p["customer_id"], p["merchant_id"]) for p in pairs})
+    assert found == (reads * 100 * 3, reads, distinct)  # a file row per request x entity x view
     log.close()
 
 

@@ -1,11 +1,11 @@
 """The served-feature log's writer process: records in, Parquet files out (run by `ServedLog`, never by hand).
 
-`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a SOCK_SEQPACKET
-socket pair, one message per record (or a slice of a large one) or control message, pickled by the serving
-process (`writer.ServedLog`). A receiver thread only moves messages off the socket, so the serving process
-finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one Parquet file per
+`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a stream socket
+pair carrying length-prefixed messages, one per record or control message, marshalled by the serving process
+(`writer.ServedLog`). A receiver thread only moves what arrived off the socket (all of it, in one call), so the
+serving process finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one Parquet file per
 UTC date every FLUSH_SECONDS, under a temporary name, fsynced and renamed: a reader of the directory never sees
-half a file, and no row is written twice. It answers with its counters (orjson) after every write and every
+half a file, and no row is written twice. It answers with its counters (a line of JSON) after every write and every
 flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
 
 It runs in its own process so that its Python work never holds the serving process's GIL (docs/flywheel.md has
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pickle
+import marshal
 import signal
 import socket
 import sys
@@ -28,20 +28,21 @@ from collections import deque
 from datetime import datetime, timedelta
 from array import array
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from featuremart.servedlog.writer import MAX_MESSAGE_BYTES, SOCKET_BYTES, log_schema
+from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SOCKET_BYTES
 
 #: Rows built into one Arrow batch at a time.
 CHUNK_ROWS = 65_536
 _EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
-_CLOSE = b""
+_NAMES = [name for name, _ in FILE_COLUMNS]
+_CLOSE = object()  # in the inbox: the socket was closed
 
 
 class Sink:
@@ -49,7 +50,8 @@ class Sink:
 
     def __init__(self, sock: socket.socket, directory: Path, max_rows: int):
         self.sock, self.directory, self.max_rows = sock, directory, max_rows
-        self.inbox: deque[bytes] = deque()
+        self.inbox: deque[Any] = deque()
+        self.rest = b""  # the start of a message whose end has not arrived yet
         self.arrived = threading.Event()
         self.days: dict[int, _Day] = {}  # by UTC day (epoch days)
         #: every distinct (view, version, features) of the records seen: file rows point into it
@@ -64,13 +66,13 @@ class Sink:
 
     # -- receiving --------------------------------------------------------------------------------------------
     def receive(self) -> None:
-        """The receiver thread: messages off the socket into the inbox, and _CLOSE once it is closed."""
+        """The receiver thread: what arrived off the socket into the inbox, and _CLOSE once it is closed."""
         try:
             while True:
-                message = self.sock.recv(MAX_MESSAGE_BYTES)
-                if not message:
+                chunk = self.sock.recv(SOCKET_BYTES)
+                if not chunk:
                     break
-                self.inbox.append(message)
+                self.inbox.append(chunk)
                 self.arrived.set()
         except OSError:
             pass
@@ -80,12 +82,10 @@ class Sink:
     def take(self) -> tuple[bool, list[int]]:
         """Turn what arrived into rows; (closed, flush tokens asked for)."""
         closed, tokens = False, []
-        while self.inbox:
-            message = self.inbox.popleft()
-            if message is _CLOSE or not message:
+        for item in self.messages():
+            if item is None:
                 closed = True
                 continue
-            item = pickle.loads(message)
             if item[0] == "flush":
                 tokens.append(item[1])
                 continue
@@ -107,6 +107,28 @@ class Sink:
                 day.finish(self.spec_table())
         return closed, tokens
 
+    def messages(self) -> Iterator[tuple | None]:
+        """The messages whole in the inbox, unmarshalled, then None if the socket was closed."""
+        chunks, closed = [self.rest], False
+        while self.inbox:
+            chunk = self.inbox.popleft()
+            if chunk is _CLOSE:
+                closed = True
+            else:
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        view, position, size = memoryview(data), 0, len(data)
+        while size - position >= _LENGTH.size:
+            length = _LENGTH.unpack_from(data, position)[0]
+            start = position + _LENGTH.size
+            if size - start < length:
+                break
+            position = start + length
+            yield marshal.loads(view[start:position])
+        self.rest = data[position:]
+        if closed:
+            yield None
+
     def spec_rows(self, specs: tuple[tuple[str, str, str], ...]) -> int:
         """Where the (view, version, features) of a record's views start in the spec table."""
         base = self.specs.get(specs)
@@ -126,7 +148,7 @@ class Sink:
         for day, rows in self.days.items():
             rows.finish(table)
             date = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
-            self.pending.append((date, pa.Table.from_batches(rows.batches, log_schema()), rows.rows))
+            self.pending.append((date, pa.Table.from_batches(rows.batches), rows.rows))
         self.days.clear()
         waiting, self.pending = self.pending, []
         for i, (date, table, rows) in enumerate(waiting):
@@ -159,7 +181,7 @@ class Sink:
         tmp = folder / f".{name}.tmp"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, store_schema=False)  # read back as FILE_COLUMNS: strings, not dictionaries
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, folder / name)
@@ -173,7 +195,7 @@ class Sink:
         """The counters to the serving process (its status thread reads them)."""
         status = {**self.counts, "held": self.held, "last_error": self.last_error, "flushed": flushed, "warn": warn}
         with contextlib.suppress(OSError):
-            self.sock.send(orjson.dumps(status))
+            self.sock.sendall(orjson.dumps(status) + b"\n")
 
     def run(self, flush_seconds: float) -> None:
         threading.Thread(target=self.receive, name="featuremart-served-log-receive", daemon=True).start()
@@ -182,7 +204,9 @@ class Sink:
             self.arrived.wait(max(0.0, deadline - time.monotonic()))
             self.arrived.clear()
             closed, tokens = self.take()
-            if closed or tokens or time.monotonic() >= deadline:
+            # on time, and whenever it holds half the budget: rows waiting for the clock count against the
+            # serving process's budget, which a full-speed reader filled in about 2 s at 100 entities
+            if closed or tokens or time.monotonic() >= deadline or self.held >= self.max_rows // 2:
                 if self.days or self.pending:
                     self.write()
                 self.report(flushed=max(tokens) if tokens else None)
@@ -207,7 +231,7 @@ class _Day:
         self.services: list[str | None] = []
         self.requested: list[str | None] = []
         self.registries: list[str | None] = []
-        self.firsts, self.offsets = array("i"), array("i")  # per record: its first entity in `keys`, in the request
+        self.firsts = array("i")  # per record: its first entity in `keys`
         self.keys: list[str] = []  # per entity: its keys as a JSON object
         # per file row: its record, its entity within the record, its spec row; its status and value
         self.record_of, self.entity_in, self.spec_of = array("i"), array("i"), array("i")
@@ -216,7 +240,8 @@ class _Day:
 
     def add(self, item: tuple, base: int) -> None:
         """One record (or a slice of one): a file row per entity and view, entity-major (the MGET reply's order)."""
-        now_us, given_id, service, requested, registry_id, specs, offset, keys, status, stored, _ = item
+        now_us, given_id, service, requested, registry_id, specs, keys, status, stored, _ = item
+        stored = stored[1:]  # the MGET reply: the registry id, then a value per entity and view
         if isinstance(keys, bytes):  # the entities as one JSON array: one object text each
             keys = list(map(bytes.decode, map(orjson.dumps, orjson.loads(keys))))
         n, nv = len(keys), len(specs)
@@ -230,7 +255,6 @@ class _Day:
         self.requested.append(requested)
         self.registries.append(registry_id)
         self.firsts.append(first)
-        self.offsets.append(offset)
         self.keys += keys
         self.record_of += array("i", (record,)) * (n * nv)  # sequence repetition and concatenation: memcpy
         self.entity_in += _entity_pattern(n, nv)
@@ -241,30 +265,30 @@ class _Day:
     def undo(self) -> None:
         """Forget what `add` appended for a record it failed on."""
         records, entities, rows = getattr(self, "mark", (len(self.ids), len(self.keys), len(self.status)))
-        for column in (self.ids, self.services, self.requested, self.registries, self.times, self.firsts,
-                       self.offsets):
+        for column in (self.ids, self.services, self.requested, self.registries, self.times, self.firsts):
             del column[records:]
         del self.keys[entities:]
         for column in (self.record_of, self.entity_in, self.spec_of, self.status, self.stored):
             del column[rows:]
 
     def finish(self, specs: tuple[pa.Array, pa.Array, pa.Array]) -> None:
-        """The rows held as one Arrow batch (FILE_COLUMNS), then start again."""
+        """The rows held as one Arrow batch (FILE_COLUMNS), then start again. A value repeated on many rows (the
+        request's, the entity's, the view's) is a dictionary column: indices into one copy of each value, which
+        Parquet writes as its dictionary encoding and readers read as plain strings. Expanding them (Arrow
+        `take`) was half the writer's CPU at 100 entities."""
         if not self.status:
             return
         record_of, spec_of, entity_in = _ints(self.record_of), _ints(self.spec_of), _ints(self.entity_in)
-        schema = log_schema()
-        per_record = [pa.array(self.ids, pa.string()), pa.Array.from_buffers(
-            pa.timestamp("us"), len(self.times), [None, pa.py_buffer(self.times)]),
-            pa.array(self.services, pa.string()), pa.array(self.requested, pa.string()),
-            pa.array(self.registries, pa.string())]
-        columns = [a.take(record_of) for a in per_record]
-        index = pc.add(entity_in, _ints(self.offsets).take(record_of))
+        times = pa.Array.from_buffers(pa.timestamp("us"), len(self.times), [None, pa.py_buffer(self.times)])
+        coded = _coded
+        columns = [coded(record_of, pa.array(self.ids, pa.string())), times.take(record_of)]
+        columns += [coded(record_of, pa.array(values, pa.string()))
+                    for values in (self.services, self.requested, self.registries)]
         entity = pc.add(entity_in, _ints(self.firsts).take(record_of))
-        columns += [index, pa.array(self.keys, pa.string()).take(entity)]
-        columns += [a.take(spec_of) for a in specs]
+        columns += [entity_in, coded(entity, pa.array(self.keys, pa.string()))]
+        columns += [coded(spec_of, values) for values in specs]
         columns += [pa.array(self.status, pa.string()), pa.array(self.stored, pa.binary()).cast(pa.string())]
-        self.batches.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+        self.batches.append(pa.RecordBatch.from_arrays(columns, names=_NAMES))
         self.clear()
 
 
@@ -272,6 +296,15 @@ class _Day:
 def _entity_pattern(n: int, nv: int) -> array:
     """0 (nv times), 1 (nv times), ..., n - 1: each file row's entity within a record of n entities x nv views."""
     return array("i", [i for i in range(n) for _ in range(nv)])
+
+
+def _coded(indices: pa.Array, values: pa.Array) -> pa.DictionaryArray:
+    """values[indices] as a dictionary column; a null value becomes a null index (Parquet's writer refuses nulls
+    inside a dictionary)."""
+    if values.null_count:
+        indices = pc.if_else(values.is_valid().take(indices), indices, pa.scalar(None, pa.int32()))
+        values = values.fill_null("")
+    return pa.DictionaryArray.from_arrays(indices, values)
 
 
 def _ints(values: array) -> pa.Array:

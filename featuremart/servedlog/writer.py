@@ -1,16 +1,17 @@
 """Logging served feature values without slowing or failing the read that served them.
 
-The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which pickles what the
+The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which marshals what the
 read already holds (its MGET reply and statuses, the entities as one JSON text: C-level calls, nothing per
-value) and hands it to a writer process (`featuremart.servedlog.sink`) with one non-blocking send on a
-SOCK_SEQPACKET socket pair. That process turns records into file rows (one per request x entity x feature view,
+value) and appends it to the bytes waiting for a writer process (`featuremart.servedlog.sink`), sent in batches
+by non-blocking sends on a stream socket pair (length-prefixed messages). That process turns records into file rows (one per request x entity x feature view,
 the view's value as Redis stored it: `FILE_COLUMNS`) and writes them as Parquet under
 `<directory>/date=YYYY-MM-DD/` (the request's UTC date). It is a process, not a thread, because a thread doing
 that work held the GIL the reads were waiting for (docs/flywheel.md has the measurements). dbt's
 `featuremart.served_log()` expands the files to one row per feature (`LOG_COLUMNS`).
 
 When the buffer budget is spent, the socket is full (the writer is behind) or the writer process is gone, the
-read goes on and its rows are counted in `dropped_rows`; when a write fails (the directory became read-only, the
+read goes on and its rows are counted in `dropped_rows`; a writer process that dies is started again (at once,
+or after a growing pause while new ones die young), what it held counted dropped; when a write fails (the directory became read-only, the
 disk is full or gone) the writer keeps the rows for its next write, within the same budget, and drops and counts
 what exceeds it. `stats()` gives the counters; `featuremart serve` exposes them on /metrics.
 """
@@ -23,9 +24,10 @@ import contextvars
 import functools
 import logging
 import os
-import pickle
+import marshal
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -60,9 +62,18 @@ LOG_COLUMNS = (
     ("output_name", "string"), ("dtype", "string"), ("view_version", "string"), ("value", "string"),
     ("event_ts", "timestamp"), ("status", "string"),
 )
-#: Kernel buffer of the socket to the writer process, what may be in flight while it writes (capped by the
-#: kernel at net.core.wmem_max), and the largest message: a larger record is sent in entity slices.
-SOCKET_BYTES, MAX_MESSAGE_BYTES = 4 << 20, 256 << 10
+#: Kernel buffers of the stream socket to the writer process, what may be in flight while it writes (capped by
+#: the kernel at net.core.wmem_max / rmem_max). A stream, not SOCK_SEQPACKET: the kernel queues at most
+#: net.unix.max_dgram_qlen (10) packets, so a writer a few milliseconds late made full-speed reads drop.
+SOCKET_BYTES = 4 << 20
+#: Each message to the writer process: its length (4 bytes, little-endian), then a marshal (version 4: the
+#: writer runs this same interpreter), which took 0.6x the CPU of a pickle of the same record. Messages are sent
+#: in batches of SEND_BYTES, or after SEND_SECONDS: one syscall and one wake-up of the writer for many reads.
+_LENGTH = struct.Struct("<I")
+SEND_BYTES, SEND_SECONDS = 64 << 10, 0.05
+#: The counters of a writer process's report (`sink.Sink.report`) summed over the writer processes of a log.
+_SUMMED = ("written", "dropped", "files", "errors")
+_NO_REPORT = {**dict.fromkeys(_SUMMED, 0), "held": 0, "last_error": None}
 _log = logging.getLogger("featuremart.servedlog")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("featuremart_request_id", default=None)
 
@@ -128,6 +139,7 @@ class LogStats(NamedTuple):
     files: int
     write_errors: int
     clock_regressions: int  # reads whose request time was earlier than the previous read's
+    writer_restarts: int  # writer processes started again after one died
     last_error: str | None
 
 
@@ -167,12 +179,12 @@ class ServedLog:
         self.services = services if services is None or services == "all" else frozenset(services)
         self.max_buffered_rows = max_buffered_rows
         self.flush_seconds = flush_seconds
-        self._count_lock = threading.Lock()  # reads may come from many threads
+        self._count_lock = threading.Lock()  # reads may come from many threads; also guards the socket
         self._counts = dict.fromkeys(("logged", "dropped", "regressions"), 0)
-        #: the writer process's last report (rows written, dropped and held there, files, write errors), replaced
-        #: whole by the listener thread
-        self._sink: dict[str, Any] = {"written": 0, "dropped": 0, "held": 0, "files": 0, "errors": 0,
-                                      "last_error": None, "flushed": 0}
+        #: the current writer process's last report (rows written, dropped and held there, files, write errors),
+        #: replaced whole by its listener thread; `_gone` sums the reports of the writer processes before it
+        self._sink: dict[str, Any] = dict(_NO_REPORT, flushed=0)
+        self._gone = dict.fromkeys(_SUMMED, 0)
         self._reported = threading.Condition()
         self._last_error: str | None = None
         self._wanted: dict[tuple[str | None, str | None], bool] = {}
@@ -181,22 +193,33 @@ class ServedLog:
         self._last_us = 0
         self._flushes = 0
         self._closed = False
-        self._writer_lost = False
-        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for end in (self._sock, theirs):
+        self._restarts = self._young_deaths = self._generation = 0
+        self._closing = threading.Event()
+        self._start_writer()
+        atexit.register(self.close)
+
+    def _start_writer(self) -> None:
+        """Start a writer process and its listener thread, and send to it from now on."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (ours, theirs):
             with contextlib.suppress(OSError):
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BYTES)
-        self._sock.setblocking(False)
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BYTES)
+        ours.setblocking(False)
         root = str(Path(__file__).resolve().parents[2])  # the child imports this featuremart, however we did
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
-        self._process = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "featuremart.servedlog.sink", str(theirs.fileno()), str(self.directory),
-             str(max_buffered_rows), str(flush_seconds)],
+             str(self.max_buffered_rows), str(self.flush_seconds)],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
-        self._listener = threading.Thread(target=self._listen, name="featuremart-served-log", daemon=True)
+        with self._count_lock:
+            self._sock, self._process, self._outbox, self._sent_at = ours, process, bytearray(), time.monotonic()
+            self._generation += 1
+            self._dead = False
+        self._listener = threading.Thread(target=self._listen, args=(ours, process), name="featuremart-served-log",
+                                          daemon=True)
         self._listener.start()
-        atexit.register(self.close)
 
     # -- the read path ------------------------------------------------------------------------------------
     def attach(self, reader: OnlineReader) -> ServedLog:
@@ -207,8 +230,10 @@ class ServedLog:
 
     def record(self, result: OnlineResult, stored: list[bytes | None], service: str | None, features: Any,
                now_us: int, request_id: str | None = None) -> None:
-        """Called by the reader after each read with its result and MGET reply: hand them to the writer
-        process, or count them dropped. Never blocks, never raises."""
+        """Called by the reader after each read with its result and MGET reply: append them as they are (one
+        marshal of objects the read already holds) to the bytes for the writer process, sent without blocking
+        every SEND_BYTES or SEND_SECONDS; or count them dropped. Never blocks, never raises."""
+        rows = 0
         try:
             wanted = self._wanted.get((result.registry_id, service))
             if wanted is None:
@@ -216,53 +241,39 @@ class ServedLog:
             if not wanted:
                 return
             rows = len(result) * len(result.names)
-            sink = self._sink
+            plan = result._plan
+            message = marshal.dumps((
+                now_us, request_id or _request_id.get(), service, None if features is None else ",".join(features),
+                result.registry_id, self._view_specs(result.registry_id, plan), _entity_keys(result._entities, plan),
+                result._status, stored, rows), 4)
             with self._count_lock:
-                if self._counts["logged"] - sink["written"] - sink["dropped"] + rows > self.max_buffered_rows:
+                if self._dead or self._in_flight() + rows > self.max_buffered_rows:
                     self._counts["dropped"] += rows
                     return
-                self._counts["logged"] += rows
                 if now_us < self._last_us:
                     self._counts["regressions"] += 1
                 self._last_us = now_us
-            plan = result._plan
-            head = (now_us, request_id or _request_id.get(), service,
-                    None if features is None else ",".join(features), result.registry_id,
-                    self._view_specs(result.registry_id, plan))
-            error = self._send(head, result._entities, plan.key_names, result._status, stored, len(plan.views),
-                               len(result.names), 0, len(result))
-            if error is not None:
-                with self._count_lock:
-                    self._counts["logged"] -= rows
-                    self._counts["dropped"] += rows
-                self._last_error = error
-        except Exception as exc:  # logging must never fail a read
+                self._counts["logged"] += rows
+                self._outbox += _LENGTH.pack(len(message))
+                self._outbox += message
+                if len(self._outbox) >= SEND_BYTES or time.monotonic() - self._sent_at >= SEND_SECONDS:
+                    self._push()
+        except Exception as exc:  # logging must never fail a read: the record is counted dropped
+            with self._count_lock:
+                self._counts["dropped"] += rows
             self._last_error = f"record: {exc!r}"
 
-    def _send(self, head: tuple, entities: Any, key_names: tuple[str, ...], status: list[str],
-              stored: list[bytes | None], nv: int, per_entity: int, lo: int, hi: int) -> str | None:
-        """One message for entities [lo, hi) of a record (halved while too large): an error message, or None."""
-        part = entities if lo == 0 and hi == len(entities) else entities[lo:hi]
-        try:  # the entities as given (plain dicts of their keys): one C-level pass
-            keys: bytes | list[str] = orjson.dumps(part)
-        except TypeError:  # numpy scalars, a Mapping that is not a dict: only the join keys, made JSON-able
-            keys = [orjson.dumps({k: e[k] for k in key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
-                                 default=str).decode() for e in part]
-        message = pickle.dumps((*head, lo, keys, status[lo * nv:hi * nv], stored[1 + lo * nv:1 + hi * nv],
-                                (hi - lo) * per_entity), pickle.HIGHEST_PROTOCOL)
-        if len(message) > MAX_MESSAGE_BYTES:
-            if hi - lo == 1:
-                return f"one entity's values take {len(message)} bytes, over {MAX_MESSAGE_BYTES}: not logged"
-            middle = (lo + hi) // 2
-            return (self._send(head, entities, key_names, status, stored, nv, per_entity, lo, middle)
-                    or self._send(head, entities, key_names, status, stored, nv, per_entity, middle, hi))
-        try:
-            self._sock.send(message)
-            return None
-        except BlockingIOError:
-            return "the writer process is behind (its socket is full): reads not logged meanwhile"
-        except OSError as exc:
-            return f"the writer process is gone ({exc.strerror or exc}): reads not logged"
+    def _in_flight(self) -> int:
+        """Rows accepted and neither written nor dropped yet (waiting here, in the socket or in the writer)."""
+        sink, gone = self._sink, self._gone
+        return self._counts["logged"] - gone["written"] - gone["dropped"] - sink["written"] - sink["dropped"]
+
+    def _push(self) -> None:
+        """Send what waits for the writer process, as much as its socket takes without blocking (under
+        `_count_lock`). The rest waits within the buffer budget; a writer gone is the listener's to count."""
+        with contextlib.suppress(OSError):
+            del self._outbox[:self._sock.send(self._outbox)]
+        self._sent_at = time.monotonic()
 
     def _decide(self, registry_id: str | None, service: str | None) -> bool:
         if self.services == "all":
@@ -277,81 +288,118 @@ class ServedLog:
         self._wanted[(registry_id, service)] = wanted
         return wanted
 
-    # -- the writer process's reports ---------------------------------------------------------------------
-    def _listen(self) -> None:
-        """Take in the writer process's counters as it sends them (a thread waiting in select, off the GIL);
-        when it is gone, count what it had not written as dropped."""
+    # -- the writer process's reports and its restart --------------------------------------------------------
+    def _listen(self, sock: socket.socket, process: subprocess.Popen) -> None:
+        """Take in a writer process's counters as it sends them (one JSON per line; a thread waiting in select,
+        off the GIL). When it is gone, count what it had not written as dropped and, unless the log is closed,
+        start another."""
+        started, pending = time.monotonic(), b""
         while True:
             try:
-                select.select([self._sock], [], [])
-                message = self._sock.recv(65536)
+                if not select.select([sock], [], [], SEND_SECONDS * 2)[0]:
+                    with self._count_lock:  # no read sent what waits since: the reads have stopped
+                        if self._outbox and time.monotonic() - self._sent_at >= SEND_SECONDS:
+                            self._push()
+                    continue
+                chunk = sock.recv(1 << 16)
             except BlockingIOError:
                 continue
             except (OSError, ValueError):
-                message = b""
-            if not message:
+                chunk = b""
+            if not chunk:
                 break
-            status = orjson.loads(message)
-            warn = status.pop("warn")
-            if warn:  # a write failed (once per outage), or writing works again
-                _log.warning("served-feature log: %s", warn)
-            with self._reported:
-                status["flushed"] = max(status["flushed"] or 0, self._sink["flushed"])
-                self._sink = status
-                self._reported.notify_all()
-        code = self._process.wait()
-        with self._count_lock, self._reported:  # nothing more will be written: what was in flight is lost
-            sink = self._sink
-            lost = self._counts["logged"] - sink["written"] - sink["dropped"]
-            self._sink = {**sink, "dropped": sink["dropped"] + lost, "held": 0, "flushed": float("inf")}
-            if not self._closed:
-                self._writer_lost = True
-                self._last_error = f"the writer process exited (code {code}): reads are no longer logged"
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._take_report(orjson.loads(line))
+        code = process.wait()
+        with self._count_lock, self._reported:  # nothing more will be written by it: what was in flight is lost
+            sink, lost = self._sink, self._in_flight()
+            for name in _SUMMED:
+                self._gone[name] += sink[name]
+            self._gone["dropped"] += lost
+            self._sink = dict(_NO_REPORT, flushed=sink["flushed"])
+            self._generation += 1  # flushes waiting on this process give up
+            self._dead, self._outbox = True, bytearray()
+            self._reported.notify_all()
+            restart = not self._closed
+            if restart:
+                self._last_error = f"the writer process exited (code {code}): restarted; what it held is lost"
                 _log.warning("served-feature log: %s", self._last_error)
+        if restart:  # at once after a writer that had run a while; after a growing pause while they die young
+            self._young_deaths = 0 if time.monotonic() - started > 5 else self._young_deaths + 1
+            self._closing.wait(0.0 if not self._young_deaths else min(30.0, 0.25 * 2 ** self._young_deaths))
+            with self._reported:
+                try:
+                    if not self._closed:
+                        self._start_writer()
+                        self._restarts += 1
+                except Exception as exc:  # e.g. out of processes: reads go on, unlogged and counted dropped
+                    self._last_error = f"the writer process exited (code {code}) and cannot be restarted: {exc}"
+                    _log.warning("served-feature log: %s", self._last_error)
+        sock.close()
+
+    def _take_report(self, status: dict[str, Any]) -> None:
+        warn = status.pop("warn")
+        if warn:  # a write failed (once per outage), or writing works again
+            _log.warning("served-feature log: %s", warn)
+        with self._reported:
+            status["flushed"] = max(status["flushed"] or 0, self._sink["flushed"])
+            self._sink = status
             self._reported.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Have the writer process write everything accepted so far; True when it did (False: a write failed,
-        the writer process is gone, or `timeout` passed first)."""
+        the writer process died meanwhile, or `timeout` passed first)."""
         deadline = time.monotonic() + timeout
         with self._reported:
             self._flushes += 1
             token = self._flushes
-        message = pickle.dumps(("flush", token))
-        while not self._closed:
-            try:
-                self._sock.send(message)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-            except OSError:
-                break  # the process is gone: the listener counts what was lost
+        message = marshal.dumps(("flush", token), 4)
+        with self._count_lock:
+            generation = self._generation
+            self._outbox += _LENGTH.pack(len(message)) + message
+        if not self._send_all(generation, deadline):
+            return False
         with self._reported:
-            self._reported.wait_for(lambda: self._sink["flushed"] >= token, max(0.0, deadline - time.monotonic()))
-            return (self._sink["flushed"] >= token and not self._writer_lost
+            self._reported.wait_for(lambda: self._sink["flushed"] >= token or self._generation != generation,
+                                    max(0.0, deadline - time.monotonic()))
+            return (self._generation == generation and self._sink["flushed"] >= token
                     and self.stats().buffered_rows == 0)
+
+    def _send_all(self, generation: int, deadline: float) -> bool:
+        """Send everything waiting to the writer process of `generation`; False if it died or `deadline` passed."""
+        while True:
+            with self._count_lock:
+                if self._generation != generation:
+                    return False
+                self._push()
+                if not self._outbox:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Stop the writer process after its last write (what cannot be written is counted dropped)."""
         if self._closed:
             return
-        self._closed = True
+        with self._reported:  # no restart begins after this
+            self._closed = True
+            self._closing.set()
+        self._send_all(self._generation, time.monotonic() + 30)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)  # the writer reads to the end, writes, reports, and exits
         self._listener.join(timeout=60)
         if self._listener.is_alive():  # pragma: no cover - a writer stuck on a dead disk
             self._process.kill()
             self._listener.join(timeout=10)
-        self._sock.close()
         atexit.unregister(self.close)
 
     def stats(self) -> LogStats:
-        c, sink = self._counts, self._sink
-        return LogStats(c["logged"], sink["written"], c["dropped"] + sink["dropped"],
-                        c["logged"] - sink["written"] - sink["dropped"], sink["files"], sink["errors"],
-                        c["regressions"], self._last_error or sink["last_error"])
+        c, sink, gone = self._counts, self._sink, self._gone
+        return LogStats(c["logged"], gone["written"] + sink["written"], c["dropped"] + gone["dropped"] + sink["dropped"],
+                        self._in_flight(), gone["files"] + sink["files"], gone["errors"] + sink["errors"],
+                        c["regressions"], self._restarts, self._last_error or sink["last_error"])
 
     def prometheus(self) -> str:
         """The counters in Prometheus text format (appended to the server's /metrics)."""
@@ -363,12 +411,14 @@ class ServedLog:
                 ("dropped_rows_total", s.dropped_rows, "counter",
                  "Served-feature log rows dropped (buffer full, writer behind or gone, sink unavailable)."),
                 ("buffered_rows", s.buffered_rows, "gauge", "Served-feature log rows waiting to be written."),
-                ("write_errors_total", s.write_errors, "counter", "Failed served-feature log writes.")):
+                ("write_errors_total", s.write_errors, "counter", "Failed served-feature log writes."),
+                ("writer_restarts_total", s.writer_restarts, "counter",
+                 "Served-feature log writer processes restarted after dying.")):
             lines += [f"# HELP featuremart_served_log_{name} {text}", f"# TYPE featuremart_served_log_{name} {kind}",
                       f"featuremart_served_log_{name} {value}"]
         return "\n".join(lines) + "\n"
 
-    # -- a read plan as log file columns -----------------------------------------------------------------
+    # -- a read as log file columns -----------------------------------------------------------------
     def _view_specs(self, registry_id: str | None, plan: Any) -> tuple[tuple[str, str, str], ...]:
         """Per view of a request plan: (view, version, the JSON list of [feature, output name, position in the
         stored array, type] of the features requested), cached per plan."""
@@ -391,3 +441,13 @@ class ServedLog:
             return tuple(found.features[p - 1].name for _, p in view.columns)
         # a sync replaced the registry since this read: the output name is the feature's name, unprefixed
         return tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out for out in view.out_names)
+
+
+def _entity_keys(entities: Any, plan: Any) -> bytes | list[str]:
+    """The entities as given, as one JSON array (plain dicts of their keys: one C-level pass), else (numpy
+    scalars, a Mapping that is not a dict) each one's join keys as a JSON object text."""
+    try:
+        return orjson.dumps(entities)
+    except TypeError:
+        return [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
+                             default=str).decode() for e in entities]
