@@ -379,14 +379,15 @@ class SparkWarehouse(DbtAdapterWarehouse):
         """The result in Arrow. Spark hands a result's partitions over in the order they finish and their order
         only at the end, so an ordered result is gathered whole in this process before it is sliced: the
         process holds one query's result (docs/warehouses.md, limits)."""
+        from py4j.protocol import Py4JError, Py4JJavaError
+        from pyspark.errors import PySparkException
+
         try:
             table = self.session.sql(sql).toArrow()
-        except Exception as exc:
-            if type(exc).__name__ in ("AnalysisException", "ParseException", "SparkRuntimeException",
-                                      "PythonException", "IllegalArgumentException", "ArithmeticException"):
-                raise WarehouseError(f"Spark (target {self.project.target_name!r}) refused a query: "
-                                     f"{str(exc).strip().splitlines()[0]}") from None
-            raise
+        except (PySparkException, Py4JError) as exc:  # Spark's own errors, and the JVM's (a file it cannot read)
+            detail = str(exc.java_exception.toString()) if isinstance(exc, Py4JJavaError) else str(exc)
+            raise WarehouseError(f"Spark (target {self.project.target_name!r}) refused a query: "
+                                 f"{(detail.strip().splitlines() or [type(exc).__name__])[0]}") from None
         yield from table.to_batches(max_chunksize=batch_rows)
 
     def close(self) -> None:

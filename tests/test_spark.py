@@ -255,3 +255,35 @@ def test_point_in_time_edges_on_spark(spark_pit):
     assert [got[k]["customer__x"] for k in at] == [None, 1, None, None, None, 8, None]
     assert [got[k]["pair__x"] for k in at] == [None, 5, None, None, None, None, None]
     assert [got[k]["risk"] for k in at] == [None, None, 0.5, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_a_table_spark_cannot_read_fails_the_sync_naming_the_view(spark_project, redis_server, monkeypatch):
+    """A feature view whose table files are no longer Parquet (a table format Spark cannot read): the sync fails
+    with one message naming the view, its table and Spark's reason (no traceback), publishes nothing, and what was
+    served before is still served, value for value. The files are put back afterwards."""
+    spark_dir, env = spark_project
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = redis_server.client(db=2)
+    client.flushdb()
+    with FeatureStore(spark_dir, redis_url=redis_server.url.removesuffix("/0") + "/2") as store:
+        view = sorted((v for v in store.registry.views.values() if v.online), key=lambda v: v.name)[0]
+        first = store.sync(select=[view.name])
+        served = {k: client.get(k) for k in client.scan_iter(match="fm:{*}:*:*")}
+        assert first.status == "success" and len(served) > 100, (first, client.dbsize(), list(client.scan_iter())[:5])
+        files = [p for p in (spark_dir / "target" / "spark" / "warehouse").rglob("*.parquet")
+                 if view.relation.identifier in p.parts]
+        kept = {p: p.read_bytes() for p in files}
+        assert kept, f"no Parquet files for {view.relation}"
+        try:
+            for path in files:
+                path.write_bytes(b"not a parquet file\n")
+            run = store.sync(select=[view.name])
+        finally:
+            for path, data in kept.items():
+                path.write_bytes(data)
+    assert run.status == "failed", run
+    assert run.error.startswith("Spark (target 'spark') refused a query: "), run.error
+    assert run.error.endswith(f"(reading view {view.name}, table {view.relation})"), run.error
+    assert "Traceback" not in run.error and "\n" not in run.error, run.error
+    assert {k: client.get(k) for k in client.scan_iter(match="fm:{*}:*:*")} == served
