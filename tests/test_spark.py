@@ -1,6 +1,7 @@
 """A distributed engine: the same reference project built on Apache Spark (dbt-spark session mode), synced and
-trained from, against DuckDB on the same generated data. One SparkSession per test session: the checks share
-one test (a second test could land on another xdist worker and build the project again)."""
+trained from, against DuckDB on the same generated data, and the point-in-time oracle properties on Spark. One
+SparkSession per test session: xdist runs a file on one worker (--dist loadfile), so the project is built once,
+and every test reuses that session (its process in New York, the project built in Kolkata)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import datetime
 
 import pyarrow as pa
 import pytest
+import redis
 
 from featuremart import FeatureStore
 from featuremart.dbtcore import load_dbt_project
@@ -85,7 +87,7 @@ def test_spark_serves_and_trains_what_duckdb_does(spark_project, project, redis_
              for k in e if (g[k].status, g[k].event_ts) != (e[k].status, e[k].event_ts) or not _same(g[k].value, e[k].value)]
     assert not diffs, diffs[:5]
     assert sum(v.status == "present" for rows in got.values() for row in rows for v in row.values()) > 1000
-    feature_keys = [set(c.scan_iter(match="fm:{*}:*:*")) for c in (client, redis_server.client(db=1))]
+    feature_keys = [set(c.scan_iter(match="fm:{*}:*:*")) for c in (client, redis.Redis.from_url(db1))]
     assert feature_keys[0] == feature_keys[1] and len(feature_keys[0]) > 500
 
     assert spark_model.column_names == duck_model.column_names
@@ -264,11 +266,12 @@ def test_a_table_spark_cannot_read_fails_the_sync_naming_the_view(spark_project,
     spark_dir, env = spark_project
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    client = redis_server.client(db=2)
+    url = redis_server.url.removesuffix("/0") + "/2"
+    client = redis.Redis.from_url(url)  # (a URL's database wins over from_url's db=)
     client.flushdb()
-    with FeatureStore(spark_dir, redis_url=redis_server.url.removesuffix("/0") + "/2") as store:
+    with FeatureStore(spark_dir, redis_url=url) as store:
         view = sorted((v for v in store.registry.views.values() if v.online), key=lambda v: v.name)[0]
-        first = store.sync(select=[view.name])
+        first = store.sync()
         served = {k: client.get(k) for k in client.scan_iter(match="fm:{*}:*:*")}
         assert first.status == "success" and len(served) > 100, (first, client.dbsize(), list(client.scan_iter())[:5])
         files = [p for p in (spark_dir / "target" / "spark" / "warehouse").rglob("*.parquet")
@@ -278,7 +281,7 @@ def test_a_table_spark_cannot_read_fails_the_sync_naming_the_view(spark_project,
         try:
             for path in files:
                 path.write_bytes(b"not a parquet file\n")
-            run = store.sync(select=[view.name])
+            run = store.sync()
         finally:
             for path, data in kept.items():
                 path.write_bytes(data)
