@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from featuremart import sql
 from featuremart.durable import DurableState, StatsHistory
-from featuremart.errors import ConfigError, FeaturemartError, OnlineStoreError, StoreChangedError
+from featuremart.errors import ConfigError, FeaturemartError, OnlineStoreError, StoreChangedError, WarehouseError
 from featuremart.manifest import Manifest
 from featuremart.monitoring import stats as feature_stats
 from featuremart.online import keys
@@ -203,7 +203,10 @@ class Syncer:
                     run.views.append(ViewResult(view.name, "withheld", reason, view.version))
                     withheld[view.name] = reason
                     continue
-                result = self._sync_view(view, state, full_refresh, dry_run, progress)
+                try:
+                    result = self._sync_view(view, state, full_refresh, dry_run, progress)
+                except WarehouseError as exc:  # which view the warehouse refused: its model and table to look at
+                    raise WarehouseError(f"{str(exc).rstrip('.')} (reading view {view.name}, table {view.relation})") from None
                 run.views.append(result)
                 if result.status == "withheld":
                     withheld[view.name] = result.reason

@@ -378,19 +378,32 @@ class SparkWarehouse(DbtAdapterWarehouse):
     def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """The result in Arrow. Spark hands a result's partitions over in the order they finish and their order
         only at the end, so an ordered result is gathered whole in this process before it is sliced: the
-        process holds one query's result (docs/warehouses.md, limits)."""
+        process holds one query's result (docs/warehouses.md, limits). The query runs at this call, not at the first
+        batch: a refusal then reaches the sync as featuremart's error, not inside the reader it hands batches to."""
+        from py4j.protocol import Py4JError, Py4JJavaError
+        from pyspark.errors import PySparkException
+
         try:
             table = self.session.sql(sql).toArrow()
-        except Exception as exc:
-            if type(exc).__name__ in ("AnalysisException", "ParseException", "SparkRuntimeException",
-                                      "PythonException", "IllegalArgumentException", "ArithmeticException"):
-                raise WarehouseError(f"Spark (target {self.project.target_name!r}) refused a query: "
-                                     f"{str(exc).strip().splitlines()[0]}") from None
-            raise
-        yield from table.to_batches(max_chunksize=batch_rows)
+        except (PySparkException, Py4JError) as exc:  # Spark's own errors, and the JVM's (a file it cannot read)
+            detail = _java_reason(exc.java_exception) if isinstance(exc, Py4JJavaError) else str(exc)
+            raise WarehouseError(f"Spark (target {self.project.target_name!r}) refused a query: "
+                                 f"{(detail.strip().splitlines() or [type(exc).__name__])[0]}") from None
+        return (batch for batch in table.to_batches(max_chunksize=batch_rows))
 
     def close(self) -> None:
         """The SparkSession stays: Spark runs one per process, and starting one takes seconds."""
+
+
+def _java_reason(error) -> str:
+    """The first line of a Java exception that says something: Spark wraps a task's failure in
+    `Exception thrown in awaitResult`; its causes name the error class and the file."""
+    lines = []
+    while error is not None and len(lines) < 10:
+        lines.append((str(error.toString()).splitlines() or [""])[0])
+        error = error.getCause()
+    useful = [line for line in lines if not line.rstrip().endswith("awaitResult:")]
+    return (useful or lines or [""])[0]
 
 
 _DERBY_HOME = re.compile(r"(-Dderby\.system\.home=)(\S+)")

@@ -220,5 +220,6 @@ def spark_project(tmp_path_factory):
 
     generate(project / "data" / "raw", customers=DEMO_CUSTOMERS, seed=7, as_of=AS_OF)
     env = spark_env(project)
-    dbt(project, "build", env=env)
+    # built in Kolkata (the dbt process and its JVM's default zone): the profile pins Spark's session to UTC
+    dbt(project, "build", env={**env, "TZ": "Asia/Kolkata"})
     return project, env

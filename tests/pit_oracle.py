@@ -130,6 +130,8 @@ def compile_point_in_time_sql(project_dir: str | Path, profiles_dir: str | Path,
             "--no-send-anonymous-usage-stats"]
     if target:
         args += ["--target", target]
+    if target == "spark":  # spine and timestamp types are given: no need to list every relation of the session
+        args.append("--no-populate-cache")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     errors: list[str] = []
 

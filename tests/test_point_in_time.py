@@ -80,6 +80,12 @@ FIXTURE_FILES = {
               dbname: "{{ env_var('PGDATABASE', 'test') }}"
               schema: "{{ env_var('PIT_PG_SCHEMA', 'pit_fixture') }}"
               threads: 1
+            spark:  # the SparkSession already running in-process (tests/test_spark.py)
+              type: spark
+              method: session
+              host: NA
+              schema: pit_fixture
+              threads: 1
     """,
     # The spine: labels at times before, at, within and after the views' rows; a customer with no history.
     "seeds/fx_labels.csv": """

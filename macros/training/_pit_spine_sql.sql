@@ -9,9 +9,27 @@ select
     {{ pit.timestamp_sql }} as _fm_ts,
     {{ featuremart._pit_row_number(pit) }} as _fm_row
     {%- for view in pit.views if view.ttl_seconds is not none %},
-    {{ dbt.dateadd('second', -view.ttl_seconds, pit.timestamp_sql) }} as _fm_since_{{ view.index }}
+    {{ featuremart._pit_seconds_before(pit.timestamp_sql, view.ttl_seconds) }} as _fm_since_{{ view.index }}
     {%- endfor %}
 from {{ pit.spine_from }} as _fm_source
+{%- endmacro %}
+
+
+{#- `timestamp` minus `seconds`, of the same type (the spine's time as UTC wall-clock time). default: dbt's dateadd. -#}
+{% macro _pit_seconds_before(timestamp, seconds) -%}
+    {{ return(adapter.dispatch('_pit_seconds_before', 'featuremart')(timestamp, seconds)) }}
+{%- endmacro %}
+
+{% macro default___pit_seconds_before(timestamp, seconds) -%}
+    {{ dbt.dateadd('second', -seconds, timestamp) }}
+{%- endmacro %}
+
+{#- dbt-spark's dateadd goes through to_unix_timestamp and back to a `timestamp` (an instant): compared with a
+    `timestamp_ntz` event time, Spark reads the latter in the session's zone, so the ttl edge moved with the zone
+    (found by the oracle test; in Asia/Kolkata a row exactly at the edge was dropped). timestampadd keeps the type.
+    https://spark.apache.org/docs/latest/api/sql/index.html#timestampadd -#}
+{% macro spark___pit_seconds_before(timestamp, seconds) -%}
+    timestampadd(second, {{ -seconds }}, {{ timestamp }})
 {%- endmacro %}
 
 
