@@ -1,14 +1,14 @@
 """The served-feature log: what online reads returned, written as Parquet for dbt to read (docs/flywheel.md).
 
 `ServedLog` records every read of an `OnlineReader` it is attached to (Python API and `featuremart serve`)
-without blocking it: the read only appends to a bounded in-memory buffer; a background thread turns the
-buffer into rows and writes Parquet files partitioned by date. The logs then feed training sets
+without blocking it: the read only appends to a bounded in-memory buffer; a writer process of its own turns
+the buffer into rows and writes Parquet files partitioned by date. The logs then feed training sets
 (`featuremart.training_set_from_logs`) and the skew report (`featuremart.servedlog.skew`).
 """
 
 from __future__ import annotations
 
 from featuremart.servedlog.writer import (DEFAULT_LOG_DIR, FILE_COLUMNS, LOG_COLUMNS, LOG_DIR_ENV, LogStats, ServedLog,
-                                          default_log_dir, log_schema, request_id)
+                                          default_log_dir, request_id)
 
-__all__ = ["DEFAULT_LOG_DIR", "FILE_COLUMNS", "LOG_COLUMNS", "LOG_DIR_ENV", "LogStats", "ServedLog", "default_log_dir", "log_schema", "request_id"]
+__all__ = ["DEFAULT_LOG_DIR", "FILE_COLUMNS", "LOG_COLUMNS", "LOG_DIR_ENV", "LogStats", "ServedLog", "default_log_dir", "request_id"]

@@ -3,10 +3,10 @@
 `python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a stream socket
 pair carrying length-prefixed messages, one per record or control message, marshalled by the serving process
 (`writer.ServedLog`). A receiver thread only moves what arrived off the socket (all of it, in one call), so the
-serving process finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one Parquet file per
-UTC date every FLUSH_SECONDS, under a temporary name, fsynced and renamed: a reader of the directory never sees
-half a file, and no row is written twice. It answers with its counters (a line of JSON) after every write and every
-flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
+serving process finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one
+Parquet file per UTC date every FLUSH_SECONDS, under a temporary name, fsynced and renamed: a reader of the
+directory never sees half a file, and no row is written twice. It answers with its counters (a line of JSON)
+after every write and every flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
 
 It runs in its own process so that its Python work never holds the serving process's GIL (docs/flywheel.md has
 the measurement behind this).

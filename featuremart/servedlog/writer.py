@@ -21,10 +21,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
-import functools
 import logging
-import os
 import marshal
+import os
 import select
 import socket
 import struct
@@ -40,8 +39,6 @@ import orjson
 from featuremart.errors import ServedLogError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
     from featuremart.online.reader import OnlineReader, OnlineResult
 
 #: Where logs go unless told otherwise; relative paths are relative to the dbt project directory. The dbt side
@@ -118,15 +115,6 @@ def request_id(value: Any) -> Iterator[None]:
         yield
     finally:
         _request_id.reset(token)
-
-
-@functools.lru_cache(maxsize=None)
-def log_schema() -> pa.Schema:
-    """`FILE_COLUMNS` as an Arrow schema (times are UTC, stored without a zone as featuremart's event times are)."""
-    import pyarrow as pa
-
-    kinds = {"string": pa.string(), "timestamp": pa.timestamp("us"), "int32": pa.int32()}
-    return pa.schema([pa.field(name, kinds[kind]) for name, kind in FILE_COLUMNS])
 
 
 class LogStats(NamedTuple):
