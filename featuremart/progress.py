@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:  # pragma: no cover - imported only when a bar is drawn: not in CI logs or with --json
+    from rich.progress import Progress, TaskID
 
 
 class SyncProgress:
     def __init__(self, console: Console, enabled: bool):
         self.enabled = enabled
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+        self._progress: Progress | None = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=console, transient=True)
         self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> SyncProgress:
-        self._progress.__enter__()
+        if self._progress is not None:
+            self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
 
     def update(self, view: str, phase: str, done: int, total: int) -> None:
-        if not self.enabled:
+        if self._progress is None:
             return
         if view not in self._tasks:
             self._tasks[view] = self._progress.add_task(view, total=None)
