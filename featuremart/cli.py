@@ -352,8 +352,9 @@ def cmd_validate(store: FeatureStore, args: argparse.Namespace, console: Console
 
 def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
     from featuremart.progress import SyncProgress
-    from featuremart.sync import SyncRun
 
+    # featuremart.sync (Redis's client, pyarrow) is imported by store.sync, after it has started the warehouse's
+    # first query: the imports then overlap that query (FeatureStore.sync)
     try:
         with SyncProgress(console, enabled=console.is_terminal and not args.json) as progress:
             run = store.sync(select=args.select, exclude=args.exclude, selector=args.selector, state=args.state,
@@ -361,6 +362,8 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
                              dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update,
                              allow_mass_delete=args.allow_mass_delete)
     except (OnlineStoreError, WarehouseError) as exc:  # could not start: still a run record, saying why
+        from featuremart.sync import SyncRun
+
         run = SyncRun.failed(str(exc), dry_run=args.dry_run, full_refresh=args.full_refresh)
     if args.json:
         console.print_json(json.dumps(run.to_json()))

@@ -159,6 +159,16 @@ def online_payload(view: FeatureView, prefix: str, now: datetime, dialect: str,
     ).from_(latest.subquery(src))
 
 
+def view_reads(view: FeatureView, prefix: str, now: datetime, dialect: str,
+               changed_since_us: int | None = None) -> tuple[str, ...]:
+    """The queries a sync runs to read a view, rendered, in the order it runs them: the watermark (views with a
+    `changed_at`: read before the rows, so rows changed meanwhile are read again next time), then the payload."""
+    reads = [online_payload(view, prefix, now, dialect, changed_since_us=changed_since_us)]
+    if view.changed_at:
+        reads.insert(0, max_changed_us(view, dialect))
+    return tuple(render(q, dialect) for q in reads)
+
+
 def escape_key(value: exp.Expression) -> exp.Expression:
     """Percent-escape the characters that delimit a key (same table as keys.escape)."""
     for char, code in ESCAPES:

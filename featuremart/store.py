@@ -7,17 +7,19 @@ alone (the registry comes from the snapshot the last sync published).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from featuremart import dbtcore
 from featuremart.config import DbtProject, ProjectConfig, load_dbt_project, load_features_yml
 from featuremart.errors import ArtifactError, FeaturemartError
 from featuremart.manifest import Manifest, load_manifest
 from featuremart.registry import FeatureView, Problem, Registry, build_registry, feature_models, relation_of
-from featuremart.warehouse import Warehouse, open_warehouse
+from featuremart.warehouse import (STAGE_BATCH_ROWS, STATE_FILE, DuckDBLimits, Prefetch, Warehouse, open_warehouse,
+                                   temp_directory)
 
 # Imported where used: a training set or `featuremart list` needs neither Redis, sqlglot nor the sync (about
 # 0.3-0.6 s of imports and 60 MB of a CLI process, bench/README.md "Training sets end to end").
@@ -243,20 +245,50 @@ class FeatureStore:
         The selection is dbt's own (`select`, `exclude`, `selector`, `state` as for `dbt build`), narrowed to
         online feature views; one that keeps none raises SelectionError. `allow_mass_delete`: publish views
         even where they delete more than their `max_delete_fraction`."""
-        from featuremart.gate import BuildGate
-        from featuremart.sync import Syncer
-
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
-        registry = self.registry
         manifest = self.manifest()
-        views = self.select(select, exclude, selector, state, online_only=True)
         with self.warehouse() as wh:
-            gate = BuildGate.load(self.project, manifest, wh)
-            return Syncer(registry, manifest, gate, wh, self.online, self.state_dir,
-                          allow_mass_delete=allow_mass_delete,
-                          max_delete_fraction=self.config.default_max_delete_fraction).run(
-                views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
+            if self._registry is None:  # its columns read on this connection: the file is opened once
+                self._registry = self._build_registry(manifest, wh)
+            registry = self._registry
+            views = self.select(select, exclude, selector, state, online_only=True)
+            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            with self._prefetch(wh, views, now, full_refresh or not incremental) as prefetched:
+                # imported only now: Redis's client and the sync's modules load while the warehouse computes
+                from featuremart.gate import BuildGate
+                from featuremart.sync import Syncer
+
+                gate = BuildGate.load(self.project, manifest, wh)
+                return Syncer(registry, manifest, gate, wh, self.online, self.state_dir, now=now,
+                              allow_mass_delete=allow_mass_delete,
+                              max_delete_fraction=self.config.default_max_delete_fraction,
+                              prefetched=prefetched).run(
+                    views, full_refresh=full_refresh, dry_run=dry_run, incremental=incremental, progress=progress)
+
+    @contextmanager
+    def _prefetch(self, wh: Warehouse, views: Sequence[FeatureView], now: datetime,
+                  whole: bool) -> Iterator[dict[str, Prefetch]]:
+        """Start the first view's reads before the rest of the sync's start-up (warehouse.Prefetch): the reads a
+        sync of every entity runs (`whole`, or a view with no `changed_at`, or no sync state yet: the cases where
+        the sync cannot read incrementally), else none, since an incremental read of a few changed entities is
+        cheap and depends on the state. The build gate is still checked before anything is written; a view it
+        withholds, and any read the sync turns out not to need, is interrupted and dropped here."""
+        from featuremart import sql
+
+        prefetched: dict[str, Prefetch] = {}
+        view = next((v for v in views if v.online), None)
+        if view is not None and (whole or not view.changed_at or not (self.state_dir / STATE_FILE).exists()):
+            wh.bound_memory(DuckDBLimits.from_env(), temp_directory(self.state_dir))
+            found = wh.prefetch(sql.view_reads(view, self.config.online_store.key_prefix, now, wh.dialect),
+                                STAGE_BATCH_ROWS)
+            if found is not None:
+                prefetched[view.name] = found
+        try:
+            yield prefetched
+        finally:
+            for found in prefetched.values():
+                found.close()
 
     def get_online_features(self, entities: Sequence[Mapping[str, Any]], *, service: str | None = None,
                             features: Iterable[str] | None = None,

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -36,8 +36,8 @@ from featuremart.monitoring import stats as feature_stats
 from featuremart.online import keys
 from featuremart.online.store import Fence, OnlineStore, StoreLock
 from featuremart.registry import FeatureView, Registry, merge_snapshot
-from featuremart.state import SyncState, described, temp_directory
-from featuremart.warehouse import DuckDBLimits, Warehouse
+from featuremart.state import SyncState, described
+from featuremart.warehouse import STAGE_BATCH_ROWS, STATE_FILE, DuckDBLimits, Prefetch, Warehouse, temp_directory
 
 #: A crashed sync blocks the next for at most this long; a running one renews its lock every third of it.
 LOCK_TTL_SECONDS = 30
@@ -47,8 +47,6 @@ RUNS_KEPT = 100
 MAX_DELETE_FRACTION = 0.5
 #: Encoded chunks (10,000 commands each) waiting for a writer: bounds the memory between encoding and writing.
 QUEUE_CHUNKS = 4
-#: Rows per Arrow batch read from the warehouse: a few MB, well inside the DuckDB memory limit.
-STAGE_BATCH_ROWS = 20_000
 #: Connections writing a view's chunks in parallel (`FEATUREMART_SYNC_WRITERS` overrides; bench/README.md).
 WRITERS = 2
 
@@ -118,7 +116,8 @@ class Syncer:
                  store: OnlineStore, state_dir: Path, now: datetime | None = None,
                  lock_ttl: float = LOCK_TTL_SECONDS, *, allow_mass_delete: bool = False,
                  max_delete_fraction: float = MAX_DELETE_FRACTION, limits: DuckDBLimits | None = None,
-                 writers: int | None = None, stats: bool | None = None):
+                 writers: int | None = None, stats: bool | None = None,
+                 prefetched: Mapping[str, Prefetch] | None = None):
         self.registry, self.manifest, self.gate = registry, manifest, gate
         self.warehouse, self.store, self.state_dir = warehouse, store, state_dir
         self.now = now or datetime.now(timezone.utc).replace(tzinfo=None)
@@ -139,6 +138,9 @@ class Syncer:
         self._profiles: dict[str, dict] = {}
         self._stats_notes: list[str] = []
         self._profiling: list[threading.Thread] = []  # statistics queries running beside the sync (`_profile`)
+        # Reads already started by the caller (FeatureStore.sync), by view: used if they are the ones this run
+        # needs (`sql.view_reads`), else dropped; the caller closes what is left.
+        self._prefetched = dict(prefetched or {})
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -180,7 +182,7 @@ class Syncer:
     def _run_views(self, run: SyncRun, views: list[FeatureView], full_refresh: bool, dry_run: bool,
                    progress: Callable[[str, str, int, int], None], lock: StoreLock | None) -> None:
         self.warehouse.bound_memory(self.limits, temp_directory(self.state_dir))
-        state, note = SyncState.open(self.state_dir / "sync_state.duckdb", rebuild=full_refresh and not dry_run,
+        state, note = SyncState.open(self.state_dir / STATE_FILE, rebuild=full_refresh and not dry_run,
                                      limits=self.limits)
         if note:
             run.notes.append(note)
@@ -343,11 +345,12 @@ class Syncer:
         # only the entities with rows changed since; anything else diffs every entity.
         since = (synced.watermark if self.incremental and view.changed_at and synced and trusted and not rewrite
                  and not version_change else None)
+        reads = sql.view_reads(view, self.prefix, self.now, dialect, changed_since_us=since)
+        early = self._prefetched.pop(view.name).take(reads) if view.name in self._prefetched else None
         watermark = None
         if view.changed_at:  # read before the rows, so rows changed meanwhile are read again next time
-            table = self.warehouse.query(sql.render(sql.max_changed_us(view, dialect), dialect))
+            table = early[0][0] if early else self.warehouse.query(reads[0])
             watermark = table.column(0)[0].as_py() if table.num_rows else None
-        query = sql.render(sql.online_payload(view, self.prefix, self.now, dialect, changed_since_us=since), dialect)
         schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("ts_us", pa.int64())])
         if not trusted:  # before staging: whether anything of the view is online decides how it is written
             self._scan(state)
@@ -356,7 +359,7 @@ class Syncer:
                             incremental=since is not None, rebuilt=not trusted, restored=restored)
         self._watermarks[view.name] = watermark
         progress(view.name, "staging", 0, 0)
-        with closing(self.warehouse.stream(query, STAGE_BATCH_ROWS)) as stream:
+        with closing(early[1] if early else self.warehouse.stream(reads[-1], STAGE_BATCH_ROWS)) as stream:
             payload = (_conform(b, schema) for b in stream)
             if not dry_run and state.empty(view.name):  # nothing online: write as the warehouse is read
                 return self._first_sync(view, state, payload, ttl_ms, watermark, result, started, progress)

@@ -62,6 +62,17 @@ class DuckDBLimits:
             con.execute("set temp_directory = ?", [str(temp_directory)])
 
 
+#: The sync state's file in the state directory (target/featuremart/; featuremart.state).
+STATE_FILE = "sync_state.duckdb"
+#: Rows per Arrow batch a sync reads from the warehouse: a few MB, well inside the DuckDB memory limit.
+STAGE_BATCH_ROWS = 20_000
+
+
+def temp_directory(state_dir: Path) -> Path:
+    """Where the sync's DuckDB connections spill what exceeds their memory limit (emptied by DuckDB on close)."""
+    return state_dir / "duckdb_tmp"
+
+
 class Warehouse(ABC):
     """The few operations featuremart needs of a warehouse."""
 
@@ -88,6 +99,11 @@ class Warehouse(ABC):
     def bound_memory(self, limits: DuckDBLimits, temp_directory: Path) -> None:
         """Bound the memory of what this warehouse runs in-process (DuckDB); a server warehouse's queries run
         on the server, and its client holds one batch at a time, so by default this does nothing."""
+
+    def prefetch(self, queries: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Prefetch | None:
+        """Start `queries` now, in order, on a connection of their own beside this one, for a caller to `take`
+        later (Prefetch); None where the warehouse cannot (by default: the queries run when they are asked)."""
+        return None
 
     def close(self) -> None:
         """Release the connection (DuckDB: the file lock, so that `dbt build` can run)."""
@@ -140,6 +156,9 @@ class DuckDBWarehouse(Warehouse):
         if self._con is not None:
             limits.apply(self._con, temp_directory)
 
+    def prefetch(self, queries: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Prefetch | None:
+        return Prefetch(self.con, queries, batch_rows)
+
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
         wanted = list(relations)
         if not wanted:
@@ -185,6 +204,83 @@ class DuckDBWarehouse(Warehouse):
             with _RELEASING_LOCK:
                 _RELEASING.setdefault(self.path, []).append(thread)
             thread.start()
+
+
+class Prefetch:
+    """Queries started ahead of the code that reads them: on a DuckDB connection of their own (a cursor of the
+    warehouse's: same database, same limits) in a thread, up to the first batch of the last query's result.
+
+    A sync's first query is a blocking aggregate (the latest row per entity: no row before the whole history is
+    read) that DuckDB computes without holding the GIL, so the rest of the process's start-up (imports, Redis,
+    the build gate, the sync state) runs beside it instead of before it. Every query but the last is read
+    whole (a watermark read before the rows, as the sync does). `take` hands the results over only to a caller
+    that needs exactly these queries; otherwise, and on `close`, they are interrupted and dropped: reading
+    nothing that was not asked for, and publishing nothing by itself.
+    """
+
+    def __init__(self, con, queries: tuple[str, ...], batch_rows: int):
+        self.queries = queries
+        self._cur = con.cursor()
+        self._cur.execute("set TimeZone = 'UTC'")  # session settings, as DuckDBWarehouse.con sets them
+        self._cur.execute("set enable_progress_bar = false")
+        self._whole: list[pa.Table] = []
+        self._reader: pa.RecordBatchReader | None = None
+        self._first: pa.RecordBatch | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(batch_rows,), name="featuremart-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, batch_rows: int) -> None:
+        try:
+            *whole, last = self.queries
+            self._whole = [self._cur.sql(q).to_arrow_table() for q in whole]
+            self._reader = self._cur.sql(last).to_arrow_reader(batch_rows)
+            self._first = self._reader.read_next_batch()  # the aggregate runs here, the GIL released
+        except StopIteration:
+            pass  # an empty result
+        except BaseException as exc:  # noqa: BLE001 (raised by `take` in the caller's thread, or dropped)
+            self._error = exc
+
+    def take(self, queries: tuple[str, ...]) -> tuple[list[pa.Table], Iterator[pa.RecordBatch]] | None:
+        """The whole results of all queries but the last, and the last's batches (closing the connection when
+        read to the end or closed), if `queries` are the ones started; else None, and these are dropped. A
+        query's error is raised here, as the caller's own query would have raised it."""
+        if queries != self.queries or self._cur is None:
+            self.close()
+            return None
+        self._thread.join()
+        if self._error is not None:
+            error = self._error
+            self.close()
+            raise error
+        return self._whole, self._batches()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        try:
+            if self._first is not None:
+                yield self._first
+                yield from self._reader
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Interrupt what still runs and release the connection (idempotent)."""
+        cur, self._cur = self._cur, None
+        if cur is None:
+            return
+        while self._thread.is_alive():  # again until it stops: an interrupt before the query began is lost
+            cur.interrupt()
+            self._thread.join(0.05)
+        if self._reader is not None:
+            self._reader.close()
+        cur.close()
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 #: Connections being closed on a helper thread (DuckDBWarehouse.release), by DuckDB file.
@@ -272,6 +368,9 @@ class DbtAdapterWarehouse(Warehouse):
                 raise WarehouseError(f"cannot connect to target {self.project.target_name!r} "
                                      f"({self.project.adapter_type}): {exc}") from None
         return self._handle
+
+    def prefetch(self, queries: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Prefetch | None:
+        return Prefetch(self.con, queries, batch_rows)
 
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
         wanted = list(relations)

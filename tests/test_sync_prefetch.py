@@ -1,0 +1,98 @@
+"""A sync starts its first view's warehouse reads before the rest of its start-up (warehouse.Prefetch): what it
+publishes equals a sync that does not; a view the build gate withholds still publishes nothing; a read the sync
+turns out not to need is interrupted, not waited for; and the DuckDB file is free for `dbt build` afterwards."""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import pytest
+import redis
+
+from featuremart import FeatureStore
+from featuremart.online import keys
+from featuremart.warehouse import DuckDBWarehouse
+from tests.conftest import dbt
+
+pytestmark = pytest.mark.integration
+
+SLOW = "select count(*) from range(100000000000) t(i) where hash(i) = 0"  # minutes, unless interrupted
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("create table t as select i, i * 2 as j from range(50000) r(i)")
+    wh = DuckDBWarehouse(path)
+    yield wh
+    wh.close()
+
+
+def test_a_prefetch_hands_over_exactly_its_queries_results(warehouse):
+    queries = ("select max(j) as m from t", "select i, j from t order by i")
+    with warehouse.prefetch(queries, 1000) as early:
+        whole, batches = early.take(queries)
+        assert whole[0].column("m").to_pylist() == [99998]
+        rows = [r for b in batches for r in b.column("i").to_pylist()]
+    assert rows == list(range(50000))
+    with warehouse.prefetch(("select * from missing_table",), 1000) as early:
+        with pytest.raises(duckdb.CatalogException, match="missing_table"):
+            early.take(("select * from missing_table",))
+
+
+def test_a_prefetch_not_needed_is_interrupted_not_waited_for(warehouse):
+    started = time.perf_counter()
+    early = warehouse.prefetch((SLOW,), 1000)
+    time.sleep(0.2)  # running
+    assert early.take(("select 1",)) is None  # other queries: dropped
+    early.close()  # idempotent
+    assert time.perf_counter() - started < 10
+    assert warehouse.con.execute("select count(*) from t").fetchone() == (50000,)  # the warehouse's own is fine
+    warehouse.close()
+    with duckdb.connect(str(warehouse.path)) as writer:  # read-write: no read-only connection of ours is left
+        writer.execute("insert into t values (-1, -2)")
+
+
+def _rows(url: str) -> dict[str, tuple[bytes, int]]:
+    client = redis.Redis.from_url(url)
+    found = {k: (client.get(k), client.pexpiretime(k)) for k in client.scan_iter(keys.row_key_pattern("fm"), 10_000)}
+    client.close()
+    return found
+
+
+def test_a_prefetched_sync_publishes_what_an_unprefetched_one_does(project, redis_url, monkeypatch):
+    started = []
+    prefetch = DuckDBWarehouse.prefetch
+    monkeypatch.setattr(DuckDBWarehouse, "prefetch", lambda self, *a: started.append(a[0]) or prefetch(self, *a))
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        assert fs.sync().status == "success"
+        assert len(started) == 1  # the first view's watermark and payload, or its payload alone
+        assert fs.sync().status == "success"  # a rerun diffs the views without changed_at: prefetched again
+    prefetched = _rows(redis_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    (project / "target" / "featuremart" / "sync_state.duckdb").unlink()
+    monkeypatch.setattr(DuckDBWarehouse, "prefetch", lambda self, *a: None)
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        assert fs.sync().status == "success"
+    assert prefetched and _rows(redis_url) == prefetched
+
+
+def test_a_withheld_view_publishes_nothing_though_its_read_had_started(project, redis_url, monkeypatch):
+    """The failed build of merchant_risk withholds it: its prefetched read is dropped, no key of it is written,
+    and the DuckDB file is free for the next `dbt build` (no connection of the sync is left open)."""
+    sql = project / "models" / "features" / "merchant_risk.sql"
+    sql.write_text(f"select * from ({sql.read_text()}) as m union all select * from ({sql.read_text()}) as d "
+                   "where merchant_id = 'M00001'")
+    assert dbt(project, "build", check=False).returncode != 0
+    started = []
+    prefetch = DuckDBWarehouse.prefetch
+    monkeypatch.setattr(DuckDBWarehouse, "prefetch", lambda self, *a: started.append(a[0]) or prefetch(self, *a))
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        run = fs.sync(select=["merchant_risk"])
+    assert started and "merchant_risk" in started[0][-1]
+    assert run.status == "withheld" and run.views[0].status == "withheld", run
+    assert redis.Redis.from_url(redis_url).keys("fm:{merchant_id=*}:merchant_risk:*") == []
+    with duckdb.connect(str(project / "target" / "featuremart.duckdb")) as writer:  # read-write: fails if held
+        writer.execute("select count(*) from main.merchant_risk").fetchone()
