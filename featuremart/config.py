@@ -10,6 +10,7 @@ re-exported here for callers that import them from config).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -185,12 +186,23 @@ def load_features_yml(project_dir: Path, dbt_vars: Mapping[str, Any] | None = No
             f"{path} not found: featuremart needs a features.yml at the dbt project root (version: 1 and the "
             "online store; see docs/metadata.md)."
         )
+    from featuremart import validated
+
+    variables = project_vars(project_dir) if dbt_vars is None else dbt_vars
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:  # _load_yaml says why
+        return _validated_config(path, variables)
+    return validated.cached("config", [str(path), digest, variables], lambda: _validated_config(path, variables))
+
+
+def _validated_config(path: Path, variables: Any) -> ProjectConfig:
+    """features.yml at `path` and the featuremart dbt vars, checked by the schema (pydantic)."""
     from featuremart import schema  # pydantic: not on the serving path, which imports this module
 
     raw = _load_yaml(path, allow_empty=True)
     spec, problems = schema.validate(schema.FeaturesFile, raw)
     lines = [f"{path.name}: {p}" for p in problems]
-    variables = project_vars(project_dir) if dbt_vars is None else dbt_vars
     found, var_problems = schema.validate(schema.FeaturemartVars, variables, "vars")
     lines += [f"dbt_project.yml: {p}" for p in var_problems]
     if isinstance(variables, Mapping) and "featuremart_entities" not in variables:  # misspelt? not "required"

@@ -121,8 +121,12 @@ class FeatureStore:
         if wh is None:
             with self.warehouse() as own:
                 return self._build_registry(manifest, own)
+        from featuremart import validated
+
         columns = wh.columns(relation_of(m) for m in feature_models(manifest))
-        return build_registry(manifest, self.config, columns)
+        material = [manifest.checksum, str(manifest.path), repr(self.config),
+                    sorted([str(r), r.database, r.schema, r.identifier, cols] for r, cols in columns.items())]
+        return validated.cached("registry", material, lambda: build_registry(manifest, self.config, columns))
 
     def validate(self) -> list[Problem]:
         """Every warning about the metadata as the user wrote it, and about its values; raises ValidationError listing every error."""
