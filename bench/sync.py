@@ -13,6 +13,8 @@ emptied server, in an order rotated by one every repetition, and every ratio is 
                 call's manifest, selection and build gate are reported apart as `sync_call_seconds`)
   process       a whole `featuremart sync --json` process, dbt project loading included; its start-up is its
                 wall time minus the run's own `seconds`
+  ref           with `--ref-featuremart EXE`: the same process of another checkout's `featuremart` executable
+                (e.g. /work/main/.venv/bin/featuremart), paired and rotated with the others
 
 Then, once per size: an unchanged rerun diffing every entity (`--no-incremental`) against a dry run (the bare
 warehouse query + diff), an incremental unchanged rerun, and a 1% change read incrementally, as a fraction of
@@ -22,6 +24,8 @@ With `--postgres` (Postgres at 127.0.0.1:5432, trust auth), the same rows are lo
 with COPY, built there by the same dbt project (`--target pg`), and synced in-process and as a process.
 
     python bench/sync.py --entities 1000000 --reps 5
+    python bench/sync.py --entities 1000000 --reps 5 --no-reruns --contenders pipe process \
+        --ref-featuremart /work/main/.venv/bin/featuremart
     python bench/sync.py --entities 10000000 --reps 1 --postgres
 
 Results: bench/results/sync.json (median [min-max] of every time and ratio).
@@ -182,7 +186,7 @@ def run_process(argv: list[str], env: dict) -> tuple[float, dict, float]:
 
 
 def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres: bool,
-               reruns: bool = True, contenders: tuple[str, ...] = CONTENDERS) -> dict:
+               reruns: bool = True, contenders: tuple[str, ...] = CONTENDERS, ref: str | None = None) -> dict:
     pg_schema = f"fm_bench_{uuid.uuid4().hex[:8]}"
     dest = project(tmp / f"p{entities}", entities, pg_schema)
     client = server.client(socket_timeout=600)
@@ -210,14 +214,16 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
     def sync() -> dict:
         return _timed_sync(store, rows)
 
-    def process(target: str = "dev") -> dict:
-        seconds, record, rss = run_process([fm, "sync", "--json", "--project-dir", str(dest),
+    def process(target: str = "dev", exe: str = fm) -> dict:
+        seconds, record, rss = run_process([exe, "sync", "--json", "--project-dir", str(dest),
                                             "--profiles-dir", str(dest), "--target", target], env)
         assert record["status"] == "success" and record["views"][0]["inserted"] == rows, record
         return {"seconds": seconds, "startup": seconds - record["seconds"], "peak_rss_mb": rss}
 
-    runs = {n: f for n, f in {"pipe": pipe, "mset": mset_, "sync": sync, "process": process}.items()
-            if n in contenders}
+    if ref:
+        contenders = (*contenders, "ref")
+    runs = {n: f for n, f in {"pipe": pipe, "mset": mset_, "sync": sync, "process": process,
+                              "ref": lambda: process(exe=ref)}.items() if n in contenders}
     times: dict[str, list[dict]] = {name: [] for name in runs}
     for rep in range(reps):
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
@@ -235,7 +241,7 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
         "entities_per_s": {n: round(rows / statistics.median(secs[n])) for n in runs},
         # the bar: ceiling time / featuremart time, >= 0.8 (a sync within 1.25x of redis-cli --pipe)
         "ratio_to_pipe": {n: spread([p / s for p, s in zip(secs["pipe"], secs[n])])
-                          for n in ("sync", "process") if {"pipe", n} <= set(runs)},
+                          for n in ("sync", "process", "ref") if {"pipe", n} <= set(runs)},
         "ratio_to_mset": {n: spread([m / s for m, s in zip(secs["mset"], secs[n])])
                           for n in ("sync", "process") if {"mset", n} <= set(runs)},
     }
@@ -254,6 +260,10 @@ def bench_size(entities: int, reps: int, server, port: int, tmp: Path, postgres:
     if "process" in runs:
         result["process_startup_seconds"] = spread([t["startup"] for t in times["process"]])
         result["process_peak_rss_mb"] = spread([t["peak_rss_mb"] for t in times["process"]])
+    if {"process", "ref"} <= set(runs):  # > 1: this checkout's process is the faster, in the same repetition
+        result["ref"] = {"featuremart": ref, "startup_seconds": spread([t["startup"] for t in times["ref"]]),
+                         "ref_over_process": spread([r["seconds"] / p["seconds"]
+                                                     for r, p in zip(times["ref"], times["process"])])}
 
     # Cost proportional to the work: unchanged reruns and a 1% change, after one more full sync.
     if reruns:
@@ -353,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS,
                         help="run only these (e.g. `process` for peak memory alone)")
     parser.add_argument("--no-reruns", action="store_true", help="skip the unchanged and 1%% change reruns")
+    parser.add_argument("--ref-featuremart", default=None, metavar="EXE",
+                        help="also time this `featuremart` executable's process (another checkout: `ref`)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sync.json")
     redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -365,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     with redis_check.stopping(server), tempfile.TemporaryDirectory() as tmp:
         for n in args.entities:
             results["sizes"][str(n)] = bench_size(n, args.reps, server, server.port, Path(tmp), args.postgres,
-                                                    not args.no_reruns, tuple(args.contenders))
+                                                    not args.no_reruns, tuple(args.contenders), args.ref_featuremart)
             print(json.dumps(results["sizes"][str(n)], indent=1), flush=True)
     sizes = list(results["sizes"].values())
     if len(sizes) > 1:

@@ -96,3 +96,50 @@ def test_a_withheld_view_publishes_nothing_though_its_read_had_started(project, 
     assert redis.Redis.from_url(redis_url).keys("fm:{merchant_id=*}:merchant_risk:*") == []
     with duckdb.connect(str(project / "target" / "featuremart.duckdb")) as writer:  # read-write: fails if held
         writer.execute("select count(*) from main.merchant_risk").fetchone()
+
+
+def test_a_sync_process_of_an_unchanged_project_loads_no_validator_or_progress_bar(project, redis_url):
+    """Its features.yml and registry were validated by this process (featuremart.validated): a `featuremart sync
+    --json` process reads them back and imports neither pydantic, yaml, rich's progress bar nor
+    pyarrow.compute; and it publishes what it should."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    with FeatureStore(project, redis_url=redis_url) as fs:
+        fs.registry  # validated here; the child's key is the same (same files, working directory, cache dir)
+    code = ("import sys, json\nfrom featuremart.cli import main\n"
+            f"rc = main(['sync', '--json', '--project-dir', {str(project)!r}])\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'yaml')\n"
+            "                or m in ('rich.progress', 'pyarrow.compute'))\n"
+            "print(json.dumps([rc, loaded]), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "DO_NOT_TRACK": "1", "FEATUREMART_REDIS_URL": redis_url})
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == [0, []], proc.stderr
+    assert json.loads(proc.stdout)["status"] == "success"
+
+
+def test_validation_errors_are_never_kept_and_an_edit_is_validated_again(project, tmp_path, monkeypatch):
+    """A features.yml made invalid fails on every run (an error is not cached); fixed, it loads again; a
+    registry kept for one manifest is not used for another (the edited model's new ttl is read)."""
+    from featuremart.errors import ConfigProblems
+
+    monkeypatch.setenv("FEATUREMART_CACHE_DIR", str(tmp_path / "cache"))
+    yml = project / "features.yml"
+    good = yml.read_text()
+    assert FeatureStore(project).config.online_store.key_prefix == "fm"
+    yml.write_text(good.replace("  online: true", "  online: yes please"))
+    for _ in range(2):
+        with pytest.raises(ConfigProblems, match="defaults.online"):
+            FeatureStore(project)
+    yml.write_text(good)
+    with FeatureStore(project) as fs:
+        ttl = fs.registry.views["merchant_risk"].ttl
+    assert list((tmp_path / "cache" / "validated").glob("registry-*.pickle"))
+    meta = project / "models" / "features" / "merchant_risk.yml"
+    meta.write_text(meta.read_text().replace(f"ttl: {FeatureStore(project).registry.views['merchant_risk'].ttl_text}",
+                                             "ttl: 3d"))
+    dbt(project, "parse")
+    with FeatureStore(project) as fs:
+        assert fs.registry.views["merchant_risk"].ttl.days == 3 != ttl.days

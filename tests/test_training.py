@@ -347,7 +347,8 @@ def test_python_training_set_equals_the_dbt_model_for_every_spine_kind(reference
 def test_unordered_training_set_has_the_same_rows_and_its_cli_loads_no_redis_or_arrow(reference, tmp_path):
     """`ordered=False` / `--unordered` skip the sort into the spine's order, nothing else; and a DuckDB training
     set written to Parquet by the CLI imports neither Redis's client, pyarrow, numpy, sqlglot nor dbt (their
-    imports were a third of the process's time: bench/README.md)."""
+    imports were a third of the process's time: bench/README.md), nor, its inputs unchanged since this process
+    validated them, pydantic or yaml (featuremart.validated)."""
     import json
     import sys
 
@@ -359,7 +360,7 @@ def test_unordered_training_set_has_the_same_rows_and_its_cli_loads_no_redis_or_
     code = ("import sys, json\nfrom featuremart.cli import main\n"
             f"rc = main(['training-set', '--project-dir', {str(project.project_dir)!r}, '--spine', 'fraud_labels', "
             f"'--timestamp', 'label_ts', '--service', 'fraud_model', '--unordered', '--output', {str(out)!r}])\n"
-            "heavy = {'redis', 'pyarrow', 'numpy', 'sqlglot', 'dbt'}\n"
+            "heavy = {'redis', 'pyarrow', 'numpy', 'sqlglot', 'dbt', 'pydantic', 'yaml'}\n"
             "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]), file=sys.stderr)\n")
     # the working directory of this process: the project's load is then cached for the child (its key has it)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
