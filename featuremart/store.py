@@ -251,12 +251,10 @@ class FeatureStore:
         even where they delete more than their `max_delete_fraction`."""
         if self.project is None:
             raise FeaturemartError("a FeatureStore opened from a Redis URL cannot sync: open it on the dbt project")
+        registry = self.registry
         manifest = self.manifest()
+        views = self.select(select, exclude, selector, state, online_only=True)  # dbt's, before the file is opened
         with self.warehouse() as wh:
-            if self._registry is None:  # its columns read on this connection: the file is opened once
-                self._registry = self._build_registry(manifest, wh)
-            registry = self._registry
-            views = self.select(select, exclude, selector, state, online_only=True)
             now = datetime.now(timezone.utc).replace(tzinfo=None)
             with self._prefetch(wh, views, now, full_refresh or not incremental) as prefetched:
                 # imported only now: Redis's client and the sync's modules load while the warehouse computes
