@@ -369,9 +369,6 @@ class DbtAdapterWarehouse(Warehouse):
                                      f"({self.project.adapter_type}): {exc}") from None
         return self._handle
 
-    def prefetch(self, queries: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Prefetch | None:
-        return Prefetch(self.con, queries, batch_rows)
-
     def columns(self, relations: Iterable[Relation]) -> dict[Relation, dict[str, str]]:
         wanted = list(relations)
         schemas = sorted({r.schema for r in wanted})

@@ -362,7 +362,10 @@ def test_unordered_training_set_has_the_same_rows_and_its_cli_loads_no_redis_or_
             f"'--timestamp', 'label_ts', '--service', 'fraud_model', '--unordered', '--output', {str(out)!r}])\n"
             "heavy = {'redis', 'pyarrow', 'numpy', 'sqlglot', 'dbt', 'pydantic', 'yaml'}\n"
             "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]), file=sys.stderr)\n")
-    # the working directory of this process: the project's load is then cached for the child (its key has it)
+    # the working directory of this process: the project's load is then cached for the child (its key has it),
+    # and so are features.yml and the registry once a FeatureStore has validated them, as a previous command would
+    with FeatureStore(project.project_dir) as fs:
+        fs.registry
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "DO_NOT_TRACK": "1"})
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == [0, []], proc.stderr
