@@ -196,6 +196,15 @@ class _Plan:
         #: every join key is a string key (then `keys` may check and format a batch column by column)
         self.string_keys = all(key_types[k] == types.STRING for k in self.key_names)
         self.known = frozenset(k for e in registry.entities.values() for k, _ in e.join_keys) | self.needed
+        self._arrow: _ArrowLayout | None = None
+
+    def arrow_layout(self) -> _ArrowLayout:
+        """The plan's Arrow layout and schema, made on the first `to_arrow` (pyarrow is imported only then);
+        two threads making it at once make equal ones."""
+        layout = self._arrow
+        if layout is None:
+            layout = self._arrow = _ArrowLayout(self)
+        return layout
 
     def keys(self, entities: Sequence[Mapping[str, Any]]) -> list[str]:
         """The registry id key, then for each entity the key of each view (entity-major)."""
@@ -475,61 +484,126 @@ class OnlineResult:
         type (`arrow_type`), statuses as dictionary-encoded strings, event times as timestamp[us, UTC].
 
         Built with one `pa.array` per Arrow type (the entity keys and values of every column of that type end
-        to end; every view's status codes; every view's event times in µs), then sliced into columns: a
-        `pa.array` call costs several µs whatever its length, and a one-entity read of 10 features has 31
-        columns, so one call per column was 2x a raw read (bench/README.md). A view's status and event time
-        columns are one slice shared by its features (Arrow arrays are immutable)."""
+        to end; every view's event times in µs; the status codes of the views not all present), then sliced
+        into columns: a `pa.array` call costs several µs whatever its length, and a one-entity read of 10
+        features has 31 columns, so one call per column was 2x a raw read (bench/README.md). Which values go
+        where, and the schema, are the plan's (`_ArrowLayout`, made once per plan): a read only fills the
+        groups, converts and slices them, and assembles the table against the cached schema. A view's status
+        and event time columns are one array shared by its features (Arrow arrays are immutable)."""
         import pyarrow as pa
 
-        plan = self._plan
+        layout = self._plan.arrow_layout()
         n = len(self._entities)
-        groups: dict[str, list[Any]] = {}  # logical type (or status / event time) -> its columns' values
-        spans: dict[str, tuple[str, int]] = {}  # column name -> (its group, its offset in the group)
-
-        def add(group: str, values: list[Any]) -> tuple[str, int]:
-            buffer = groups.setdefault(group, [])
-            offset = len(buffer)
-            buffer += values
-            return group, offset
-
-        for k, values in self._key_columns().items():
-            spans[k] = add(plan.key_types[k], values)
-        for view, status, rows, others in self._view_columns():
+        groups: list[list[Any]] = [[] for _ in layout.groups]
+        for group, values in zip(layout.key_groups, self._key_columns().values()):
+            groups[group] += values
+        statuses: list[pa.Array] = []
+        codes: list[int] = []
+        for (view, status, rows, others), ts_group, value_groups in zip(self._view_columns(), layout.ts_groups,
+                                                                         layout.value_groups):
+            groups[ts_group] += map(_FIRST, rows)
+            for getter, group in zip(view.getters, value_groups):
+                if others:  # missing rows are blank already; expired ones hold a value not served
+                    values = list(map(getter, rows))
+                    for i, _ in others:
+                        values[i] = None
+                    groups[group] += values
+                else:
+                    groups[group] += map(getter, rows)
             if others:
-                status_span = add(_STATUS_GROUP, list(map(_STATUS_CODE.__getitem__, status)))
+                statuses.append(len(codes))
+                codes += map(_STATUS_CODE.__getitem__, status)
             else:  # all present (the common case): one cached array per length
-                status_span = _ALL_PRESENT, 0
-            ts_span = add(_EVENT_TS_GROUP, list(map(_FIRST, rows)))
-            for name, getter in zip(view.out_names, view.getters):
-                values = list(map(getter, rows))
-                for i, _ in others:  # missing rows are blank already; expired ones hold a value not served
-                    values[i] = None
-                spans[name] = add(plan.dtypes[name], values)
-                spans[name + STATUS_SUFFIX], spans[name + EVENT_TS_SUFFIX] = status_span, ts_span
-        arrays = {group: _arrow_array(group, values) for group, values in groups.items()}
-        arrays[_ALL_PRESENT] = _all_present(n)
-        columns: dict[tuple[str, int], pa.Array] = {}
-        for span in spans.values():
-            if span not in columns:
-                array = arrays[span[0]]
-                columns[span] = array if len(array) == n else array.slice(span[1], n)
-        # through a record batch: a third cheaper than Table.from_arrays for 31 one-row columns
-        return pa.Table.from_batches([pa.RecordBatch.from_arrays([columns[spans[c]] for c in plan.column_names],
-                                                                 names=plan.column_names)])
+                statuses.append(None)
+        chunks: list[pa.Array] = []
+        for (arrow_type_, count), values in zip(layout.groups, groups):
+            array = pa.array(values, arrow_type_)
+            chunks += [array] if count == 1 else [array.slice(k * n, n) for k in range(count)]
+        if codes:
+            coded = _status_array(codes)
+            chunks += [_all_present(n) if at is None else coded.slice(at, n) for at in statuses]
+        else:
+            chunks += [_all_present(n)] * len(statuses)
+        # through a record batch against the cached schema: a third cheaper than Table.from_arrays, and the
+        # schema's fields are not rebuilt from the names
+        batch = pa.RecordBatch.from_arrays(list(map(chunks.__getitem__, layout.columns)), schema=layout.schema)
+        return pa.Table.from_batches([batch], layout.schema)
 
 
-_STATUS_GROUP, _EVENT_TS_GROUP, _ALL_PRESENT = "__status", "__event_ts", "__all_present"
+class _ArrowLayout:
+    """Where `OnlineResult.to_arrow` puts each value, per plan: its groups (one Arrow type each, converted with
+    one `pa.array` call: the join keys and feature values of that type in column order, then each view's event
+    times), each column's chunk, and the table's schema.
+
+    Per read, the chunks are every group's columns in order (a group of one column is its whole array, else one
+    slice of `n` values per column), then one status array per view; `columns[j]` is the chunk of the table's
+    column j (`_Plan.column_names`)."""
+
+    def __init__(self, plan: _Plan):
+        import pyarrow as pa
+
+        group_of: dict[Any, int] = {}
+        counts: list[int] = []
+        arrow_types: list[pa.DataType] = []
+
+        def take(group: Any, arrow_type_: pa.DataType) -> tuple[int, int]:
+            """A column in `group`: the group's index and the column's position in it."""
+            index = group_of.setdefault(group, len(group_of))
+            if index == len(counts):
+                counts.append(0)
+                arrow_types.append(arrow_type_)
+            counts[index] += 1
+            return index, counts[index] - 1
+
+        place: dict[str, tuple[int, int]] = {}
+        types_of: dict[str, pa.DataType] = {}
+        self.key_groups = []
+        for k in plan.key_names:
+            types_of[k] = arrow_type(plan.key_types[k])
+            place[k] = take(plan.key_types[k], types_of[k])
+            self.key_groups.append(place[k][0])
+        ts_type, status_type = arrow_type(types.TIMESTAMP), _all_present(0).type
+        self.value_groups: list[tuple[int, ...]] = []
+        self.ts_groups: list[int] = []
+        view_ts: list[tuple[int, int]] = []
+        for view in plan.views:
+            view_ts.append(take(_EVENT_TS_GROUP, ts_type))
+            self.ts_groups.append(view_ts[-1][0])
+            groups = []
+            for name in view.out_names:
+                types_of[name] = arrow_type(plan.dtypes[name])
+                place[name] = take(plan.dtypes[name], types_of[name])
+                groups.append(place[name][0])
+            self.value_groups.append(tuple(groups))
+        self.groups = list(zip(arrow_types, counts))
+        first = [sum(counts[:g]) for g in range(len(counts))]  # each group's first chunk
+        statuses = sum(counts)  # the first view's status chunk
+        chunk: dict[str, int] = {}
+        fields = []
+        for k in plan.key_names:
+            chunk[k] = first[place[k][0]] + place[k][1]
+            fields.append(pa.field(k, types_of[k]))
+        for vi, view in enumerate(plan.views):
+            ts = first[view_ts[vi][0]] + view_ts[vi][1]
+            for name in view.out_names:
+                chunk[name] = first[place[name][0]] + place[name][1]
+                chunk[name + STATUS_SUFFIX], chunk[name + EVENT_TS_SUFFIX] = statuses + vi, ts
+        for name in plan.names:
+            fields += [pa.field(name, types_of[name]), pa.field(name + STATUS_SUFFIX, status_type),
+                       pa.field(name + EVENT_TS_SUFFIX, ts_type)]
+        self.columns = [chunk[c] for c in plan.column_names]
+        self.schema = pa.schema(fields)
+
+
+_EVENT_TS_GROUP = "__event_ts"
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 
 
-def _arrow_array(group: str, values: list[Any]) -> pa.Array:
-    """One Arrow array of a `to_arrow` group: status codes as indices into the three statuses (3x faster than
-    dictionary_encode), event times straight from µs, values as their logical type."""
+def _status_array(codes: list[int]) -> pa.Array:
+    """Status codes as a dictionary array of the three statuses (3x faster than dictionary_encode)."""
     import pyarrow as pa
 
-    if group == _STATUS_GROUP:
-        return pa.DictionaryArray.from_arrays(pa.array(values, pa.int8()), _status_dictionary())
-    return pa.array(values, arrow_type(types.TIMESTAMP if group == _EVENT_TS_GROUP else group))
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), _status_dictionary())
 
 
 @functools.lru_cache(maxsize=None)
@@ -542,7 +616,7 @@ def _status_dictionary() -> pa.Array:
 @functools.lru_cache(maxsize=64)
 def _all_present(n: int) -> pa.Array:
     """A status column of `n` present values; shared between results (Arrow arrays are immutable)."""
-    return _arrow_array(_STATUS_GROUP, [_STATUS_CODE[PRESENT]] * n)
+    return _status_array([_STATUS_CODE[PRESENT]] * n)
 
 
 @functools.lru_cache(maxsize=None)
