@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import array
 import functools
 import operator
 import os
@@ -483,21 +484,22 @@ class OnlineResult:
         """The same columns as `to_columns`, as a `pyarrow.Table` with typed columns: values as their logical
         type (`arrow_type`), statuses as dictionary-encoded strings, event times as timestamp[us, UTC].
 
-        Built with one `pa.array` per Arrow type (the entity keys and values of every column of that type end
-        to end; every view's event times in µs; the status codes of the views not all present), then sliced
-        into columns: a `pa.array` call costs several µs whatever its length, and a one-entity read of 10
-        features has 31 columns, so one call per column was 2x a raw read (bench/README.md). Which values go
-        where, and the schema, are the plan's (`_ArrowLayout`, made once per plan): a read only fills the
-        groups, converts and slices them, and assembles the table against the cached schema. A view's status
-        and event time columns are one array shared by its features (Arrow arrays are immutable)."""
+        Built with one Arrow array per group (per Arrow type: the entity keys and values of every column of
+        that type end to end, the views' event times in µs with the int64 values; the status codes of the views
+        not all present), then sliced into columns: an array costs several µs whatever its length, and a
+        one-entity read of 10 features has 31 columns, so one per column was 2x a raw read (bench/README.md).
+        Which values go where, and the schema, are the plan's (`_ArrowLayout`, made once per plan): a read only
+        fills the groups, converts and slices them, and assembles the table against the cached schema. A view's
+        status and event time columns are one array shared by its features (Arrow arrays are immutable)."""
         import pyarrow as pa
 
         layout = self._plan.arrow_layout()
         n = len(self._entities)
+        # filled in the order the layout took the columns: join keys, then per view its event times and values
         groups: list[list[Any]] = [[] for _ in layout.groups]
         for group, values in zip(layout.key_groups, self._key_columns().values()):
             groups[group] += values
-        statuses: list[pa.Array] = []
+        statuses: list[int | None] = []
         codes: list[int] = []
         for (view, status, rows, others), ts_group, value_groups in zip(self._view_columns(), layout.ts_groups,
                                                                          layout.value_groups):
@@ -516,87 +518,97 @@ class OnlineResult:
             else:  # all present (the common case): one cached array per length
                 statuses.append(None)
         chunks: list[pa.Array] = []
-        for (arrow_type_, count), values in zip(layout.groups, groups):
-            array = pa.array(values, arrow_type_)
-            chunks += [array] if count == 1 else [array.slice(k * n, n) for k in range(count)]
+        for (arrow_type_, typecode, count), values in zip(layout.groups, groups):
+            array_ = _group_array(values, arrow_type_, typecode)
+            chunks += [array_] if count == 1 else [array_.slice(k * n, n) for k in range(count)]
+        for at in layout.ts_chunks:
+            chunks[at] = chunks[at].view(layout.ts_type)
         if codes:
             coded = _status_array(codes)
             chunks += [_all_present(n) if at is None else coded.slice(at, n) for at in statuses]
         else:
             chunks += [_all_present(n)] * len(statuses)
-        # through a record batch against the cached schema: a third cheaper than Table.from_arrays, and the
-        # schema's fields are not rebuilt from the names
+        # through a record batch against the cached schema: a third cheaper than Table.from_arrays, and no field
+        # is built from a name
         batch = pa.RecordBatch.from_arrays(list(map(chunks.__getitem__, layout.columns)), schema=layout.schema)
         return pa.Table.from_batches([batch], layout.schema)
 
 
 class _ArrowLayout:
-    """Where `OnlineResult.to_arrow` puts each value, per plan: its groups (one Arrow type each, converted with
-    one `pa.array` call: the join keys and feature values of that type in column order, then each view's event
-    times), each column's chunk, and the table's schema.
+    """Where `OnlineResult.to_arrow` puts each value, per plan: its groups (one Arrow array each: the join keys
+    and feature values of one logical type in column order, the views' event times, as µs, in the int group),
+    each column's chunk, and the table's schema.
 
     Per read, the chunks are every group's columns in order (a group of one column is its whole array, else one
-    slice of `n` values per column), then one status array per view; `columns[j]` is the chunk of the table's
-    column j (`_Plan.column_names`)."""
+    slice of `n` values per column; the event time chunks viewed as timestamp[us, UTC]), then one status array
+    per view; `columns[j]` is the chunk of the table's column j (`_Plan.column_names`). `to_arrow` fills the
+    groups in the order the columns are taken here."""
 
     def __init__(self, plan: _Plan):
         import pyarrow as pa
 
-        group_of: dict[Any, int] = {}
+        self.ts_type = arrow_type(types.TIMESTAMP)
+        group_of: dict[str, int] = {}
         counts: list[int] = []
-        arrow_types: list[pa.DataType] = []
 
-        def take(group: Any, arrow_type_: pa.DataType) -> tuple[int, int]:
-            """A column in `group`: the group's index and the column's position in it."""
-            index = group_of.setdefault(group, len(group_of))
-            if index == len(counts):
+        def take(dtype: str) -> int:
+            """A column of logical type `dtype`: its group; records its chunk (the group's next column)."""
+            group = group_of.setdefault(dtype, len(group_of))
+            if group == len(counts):
                 counts.append(0)
-                arrow_types.append(arrow_type_)
-            counts[index] += 1
-            return index, counts[index] - 1
+            taken.append((group, counts[group]))
+            counts[group] += 1
+            return group
 
-        place: dict[str, tuple[int, int]] = {}
-        types_of: dict[str, pa.DataType] = {}
-        self.key_groups = []
-        for k in plan.key_names:
-            types_of[k] = arrow_type(plan.key_types[k])
-            place[k] = take(plan.key_types[k], types_of[k])
-            self.key_groups.append(place[k][0])
-        ts_type, status_type = arrow_type(types.TIMESTAMP), _all_present(0).type
-        self.value_groups: list[tuple[int, ...]] = []
+        taken: list[tuple[int, int]] = []  # (group, position in the group) of every column, in taking order
+        self.key_groups = [take(plan.key_types[k]) for k in plan.key_names]
         self.ts_groups: list[int] = []
-        view_ts: list[tuple[int, int]] = []
+        self.value_groups: list[tuple[int, ...]] = []
         for view in plan.views:
-            view_ts.append(take(_EVENT_TS_GROUP, ts_type))
-            self.ts_groups.append(view_ts[-1][0])
-            groups = []
-            for name in view.out_names:
-                types_of[name] = arrow_type(plan.dtypes[name])
-                place[name] = take(plan.dtypes[name], types_of[name])
-                groups.append(place[name][0])
-            self.value_groups.append(tuple(groups))
-        self.groups = list(zip(arrow_types, counts))
+            self.ts_groups.append(take(types.INT))
+            self.value_groups.append(tuple(take(plan.dtypes[name]) for name in view.out_names))
+        dtypes = list(group_of)
+        self.groups = [(arrow_type(t), _TYPECODES.get(t), c) for t, c in zip(dtypes, counts)]
         first = [sum(counts[:g]) for g in range(len(counts))]  # each group's first chunk
-        statuses = sum(counts)  # the first view's status chunk
-        chunk: dict[str, int] = {}
-        fields = []
-        for k in plan.key_names:
-            chunk[k] = first[place[k][0]] + place[k][1]
-            fields.append(pa.field(k, types_of[k]))
+        chunk = [first[g] + position for g, position in taken]
+        at = dict(zip(plan.key_names, chunk))
+        self.ts_chunks: list[int] = []
+        nk, statuses = len(plan.key_names), len(chunk)  # the first view's status chunk follows every group's
         for vi, view in enumerate(plan.views):
-            ts = first[view_ts[vi][0]] + view_ts[vi][1]
+            ts, nk = chunk[nk], nk + 1
+            self.ts_chunks.append(ts)
             for name in view.out_names:
-                chunk[name] = first[place[name][0]] + place[name][1]
-                chunk[name + STATUS_SUFFIX], chunk[name + EVENT_TS_SUFFIX] = statuses + vi, ts
-        for name in plan.names:
-            fields += [pa.field(name, types_of[name]), pa.field(name + STATUS_SUFFIX, status_type),
-                       pa.field(name + EVENT_TS_SUFFIX, ts_type)]
-        self.columns = [chunk[c] for c in plan.column_names]
-        self.schema = pa.schema(fields)
+                at[name], nk = chunk[nk], nk + 1
+                at[name + STATUS_SUFFIX], at[name + EVENT_TS_SUFFIX] = statuses + vi, ts
+        self.columns = [at[c] for c in plan.column_names]
+        status_type = _all_present(0).type
+        self.schema = pa.schema(
+            [pa.field(k, arrow_type(plan.key_types[k])) for k in plan.key_names]
+            + [field for name in plan.names for field in (pa.field(name, arrow_type(plan.dtypes[name])),
+                                                          pa.field(name + STATUS_SUFFIX, status_type),
+                                                          pa.field(name + EVENT_TS_SUFFIX, self.ts_type))])
 
 
-_EVENT_TS_GROUP = "__event_ts"
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
+#: `array.array` type codes of the logical types whose values `_group_array` may copy into a buffer as they are
+_TYPECODES = {types.INT: "q", types.FLOAT: "d"}
+
+
+def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | None) -> pa.Array:
+    """One `to_arrow` group as an Arrow array. Ints and floats with no null are copied by `array.array` into a
+    buffer that the array wraps (half of `pa.array`'s time for a few values, bench/README.md); a null, or a
+    value the buffer's type does not take (a float among ints, an int beyond 64 bits), leaves the conversion
+    to `pa.array`, with its result and errors."""
+    import pyarrow as pa
+
+    if typecode is not None:
+        try:
+            buffer = array.array(typecode, values)
+        except (TypeError, OverflowError):
+            pass
+        else:
+            return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(buffer)])
+    return pa.array(values, arrow_type_)
 
 
 def _status_array(codes: list[int]) -> pa.Array:
