@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from itertools import repeat
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -590,24 +590,33 @@ class _ArrowLayout:
 
 
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
-#: `array.array` type codes of the logical types whose values `_group_array` may copy into a buffer as they are
-_TYPECODES = {types.INT: "q", types.FLOAT: "d"}
+#: How `_group_array` copies a group of a logical type into buffers itself: `array.array` type codes of the
+#: fixed-width ones, "s" for strings
+_TYPECODES = {types.INT: "q", types.FLOAT: "d", types.STRING: "s"}
+#: Up to this many strings a string group is encoded by `_group_array`; beyond, `pa.array` is faster
+_FEW_STRINGS = 16
 
 
 def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | None) -> pa.Array:
     """One `to_arrow` group as an Arrow array. Ints and floats with no null are copied by `array.array` into a
-    buffer that the array wraps (half of `pa.array`'s time for a few values, bench/README.md); a null, or a
-    value the buffer's type does not take (a float among ints, an int beyond 64 bits), leaves the conversion
-    to `pa.array`, with its result and errors."""
+    buffer that the array wraps, a few strings are encoded and their offsets summed here: for the few values of
+    a one-entity read this takes half of `pa.array`'s time (bench/README.md). A null, or a value the buffer's
+    type does not take (a float among ints, an int beyond 64 bits, a lone surrogate), leaves the conversion to
+    `pa.array`, with its result and errors. (A bool among ints would be 0 or 1 here where `pa.array` refuses
+    it; no sync writes one: an int feature is a warehouse integer column.)"""
     import pyarrow as pa
 
-    if typecode is not None:
-        try:
-            buffer = array.array(typecode, values)
-        except (TypeError, OverflowError):
-            pass
-        else:
-            return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(buffer)])
+    try:
+        if typecode == "s":
+            if len(values) <= _FEW_STRINGS:
+                encoded = list(map(str.encode, values))
+                offsets = array.array("i", accumulate(map(len, encoded), initial=0))
+                return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(offsets),
+                                                                        pa.py_buffer(b"".join(encoded))])
+        elif typecode is not None:
+            return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(array.array(typecode, values))])
+    except (TypeError, OverflowError, UnicodeEncodeError):
+        pass
     return pa.array(values, arrow_type_)
 
 
