@@ -573,12 +573,13 @@ class _ArrowLayout:
         chunk = [first[g] + position for g, position in taken]
         at = dict(zip(plan.key_names, chunk))
         self.ts_chunks: list[int] = []
-        nk, statuses = len(plan.key_names), len(chunk)  # the first view's status chunk follows every group's
+        taking = iter(chunk[len(plan.key_names):])  # the views' columns, in taking order
+        statuses = len(chunk)  # the first view's status chunk follows every group's
         for vi, view in enumerate(plan.views):
-            ts, nk = chunk[nk], nk + 1
+            ts = next(taking)
             self.ts_chunks.append(ts)
             for name in view.out_names:
-                at[name], nk = chunk[nk], nk + 1
+                at[name] = next(taking)
                 at[name + STATUS_SUFFIX], at[name + EVENT_TS_SUFFIX] = statuses + vi, ts
         self.columns = [at[c] for c in plan.column_names]
         status_type = _all_present(0).type
