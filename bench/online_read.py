@@ -22,6 +22,7 @@ used, the machine's load average, and writes `bench/results/online_read.json`.
 
     python bench/online_read.py                         # 50k customers, 5 x 2,000 calls per shape
     python bench/online_read.py --customers 1000000     # the figures in docs/serving.md
+    python bench/online_read.py --project DIR --arrow-ref main   # + Arrow shaped by main's to_arrow, paired
 """
 
 from __future__ import annotations
@@ -118,6 +119,22 @@ def raw_reader(client: redis.Redis, prefix: str, views: list[tuple[str, str, tup
     return read
 
 
+def reader_at(ref: str):
+    """featuremart/online/reader.py as it is in git `ref`, imported as a module of its own (its `to_arrow` applies
+    to this checkout's results while their internals agree; the bench checks it gives the same table)."""
+    import importlib.util
+    import subprocess
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:featuremart/online/reader.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="fm-reader-")) / "reader_at_ref.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("reader_at_ref", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0  # µs
 
@@ -159,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="call gc.freeze() after the warm-up (what a long-running service can do)")
     parser.add_argument("--project", type=Path, default=None,
                         help="an already built reference project to reuse (skips generate + dbt build)")
+    parser.add_argument("--arrow-ref", default=None,
+                        help="also time the Arrow API with `to_arrow` as it is in this git ref (e.g. main), on this "
+                             "checkout's reads: a paired before/after of the Arrow shaping alone")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online_read.json")
     redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -229,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
                 "featuremart arrow": lambda b: fs.get_online_features_arrow(b, **fraud),
             }, batches_100),
         }
+        if args.arrow_ref:
+            to_arrow = reader_at(args.arrow_ref).OnlineResult.to_arrow
+            for (contenders, _), kw in zip(shapes.values(), (one, fraud)):
+                contenders[f"arrow @{args.arrow_ref}"] = lambda b, kw=kw: to_arrow(fs.reader.read(b, **kw))
+            assert to_arrow(fs.reader.read(batches_100[0], **fraud)).equals(
+                fs.get_online_features_arrow(batches_100[0], **fraud))
         for contenders, batches in shapes.values():  # warm up: plans cached, connections open, pyarrow loaded
             for fn in contenders.values():
                 for batch in batches[:200]:

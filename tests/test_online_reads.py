@@ -439,3 +439,38 @@ def test_record_builder_takes_any_name_as_data():
     assert _record_builder(names)(*range(6)) == dict(zip(names, range(6)))
     many = [f"f{i}" for i in range(5000)]
     assert _record_builder(many)(*range(5000)) == dict(zip(many, range(5000)))
+
+
+def test_arrow_types_and_values_are_the_records_for_every_status_and_type(synced):
+    """`to_arrow` fills the groups laid out once per plan and assembles the table against the plan's cached
+    schema (pyarrow casts a column to the schema's type silently, so a wrong cached type would change the
+    table, not fail): every type, nulls, a missing entity and an expired view, one entity and a batch, read back
+    column by column and compared with the records API, with the exact Arrow types and the statuses' full
+    three-value dictionary."""
+    now = BALANCE_EVENT + TTL + timedelta(microseconds=1)  # balances just past its ttl, all_types within it
+    features = ["all_types.*", "balances.balance"]
+    batch = [{"thing_id": "a", "account_id": 7}, {"thing_id": "c", "account_id": 8},
+             {"thing_id": "nobody", "account_id": 7}, {"thing_id": ODD_KEY, "account_id": 8}]
+    value_types = {"f_int": pa.int64(), "f_float": pa.float64(), "f_whole": pa.float64(), "f_bool": pa.bool_(),
+                   "f_str": pa.string(), "f_big": pa.string(), "f_ts": pa.timestamp("us", tz="UTC"),
+                   "f_date": pa.date32(), "f_vec": pa.list_(pa.float64()), "f_ints": pa.list_(pa.int64()),
+                   "f_strs": pa.list_(pa.string()), "balance": pa.float64()}
+    status_type, ts_type = pa.dictionary(pa.int8(), pa.string()), pa.timestamp("us", tz="UTC")
+    expected_schema = pa.schema([("thing_id", pa.string()), ("account_id", pa.int64()),
+                                 *((c, t) for name, vt in value_types.items()
+                                   for c, t in ((name, vt), (name + "__status", status_type),
+                                                (name + "__event_ts", ts_type)))])
+    for entities in (batch[:1], batch, batch[2:3], batch * 30):
+        result = synced.reader.read(entities, features=features, now=now)
+        table, records = result.to_arrow(), result.to_records()
+        assert table.schema == expected_schema
+        assert table.num_rows == len(entities)
+        assert table.column("thing_id").to_pylist() == [e["thing_id"] for e in entities]
+        for name in value_types:
+            assert table.column(name).to_pylist() == [r[name].value for r in records], name
+            assert table.column(name + "__status").to_pylist() == [r[name].status for r in records], name
+            assert table.column(name + "__event_ts").to_pylist() == [r[name].event_ts for r in records], name
+            for chunk in table.column(name + "__status").chunks:
+                assert chunk.dictionary.to_pylist() == [PRESENT, MISSING, EXPIRED], name
+    assert {r["f_int"].status for r in records} == {PRESENT, MISSING} and \
+        {r["balance"].status for r in records} == {EXPIRED, MISSING}

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import array
 import functools
 import operator
 import os
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from itertools import repeat
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -196,6 +197,15 @@ class _Plan:
         #: every join key is a string key (then `keys` may check and format a batch column by column)
         self.string_keys = all(key_types[k] == types.STRING for k in self.key_names)
         self.known = frozenset(k for e in registry.entities.values() for k, _ in e.join_keys) | self.needed
+        self._arrow: _ArrowLayout | None = None
+
+    def arrow_layout(self) -> _ArrowLayout:
+        """The plan's Arrow layout and schema, made on the first `to_arrow` (pyarrow is imported only then);
+        two threads making it at once make equal ones."""
+        layout = self._arrow
+        if layout is None:
+            layout = self._arrow = _ArrowLayout(self)
+        return layout
 
     def keys(self, entities: Sequence[Mapping[str, Any]]) -> list[str]:
         """The registry id key, then for each entity the key of each view (entity-major)."""
@@ -474,62 +484,148 @@ class OnlineResult:
         """The same columns as `to_columns`, as a `pyarrow.Table` with typed columns: values as their logical
         type (`arrow_type`), statuses as dictionary-encoded strings, event times as timestamp[us, UTC].
 
-        Built with one `pa.array` per Arrow type (the entity keys and values of every column of that type end
-        to end; every view's status codes; every view's event times in µs), then sliced into columns: a
-        `pa.array` call costs several µs whatever its length, and a one-entity read of 10 features has 31
-        columns, so one call per column was 2x a raw read (bench/README.md). A view's status and event time
-        columns are one slice shared by its features (Arrow arrays are immutable)."""
+        Built with one Arrow array per group (per Arrow type: the entity keys and values of every column of
+        that type end to end, the views' event times in µs with the int64 values; the status codes of the views
+        not all present), then sliced into columns: an array costs several µs whatever its length, and a
+        one-entity read of 10 features has 31 columns, so one per column was 2x a raw read (bench/README.md).
+        Which values go where, and the schema, are the plan's (`_ArrowLayout`, made once per plan): a read only
+        fills the groups, converts and slices them, and assembles the table against the cached schema. A view's
+        status and event time columns are one array shared by its features (Arrow arrays are immutable)."""
         import pyarrow as pa
 
-        plan = self._plan
+        layout = self._plan.arrow_layout()
         n = len(self._entities)
-        groups: dict[str, list[Any]] = {}  # logical type (or status / event time) -> its columns' values
-        spans: dict[str, tuple[str, int]] = {}  # column name -> (its group, its offset in the group)
-
-        def add(group: str, values: list[Any]) -> tuple[str, int]:
-            buffer = groups.setdefault(group, [])
-            offset = len(buffer)
-            buffer += values
-            return group, offset
-
-        for k, values in self._key_columns().items():
-            spans[k] = add(plan.key_types[k], values)
-        for view, status, rows, others in self._view_columns():
+        # filled in the order the layout took the columns: join keys, then per view its event times and values
+        groups: list[list[Any]] = [[] for _ in layout.groups]
+        for group, values in zip(layout.key_groups, self._key_columns().values()):
+            groups[group] += values
+        statuses: list[int | None] = []
+        codes: list[int] = []
+        for (view, status, rows, others), ts_group, value_groups in zip(self._view_columns(), layout.ts_groups,
+                                                                         layout.value_groups):
+            groups[ts_group] += map(_FIRST, rows)
+            for getter, group in zip(view.getters, value_groups):
+                if others:  # missing rows are blank already; expired ones hold a value not served
+                    values = list(map(getter, rows))
+                    for i, _ in others:
+                        values[i] = None
+                    groups[group] += values
+                else:
+                    groups[group] += map(getter, rows)
             if others:
-                status_span = add(_STATUS_GROUP, list(map(_STATUS_CODE.__getitem__, status)))
+                statuses.append(len(codes))
+                codes += map(_STATUS_CODE.__getitem__, status)
             else:  # all present (the common case): one cached array per length
-                status_span = _ALL_PRESENT, 0
-            ts_span = add(_EVENT_TS_GROUP, list(map(_FIRST, rows)))
-            for name, getter in zip(view.out_names, view.getters):
-                values = list(map(getter, rows))
-                for i, _ in others:  # missing rows are blank already; expired ones hold a value not served
-                    values[i] = None
-                spans[name] = add(plan.dtypes[name], values)
-                spans[name + STATUS_SUFFIX], spans[name + EVENT_TS_SUFFIX] = status_span, ts_span
-        arrays = {group: _arrow_array(group, values) for group, values in groups.items()}
-        arrays[_ALL_PRESENT] = _all_present(n)
-        columns: dict[tuple[str, int], pa.Array] = {}
-        for span in spans.values():
-            if span not in columns:
-                array = arrays[span[0]]
-                columns[span] = array if len(array) == n else array.slice(span[1], n)
-        # through a record batch: a third cheaper than Table.from_arrays for 31 one-row columns
-        return pa.Table.from_batches([pa.RecordBatch.from_arrays([columns[spans[c]] for c in plan.column_names],
-                                                                 names=plan.column_names)])
+                statuses.append(None)
+        chunks: list[pa.Array] = []
+        for (arrow_type_, typecode, count), values in zip(layout.groups, groups):
+            array_ = _group_array(values, arrow_type_, typecode)
+            chunks += [array_] if count == 1 else [array_.slice(k * n, n) for k in range(count)]
+        for at in layout.ts_chunks:
+            chunks[at] = chunks[at].view(layout.ts_type)
+        if codes:
+            coded = _status_array(codes)
+            chunks += [_all_present(n) if at is None else coded.slice(at, n) for at in statuses]
+        else:
+            chunks += [_all_present(n)] * len(statuses)
+        # through a record batch against the cached schema: a third cheaper than Table.from_arrays, and no field
+        # is built from a name
+        batch = pa.RecordBatch.from_arrays(list(map(chunks.__getitem__, layout.columns)), schema=layout.schema)
+        return pa.Table.from_batches([batch], layout.schema)
 
 
-_STATUS_GROUP, _EVENT_TS_GROUP, _ALL_PRESENT = "__status", "__event_ts", "__all_present"
+class _ArrowLayout:
+    """Where `OnlineResult.to_arrow` puts each value, per plan: its groups (one Arrow array each: the join keys
+    and feature values of one logical type in column order, the views' event times, as µs, in the int group),
+    each column's chunk, and the table's schema.
+
+    Per read, the chunks are every group's columns in order (a group of one column is its whole array, else one
+    slice of `n` values per column; the event time chunks viewed as timestamp[us, UTC]), then one status array
+    per view; `columns[j]` is the chunk of the table's column j (`_Plan.column_names`). `to_arrow` fills the
+    groups in the order the columns are taken here."""
+
+    def __init__(self, plan: _Plan):
+        import pyarrow as pa
+
+        self.ts_type = arrow_type(types.TIMESTAMP)
+        group_of: dict[str, int] = {}
+        counts: list[int] = []
+
+        def take(dtype: str) -> int:
+            """A column of logical type `dtype`: its group; records its chunk (the group's next column)."""
+            group = group_of.setdefault(dtype, len(group_of))
+            if group == len(counts):
+                counts.append(0)
+            taken.append((group, counts[group]))
+            counts[group] += 1
+            return group
+
+        taken: list[tuple[int, int]] = []  # (group, position in the group) of every column, in taking order
+        self.key_groups = [take(plan.key_types[k]) for k in plan.key_names]
+        self.ts_groups: list[int] = []
+        self.value_groups: list[tuple[int, ...]] = []
+        for view in plan.views:
+            self.ts_groups.append(take(types.INT))
+            self.value_groups.append(tuple(take(plan.dtypes[name]) for name in view.out_names))
+        dtypes = list(group_of)
+        self.groups = [(arrow_type(t), _TYPECODES.get(t), c) for t, c in zip(dtypes, counts)]
+        first = [sum(counts[:g]) for g in range(len(counts))]  # each group's first chunk
+        chunk = [first[g] + position for g, position in taken]
+        at = dict(zip(plan.key_names, chunk))
+        self.ts_chunks: list[int] = []
+        taking = iter(chunk[len(plan.key_names):])  # the views' columns, in taking order
+        statuses = len(chunk)  # the first view's status chunk follows every group's
+        for vi, view in enumerate(plan.views):
+            ts = next(taking)
+            self.ts_chunks.append(ts)
+            for name in view.out_names:
+                at[name] = next(taking)
+                at[name + STATUS_SUFFIX], at[name + EVENT_TS_SUFFIX] = statuses + vi, ts
+        self.columns = [at[c] for c in plan.column_names]
+        status_type = _all_present(0).type
+        self.schema = pa.schema(
+            [pa.field(k, arrow_type(plan.key_types[k])) for k in plan.key_names]
+            + [field for name in plan.names for field in (pa.field(name, arrow_type(plan.dtypes[name])),
+                                                          pa.field(name + STATUS_SUFFIX, status_type),
+                                                          pa.field(name + EVENT_TS_SUFFIX, self.ts_type))])
+
+
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
+#: How `_group_array` copies a group of a logical type into buffers itself: `array.array` type codes of the
+#: fixed-width ones, "s" for strings
+_TYPECODES = {types.INT: "q", types.FLOAT: "d", types.STRING: "s"}
+#: Up to this many strings a string group is encoded by `_group_array`; beyond, `pa.array` is faster
+_FEW_STRINGS = 16
 
 
-def _arrow_array(group: str, values: list[Any]) -> pa.Array:
-    """One Arrow array of a `to_arrow` group: status codes as indices into the three statuses (3x faster than
-    dictionary_encode), event times straight from µs, values as their logical type."""
+def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | None) -> pa.Array:
+    """One `to_arrow` group as an Arrow array. Ints and floats with no null are copied by `array.array` into a
+    buffer that the array wraps, a few strings are encoded and their offsets summed here: for the few values of
+    a one-entity read this takes half of `pa.array`'s time (bench/README.md). A null, or a value the buffer's
+    type does not take (a float among ints, an int beyond 64 bits, a lone surrogate), leaves the conversion to
+    `pa.array`, with its result and errors. (A bool among ints would be 0 or 1 here where `pa.array` refuses
+    it; no sync writes one: an int feature is a warehouse integer column.)"""
     import pyarrow as pa
 
-    if group == _STATUS_GROUP:
-        return pa.DictionaryArray.from_arrays(pa.array(values, pa.int8()), _status_dictionary())
-    return pa.array(values, arrow_type(types.TIMESTAMP if group == _EVENT_TS_GROUP else group))
+    try:
+        if typecode == "s":
+            if len(values) <= _FEW_STRINGS:
+                encoded = list(map(str.encode, values))
+                offsets = array.array("i", accumulate(map(len, encoded), initial=0))
+                return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(offsets),
+                                                                        pa.py_buffer(b"".join(encoded))])
+        elif typecode is not None:
+            return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(array.array(typecode, values))])
+    except (TypeError, OverflowError, UnicodeEncodeError):
+        pass
+    return pa.array(values, arrow_type_)
+
+
+def _status_array(codes: list[int]) -> pa.Array:
+    """Status codes as a dictionary array of the three statuses (3x faster than dictionary_encode)."""
+    import pyarrow as pa
+
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), _status_dictionary())
 
 
 @functools.lru_cache(maxsize=None)
@@ -542,7 +638,7 @@ def _status_dictionary() -> pa.Array:
 @functools.lru_cache(maxsize=64)
 def _all_present(n: int) -> pa.Array:
     """A status column of `n` present values; shared between results (Arrow arrays are immutable)."""
-    return _arrow_array(_STATUS_GROUP, [_STATUS_CODE[PRESENT]] * n)
+    return _status_array([_STATUS_CODE[PRESENT]] * n)
 
 
 @functools.lru_cache(maxsize=None)
