@@ -186,6 +186,9 @@ class ServedLog:
         self._start_writer()
         atexit.register(self.close)
 
+    #: the module run as the writer process (bench/logging_discard_sink.py swaps in one that writes nothing)
+    sink_module = "featuremart.servedlog.sink"
+
     def _start_writer(self) -> None:
         """Start a writer process and its listener thread, and send to it from now on."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -197,7 +200,7 @@ class ServedLog:
         root = str(Path(__file__).resolve().parents[2])  # the child imports this featuremart, however we did
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
         process = subprocess.Popen(
-            [sys.executable, "-m", "featuremart.servedlog.sink", str(theirs.fileno()), str(self.directory),
+            [sys.executable, "-m", self.sink_module, str(theirs.fileno()), str(self.directory),
              str(self.max_buffered_rows), str(self.flush_seconds)],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
