@@ -108,6 +108,12 @@ class Discarding(ServedLog):
     sink_module = "bench.logging_discard_sink"
 
 
+class Idle(ServedLog):
+    """This log with its writer process under SCHED_IDLE."""
+
+    sink_module = "bench.logging_idle_sink"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=20_000, help="customers in the generated data")
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--discard", action="store_true",
                         help="also time 'on-discard': this log with a writer process that writes nothing "
                              "(bench/logging_discard_sink.py), the reading process's share of the cost alone")
+    parser.add_argument("--idle", action="store_true",
+                        help="also time 'on-idle': this log with its writer process under SCHED_IDLE "
+                             "(bench/logging_idle_sink.py)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the run (default Python's 0.005 s): a tail that moves with "
                              "it is a thread of the reading process holding the GIL")
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         contenders = {"off": None, "on": ServedLog}
         if args.discard:
             contenders["on-discard"] = Discarding
+        if args.idle:
+            contenders["on-idle"] = Idle
         if args.compare_ref:
             contenders[f"on@{args.compare_ref}"] = writer_at(args.compare_ref, Path(tmp))
         names = list(contenders)

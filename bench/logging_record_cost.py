@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import redis_check  # noqa: E402
 from bench.logging_overhead import Discarding  # noqa: E402
-from bench.online_read import sample_pairs  # noqa: E402
+from bench.online_read import sample_pairs, spread  # noqa: E402
 from featuremart import FeatureStore  # noqa: E402
 
 
@@ -63,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             records = [t / args.number * 1e6 for t in timeit.repeat(
                 lambda: log.record(*call), number=args.number, repeat=args.repeat, timer=time.thread_time)]
             log.flush()
-            reads.sort(), records.sort()
-            mid = args.repeat // 2
-            print(f"{n:>3} entities: read (logged) {reads[mid]:.1f} us [{reads[0]:.1f}-{reads[-1]:.1f}] (wall), "
-                  f"record() {records[mid]:.2f} us of CPU [{records[0]:.2f}-{records[-1]:.2f}] "
-                  f"= {records[mid] / reads[mid]:.1%} of the read")
+            read, record = spread(reads), spread(records)
+            print(f"{n:>3} entities: read (logged) {read['median']:.1f} us [{read['min']:.1f}-{read['max']:.1f}] "
+                  f"(wall), record() {record['median']:.2f} us of CPU [{record['min']:.2f}-{record['max']:.2f}] "
+                  f"= {record['median'] / read['median']:.1%} of the read")
         print(f"load average {os.getloadavg()[0]:.2f}; dropped {log.stats().dropped_rows}")
         log.close()
         fs.close()

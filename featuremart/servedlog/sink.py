@@ -9,7 +9,9 @@ directory never sees half a file, and no row is written twice. It answers with i
 after every write and every flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
 
 It runs in its own process so that its Python work never holds the serving process's GIL (docs/flywheel.md has
-the measurement behind this).
+the measurement behind this), and under SCHED_IDLE while it keeps up (`_Priority`): a read waking up (or Redis
+answering it) takes the core from it at once, instead of waiting out a batch's Arrow and Parquet work, which made
+the reads' p99 tail.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SOCKET_BYTES
+from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SOCKET_BYTES, set_policy
 
 #: Rows built into one Arrow batch at a time.
 CHUNK_ROWS = 65_536
+#: Behind: at least this many bytes arrived at once (16 of the serving process's 64 KB sends), or a wait that
+#: ended this many seconds late; the writer then runs at normal priority until one wake-up finds at most
+#: CAUGHT_UP_BYTES waiting (`_Priority`).
+BEHIND_BYTES, BEHIND_SECONDS, CAUGHT_UP_BYTES = 1 << 20, 0.25, 128 << 10
 _EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
 _NAMES = [name for name, _ in FILE_COLUMNS]
@@ -59,10 +65,13 @@ class Sink:
         self.spec_columns: tuple[list[str], list[str], list[str]] = ([], [], [])
         self.pending: list[tuple[str, pa.Table, int]] = []  # tables whose write failed, retried at the next write
         self.held = 0  # log rows received, not yet written or dropped
-        self.counts = dict.fromkeys(("written", "dropped", "files", "errors"), 0)
+        self.counts = dict.fromkeys(("written", "dropped", "files", "errors", "behind"), 0)
         self.last_error: str | None = None
         self.failing = False
         self.seq = 0
+        self.taken = 0  # bytes turned into messages at the last wake-up
+        self.behind = False
+        self.priority = _Priority()
 
     # -- receiving --------------------------------------------------------------------------------------------
     def receive(self) -> None:
@@ -118,6 +127,7 @@ class Sink:
                 chunks.append(chunk)
         data = b"".join(chunks)
         view, position, size = memoryview(data), 0, len(data)
+        self.taken = size
         while size - position >= _LENGTH.size:
             length = _LENGTH.unpack_from(data, position)[0]
             start = position + _LENGTH.size
@@ -202,8 +212,15 @@ class Sink:
         deadline = time.monotonic() + flush_seconds
         while True:
             self.arrived.wait(max(0.0, deadline - time.monotonic()))
+            late = time.monotonic() - deadline  # > 0: woken after the deadline it waited for (starved of CPU)
             self.arrived.clear()
             closed, tokens = self.take()
+            if self.taken >= BEHIND_BYTES or late >= BEHIND_SECONDS:
+                self.counts["behind"] += not self.behind
+                self.behind = True
+            elif self.taken <= CAUGHT_UP_BYTES:
+                self.behind = False
+            self.priority.set(idle=not self.behind)
             # on time, and whenever it holds half the budget: rows waiting for the clock count against the
             # serving process's budget, which a full-speed reader filled in about 2 s at 100 entities
             if closed or tokens or time.monotonic() >= deadline or self.held >= self.max_rows // 2:
@@ -213,6 +230,48 @@ class Sink:
                 deadline = time.monotonic() + flush_seconds
             if closed:
                 return
+
+
+class _Priority:
+    """The writer process's threads (its own, Arrow's, jemalloc's) under SCHED_IDLE (`set(idle=True)`), so that
+    any read or Redis waking up preempts it, and back at normal priority while it is behind (`set(idle=False)`),
+    so that a busy machine does not starve it into dropping rows; one starved too long to notice is put back at
+    normal priority by the serving process (`ServedLog._listen`, when a read finds the socket full). Linux only,
+    and only where a thread may leave SCHED_IDLE again (root, or RLIMIT_NICE of 20 or more: probed once by a
+    thread of its own); elsewhere the writer stays at normal priority."""
+
+    def __init__(self) -> None:
+        self.idle = False
+        self.able = _can_leave_idle()
+
+    def set(self, idle: bool) -> None:
+        if not self.able or idle == self.idle and (not idle or os.sched_getscheduler(0) == os.SCHED_IDLE):
+            return  # (the serving process may have put it back at normal priority meanwhile)
+        self.idle = idle
+        try:
+            set_policy("self", "IDLE" if idle else "OTHER")
+        except OSError:  # refused after all: normal priority (as far as allowed) from now on
+            self.able = self.idle = False
+            with contextlib.suppress(OSError):
+                set_policy("self", "OTHER")
+
+
+def _can_leave_idle() -> bool:
+    """Whether a thread of this process may go to SCHED_IDLE and back (tried by a short-lived thread)."""
+    able: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            able.append(True)
+        except (AttributeError, OSError):  # not Linux, or not allowed back
+            pass
+
+    thread = threading.Thread(target=probe, name="featuremart-served-log-probe")
+    thread.start()
+    thread.join()
+    return bool(able)
 
 
 class _Day:
