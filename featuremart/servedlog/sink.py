@@ -42,9 +42,11 @@ from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SOCKET_BYTES, se
 #: Rows built into one Arrow batch at a time.
 CHUNK_ROWS = 65_536
 #: Behind: at least this many bytes arrived at once (16 of the serving process's 64 KB sends), or a wait that
-#: ended this many seconds late; the writer then runs at normal priority until one wake-up finds at most
-#: CAUGHT_UP_BYTES waiting (`_Priority`).
-BEHIND_BYTES, BEHIND_SECONDS, CAUGHT_UP_BYTES = 1 << 20, 0.25, 128 << 10
+#: ended this many seconds late, or the serving process put it back at normal priority (its socket full); the
+#: writer then runs at normal priority until one wake-up finds at most
+#: CAUGHT_UP_BYTES waiting, and not before BEHIND_HOLD_SECONDS (on a busy machine, an idle writer that went
+#: back to SCHED_IDLE at once fell behind again and dropped rows: 254,400 at load 14, bench/README.md).
+BEHIND_BYTES, BEHIND_SECONDS, CAUGHT_UP_BYTES, BEHIND_HOLD_SECONDS = 1 << 20, 0.25, 128 << 10, 5.0
 _EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
 _NAMES = [name for name, _ in FILE_COLUMNS]
@@ -70,7 +72,7 @@ class Sink:
         self.failing = False
         self.seq = 0
         self.taken = 0  # bytes turned into messages at the last wake-up
-        self.behind = False
+        self.behind, self.behind_until = False, 0.0
         self.priority = _Priority()
 
     # -- receiving --------------------------------------------------------------------------------------------
@@ -215,10 +217,11 @@ class Sink:
             late = time.monotonic() - deadline  # > 0: woken after the deadline it waited for (starved of CPU)
             self.arrived.clear()
             closed, tokens = self.take()
-            if self.taken >= BEHIND_BYTES or late >= BEHIND_SECONDS:
+            now = time.monotonic()
+            if self.taken >= BEHIND_BYTES or late >= BEHIND_SECONDS or self.priority.lifted():
                 self.counts["behind"] += not self.behind
-                self.behind = True
-            elif self.taken <= CAUGHT_UP_BYTES:
+                self.behind, self.behind_until = True, now + BEHIND_HOLD_SECONDS
+            elif self.taken <= CAUGHT_UP_BYTES and now >= self.behind_until:
                 self.behind = False
             self.priority.set(idle=not self.behind)
             # on time, and whenever it holds half the budget: rows waiting for the clock count against the
@@ -245,8 +248,8 @@ class _Priority:
         self.able = _can_leave_idle()
 
     def set(self, idle: bool) -> None:
-        if not self.able or idle == self.idle and (not idle or os.sched_getscheduler(0) == os.SCHED_IDLE):
-            return  # (the serving process may have put it back at normal priority meanwhile)
+        if not self.able or idle == self.idle:
+            return
         self.idle = idle
         try:
             set_policy("self", "IDLE" if idle else "OTHER")
@@ -254,6 +257,11 @@ class _Priority:
             self.able = self.idle = False
             with contextlib.suppress(OSError):
                 set_policy("self", "OTHER")
+
+
+    def lifted(self) -> bool:
+        """Whether the serving process put this idle writer back at normal priority (it found the socket full)."""
+        return self.idle and os.sched_getscheduler(0) != os.SCHED_IDLE
 
 
 def _can_leave_idle() -> bool:
