@@ -109,9 +109,10 @@ class Discarding(ServedLog):
 
 
 class Idle(ServedLog):
-    """This log with its writer process under SCHED_IDLE."""
+    """This log with `idle_writer=True`: its writer process under SCHED_IDLE while it keeps up."""
 
-    sink_module = "bench.logging_idle_sink"
+    def __init__(self, directory, **kwargs):
+        super().__init__(directory, idle_writer=True, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time 'on-discard': this log with a writer process that writes nothing "
                              "(bench/logging_discard_sink.py), the reading process's share of the cost alone")
     parser.add_argument("--idle", action="store_true",
-                        help="also time 'on-idle': this log with its writer process under SCHED_IDLE "
-                             "(bench/logging_idle_sink.py)")
+                        help="also time 'on-idle': this log with idle_writer=True (its writer process under "
+                             "SCHED_IDLE while it keeps up)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the run (default Python's 0.005 s): a tail that moves with "
                              "it is a thread of the reading process holding the GIL")

@@ -312,6 +312,7 @@ def test_writer_process_killed_is_restarted_reads_go_on_and_the_loss_is_counted(
     log = ServedLog(tmp_path / "logs", flush_seconds=3600).attach(synced.reader)
     serve_labels(synced, txns[:2])
     assert log.flush() and log.stats().written_rows == 16
+    assert writer_policies(log._process.pid) == {os.SCHED_OTHER}  # idle_writer is off by default
     serve_labels(synced, txns[2:4])  # 16 rows in flight when the writer dies
     first = log._process
     os.kill(first.pid, 9)
@@ -345,12 +346,13 @@ def test_writer_stalled_under_a_full_speed_reader_loses_nothing(synced, tmp_path
     let go: the rows wait, within the budget, and every one is written once (read back by DuckDB). The budget is
     raised from its default 1M rows: a quiet machine's full-speed reader logs about 900k rows a second here, and
     this test is about the hand-off losing nothing, not about the budget (test_sink_gone... covers that).
-    Keeping up, the writer runs under SCHED_IDLE (where this machine lets a thread come back from it); the stall
+    With idle_writer=True, keeping up, the writer runs under SCHED_IDLE (where this machine lets a thread come
+    back from it); the stall
     makes it fall behind, which it counts (`writer_behind`), running at normal priority until it caught up."""
     pairs = [{"customer_id": c, "merchant_id": m} for _, c, m in labels(synced.project.project_dir, 300)]
     batches = [pairs[i:i + 100] for i in range(0, 300, 100)]
-    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2, max_buffered_rows=10_000_000).attach(
-        synced.reader)
+    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2, max_buffered_rows=10_000_000,
+                    idle_writer=True).attach(synced.reader)
     assert log.flush()
     if sink._can_leave_idle():
         assert writer_policies(log._process.pid) == {os.SCHED_IDLE}

@@ -1,6 +1,6 @@
 """The served-feature log's writer process: records in, Parquet files out (run by `ServedLog`, never by hand).
 
-`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a stream socket
+`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS idle|normal`: FD is this end of a stream socket
 pair carrying length-prefixed messages, one per record or control message, marshalled by the serving process
 (`writer.ServedLog`). A receiver thread only moves what arrived off the socket (all of it, in one call), so the
 serving process finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one
@@ -9,9 +9,10 @@ directory never sees half a file, and no row is written twice. It answers with i
 after every write and every flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
 
 It runs in its own process so that its Python work never holds the serving process's GIL (docs/flywheel.md has
-the measurement behind this), and under SCHED_IDLE while it keeps up (`_Priority`): a read waking up (or Redis
-answering it) takes the core from it at once, instead of waiting out a batch's Arrow and Parquet work, which made
-the reads' p99 tail.
+the measurement behind this). With `ServedLog(idle_writer=True)` it runs under SCHED_IDLE while it keeps up
+(`_Priority`): a read waking up (or Redis answering it) takes the core from it at once, instead of waiting out a
+batch's Arrow and Parquet work, which is where the reads' p99 tail comes from; not the default, since on a loaded
+machine it was not shown to help and dropped rows (docs/flywheel.md).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ _CLOSE = object()  # in the inbox: the socket was closed
 class Sink:
     """The writer: file rows accumulated per UTC date, written by `write`, counted for the serving process."""
 
-    def __init__(self, sock: socket.socket, directory: Path, max_rows: int):
+    def __init__(self, sock: socket.socket, directory: Path, max_rows: int, idle: bool = False):
         self.sock, self.directory, self.max_rows = sock, directory, max_rows
         self.inbox: deque[Any] = deque()
         self.rest = b""  # the start of a message whose end has not arrived yet
@@ -73,7 +74,7 @@ class Sink:
         self.seq = 0
         self.taken = 0  # bytes turned into messages at the last wake-up
         self.behind, self.behind_until = False, 0.0
-        self.priority = _Priority()
+        self.priority = _Priority(idle)
 
     # -- receiving --------------------------------------------------------------------------------------------
     def receive(self) -> None:
@@ -243,9 +244,9 @@ class _Priority:
     and only where a thread may leave SCHED_IDLE again (root, or RLIMIT_NICE of 20 or more: probed once by a
     thread of its own); elsewhere the writer stays at normal priority."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: bool) -> None:
         self.idle = False
-        self.able = _can_leave_idle()
+        self.able = wanted and _can_leave_idle()
 
     def set(self, idle: bool) -> None:
         if not self.able or idle == self.idle:
@@ -257,7 +258,6 @@ class _Priority:
             self.able = self.idle = False
             with contextlib.suppress(OSError):
                 set_policy("self", "OTHER")
-
 
     def lifted(self) -> bool:
         """Whether the serving process put this idle writer back at normal priority (it found the socket full)."""
@@ -380,13 +380,13 @@ def _ints(values: array) -> pa.Array:
 
 
 def main(argv: list[str]) -> int:
-    fd, directory, max_rows, flush_seconds = argv
+    fd, directory, max_rows, flush_seconds, priority = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server closes us
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(True)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BYTES)
-    Sink(sock, Path(directory), int(max_rows)).run(float(flush_seconds))
+    Sink(sock, Path(directory), int(max_rows), idle=priority == "idle").run(float(flush_seconds))
     return 0
 
 

@@ -144,6 +144,9 @@ class ServedLog:
         max_buffered_rows: the memory budget: rows accepted but not yet written, beyond which reads are not
             logged (and counted in `dropped_rows`).
         flush_seconds: how often the writer process writes what it holds.
+        idle_writer: run the writer process under SCHED_IDLE while it keeps up (Linux, where allowed): an
+            experiment against the reads' p99 tail, not shown to help on a loaded machine, where it can fall
+            behind and drop rows (docs/flywheel.md); off by default.
 
     Example:
         >>> log = ServedLog("data/served_log", services="all").attach(fs.reader)   # doctest: +SKIP
@@ -152,7 +155,7 @@ class ServedLog:
     """
 
     def __init__(self, directory: str | Path, *, services: str | Iterable[str] | None = None,
-                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0):
+                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0, idle_writer: bool = False):
         self.directory = Path(directory).absolute()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,7 @@ class ServedLog:
         self.services = services if services is None or services == "all" else frozenset(services)
         self.max_buffered_rows = max_buffered_rows
         self.flush_seconds = flush_seconds
+        self.idle_writer = idle_writer
         self._count_lock = threading.Lock()  # reads may come from many threads; also guards the socket
         self._counts = dict.fromkeys(("logged", "dropped", "regressions"), 0)
         #: the current writer process's last report (rows written, dropped and held there, files, write errors),
@@ -202,7 +206,7 @@ class ServedLog:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
         process = subprocess.Popen(
             [sys.executable, "-m", self.sink_module, str(theirs.fileno()), str(self.directory),
-             str(self.max_buffered_rows), str(self.flush_seconds)],
+             str(self.max_buffered_rows), str(self.flush_seconds), "idle" if self.idle_writer else "normal"],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         with self._count_lock:
@@ -293,7 +297,7 @@ class ServedLog:
                         if self._outbox and time.monotonic() - self._sent_at >= SEND_SECONDS:
                             self._push()
                         behind = len(self._outbox) >= SEND_BYTES  # a read's send found the socket full
-                    if behind:  # a writer under SCHED_IDLE starved by a busy machine: it runs at normal priority
+                    if behind and self.idle_writer:  # starved under SCHED_IDLE: it runs at normal priority
                         with contextlib.suppress(OSError):  # until it caught up (featuremart.servedlog.sink)
                             set_policy(process.pid, "OTHER")
                     continue
