@@ -102,6 +102,19 @@ def writer_at(ref: str, tmp: Path) -> type:
     return Before
 
 
+class Discarding(ServedLog):
+    """This log with a writer process that unmarshals and counts records but writes nothing."""
+
+    sink_module = "bench.logging_discard_sink"
+
+
+class Idle(ServedLog):
+    """This log with `idle_writer=True`: its writer process under SCHED_IDLE while it keeps up."""
+
+    def __init__(self, directory, **kwargs):
+        super().__init__(directory, idle_writer=True, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=20_000, help="customers in the generated data")
@@ -109,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls-1", type=int, default=20_000, help="timed 1-entity calls per block")
     parser.add_argument("--compare-ref", default=None,
                         help="also time the ServedLog of this git ref (e.g. the commit before the writer process)")
+    parser.add_argument("--discard", action="store_true",
+                        help="also time 'on-discard': this log with a writer process that writes nothing "
+                             "(bench/logging_discard_sink.py), the reading process's share of the cost alone")
+    parser.add_argument("--idle", action="store_true",
+                        help="also time 'on-idle': this log with idle_writer=True (its writer process under "
+                             "SCHED_IDLE while it keeps up)")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval for the run (default Python's 0.005 s): a tail that moves with "
+                             "it is a thread of the reading process holding the GIL")
     parser.add_argument("--reps", type=int, default=7, help="repetitions (each gives one ratio per shape)")
     parser.add_argument("--flush-seconds", type=float, default=2.0,
                         help="the log's flush interval (default 2.0, ServedLog's default; several flushes per block)")
@@ -116,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "logging_overhead.json")
     redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     load_before = [round(x, 2) for x in os.getloadavg()]
     server, redis_info = redis_check.start(args)
 
@@ -145,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
 
         contenders = {"off": None, "on": ServedLog}
+        if args.discard:
+            contenders["on-discard"] = Discarding
+        if args.idle:
+            contenders["on-idle"] = Idle
         if args.compare_ref:
             contenders[f"on@{args.compare_ref}"] = writer_at(args.compare_ref, Path(tmp))
         names = list(contenders)
@@ -178,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                             rows_written=stats.written_rows, rows_dropped=stats.dropped_rows)
                 result["order"] = order
                 reps[shape].append(result)
-            print(f"repetition {rep + 1}/{args.reps} done", flush=True)
+            print(f"repetition {rep + 1}/{args.reps} done, load average {os.getloadavg()[0]:.2f}", flush=True)
         fs.close()
 
     load_after = [round(x, 2) for x in os.getloadavg()]
@@ -222,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "customers": customers, "reps": args.reps, "calls_per_block": calls, "contenders": names,
-        "flush_seconds": args.flush_seconds, "bar_p99": BAR_P99, "bar_writer_capacity": BAR_CAPACITY, "bar_met": ok, "load_average_before": load_before,
+        "flush_seconds": args.flush_seconds, "switch_interval": sys.getswitchinterval(), "bar_p99": BAR_P99, "bar_writer_capacity": BAR_CAPACITY, "bar_met": ok, "load_average_before": load_before,
         "load_average_after": load_after, "cpus": os.cpu_count(), "python": platform.python_version(),
         **redis_info, "summary": summary, "repetitions": reps}, indent=2) + "\n")
     return 0

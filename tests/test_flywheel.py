@@ -25,7 +25,7 @@ from rich.console import Console
 from featuremart.cli import EXIT_BREACH, EXIT_OK, EXIT_USER_ERROR, main
 from featuremart.errors import ServedLogError
 from featuremart.online.reader import OnlineReader
-from featuremart.servedlog import DEFAULT_LOG_DIR, LOG_COLUMNS, ServedLog, request_id
+from featuremart.servedlog import DEFAULT_LOG_DIR, LOG_COLUMNS, ServedLog, request_id, sink
 from featuremart.servedlog.skew import skew_report
 from featuremart.store import FeatureStore
 from tests.conftest import ROOT, dbt
@@ -312,6 +312,7 @@ def test_writer_process_killed_is_restarted_reads_go_on_and_the_loss_is_counted(
     log = ServedLog(tmp_path / "logs", flush_seconds=3600).attach(synced.reader)
     serve_labels(synced, txns[:2])
     assert log.flush() and log.stats().written_rows == 16
+    assert writer_policies(log._process.pid) == {os.SCHED_OTHER}  # idle_writer is off by default
     serve_labels(synced, txns[2:4])  # 16 rows in flight when the writer dies
     first = log._process
     os.kill(first.pid, 9)
@@ -344,12 +345,17 @@ def test_writer_stalled_under_a_full_speed_reader_loses_nothing(synced, tmp_path
     """The writer process stopped (SIGSTOP) while a reader reads 100-entity batches as fast as it can, then
     let go: the rows wait, within the budget, and every one is written once (read back by DuckDB). The budget is
     raised from its default 1M rows: a quiet machine's full-speed reader logs about 900k rows a second here, and
-    this test is about the hand-off losing nothing, not about the budget (test_sink_gone... covers that)."""
+    this test is about the hand-off losing nothing, not about the budget (test_sink_gone... covers that).
+    With idle_writer=True, keeping up, the writer runs under SCHED_IDLE (where this machine lets a thread come
+    back from it); the stall
+    makes it fall behind, which it counts (`writer_behind`), running at normal priority until it caught up."""
     pairs = [{"customer_id": c, "merchant_id": m} for _, c, m in labels(synced.project.project_dir, 300)]
     batches = [pairs[i:i + 100] for i in range(0, 300, 100)]
-    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2, max_buffered_rows=10_000_000).attach(
-        synced.reader)
+    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2, max_buffered_rows=10_000_000,
+                    idle_writer=True).attach(synced.reader)
     assert log.flush()
+    if sink._can_leave_idle():
+        assert writer_policies(log._process.pid) == {os.SCHED_IDLE}
     reads, start = 0, time.monotonic()
     os.kill(log._process.pid, signal.SIGSTOP)
     try:
@@ -365,12 +371,18 @@ def test_writer_stalled_under_a_full_speed_reader_loses_nothing(synced, tmp_path
     stats = log.stats()
     assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (
         reads * 800, reads * 800, 0, 0)
+    assert stats.writer_behind >= 1 and "featuremart_served_log_writer_behind_total" in log.prometheus()
     with duckdb.connect() as con:
         found = con.execute("select count(*), count(distinct request_id), count(distinct entity_keys) from "
                             f"read_parquet('{tmp_path / 'logs'}/date=*/*.parquet')").fetchone()
     distinct = len({(p["customer_id"], p["merchant_id"]) for p in pairs})
     assert found == (reads * 100 * 3, reads, distinct)  # a file row per request x entity x view
     log.close()
+
+
+def writer_policies(pid: int) -> set[int]:
+    """The scheduling policies of a process's threads."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 # -- the dbt side -------------------------------------------------------------------------------------------

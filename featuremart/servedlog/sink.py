@@ -1,6 +1,6 @@
 """The served-feature log's writer process: records in, Parquet files out (run by `ServedLog`, never by hand).
 
-`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS`: FD is this end of a stream socket
+`python -m featuremart.servedlog.sink FD DIRECTORY MAX_ROWS FLUSH_SECONDS idle|normal`: FD is this end of a stream socket
 pair carrying length-prefixed messages, one per record or control message, marshalled by the serving process
 (`writer.ServedLog`). A receiver thread only moves what arrived off the socket (all of it, in one call), so the
 serving process finds room in it; the main thread turns them into file rows (`FILE_COLUMNS`) and writes one
@@ -9,7 +9,10 @@ directory never sees half a file, and no row is written twice. It answers with i
 after every write and every flush request. It stops when the socket closes (the serving process closed the log, or died), after a last write.
 
 It runs in its own process so that its Python work never holds the serving process's GIL (docs/flywheel.md has
-the measurement behind this).
+the measurement behind this). With `ServedLog(idle_writer=True)` it runs under SCHED_IDLE while it keeps up
+(`_Priority`): a read waking up (or Redis answering it) takes the core from it at once, instead of waiting out a
+batch's Arrow and Parquet work, which is where the reads' p99 tail comes from; not the default, since on a loaded
+machine it was not shown to help and dropped rows (docs/flywheel.md).
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SOCKET_BYTES
+from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SOCKET_BYTES, set_policy
 
 #: Rows built into one Arrow batch at a time.
 CHUNK_ROWS = 65_536
+#: Behind: at least this many bytes arrived at once (16 of the serving process's 64 KB sends), or a wait that
+#: ended this many seconds late, or the serving process put it back at normal priority (its socket full); the
+#: writer then runs at normal priority until one wake-up finds at most
+#: CAUGHT_UP_BYTES waiting, and not before BEHIND_HOLD_SECONDS (on a busy machine, an idle writer that went
+#: back to SCHED_IDLE at once fell behind again and dropped rows: 254,400 at load 14, bench/README.md).
+BEHIND_BYTES, BEHIND_SECONDS, CAUGHT_UP_BYTES, BEHIND_HOLD_SECONDS = 1 << 20, 0.25, 128 << 10, 5.0
 _EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
 _NAMES = [name for name, _ in FILE_COLUMNS]
@@ -48,7 +57,7 @@ _CLOSE = object()  # in the inbox: the socket was closed
 class Sink:
     """The writer: file rows accumulated per UTC date, written by `write`, counted for the serving process."""
 
-    def __init__(self, sock: socket.socket, directory: Path, max_rows: int):
+    def __init__(self, sock: socket.socket, directory: Path, max_rows: int, idle: bool = False):
         self.sock, self.directory, self.max_rows = sock, directory, max_rows
         self.inbox: deque[Any] = deque()
         self.rest = b""  # the start of a message whose end has not arrived yet
@@ -59,10 +68,13 @@ class Sink:
         self.spec_columns: tuple[list[str], list[str], list[str]] = ([], [], [])
         self.pending: list[tuple[str, pa.Table, int]] = []  # tables whose write failed, retried at the next write
         self.held = 0  # log rows received, not yet written or dropped
-        self.counts = dict.fromkeys(("written", "dropped", "files", "errors"), 0)
+        self.counts = dict.fromkeys(("written", "dropped", "files", "errors", "behind"), 0)
         self.last_error: str | None = None
         self.failing = False
         self.seq = 0
+        self.taken = 0  # bytes turned into messages at the last wake-up
+        self.behind, self.behind_until = False, 0.0
+        self.priority = _Priority(idle)
 
     # -- receiving --------------------------------------------------------------------------------------------
     def receive(self) -> None:
@@ -118,6 +130,7 @@ class Sink:
                 chunks.append(chunk)
         data = b"".join(chunks)
         view, position, size = memoryview(data), 0, len(data)
+        self.taken = size
         while size - position >= _LENGTH.size:
             length = _LENGTH.unpack_from(data, position)[0]
             start = position + _LENGTH.size
@@ -202,8 +215,16 @@ class Sink:
         deadline = time.monotonic() + flush_seconds
         while True:
             self.arrived.wait(max(0.0, deadline - time.monotonic()))
+            late = time.monotonic() - deadline  # > 0: woken after the deadline it waited for (starved of CPU)
             self.arrived.clear()
             closed, tokens = self.take()
+            now = time.monotonic()
+            if self.taken >= BEHIND_BYTES or late >= BEHIND_SECONDS or self.priority.lifted():
+                self.counts["behind"] += not self.behind
+                self.behind, self.behind_until = True, now + BEHIND_HOLD_SECONDS
+            elif self.taken <= CAUGHT_UP_BYTES and now >= self.behind_until:
+                self.behind = False
+            self.priority.set(idle=not self.behind)
             # on time, and whenever it holds half the budget: rows waiting for the clock count against the
             # serving process's budget, which a full-speed reader filled in about 2 s at 100 entities
             if closed or tokens or time.monotonic() >= deadline or self.held >= self.max_rows // 2:
@@ -213,6 +234,52 @@ class Sink:
                 deadline = time.monotonic() + flush_seconds
             if closed:
                 return
+
+
+class _Priority:
+    """The writer process's threads (its own, Arrow's, jemalloc's) under SCHED_IDLE (`set(idle=True)`), so that
+    any read or Redis waking up preempts it, and back at normal priority while it is behind (`set(idle=False)`),
+    so that a busy machine does not starve it into dropping rows; one starved too long to notice is put back at
+    normal priority by the serving process (`ServedLog._listen`, when a read finds the socket full). Linux only,
+    and only where a thread may leave SCHED_IDLE again (root, or RLIMIT_NICE of 20 or more: probed once by a
+    thread of its own); elsewhere the writer stays at normal priority."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.idle = False
+        self.able = wanted and _can_leave_idle()
+
+    def set(self, idle: bool) -> None:
+        if not self.able or idle == self.idle:
+            return
+        self.idle = idle
+        try:
+            set_policy("self", "IDLE" if idle else "OTHER")
+        except OSError:  # refused after all: normal priority (as far as allowed) from now on
+            self.able = self.idle = False
+            with contextlib.suppress(OSError):
+                set_policy("self", "OTHER")
+
+    def lifted(self) -> bool:
+        """Whether the serving process put this idle writer back at normal priority (it found the socket full)."""
+        return self.idle and os.sched_getscheduler(0) != os.SCHED_IDLE
+
+
+def _can_leave_idle() -> bool:
+    """Whether a thread of this process may go to SCHED_IDLE and back (tried by a short-lived thread)."""
+    able: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            able.append(True)
+        except (AttributeError, OSError):  # not Linux, or not allowed back
+            pass
+
+    thread = threading.Thread(target=probe, name="featuremart-served-log-probe")
+    thread.start()
+    thread.join()
+    return bool(able)
 
 
 class _Day:
@@ -313,13 +380,13 @@ def _ints(values: array) -> pa.Array:
 
 
 def main(argv: list[str]) -> int:
-    fd, directory, max_rows, flush_seconds = argv
+    fd, directory, max_rows, flush_seconds, priority = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server closes us
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(True)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BYTES)
-    Sink(sock, Path(directory), int(max_rows)).run(float(flush_seconds))
+    Sink(sock, Path(directory), int(max_rows), idle=priority == "idle").run(float(flush_seconds))
     return 0
 
 

@@ -69,7 +69,7 @@ SOCKET_BYTES = 4 << 20
 _LENGTH = struct.Struct("<I")
 SEND_BYTES, SEND_SECONDS = 64 << 10, 0.05
 #: The counters of a writer process's report (`sink.Sink.report`) summed over the writer processes of a log.
-_SUMMED = ("written", "dropped", "files", "errors")
+_SUMMED = ("written", "dropped", "files", "errors", "behind")
 _NO_REPORT = {**dict.fromkeys(_SUMMED, 0), "held": 0, "last_error": None}
 _log = logging.getLogger("featuremart.servedlog")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("featuremart_request_id", default=None)
@@ -128,6 +128,7 @@ class LogStats(NamedTuple):
     write_errors: int
     clock_regressions: int  # reads whose request time was earlier than the previous read's
     writer_restarts: int  # writer processes started again after one died
+    writer_behind: int  # times a writer process fell behind the reads (and left SCHED_IDLE: docs/flywheel.md)
     last_error: str | None
 
 
@@ -143,6 +144,9 @@ class ServedLog:
         max_buffered_rows: the memory budget: rows accepted but not yet written, beyond which reads are not
             logged (and counted in `dropped_rows`).
         flush_seconds: how often the writer process writes what it holds.
+        idle_writer: run the writer process under SCHED_IDLE while it keeps up (Linux, where allowed): an
+            experiment against the reads' p99 tail, not shown to help on a loaded machine, where it can fall
+            behind and drop rows (docs/flywheel.md); off by default.
 
     Example:
         >>> log = ServedLog("data/served_log", services="all").attach(fs.reader)   # doctest: +SKIP
@@ -151,7 +155,7 @@ class ServedLog:
     """
 
     def __init__(self, directory: str | Path, *, services: str | Iterable[str] | None = None,
-                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0):
+                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0, idle_writer: bool = False):
         self.directory = Path(directory).absolute()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -167,6 +171,7 @@ class ServedLog:
         self.services = services if services is None or services == "all" else frozenset(services)
         self.max_buffered_rows = max_buffered_rows
         self.flush_seconds = flush_seconds
+        self.idle_writer = idle_writer
         self._count_lock = threading.Lock()  # reads may come from many threads; also guards the socket
         self._counts = dict.fromkeys(("logged", "dropped", "regressions"), 0)
         #: the current writer process's last report (rows written, dropped and held there, files, write errors),
@@ -186,6 +191,9 @@ class ServedLog:
         self._start_writer()
         atexit.register(self.close)
 
+    #: the module run as the writer process (bench/logging_discard_sink.py swaps in one that writes nothing)
+    sink_module = "featuremart.servedlog.sink"
+
     def _start_writer(self) -> None:
         """Start a writer process and its listener thread, and send to it from now on."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -197,8 +205,8 @@ class ServedLog:
         root = str(Path(__file__).resolve().parents[2])  # the child imports this featuremart, however we did
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
         process = subprocess.Popen(
-            [sys.executable, "-m", "featuremart.servedlog.sink", str(theirs.fileno()), str(self.directory),
-             str(self.max_buffered_rows), str(self.flush_seconds)],
+            [sys.executable, "-m", self.sink_module, str(theirs.fileno()), str(self.directory),
+             str(self.max_buffered_rows), str(self.flush_seconds), "idle" if self.idle_writer else "normal"],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         with self._count_lock:
@@ -288,6 +296,10 @@ class ServedLog:
                     with self._count_lock:  # no read sent what waits since: the reads have stopped
                         if self._outbox and time.monotonic() - self._sent_at >= SEND_SECONDS:
                             self._push()
+                        behind = len(self._outbox) >= SEND_BYTES  # a read's send found the socket full
+                    if behind and self.idle_writer:  # starved under SCHED_IDLE: it runs at normal priority
+                        with contextlib.suppress(OSError):  # until it caught up (featuremart.servedlog.sink)
+                            set_policy(process.pid, "OTHER")
                     continue
                 chunk = sock.recv(1 << 16)
             except BlockingIOError:
@@ -387,7 +399,8 @@ class ServedLog:
         c, sink, gone = self._counts, self._sink, self._gone
         return LogStats(c["logged"], gone["written"] + sink["written"], c["dropped"] + gone["dropped"] + sink["dropped"],
                         self._in_flight(), gone["files"] + sink["files"], gone["errors"] + sink["errors"],
-                        c["regressions"], self._restarts, self._last_error or sink["last_error"])
+                        c["regressions"], self._restarts, gone["behind"] + sink["behind"],
+                        self._last_error or sink["last_error"])
 
     def prometheus(self) -> str:
         """The counters in Prometheus text format (appended to the server's /metrics)."""
@@ -401,7 +414,9 @@ class ServedLog:
                 ("buffered_rows", s.buffered_rows, "gauge", "Served-feature log rows waiting to be written."),
                 ("write_errors_total", s.write_errors, "counter", "Failed served-feature log writes."),
                 ("writer_restarts_total", s.writer_restarts, "counter",
-                 "Served-feature log writer processes restarted after dying.")):
+                 "Served-feature log writer processes restarted after dying."),
+                ("writer_behind_total", s.writer_behind, "counter",
+                 "Times the served-feature log writer fell behind the reads (and ran at normal priority).")):
             lines += [f"# HELP featuremart_served_log_{name} {text}", f"# TYPE featuremart_served_log_{name} {kind}",
                       f"featuremart_served_log_{name} {value}"]
         return "\n".join(lines) + "\n"
@@ -429,6 +444,17 @@ class ServedLog:
             return tuple(found.features[p - 1].name for _, p in view.columns)
         # a sync replaced the registry since this read: the output name is the feature's name, unprefixed
         return tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out for out in view.out_names)
+
+
+def set_policy(pid: int | str, policy: str) -> None:
+    """Every thread of process `pid` ("self": this one) under scheduling policy `policy` ("IDLE" or "OTHER");
+    OSError if refused. A policy is per thread on Linux (new threads inherit their maker's); elsewhere nothing."""
+    value = getattr(os, f"SCHED_{policy}", None)
+    if value is None or not os.path.isdir(f"/proc/{pid}/task"):
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setscheduler(int(tid), value, os.sched_param(0))
 
 
 def _entity_keys(entities: Any, plan: Any) -> bytes | list[str]:
