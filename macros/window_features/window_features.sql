@@ -70,7 +70,8 @@
                                         incremental, lookback) -%}
     {%- if spec.incremental -%}
         {{ config(materialized='incremental', incremental_strategy='delete+insert',
-                  unique_key=spec['keys'] + [spec.output_timestamp], on_schema_change='fail') }}
+                  unique_key=spec['keys'] + [spec.output_timestamp], on_schema_change='fail',
+                  **featuremart._wf_delete_config(spec)) }}
     {%- endif -%}
     {%- if not execute -%}
         {{ return('select 1 as featuremart_window_features_placeholder') }}
