@@ -4,7 +4,7 @@
     features' positions in it (`features`: [[feature, output name, position, type], ...]); this expands them.
 
     Arguments:
-      location  DuckDB: the directory featuremart writes the Parquet logs under (default: the env var
+      location  DuckDB and Spark: the directory featuremart writes the Parquet logs under (default: the env var
                 FEATUREMART_SERVED_LOG_DIR, else data/served_log, relative to where dbt runs), or a relation.
                 Other warehouses: the relation the logs were loaded into (source() or ref()), required.
 
