@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -18,6 +19,7 @@ import redis
 
 from featuremart import FeatureStore
 from featuremart.dbtcore import load_dbt_project
+from featuremart.errors import ValidationError
 from featuremart.training import training_set
 from featuremart.warehouse import open_warehouse
 from tests import test_point_in_time as pit
@@ -290,3 +292,276 @@ def test_a_table_spark_cannot_read_fails_the_sync_naming_the_view(spark_project,
     assert run.error.endswith(f"(reading view {view.name}, table {view.relation})"), run.error
     assert "Traceback" not in run.error and "\n" not in run.error, run.error
     assert {k: client.get(k) for k in client.scan_iter(match="fm:{*}:*:*")} == served
+
+
+# --- types Spark maps differently: a view built by dbt in this process (it joins the one SparkSession) ---
+
+#: decimal(38, 18) values with more digits than a double holds, a null; timestamp_ntz values before the epoch, at
+#: a microsecond before midnight, inside New York's DST gap (the process's zone must not matter).
+TYPED_ROWS = [("t1", "12345678901234567890.123456789012345678", "1969-12-31 23:59:59.000001"),
+              ("t2", "3.141592653589793238", "2026-03-08 02:30:00"),
+              ("t3", "-0.000000000000000001", "2026-01-01 23:59:59.999999"),
+              ("t4", None, None)]
+TYPED_MODEL = """{%- set ntz = 'timestamp_ntz' if target.type == 'spark' else 'timestamp' -%}
+{%- for id, amount, seen in rows %}
+select cast('{{ id }}' as string) as customer_id, cast('2026-01-01 00:00:00' as timestamp) as event_ts,
+    cast({{ "'" ~ amount ~ "'" if amount else 'null' }} as decimal(38, 18)) as amount_exact,
+    cast({{ "'" ~ seen ~ "'" if seen else 'null' }} as {{ ntz }}) as seen_at
+{{ 'union all' if not loop.last }}
+{%- endfor %}
+"""
+TYPED_YML = """version: 2
+models:
+  - name: {name}
+    description: One row per customer (a test of warehouse types).
+    config:
+      meta:
+        featuremart: {{entity: customer, timestamp: event_ts, ttl: 36500d}}
+"""
+#: Types featuremart cannot serve at all: a map, a struct, bytes.
+UNMAPPABLE_MODEL = """select cast('t1' as string) as customer_id, cast('2026-01-01 00:00:00' as timestamp) as event_ts,
+    map('a', 1) as tags, named_struct('x', 1.5) as point, cast('ab' as binary) as blob, 2.5 as fine
+"""
+
+
+def _typed_model(project, name: str = "fm_typed", sql: str | None = None) -> None:
+    rows = "{%- set rows = " + repr([list(r) for r in TYPED_ROWS]).replace("None", "none") + " -%}\n"
+    (project / "models" / "features" / f"{name}.sql").write_text(sql or rows + TYPED_MODEL)
+    (project / "models" / "features" / f"{name}.yml").write_text(TYPED_YML.format(name=name))
+
+
+def _dbt_here(project, *args: str):
+    """dbt in this process: dbt-spark's session method joins the SparkSession featuremart started (a dbt process
+    beside it would start a second JVM on the same embedded Derby metastore, which Derby refuses)."""
+    from dbt.cli.main import dbtRunner
+
+    errors: list[str] = []
+    result = dbtRunner(callbacks=[lambda e: errors.append(e.info.msg) if e.info.level == "error" else None]).invoke(
+        [*args, "--project-dir", str(project), "--profiles-dir", str(project), "--log-level", "none",
+         "--no-send-anonymous-usage-stats"])
+    assert result.success, "\n".join(errors) or str(result.exception)
+    return result.result
+
+
+@pytest.fixture
+def spark_copy(spark_project, tmp_path, monkeypatch):
+    """A copy of the Spark-built project's files that reads and writes the same Spark warehouse and metastore
+    (the process's one SparkSession), its new models dropped afterwards."""
+    spark_dir, env = spark_project
+    copy = shutil.copytree(spark_dir, tmp_path / "spark_copy", ignore=shutil.ignore_patterns("logs", "spark"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(copy)
+    made: list[str] = []
+    yield copy, made
+    session = open_warehouse(load_dbt_project(spark_dir)).session
+    for name in made:
+        session.sql(f"drop table if exists featuremart.{name}")
+
+
+def test_decimal_and_timestamp_ntz_features_from_spark_serve_what_duckdb_serves(spark_copy, project,
+                                                                                  redis_server):
+    """A decimal(38, 18) feature (more digits than a double holds) and a timestamp_ntz feature column, built by
+    dbt on Spark and on DuckDB from the same literals and synced from each: every value reads back the same, and
+    as docs/warehouses.md promises: the decimal as the double nearest it, the timestamp_ntz as that UTC time."""
+    from datetime import timezone
+    from decimal import Decimal
+
+    spark_dir, made = spark_copy
+    _typed_model(spark_dir)
+    made.append("fm_typed")
+    _dbt_here(spark_dir, "build", "--select", "fm_typed")
+    _typed_model(project)
+    subprocess.run([str(Path(sys.executable).with_name("dbt")), "build", "--select", "fm_typed",
+                    "--project-dir", str(project), "--profiles-dir", str(project)], cwd=project, check=True,
+                   capture_output=True, env={**os.environ, "FEATUREMART_TARGET": "dev"})
+    urls = [redis_server.url.removesuffix("/0") + f"/{db}" for db in (3, 4)]
+    for url in urls:
+        redis.Redis.from_url(url).flushdb()
+    entities = [{"customer_id": r[0]} for r in TYPED_ROWS]
+    served = []
+    for directory, target, url in zip((spark_dir, project), ("spark", "dev"), urls):
+        with FeatureStore(directory, redis_url=url, target=target) as store:
+            run = store.sync(select=["fm_typed"])
+            assert run.status == "success", run
+            assert {f.name: f.dtype for f in store.registry.view("fm_typed").features} == {
+                "amount_exact": "float", "seen_at": "timestamp"}
+        with FeatureStore.from_url(url) as reader:
+            served.append(reader.get_online_features(entities, features=["fm_typed.*"]))
+    spark, duck = ([{k: (v.status, v.value) for k, v in row.items()} for row in rows] for rows in served)
+    expected = [{"amount_exact": ("present", float(Decimal(amount)) if amount else None),
+                 "seen_at": ("present", datetime.fromisoformat(seen).replace(tzinfo=timezone.utc) if seen else None)}
+                for _, amount, seen in TYPED_ROWS]
+    assert spark == expected, (spark, expected)
+    assert duck == expected, (duck, expected)
+
+    # a map, a struct and bytes, which featuremart cannot serve: the sync refuses the view, naming the model,
+    # each column, its Spark type and the fix, and publishes nothing
+    client = redis.Redis.from_url(urls[0])
+    published = {k: client.get(k) for k in client.scan_iter(match="fm:{*}:*:*")}
+    assert published
+    _typed_model(spark_dir, "fm_unmappable", UNMAPPABLE_MODEL)
+    made.append("fm_unmappable")
+    _dbt_here(spark_dir, "build", "--select", "fm_unmappable")
+    with FeatureStore(spark_dir, redis_url=urls[0]) as store, pytest.raises(ValidationError) as refused:
+        store.sync(select=["fm_unmappable"])
+    lines = [p for p in refused.value.problems if "model fm_unmappable:" in p]
+    assert [line.split("column ")[1].split(" has type")[0] for line in lines] == ["'tags'", "'point'", "'blob'"], lines
+    for line, spark_type in zip(lines, ("map<string,int>", "struct<x:decimal(2,1)>", "binary")):
+        assert f"has type {spark_type}, which featuremart cannot serve; cast it in " in line, line
+        assert "or opt it out with config: {meta: {featuremart: {feature: false}}}" in line and "\n" not in line
+    assert {k: client.get(k) for k in client.scan_iter(match="fm:{*}:*:*")} == published
+    assert not [k for k in client.scan_iter() if b"fm_unmappable" in k]
+
+
+# --- window_features on Spark: tests/test_window_features.py's oracle, fewer examples ---
+
+#: Random event streams per shape of the window-feature oracle (each example is a table write and a Spark query;
+#: DuckDB and PostgreSQL run 60).
+SPARK_WINDOW_EXAMPLES = 3
+
+
+@pytest.fixture(scope="module")
+def spark_windows(spark_project, tmp_path_factory):
+    """(SparkSession, {shape: SQL}): window_features compiled for Spark by dbt in this process, for each shape of
+    tests/test_window_features.py, over a real table `<schema>.events` (Parquet, as dbt-spark makes them) with
+    the events' time both as timestamp_ntz (`ts`) and as Spark's `timestamp`, an instant (`ts_tz`)."""
+    from tests import test_window_features as wf
+    from tests.window_oracle import make_project, sources_yml
+
+    spark_dir, env = spark_project
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        session = open_warehouse(load_dbt_project(spark_dir)).session
+        schema = "fm_wf_spark"
+        project = make_project(tmp_path_factory.mktemp("wf_spark"), "spark", pg_schema=schema)
+        session.sql(f"create database if not exists {schema}")
+        session.sql(f"create table {schema}.events ({WINDOW_EVENTS}) using parquet")
+        (project / "models" / "_sources.yml").write_text(sources_yml(schema, ["events"]))
+        for shape, (grain, timestamp, windows) in wf.SHAPES.items():
+            (project / "models" / f"{shape}.sql").write_text(
+                wf._macro_call(grain, timestamp, windows, False, "source('raw', 'events')"))
+        mp.chdir(project)
+        _dbt_here(project, "compile")
+        compiled = {shape: (project / "target" / "compiled" / "featuremart" / "models" / f"{shape}.sql").read_text()
+                    for shape in wf.SHAPES}
+    yield session, schema, project, compiled
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    session.sql(f"drop database if exists {schema} cascade")
+
+
+WINDOW_EVENTS = ("stream int, entity string, ts timestamp_ntz, ts_tz timestamp, amount double, status string, "
+                 "merchant string")
+
+
+def _load_events(session, schema: str, events: list[dict]) -> None:
+    """The events into `<schema>.events`: `ts` as wall-clock UTC time, `ts_tz` as the same UTC instant."""
+    from datetime import timezone
+
+    rows = [(e["stream"], e["entity"], e["ts"], e["ts"] and e["ts"].replace(tzinfo=timezone.utc), e["amount"],
+             e["status"], e["merchant"]) for e in events]
+    session.createDataFrame(rows, WINDOW_EVENTS).write.insertInto(f"{schema}.events", overwrite=True)
+
+
+def _spark_rows(session, sql: str) -> tuple[list[str], list[tuple]]:
+    """A Spark query's columns and rows, times as naive UTC (Spark's `timestamp` comes back zone-aware)."""
+    table = session.sql(sql).toArrow()
+    return table.column_names, [tuple(utc_naive(v) if isinstance(v, datetime) else v for v in row.values())
+                                for row in table.to_pylist()]
+
+
+@pytest.mark.parametrize("shape", ["daily", "hourly", "per_event"])
+def test_window_features_on_spark_match_the_oracle(spark_windows, shape):
+    """Random event streams (window edges, gaps, same-instant events, nulls in values, keys, times and filters,
+    composite keys): every row and value window_features computes on Spark equals the brute-force oracle's, with
+    the Spark session's time zone 3:30 off UTC (the `hourly` shape reads Spark's `timestamp`, an instant)."""
+    from tests import test_window_features as wf
+
+    session, schema, _, compiled = spark_windows
+    grain, _timestamp, windows = wf.SHAPES[shape]
+
+    @settings(max_examples=SPARK_WINDOW_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None)
+    @given(events=wf._events)
+    def check(events):
+        _load_events(session, schema, events)
+        session.conf.set("spark.sql.session.timeZone", wf.SESSION_ZONE)
+        try:
+            columns, rows = _spark_rows(session, compiled[shape])
+        finally:
+            session.conf.set("spark.sql.session.timeZone", "UTC")
+        wf._assert_matches(wf._oracle(events, grain, windows), columns, rows, f"spark/{shape}")
+
+    check()
+
+
+def test_incremental_window_features_on_spark_is_a_compile_error_naming_the_fix(spark_windows):
+    """dbt-spark has no delete+insert strategy (an incremental window_features model's): the model is refused when
+    dbt parses it, by a message naming the model, the argument and the fix, before any SQL runs."""
+    from dbt.cli.main import dbtRunner
+
+    from tests import test_window_features as wf
+
+    session, schema, project, _ = spark_windows
+    model = project / "models" / "incremental_daily.sql"
+    model.write_text(wf._macro_call("1d", "ts", ["1d", "7d"], True, "source('raw', 'events')"))
+    try:
+        result = dbtRunner().invoke(["compile", "--select", "incremental_daily", "--project-dir", str(project),
+                                     "--profiles-dir", str(project), "--log-level", "none"])
+    finally:
+        model.unlink()
+    assert not result.success
+    said = " ".join(str(result.exception).split())
+    assert "window_features in model incremental_daily: `incremental` is true (the default), but dbt-spark has " \
+           "no delete+insert incremental strategy" in said, said
+    assert "pass incremental=false on Spark" in said, said
+    tables = [t.tableName for t in session.sql(f"show tables in {schema}").collect() if not t.isTemporary]
+    assert tables == ["events"], tables  # nothing was built (temporary views of other tests are listed too)
+
+
+# --- the served-feature log on Spark: read in place, expanded, and the skew test on it ---
+
+def test_served_log_is_read_in_place_on_spark_and_the_skew_test_runs_on_it(spark_copy, redis_server, tmp_path,
+                                                                            monkeypatch):
+    """Reads of the fraud service logged to Parquet files; `dbt build --select flywheel` on Spark reads them in
+    place (featuremart.served_log): served_features holds every logged record once, value for value as a Python
+    expansion of the files gives it; the served_skew test runs on it and passes (the logged values are what Spark
+    computes); training from logs takes the logged values."""
+    from featuremart.servedlog import FILE_COLUMNS, LOG_COLUMNS
+    from tests.test_flywheel import as_served, logged_rows, serve_labels
+
+    spark_dir, made = spark_copy
+    made.append("featuremart_served_log_files")
+    url = redis_server.url.removesuffix("/0") + "/5"
+    redis.Redis.from_url(url).flushdb()
+    log_dir = tmp_path / "served_log"
+    monkeypatch.setenv("FEATUREMART_SERVED_LOG_DIR", str(log_dir))
+    with FeatureStore(spark_dir, redis_url=url) as store:
+        assert store.sync().status == "success"
+        session = store.warehouse().session
+        txns = [tuple(r) for r in session.sql("select txn_id, customer_id, merchant_id from featuremart.fraud_labels "
+                                              "order by txn_id limit 6").collect()]
+        log = store.log_served()
+        served = serve_labels(store, txns)
+        assert log.flush()
+    results = _dbt_here(spark_dir, "build", "--select", "flywheel", "--no-partial-parse")
+    skew_tests = [r for r in results if r.node.name.startswith("featuremart_served_skew")]
+    assert [r.status for r in skew_tests] == ["pass"], [(r.node.name, r.status, r.message) for r in skew_tests]
+    assert [c.name for c in session.table("featuremart.featuremart_served_log_files").schema] == [
+        n for n, _ in FILE_COLUMNS]
+    table = session.table("featuremart.served_features")
+    assert table.columns == [n for n, _ in LOG_COLUMNS]
+    key = ("request_id", "feature")
+    got = sorted((r.asDict() for r in table.collect()), key=lambda r: tuple(r[k] for k in key))
+    oracle = sorted(logged_rows(log_dir), key=lambda r: tuple(r[k] for k in key))
+    assert len(got) == len(oracle) == 8 * len(txns)
+    for g, want in zip(got, oracle):
+        assert {**g, "value": as_served(g["value"], want["value"])} == want
+    logged = {r["txn_id"]: r for r in session.table("featuremart.fraud_training_from_logs").collect()}
+    for txn, *_ in txns:
+        if txn in logged:  # a label that has arrived
+            row = logged[txn]
+            assert row["logged_request_id"] == txn
+            assert all(row[f"{name}__source"] == "logged" and row[name] == served[txn][name].value
+                       for name in served[txn])

@@ -86,7 +86,8 @@ def window_oracle(events: Sequence[dict], keys: Sequence[str], grain: str, aggre
 def make_project(dest: Path, target: str = "duckdb", duckdb_path: Path | None = None,
                  pg_schema: str = "public") -> Path:
     """A throwaway dbt project named `featuremart` holding the package's macros, so `featuremart.window_features`
-    resolves without `dbt deps`. Models are written into dest/models by the test."""
+    resolves without `dbt deps`. Models are written into dest/models by the test. Its `spark` output (schema
+    `pg_schema`) joins the SparkSession of the process: dbt must run in-process (tests/test_spark.py)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "macros", dest / "macros", dirs_exist_ok=True)
     (dest / "models").mkdir(exist_ok=True)
@@ -102,7 +103,9 @@ def make_project(dest: Path, target: str = "duckdb", duckdb_path: Path | None = 
         "      user: \"{{ env_var('PGUSER', 'postgres') }}\"\n"
         "      password: \"{{ env_var('PGPASSWORD', '') }}\"\n"
         "      dbname: \"{{ env_var('PGDATABASE', 'test') }}\"\n"
-        f"      schema: {pg_schema}\n      threads: 2\n")
+        f"      schema: {pg_schema}\n      threads: 2\n"
+        f"    spark:\n      type: spark\n      method: session\n      host: NA\n      schema: {pg_schema}\n"
+        "      threads: 1\n")
     return dest
 
 

@@ -4,7 +4,7 @@
     features' positions in it (`features`: [[feature, output name, position, type], ...]); this expands them.
 
     Arguments:
-      location  DuckDB: the directory featuremart writes the Parquet logs under (default: the env var
+      location  DuckDB and Spark: the directory featuremart writes the Parquet logs under (default: the env var
                 FEATUREMART_SERVED_LOG_DIR, else data/served_log, relative to where dbt runs), or a relation.
                 Other warehouses: the relation the logs were loaded into (source() or ref()), required.
 
@@ -46,16 +46,77 @@
 {%- endmacro %}
 
 
+{#- Spark reads the Parquet files in place too, through an external table over the log directory, (re)created at
+    each build (https://spark.apache.org/docs/latest/sql-ref-syntax-ddl-create-table-datasource.html): its
+    schema is the files' (FILE_COLUMNS: a column an older file lacks reads as null, as union_by_name does), and
+    `recursiveFileLookup` reads the date=... folders' files without taking their names for a column. A directory
+    with no files, or none yet, gives no rows (Spark's `parquet.`dir`` would fail: "path does not exist"). A
+    relative directory is taken from where dbt runs, as on DuckDB (Spark would take it from the warehouse's
+    directory). -#}
+{% macro spark__served_log(location=none) -%}
+    {%- if location is not none and location is not string -%}
+        {{ return(featuremart._served_log_once(featuremart._served_log_expand(location | string))) }}
+    {%- endif -%}
+    {%- set directory = location or env_var('FEATUREMART_SERVED_LOG_DIR', 'data/served_log') -%}
+    {%- set files = api.Relation.create(schema=target.schema, identifier='featuremart_served_log_files') -%}
+    {%- if execute -%}
+        {%- if not modules.re.match('^(/|[A-Za-z][A-Za-z0-9+.-]*:)', directory) -%}
+            {%- set here = run_query("select reflect('java.lang.System', 'getProperty', 'user.dir')") -%}
+            {%- set directory = here.columns[0].values()[0] ~ '/' ~ directory -%}
+        {%- endif -%}
+        {%- call statement('featuremart_served_log_drop') -%}drop table if exists {{ files }}{%- endcall -%}
+        {%- call statement('featuremart_served_log_files') -%}
+            create table {{ files }} (
+                {%- for name, type in featuremart._served_log_file_columns() %}
+                {{ name }} {{ type }}{{ ',' if not loop.last }}
+                {%- endfor %}
+            ) using parquet
+            options (recursiveFileLookup 'true', pathGlobFilter '*.parquet')
+            location {{ featuremart._sql_string(directory) }}
+        {%- endcall -%}
+    {%- endif -%}
+    {{ return(featuremart._served_log_once(featuremart._served_log_expand(files | string))) }}
+{%- endmacro %}
+
+
+{#- The files' columns (featuremart.servedlog.writer.FILE_COLUMNS: a parity test keeps them equal) and their SQL
+    types. -#}
+{% macro _served_log_file_columns() -%}
+    {{ return([
+        ('request_id', dbt.type_string()), ('request_ts', featuremart._served_log_timestamp_type()),
+        ('service', dbt.type_string()), ('requested', dbt.type_string()), ('registry_id', dbt.type_string()),
+        ('entity_index', dbt.type_int()), ('entity_keys', dbt.type_string()), ('view', dbt.type_string()), ('view_version', dbt.type_string()),
+        ('features', dbt.type_string()), ('status', dbt.type_string()), ('stored', dbt.type_string()),
+    ]) }}
+{%- endmacro %}
+
+
 {#- The log's columns (featuremart.servedlog.writer.LOG_COLUMNS: a parity test keeps them equal) and their
     SQL types. -#}
 {% macro _served_log_columns() -%}
+    {%- set timestamp = featuremart._served_log_timestamp_type() -%}
     {{ return([
-        ('request_id', dbt.type_string()), ('request_ts', dbt.type_timestamp()), ('service', dbt.type_string()),
+        ('request_id', dbt.type_string()), ('request_ts', timestamp), ('service', dbt.type_string()),
         ('requested', dbt.type_string()), ('registry_id', dbt.type_string()), ('entity_index', dbt.type_int()),
         ('entity_keys', dbt.type_string()), ('feature', dbt.type_string()), ('output_name', dbt.type_string()),
         ('dtype', dbt.type_string()), ('view_version', dbt.type_string()), ('value', dbt.type_string()),
-        ('event_ts', dbt.type_timestamp()), ('status', dbt.type_string()),
+        ('event_ts', timestamp), ('status', dbt.type_string()),
     ]) }}
+{%- endmacro %}
+
+
+{#- The log's times are UTC wall-clock times: a timestamp without time zone. Spark's `timestamp` is an instant
+    shown in the session's zone; its `timestamp_ntz` is the one without (and what the files hold). -#}
+{% macro _served_log_timestamp_type() -%}
+    {{ return(adapter.dispatch('_served_log_timestamp_type', 'featuremart')()) }}
+{%- endmacro %}
+
+{% macro default___served_log_timestamp_type() -%}
+    {{ return(dbt.type_timestamp()) }}
+{%- endmacro %}
+
+{% macro spark___served_log_timestamp_type() -%}
+    {{ return('timestamp_ntz') }}
 {%- endmacro %}
 
 
@@ -120,6 +181,34 @@ where 1 = 0
         from {{ relation_sql }} as _fm_file
     ) as _fm_specs
 )
+{%- endmacro %}
+
+
+{#- Spark: explode over the feature list parsed by from_json, the value by get_json_object's JSON path, and the
+    stored µs as a UTC wall-clock timestamp_ntz (convert_timezone of timestamp_micros' instant), whatever the
+    session's zone (https://spark.apache.org/docs/latest/api/sql/index.html). -#}
+{% macro spark___served_log_expand(relation_sql) -%}
+(
+    select
+        request_id, request_ts, service, requested, registry_id, entity_index, entity_keys,
+        concat(`view`, '.', spec[0]) as feature,
+        spec[1] as output_name,
+        spec[3] as dtype,
+        view_version,
+        case when status = 'present' then
+            case when spec[3] = 'timestamp'
+                then date_format({{ featuremart._served_log_spark_time("get_json_object(stored, concat('$[', spec[2], ']'))") }}, 'yyyy-MM-dd HH:mm:ss.SSSSSS')
+                else get_json_object(stored, concat('$[', spec[2], ']')) end
+        end as value,
+        {{ featuremart._served_log_spark_time("get_json_object(stored, '$[0]')") }} as event_ts,
+        status
+    from {{ relation_sql }} as _fm_file
+    lateral view explode(from_json(features, 'array<array<string>>')) _fm_specs as spec
+)
+{%- endmacro %}
+
+{% macro _served_log_spark_time(micros_text) -%}
+    convert_timezone('UTC', timestamp_micros(cast({{ micros_text }} as bigint)))
 {%- endmacro %}
 
 

@@ -329,10 +329,29 @@
 {#- When an event at `ts` (UTC timestamp) becomes known: the end of its grain period, or itself. -#}
 {% macro _wf_known_time(ts, spec) -%}
     {%- if spec.grain_seconds -%}
-        {{ dbt.date_trunc(spec.grain_unit, ts) }} + {{ featuremart._wf_interval(spec.grain_seconds) }}
+        {{ featuremart._wf_truncate(spec.grain_unit, ts) }} + {{ featuremart._wf_interval(spec.grain_seconds) }}
     {%- else -%}
         {{ ts }}
     {%- endif -%}
+{%- endmacro %}
+
+{#- The UTC timestamp `ts` truncated to its minute, hour or day. -#}
+{% macro _wf_truncate(unit, ts) -%}
+    {{ return(adapter.dispatch('_wf_truncate', 'featuremart')(unit, ts)) }}
+{%- endmacro %}
+
+{% macro default___wf_truncate(unit, ts) -%}
+    {{ return(dbt.date_trunc(unit, ts)) }}
+{%- endmacro %}
+
+{#- Spark's date_trunc takes a `timestamp`, an instant: a timestamp_ntz (the UTC wall-clock time here) is read in
+    the session's time zone, truncated there and returned as an instant, so with any zone but UTC the day moved,
+    and a time in the zone's DST gap moved an hour. make_timestamp_ntz of the wall-clock fields depends on no zone
+    (https://spark.apache.org/docs/latest/api/sql/index.html#make_timestamp_ntz). -#}
+{% macro spark___wf_truncate(unit, ts) -%}
+    make_timestamp_ntz(year({{ ts }}), month({{ ts }}), day({{ ts }}),
+        {{- ' hour(' ~ ts ~ ')' if unit in ('hour', 'minute') else ' 0' }},
+        {{- ' minute(' ~ ts ~ ')' if unit == 'minute' else ' 0' }}, 0)
 {%- endmacro %}
 
 {#- Per (keys, known time), the value first/last picks in that period: among the earliest (latest) events,

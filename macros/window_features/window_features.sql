@@ -50,6 +50,23 @@
 {%- endmacro %}
 
 
+{#- Spark: the default version (Spark runs its RANGE frames over interval offsets as they are) for a table. An
+    incremental model needs `delete+insert`, which dbt-spark has no strategy for
+    (https://docs.getdbt.com/reference/resource-configs/spark-configs#incremental-models: append, insert_overwrite,
+    and merge only on Delta, Iceberg or Hudi tables): refused here, naming the fix, rather than by dbt-spark's
+    materialization after the model's SQL is rendered. -#}
+{% macro spark__window_features(source, keys, timestamp, aggregations, windows, grain, output_timestamp,
+                                incremental, lookback) -%}
+    {%- if incremental is sameas true -%}
+        {{ featuremart._wf_error('incremental', "is true (the default), but dbt-spark has no delete+insert "
+            ~ "incremental strategy for window_features to use (it has append, insert_overwrite, and merge on "
+            ~ "Delta, Iceberg or Hudi tables only); pass incremental=false on Spark: a table rebuilt by each run") }}
+    {%- endif -%}
+    {{ return(featuremart.default__window_features(source, keys, timestamp, aggregations, windows, grain,
+                                                   output_timestamp, incremental, lookback)) }}
+{%- endmacro %}
+
+
 {#- Any warehouse with window functions over RANGE frames with interval offsets (PostgreSQL 11+, DuckDB).
 
     Plan, linear in the events (plus one sort per window frame):
