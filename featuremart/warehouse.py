@@ -152,6 +152,8 @@ class DuckDBWarehouse(Warehouse):
         return self._con
 
     def bound_memory(self, limits: DuckDBLimits, temp_directory: Path) -> None:
+        if self._limits == (limits, temp_directory):
+            return  # already bounded (a prefetched read first): DuckDB refuses a temp directory it spilled to
         self._limits = (limits, temp_directory)
         if self._con is not None:
             limits.apply(self._con, temp_directory)

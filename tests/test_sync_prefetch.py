@@ -12,7 +12,7 @@ import redis
 
 from featuremart import FeatureStore
 from featuremart.online import keys
-from featuremart.warehouse import DuckDBWarehouse
+from featuremart.warehouse import DuckDBLimits, DuckDBWarehouse, temp_directory
 from tests.conftest import dbt
 
 pytestmark = pytest.mark.integration
@@ -143,3 +143,24 @@ def test_validation_errors_are_never_kept_and_an_edit_is_validated_again(project
     dbt(project, "parse")
     with FeatureStore(project) as fs:
         assert fs.registry.views["merchant_risk"].ttl.days == 3 != ttl.days
+
+
+def test_a_connection_that_spilled_can_be_bounded_again(tmp_path):
+    """A prefetched aggregate that spilled to the temp directory, then the sync bounding the same connection
+    with the same limits (as FeatureStore.sync does): DuckDB refuses to set a temp directory it has used, so the
+    second bounding must not try, and the connection still answers."""
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("create table t as select i from range(3000000) r(i)")
+    wh = DuckDBWarehouse(path)
+    (tmp_path / "state").mkdir()
+    limits, spill = DuckDBLimits("32MB", 1), temp_directory(tmp_path / "state")
+    wh.bound_memory(limits, spill)
+    query = "select i % 1000000 as k, max(i) as m from t group by k"
+    with wh.prefetch((query,), 100_000) as early:
+        _, batches = early.take((query,))
+        assert sum(b.num_rows for b in batches) == 1_000_000
+    assert spill.exists()  # DuckDB creates it at its first spill
+    wh.bound_memory(limits, spill)  # raised "Cannot switch temporary directory" before
+    assert wh.con.execute("select count(*) from t").fetchone() == (3_000_000,)
+    wh.close()
