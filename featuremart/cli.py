@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from featuremart.errors import ConfigProblems, FeaturemartError, OnlineStoreError, ValidationError, WarehouseError
+from featuremart.errors import ConfigError, ConfigProblems, FeaturemartError, OnlineStoreError, ValidationError, WarehouseError
 from featuremart.registry import Feature, FeatureService, FeatureView
 
 if TYPE_CHECKING:  # pragma: no cover - imported where used: `get` and `serve` must not load dbt or DuckDB,
@@ -362,6 +362,8 @@ def cmd_sync(store: FeatureStore, args: argparse.Namespace, console: Console) ->
                              dry_run=args.dry_run, incremental=not args.no_incremental, progress=progress.update,
                              allow_mass_delete=args.allow_mass_delete)
     except (OnlineStoreError, WarehouseError) as exc:  # could not start: still a run record, saying why
+        if isinstance(exc, ConfigError):
+            raise  # a malformed URL: exit 1, a rerun does not help
         from featuremart.sync import SyncRun
 
         run = SyncRun.failed(str(exc), dry_run=args.dry_run, full_refresh=args.full_refresh)

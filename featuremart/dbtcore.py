@@ -222,7 +222,7 @@ def _write_loaded(key: str, loaded: DbtProject, folders: frozenset[str], profile
         tmp = folder / f".{key}.{os.getpid()}.tmp"
         tmp.write_text(text)
         tmp.replace(folder / f"{key}.json")
-        _prune(folder, LOAD_CACHE_ENTRIES, "*.json")
+        prune_cache(folder, LOAD_CACHE_ENTRIES, "*.json")
     except (OSError, TypeError, ValueError):
         pass
 
@@ -610,7 +610,7 @@ def compile_inline(project: DbtProject, inline: str, cache: bool = False) -> str
         tmp = cached.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(sql)
         tmp.replace(cached)
-        _prune(cached.parent, COMPILE_CACHE_ENTRIES)
+        prune_cache(cached.parent, COMPILE_CACHE_ENTRIES)
     return sql
 
 
@@ -643,7 +643,8 @@ def _compile_key(project: DbtProject, inline: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def _prune(folder: Path, keep: int, pattern: str = "*.sql") -> None:
+def prune_cache(folder: Path, keep: int, pattern: str = "*.sql") -> None:
+    """Keep the `keep` most recently used entries of a cache folder (used ones are touched), so caches stay small."""
     entries = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in entries[keep:]:
         with contextlib.suppress(OSError):

@@ -47,6 +47,10 @@ class OnlineStoreError(FeaturemartError):
     """The online store (Redis) cannot be reached or rejected a command."""
 
 
+class InvalidURLError(OnlineStoreError, ConfigError):
+    """The online store's URL is malformed: a configuration error (exit 1), which no retry fixes."""
+
+
 class SyncLockedError(OnlineStoreError):
     """Another sync holds the lock."""
 

@@ -18,7 +18,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from featuremart.dbtcore import _prune, load_cache_dir
+from featuremart.dbtcore import load_cache_dir, prune_cache
 
 T = TypeVar("T")
 #: Entries kept (least recently used pruned): a config and a registry per project and manifest.
@@ -67,7 +67,7 @@ def cached(kind: str, material: Any, build: Callable[[], T]) -> T:
         with open(tmp, "wb") as fh:
             pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)
-        _prune(folder, ENTRIES, "*.pickle")
+        prune_cache(folder, ENTRIES, "*.pickle")
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         pass
     return value

@@ -233,6 +233,28 @@ def test_invalid_url_error_shows_no_piece_of_the_password(tmp_path):
     assert not any(piece in message for piece in ("pa/", "'pa'", "ss#w", "w?d"))
 
 
+@pytest.mark.parametrize("path", ["/features", "/0x1", "/1/2", "/%31a"])
+def test_a_database_that_is_not_a_number_is_refused_not_read_as_database_0(redis_url, tmp_path, path):
+    base = redis_url.rsplit("/", 1)[0]
+    with OnlineStore.connect(base + "/0", embedded_dir=tmp_path, prefix="fm") as store:
+        store._redis.set(b"planted", b"database 0")
+    with pytest.raises(OnlineStoreError) as exc:
+        OnlineStore.connect(base + path, embedded_dir=tmp_path)
+    assert str(exc.value).startswith(f"Invalid Redis URL {base + path}: the path {path} is not a database number")
+    assert "redis://[[user]:password@]host[:port][/db]" in str(exc.value)
+    with OnlineStore.connect(base + "/0/?health_check_interval=2", embedded_dir=tmp_path) as store:
+        assert store._redis.get(b"planted") == b"database 0"  # a number, with or without a trailing slash
+
+
+@pytest.mark.integration
+def test_sync_with_a_malformed_url_is_a_user_error_not_a_failed_run(tiny_project, redis_url):  # noqa: F811
+    base = redis_url.rsplit("/", 1)[0]
+    for url in ("http://x", base + "/features"):
+        proc = featuremart(tiny_project, "sync", env={"FEATUREMART_REDIS_URL": url})
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Error: Invalid Redis URL {url}: " in proc.stderr
+
+
 # -- int keys such as '²', and --port ----------------------------------------------------------------------------
 @pytest.mark.parametrize("text,number", [("7", 7), (" -7 ", -7), ("+7", 7), ("²", None), ("١", None), ("7.0", None),
                                          ("1_000", None), ("", None), ("0x1", None)])

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import redis
 from redis.backoff import NoBackoff
@@ -45,7 +46,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from featuremart.errors import OnlineStoreError, StoreChangedError, SyncLockedError
+from featuremart.errors import InvalidURLError, OnlineStoreError, StoreChangedError, SyncLockedError
 from featuremart.online import keys as key_format
 
 try:  # redis[hiredis] is a dependency; the pure-Python fallback only keeps a broken install working.
@@ -76,6 +77,8 @@ _REDIRECT_ROUNDS = 20
 _START_RETRIES = 5
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _URL_HINT = "is FEATUREMART_REDIS_URL right? is the server running and reachable from here?"
+_URL_FORM = ("write FEATUREMART_REDIS_URL as redis://[[user]:password@]host[:port][/db], rediss://... for TLS, or "
+             "unix:///path/to/redis.sock?db=N")
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
@@ -118,6 +121,17 @@ def redact_url(url: str) -> str:
         if sep:
             url = f"{match['scheme'] or ''}{user}:***@{url[match.end():]}"
     return _PASSWORD_ARG.sub(r"\1***", url)
+
+
+def _check_database(url: str) -> None:
+    """Refuse a `redis://` / `rediss://` URL whose path is not a database number: redis-py would silently use
+    database 0 for `redis://host/feature`, so a sync and its readers could meet in the wrong database."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss"):
+        return
+    path = re.split(r"[?#]", rest.rpartition("@")[2], maxsplit=1)[0].partition("/")[2]
+    if path.strip("/") and not unquote(path).strip("/").isdigit():
+        raise ValueError(f"the path /{path} is not a database number (redis-py would use database 0)")
 
 
 def redacted_error(exc: BaseException, url: str) -> str:
@@ -263,6 +277,7 @@ class OnlineStore:
             url = embedded.url
         shown = redact_url(url)
         try:
+            _check_database(url)
             client = redis.Redis.from_url(
                 url,
                 # The store retries itself (with backoff, bounded); a second retry layer would multiply the waits.
@@ -275,7 +290,7 @@ class OnlineStore:
         except ValueError as exc:
             if embedded is not None:
                 embedded.release()
-            raise OnlineStoreError(f"Invalid Redis URL {shown}: {redacted_error(exc, url)}; {_URL_HINT}") from None
+            raise InvalidURLError(f"Invalid Redis URL {shown}: {redacted_error(exc, url)}; {_URL_FORM}") from None
         store = cls(client, url=url, prefix=prefix, embedded=embedded)
         try:
             store._retry(f"PING {shown}", client.ping, budget_seconds=5.0)
