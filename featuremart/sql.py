@@ -186,7 +186,13 @@ def encode_value(value: exp.Expression, dtype: str, dialect: str) -> exp.Express
         return exp.cast(value, "text")
     if dtype == types.FLOAT:
         double = exp.cast(value, "double")
-        return exp.case().when(_non_finite(double.copy()), exp.null()).else_(double)
+        finite = exp.case().when(_non_finite(double.copy()), exp.null())
+        if dialect == "postgres":  # its JSON writes -0.0 as -0, an integer zero: the sign would be lost
+            negative_zero = exp.and_(exp.EQ(this=double.copy(), expression=exp.Literal.number(0)),
+                                     exp.EQ(this=exp.cast(double.copy(), "text"), expression=exp.Literal.string("-0")))
+            return finite.when(negative_zero, exp.cast(exp.Literal.string("-0.0"), "json")).else_(
+                exp.func("to_json", double))
+        return finite.else_(double)
     if dtype == types.ARRAY_FLOAT:
         return _finite_items(value, dialect)
     return value
