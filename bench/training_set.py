@@ -24,7 +24,8 @@ Contenders, each in a fresh process (peak RSS is its own, read with getrusage(RU
                  so that a change is measured against what it changed in the same run
 
 In-process contenders report the time from just before opening the database (raw) or from the open
-FeatureStore (fm) to the Arrow table in hand; process contenders report the process's wall time. Every repetition runs every
+FeatureStore (fm) to the Arrow table in hand, and the CPU seconds the process spent in that span (every thread:
+steadier than wall time on a loaded machine); process contenders report the process's wall time. Every repetition runs every
 contender once, in an order rotated by one each repetition; each ratio is taken within a repetition (paired)
 and reported as median [min-max] over the repetitions. The first featuremart call loads the project and
 compiles the macro with dbt (reported apart as `first_use`); later ones read the loaded project and the
@@ -124,11 +125,12 @@ def hand_written(ordered: bool) -> str:
 RAW_IN_PROCESS = """
 import sys, time, json, duckdb, pyarrow
 query = sys.stdin.read()
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 con = duckdb.connect(sys.argv[1], read_only=True)
 con.execute("set enable_progress_bar = false")
 table = con.sql(query).to_arrow_table()
-print(json.dumps({"seconds": time.perf_counter() - started, "rows": table.num_rows}))
+print(json.dumps({"seconds": time.perf_counter() - started, "call_cpu_seconds": time.process_time() - cpu,
+                  "rows": table.num_rows}))
 """
 
 FM_IN_PROCESS = """
@@ -137,10 +139,11 @@ from featuremart import FeatureStore
 options = {"ordered": False} if sys.argv[3:] == ["unordered"] else {}
 started = time.perf_counter()
 with FeatureStore(sys.argv[1]) as fs:
-    opened = time.perf_counter()
+    opened, cpu = time.perf_counter(), time.process_time()
     table = fs.training_set("spine", "label_ts", service=sys.argv[2], **options)
-    done = time.perf_counter()
-print(json.dumps({"seconds": done - opened, "open_seconds": opened - started, "rows": table.num_rows}))
+    done, cpu = time.perf_counter(), time.process_time() - cpu
+print(json.dumps({"seconds": done - opened, "call_cpu_seconds": cpu, "open_seconds": opened - started,
+                  "rows": table.num_rows}))
 """
 
 RAW_PROCESS = """
@@ -293,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("fm_python", "fm_python_before"):  # counting the FeatureStore's opening too
                 if name in results:
                     fm = results[name]
-                    results[name.replace("fm_python", "fm_python_open")] = {
-                        **fm, "seconds": fm["seconds"] + fm["open_seconds"]}
+                    results[name.replace("fm_python", "fm_python_open")] = {  # the call's CPU is not the open's
+                        **{k: v for k, v in fm.items() if k != "call_cpu_seconds"},
+                        "seconds": fm["seconds"] + fm["open_seconds"]}
             reps.append(results)
             print(f"rep {rep + 1} ({', '.join(order)}): " + ", ".join(
                 f"{n} {r['seconds']:.2f}s/{r['peak_rss_bytes'] / 2**20:.0f}MB" for n, r in results.items()),
@@ -313,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         if a in names and b in names:
             ratios[f"{a}/{b}"] = {
                 "time": spread([r[a]["seconds"] / r[b]["seconds"] for r in reps]),
+                **({"call_cpu": spread([r[a]["call_cpu_seconds"] / r[b]["call_cpu_seconds"] for r in reps])}
+                   if "call_cpu_seconds" in reps[0][a] and "call_cpu_seconds" in reps[0][b] else {}),
                 "memory": spread([r[a]["peak_rss_bytes"] / r[b]["peak_rss_bytes"] for r in reps])}
     print(f"\n{args.repeat} repetitions, load average before {load_before}, after {load_after}; median [min-max]")
     for name, s in summary.items():
@@ -322,15 +328,18 @@ def main(argv: list[str] | None = None) -> int:
               f"process CPU {s['process_cpu_seconds']['median']:.2f}s")
     for key, r in ratios.items():
         t, m = r["time"], r["memory"]
+        c = r.get("call_cpu")
         print(f"  {key:24s} time {t['median']:.2f}x [{t['min']:.2f}-{t['max']:.2f}]   "
-              f"memory {m['median']:.2f}x [{m['min']:.2f}-{m['max']:.2f}]")
+              f"memory {m['median']:.2f}x [{m['min']:.2f}-{m['max']:.2f}]"
+              + (f"   in-call CPU {c['median']:.2f}x [{c['min']:.2f}-{c['max']:.2f}]" if c else ""))
     report = {
         "benchmark": "training_set", "spine_rows": args.spine_rows, "view_rows": args.view_rows,
         "entities": args.entities, "features": len(FEATURES), "repeat": args.repeat,
         "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after,
         "duckdb": __import__("duckdb").__version__, "python": platform.python_version(),
         "first_use_seconds": round(first_use, 3), "bars": BARS, "contenders": summary, "ratios": ratios,
-        "repetitions": [{n: {k: r[k] for k in ("seconds", "cpu_seconds", "peak_rss_bytes")} for n, r in rep.items()}
+        "repetitions": [{n: {k: r[k] for k in ("seconds", "call_cpu_seconds", "cpu_seconds", "peak_rss_bytes")
+                             if k in r} for n, r in rep.items()}
                         for rep in reps],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
