@@ -349,27 +349,34 @@ def test_export_interrupted_at_any_step_loses_and_duplicates_nothing(synced, tmp
         export_logs(directory)
     monkeypatch.undo()
     spool = directory / SPOOL_DIR
-    assert len(list(spool.glob("*.spool"))) == 2 and len(list(spool.glob("claim-*.json"))) == 1
+    assert len(list(spool.glob("*.spool"))) == 2 and len(list(spool.glob("*.json"))) == 1
     assert len(parquet_rows()) == 2 * 3  # the file of the day before's two reads is there already
     read(["d"])  # a new segment, not in the interrupted claim
     done = export_logs(directory)
     assert (done.records, done.segments, done.files, done.skipped) == (6, 3, 3, 0)
-    assert list(spool.glob("*.spool")) == list(spool.glob("claim-*.json")) == []
+    assert list(spool.glob("*.spool")) == list(spool.glob("*.json")) == []
     read(["e", "f"])
     read(["g"])
     crash_at("_remove", 2)  # removed the first of the claim's two segments, then died
     with pytest.raises(SystemExit):
         export_logs(directory)
     monkeypatch.undo()
-    assert len(list(spool.glob("*.spool"))) == 1 and len(list(spool.glob("claim-*.json"))) == 1
+    assert len(list(spool.glob("*.spool"))) == 1 and len(list(spool.glob("*.json"))) == 1
     assert export_logs(directory).records == 0  # finishing the claim writes nothing again
-    assert list(spool.glob("*.spool")) == list(spool.glob("claim-*.json")) == []
+    assert list(spool.glob("*.spool")) == list(spool.glob("*.json")) == []
     rows = parquet_rows()
     ids = [r[0] for r in rows]
     assert len(rows) == len(set(rows)) == 9 * 3  # every read once, a file row per view
     assert {i: ids.count(i) // 3 for i in ids} == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1, "g": 1, "dup": 2}
     out = run_cli("logs", "export", "--log-dir", str(directory))
     assert out[0] == EXIT_OK and "exported 0 log rows (0 reads) from 0 spool segments" in out[1]
+    bad = spool / "1-1-1.spool"  # not a segment (another Python's, a disk's damage): named, nothing lost
+    bad.write_bytes(b"not a segment")
+    read(["h"])
+    code, out = run_cli("logs", "export", "--log-dir", str(directory))
+    assert code == EXIT_USER_ERROR and "1-1-1.spool: not a served-feature log spool segment" in out, out
+    bad.rename(tmp_path / "aside")  # as the message says
+    assert export_logs(directory).records == 1 and [r[0] for r in parquet_rows()].count("h") == 3
     log.close()
 
 
@@ -542,6 +549,7 @@ def test_skew_bad_input_unknown_features_stale_versions_duplicates_and_no_logs(s
     serve_labels(synced, labels(project, 10))
     assert log.flush()
     synced.close()
+    export_logs(log.directory)
     files = sorted(log.directory.glob("date=*/*.parquet"))
     table = pq.read_table(files[0])
     # a copy of a file (duplicated request ids), a feature the service no longer has, an older view version

@@ -8,9 +8,9 @@ view) and writes one Parquet file per UTC date under `<directory>/date=YYYY-MM-D
 No record is lost or written twice, whatever step an export is interrupted at: one export at a time (a lock
 file); a batch of segments is first named in a claim file, its Parquet files are named after the claim and
 each written whole (temporary name, fsync, rename), and the segments are removed only once all of them are in
-place, the claim last. An export that finds a claim finishes it first: all its segments still there, it writes
-the same files again (replacing any written before the interruption); some removed already, it only removes
-the rest.
+place (the claim renamed "done" first, removed last). An export that finds a claim finishes it first: not done,
+it writes the same files again from its segments (replacing any written before the interruption); done, it
+only removes the segments left.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ BATCH_BYTES = 64 << 20
 _EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
 _NAMES = [name for name, _ in FILE_COLUMNS]
-_LOCK, _CLAIM = ".export.lock", "claim-"
+#: a batch's claim: named before its Parquet files are written, renamed to _DONE once they all are
+_LOCK, _CLAIM, _DONE = ".export.lock", "claim-", "done-"
 
 
 class Exported(NamedTuple):
@@ -67,8 +68,8 @@ def export_logs(directory: str | Path) -> Exported:
     total = Exported(0, 0, 0, 0)
     try:
         with _locked(spool / _LOCK):
-            for claim in sorted(spool.glob(_CLAIM + "*.json")):  # an export interrupted: finish it first
-                total = _add(total, _finish(directory, claim))
+            for claim in sorted(spool.glob(_DONE + "*.json")) + sorted(spool.glob(_CLAIM + "*.json")):
+                total = _add(total, _finish(directory, claim))  # an export interrupted: finish it first
             while True:
                 segments, size = [], 0
                 for path in sorted(spool.glob("*" + SEGMENT_SUFFIX), key=_segment_order):
@@ -91,9 +92,12 @@ def _add(a: Exported, b: Exported) -> Exported:
     return Exported(*(x + y for x, y in zip(a[:5], b[:5])), b.problem or a.problem)
 
 
-def _segment_order(path: Path) -> tuple[int, ...]:
-    """Segments by the time they were written (their names: nanoseconds-pid-sequence)."""
-    return tuple(int(part) for part in path.name.removesuffix(SEGMENT_SUFFIX).split("-"))
+def _segment_order(path: Path) -> tuple:
+    """Segments by the time they were written (their names: nanoseconds-pid-sequence), others after them."""
+    try:
+        return 0, tuple(int(part) for part in path.name.removesuffix(SEGMENT_SUFFIX).split("-"))
+    except ValueError:
+        return 1, path.name
 
 
 @contextlib.contextmanager
@@ -105,14 +109,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _finish(directory: Path, claim: Path) -> Exported:
-    """Export the segments `claim` names (unless an earlier try got as far as removing some), then remove them
-    and the claim."""
+    """Export the segments a claim names that are there (not if it is done already: all its Parquet files were
+    written, and some segments may be removed), mark it done, then remove them and it."""
     spool = claim.parent
-    names = orjson.loads(claim.read_bytes())
-    present = [spool / name for name in names if (spool / name).exists()]
+    present = [spool / name for name in orjson.loads(claim.read_bytes()) if (spool / name).exists()]
     done = Exported(0, 0, 0, 0)
-    if len(present) == len(names):
+    if claim.name.startswith(_CLAIM):
         done = _write_parquet(directory, claim.stem.removeprefix(_CLAIM), present)
+        claim = claim.rename(claim.with_name(_DONE + claim.name.removeprefix(_CLAIM)))
     for path in present:  # every Parquet file of the claim is in place: the segments can go
         _remove(path)
     _remove(claim)
