@@ -8,18 +8,20 @@ Generates the reference project at `--customers` customers in a temp dir (or reu
 
 Each repetition runs one block of calls per shape and contender (`--calls` 100-entity calls, `--calls-1`
 1-entity calls, so that each block lasts seconds): "off" (no log), "on" (a `ServedLog` attached: every read
-logged, written as Parquet to a temp dir by its writer process, flushing every `--flush-seconds`, 2 s as in
-production, so that flushes land inside a block) and, with `--compare-ref REF`, "on@REF": the `ServedLog` of
-featuremart/servedlog/writer.py at git REF, loaded from git (e.g. the background-thread writer this one
-replaced). The order of the contenders rotates from repetition to repetition and from shape to shape, so all
+logged, its spool thread writing a segment to a temp dir every `--flush-seconds`, 2 s as in production, so that
+writes land inside a block), with `--discard` "on-discard" (the same log, its spool thread taking the buffer and
+writing nothing: the reading process's share alone) and, with `--compare-ref REF`, "on@REF": the `ServedLog` of
+featuremart/servedlog/writer.py at git REF, loaded from git (e.g. the writer process this one replaced). The order of the contenders rotates from repetition to repetition and from shape to shape, so all
 share the machine's noise. A block's p50 and p99 are compared with the "off" block of the same repetition: the
 table shows the median and [min-max] of the ratios over `--reps` repetitions. The final flush of a block
-(closing the log) is not timed; the flushes during it are. "writer capacity" is the block's wall time over the
-CPU time the writer process spent on the block's rows (read from /proc after a final flush): how many times the
-reader's full-speed row rate one writer process could take.
+(closing the log) is not timed; the writes during it are. "writer capacity" is the block's wall time over the
+CPU time the log's writer (the spool thread; REF's writer process) spent on the block's rows (read from /proc after
+a final flush): how many times the reader's full-speed row rate it could take. After each "on" block the
+block's spool is exported (`featuremart logs export`, untimed): its rows per CPU-second are reported, the cost
+moved off the serving path.
 
     python bench/logging_overhead.py                        # 20k customers, 7 repetitions
-    python bench/logging_overhead.py --project DIR --reps 9 --compare-ref 2611a10
+    python bench/logging_overhead.py --project DIR --reps 5 --discard --compare-ref 133f49a
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from bench import redis_check  # noqa: E402
 from bench.online_read import customers_in, percentile, sample_pairs, spread  # noqa: E402
 from featuremart import FeatureStore  # noqa: E402
-from featuremart.servedlog import ServedLog  # noqa: E402
+from featuremart.servedlog import ServedLog, export_logs  # noqa: E402
 from tests.conftest import build_reference_project  # noqa: E402
 
 #: logging on against off, median over repetitions, p99 (the issue's bar)
@@ -68,9 +70,12 @@ def block(read, batches: list, calls: int) -> dict[str, float]:
     return {"p50_us": round(percentile(times, 0.50), 1), "p99_us": round(percentile(times, 0.99), 1), "wall_s": wall}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(log) -> float:
+    """User + system CPU time so far of a log's writer: its spool thread (/proc/self/task/TID/stat), or the writer
+    process of a log from before (/proc/PID/stat)."""
+    process = getattr(log, "_process", None)
+    where = f"/proc/{process.pid}/stat" if process is not None else f"/proc/self/task/{log._thread.native_id}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -103,16 +108,14 @@ def writer_at(ref: str, tmp: Path) -> type:
 
 
 class Discarding(ServedLog):
-    """This log with a writer process that unmarshals and counts records but writes nothing."""
+    """This log with a spool thread that takes the buffer, counts its rows written and writes nothing."""
 
-    sink_module = "bench.logging_discard_sink"
-
-
-class Idle(ServedLog):
-    """This log with `idle_writer=True`: its writer process under SCHED_IDLE while it keeps up."""
-
-    def __init__(self, directory, **kwargs):
-        super().__init__(directory, idle_writer=True, **kwargs)
+    def _spool(self) -> bool:
+        with self._lock:
+            rows, self._outbox, self._outbox_rows = self._outbox_rows, bytearray(), 0
+            self._held -= rows
+            self._counts["written"] += rows
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,11 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-ref", default=None,
                         help="also time the ServedLog of this git ref (e.g. the commit before the writer process)")
     parser.add_argument("--discard", action="store_true",
-                        help="also time 'on-discard': this log with a writer process that writes nothing "
-                             "(bench/logging_discard_sink.py), the reading process's share of the cost alone")
-    parser.add_argument("--idle", action="store_true",
-                        help="also time 'on-idle': this log with idle_writer=True (its writer process under "
-                             "SCHED_IDLE while it keeps up)")
+                        help="also time 'on-discard': this log with a spool thread that writes nothing, the "
+                             "reading process's share of the cost alone")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the run (default Python's 0.005 s): a tail that moves with "
                              "it is a thread of the reading process holding the GIL")
@@ -171,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         contenders = {"off": None, "on": ServedLog}
         if args.discard:
             contenders["on-discard"] = Discarding
-        if args.idle:
-            contenders["on-idle"] = Idle
         if args.compare_ref:
             contenders[f"on@{args.compare_ref}"] = writer_at(args.compare_ref, Path(tmp))
         names = list(contenders)
@@ -189,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                         log = contenders[mode](Path(tmp) / "logs" / f"{rep}-{s}-{mode}", services="all",
                                                flush_seconds=args.flush_seconds).attach(fs.reader)
                         log.flush()  # started (a writer process has imported pyarrow) before the clock runs
-                        writer_cpu = cpu_seconds(log._process.pid)
+                        writer_cpu = cpu_seconds(log)
                     gc.collect()
                     result[mode] = block(read, batches, calls[shape])
                     if log is not None:
                         during = log.stats()
                         log.flush(timeout=600)  # untimed: the writer's CPU for all of the block's rows
-                        writer_cpu = cpu_seconds(log._process.pid) - writer_cpu
+                        writer_cpu = cpu_seconds(log) - writer_cpu
                         # how many times the reader's row rate the writer could take: block time / its CPU time
                         result[mode]["writer_cpu_s"] = writer_cpu
                         result[mode]["writer_capacity"] = result[mode]["wall_s"] / max(writer_cpu, 0.01)
@@ -204,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                         stats = log.stats()
                         result[mode].update(files_during_block=during.files, rows_logged=stats.logged_rows,
                                             rows_written=stats.written_rows, rows_dropped=stats.dropped_rows)
+                        if mode == "on":  # the Parquet work, now off the serving path: untimed, its CPU counted
+                            cpu = time.process_time()
+                            exported = export_logs(log.directory).rows
+                            result[mode]["export_rows_per_cpu_s"] = exported / max(time.process_time() - cpu, 1e-3)
                 result["order"] = order
                 reps[shape].append(result)
             print(f"repetition {rep + 1}/{args.reps} done, load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -240,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{shape:<14} {mode:<14} {row['p50_us']['median']:>9.1f} {row['p99_us']['median']:>9.1f}  "
                   + (f"{cell(row['p50_ratio']):<20} {cell(row['p99_ratio']):<20} {row['files_during_block']:>11} "
                      f"{row['rows_dropped']:>8}  {cell(row['writer_capacity'])}" if mode != "off" else ""))
+    for shape, runs in reps.items():
+        rates = [r["on"]["export_rows_per_cpu_s"] for r in runs]
+        summary[f"{shape} on"]["export_rows_per_cpu_s"] = spread(rates)
+        print(f"{shape} on: featuremart logs export {statistics.median(rates):,.0f} log rows per CPU-second "
+              f"(median; off the serving path)")
     for key, row in summary.items():
         if "writer_rows_per_cpu_s" in row:
             print(f"{key}: writer {row['writer_rows_per_cpu_s']['median']:,.0f} log rows per CPU-second, reader "

@@ -2,8 +2,8 @@
 
 Times, with `timeit`, `ServedLog.record` on a real read's result and MGET reply (fraud_model, 1 and 100
 entities), in CPU time of the calling thread, against the read itself (wall time: it waits for Redis), on a private redis-server and the reference project at `--project` (as
-built by bench/logging_overhead.py). The log's writer process discards what it gets
-(bench/logging_discard_sink.py), so only the reading process's work is timed; the sends it makes are in it.
+built by bench/logging_overhead.py). The log's spool thread discards what it takes (`Discarding` of
+bench/logging_overhead.py), so only the read path's work is timed.
 
     python bench/logging_record_cost.py --project DIR
 """

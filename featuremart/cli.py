@@ -134,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     skew.add_argument("--examples", type=int, default=3, metavar="N", help="examples per feature (default: 3)")
     skew.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    logs = sub.add_parser("logs", help="the served-feature log (docs/flywheel.md)")
+    logs_sub = logs.add_subparsers(dest="logs_command", required=True, metavar="ACTION")
+    export = logs_sub.add_parser("export", help="turn the served-feature log's spool into Parquet files, for dbt")
+    export.add_argument("--project-dir", default=".", help="the dbt project directory (default: .), where a "
+                        "relative --log-dir is")
+    export.add_argument("--log-dir", metavar="DIR", default=None,
+                        help="where the logs are (default: $FEATUREMART_SERVED_LOG_DIR, else data/served_log)")
+    export.add_argument("--json", action="store_true", help="print what was exported as JSON")
+
     training = sub.add_parser("training-set", parents=[common],
                               help="build a point-in-time correct training set from a spine of labelled events")
     training.add_argument("--spine", required=True,
@@ -629,6 +638,28 @@ def cmd_training_set(store: FeatureStore, args: argparse.Namespace, console: Con
     return 0
 
 
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    """`logs export`: exit 0 when every spooled record is in Parquet, 1 when some could not be turned into rows."""
+    from pathlib import Path
+
+    from featuremart.servedlog.export import export_logs
+    from featuremart.servedlog.writer import default_log_dir
+
+    project_dir = Path(args.project_dir).absolute()
+    directory = project_dir / args.log_dir if args.log_dir else default_log_dir(project_dir)
+    done = export_logs(directory)
+    if args.json:
+        console.print_json(json.dumps({**done._asdict(), "log_dir": str(directory)}))
+    else:
+        console.print(f"exported {done.rows:,} log rows ({done.records:,} reads) from {done.segments:,} spool "
+                      f"segments into {done.files:,} Parquet files under {directory}", highlight=False)
+    if done.skipped:
+        console.print(f"[red]skipped {done.skipped:,} log rows that could not be turned into file rows: "
+                      f"{escape(done.problem or '')}[/]")
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
 def cmd_skew(store: FeatureStore, args: argparse.Namespace, console: Console) -> int:
     """Exit 0 when every feature's disagreement is within features.yml's skew.max_mismatch_rate, else 4."""
     from featuremart.servedlog.skew import skew_report
@@ -664,8 +695,9 @@ def cmd_skew(store: FeatureStore, args: argparse.Namespace, console: Console) ->
 
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "validate": cmd_validate, "sync": cmd_sync,
             "status": cmd_status, "stats": cmd_stats, "report": cmd_report, "training-set": cmd_training_set, "skew": cmd_skew}
-#: Commands that read the online store only: they take (args, console) and open no dbt project unless needed.
-SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve}
+#: Commands that read the online store or the served log only: they take (args, console) and open no dbt project
+#: unless needed.
+SERVING_COMMANDS = {"get": cmd_get, "serve": cmd_serve, "logs": cmd_logs}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -25,7 +24,8 @@ from rich.console import Console
 from featuremart.cli import EXIT_BREACH, EXIT_OK, EXIT_USER_ERROR, main
 from featuremart.errors import ServedLogError
 from featuremart.online.reader import OnlineReader
-from featuremart.servedlog import DEFAULT_LOG_DIR, LOG_COLUMNS, ServedLog, request_id, sink
+from featuremart.servedlog import DEFAULT_LOG_DIR, LOG_COLUMNS, ServedLog, export, export_logs, request_id
+from featuremart.servedlog.writer import SPOOL_DIR
 from featuremart.servedlog.skew import skew_report
 from featuremart.store import FeatureStore
 from tests.conftest import ROOT, dbt
@@ -68,8 +68,11 @@ def as_served(text: str | None, like: object) -> object:
     return type(like)(text) if isinstance(like, (int, float)) else text
 
 
-def file_rows(directory: Path) -> list[dict]:
-    """The rows of every log file under `directory` (FILE_COLUMNS: one per request x entity x view)."""
+def file_rows(directory: Path, *, exporting: bool = True) -> list[dict]:
+    """The rows of every log file under `directory` (FILE_COLUMNS: one per request x entity x view), its spool
+    exported first (as `featuremart logs export` does) unless `exporting` is false."""
+    if exporting:
+        export_logs(directory)
     files = sorted(directory.glob("date=*/*.parquet"))
     if not files:
         return []
@@ -140,7 +143,8 @@ def test_logged_rows_are_what_was_served(synced, project, tz, monkeypatch):
     rows = logged_rows(log.directory)
     assert len(rows) == 320 and list(rows[0]) == [name for name, _ in LOG_COLUMNS]
     # partitioned by the request's UTC date
-    assert {p.name for p in log.directory.iterdir()} == {f"date={r['request_ts']:%Y-%m-%d}" for r in rows}
+    assert {p.name for p in log.directory.iterdir()} == {SPOOL_DIR} | {f"date={r['request_ts']:%Y-%m-%d}" for r in rows}
+    assert list((log.directory / SPOOL_DIR).glob("*.spool")) == []  # exported: the segments are gone
     by_request = {}
     for row in rows:
         by_request.setdefault(row["request_id"], []).append(row)
@@ -237,7 +241,7 @@ def test_clock_going_backwards_is_counted_and_each_record_keeps_its_time(synced,
     times = {r["request_id"]: r["request_ts"] for r in rows}
     assert times == {f"r{i}": m.replace(tzinfo=None) for i, m in
                      enumerate((now, now - timedelta(days=2), now - timedelta(days=1)))}
-    assert len({p.name for p in (tmp_path / "logs").iterdir()}) == 3  # one partition per UTC date
+    assert len({p.name for p in (tmp_path / "logs").iterdir()} - {SPOOL_DIR}) == 3  # one partition per UTC date
     log.close()
 
 
@@ -305,84 +309,101 @@ def test_http_request_id_header_is_the_logged_id_and_is_returned(synced, tmp_pat
     assert len(by_id["txn-42:a/b"]) == 2  # the same id twice: two requests, each at its own time
 
 
-def test_writer_process_killed_is_restarted_reads_go_on_and_the_loss_is_counted(synced, tmp_path):
-    """The sink gone (its process killed): reads are served as without a log, what it held is counted dropped,
-    and a new writer process logs the reads after it (read back from the files)."""
-    txns = labels(synced.project.project_dir, 8)
-    log = ServedLog(tmp_path / "logs", flush_seconds=3600).attach(synced.reader)
-    serve_labels(synced, txns[:2])
-    assert log.flush() and log.stats().written_rows == 16
-    assert writer_policies(log._process.pid) == {os.SCHED_OTHER}  # idle_writer is off by default
-    serve_labels(synced, txns[2:4])  # 16 rows in flight when the writer dies
-    first = log._process
-    os.kill(first.pid, 9)
-    deadline = time.monotonic() + 20
-    while log.stats().writer_restarts < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert log._process.pid != first.pid and log._process.poll() is None
-    during = serve_labels(synced, txns[4:])
-    plain = OnlineReader(synced.online)  # a reader that logs nothing serves the same values
-    for txn, customer, merchant in txns[4:]:
-        assert during[txn] == plain.get([{"customer_id": customer, "merchant_id": merchant}], service=SERVICE)[0]
-    assert log.flush()
-    stats = log.stats()
-    assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (64, 48, 16, 0)
-    assert stats.writer_restarts == 1 and "writer process exited (code -9): restarted" in stats.last_error
-    metrics = log.prometheus()  # what /metrics shows
-    assert "featuremart_served_log_dropped_rows_total 16\n" in metrics
-    assert "featuremart_served_log_writer_restarts_total 1\n" in metrics
-    rows = logged_rows(tmp_path / "logs")
-    assert {r["request_id"] for r in rows} == {t for t, _, _ in txns[:2] + txns[4:]} and len(rows) == 48
-    for r in rows:
-        if r["request_id"] in during:  # written by the new writer process: what was served
-            served = during[r["request_id"]][r["output_name"]]
-            assert (r["status"], r["value"]) == (served.status, served.value)
+def test_export_interrupted_at_any_step_loses_and_duplicates_nothing(synced, tmp_path, monkeypatch):
+    """An export that dies after writing one of a claim's two Parquet files (two UTC dates), and one that dies
+    after removing one of its spool segments: the next export finishes the claim, and every logged read is in
+    the Parquet files exactly once, read back by DuckDB; a duplicated request id stays two requests."""
+    directory = tmp_path / "logs"
+    log = ServedLog(directory, flush_seconds=3600).attach(synced.reader)
+    customer, merchant = labels(synced.project.project_dir, 1)[0][1:]
+    entity = [{"customer_id": customer, "merchant_id": merchant}]
+    now, made = datetime.now(timezone.utc), [0]
+
+    def read(ids: list[str]) -> None:  # one spool segment of these reads, one today and one the day before
+        for i, rid in enumerate(ids):
+            made[0] += 1  # each read at its own time
+            with request_id(rid):
+                synced.reader.read(entity, service=SERVICE, now=now - timedelta(days=i % 2, seconds=made[0]))
+        assert log.flush()
+
+    def crash_at(name: str, calls: int) -> None:
+        real, count = getattr(export, name), [0]
+
+        def dying(*args):
+            count[0] += 1
+            if count[0] == calls:
+                raise SystemExit(f"killed in {name}")  # what a kill leaves: the steps before this one done
+            return real(*args)
+        monkeypatch.setattr(export, name, dying)
+
+    def parquet_rows() -> list[tuple]:
+        with duckdb.connect() as con:
+            return con.execute(f"select request_id, request_ts, view from read_parquet('{directory}/date=*/*.parquet') "
+                               "order by all").fetchall()
+
+    read(["a", "b", "dup"])
+    read(["dup", "c"])
+    assert log.stats().files == 2 and log.stats().written_rows == 5 * 8
+    crash_at("_write_file", 3)  # the claim (1), the day before's file (2); dies writing today's (3)
+    with pytest.raises(SystemExit):
+        export_logs(directory)
+    monkeypatch.undo()
+    spool = directory / SPOOL_DIR
+    assert len(list(spool.glob("*.spool"))) == 2 and len(list(spool.glob("*.json"))) == 1
+    assert len(parquet_rows()) == 2 * 3  # the file of the day before's two reads is there already
+    read(["d"])  # a new segment, not in the interrupted claim
+    done = export_logs(directory)
+    assert (done.records, done.segments, done.files, done.skipped) == (6, 3, 3, 0)
+    assert list(spool.glob("*.spool")) == list(spool.glob("*.json")) == []
+    read(["e", "f"])
+    read(["g"])
+    crash_at("_remove", 2)  # removed the first of the claim's two segments, then died
+    with pytest.raises(SystemExit):
+        export_logs(directory)
+    monkeypatch.undo()
+    assert len(list(spool.glob("*.spool"))) == 1 and len(list(spool.glob("*.json"))) == 1
+    assert export_logs(directory).records == 0  # finishing the claim writes nothing again
+    assert list(spool.glob("*.spool")) == list(spool.glob("*.json")) == []
+    rows = parquet_rows()
+    ids = [r[0] for r in rows]
+    assert len(rows) == len(set(rows)) == 9 * 3  # every read once, a file row per view
+    assert {i: ids.count(i) // 3 for i in ids} == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1, "g": 1, "dup": 2}
+    out = run_cli("logs", "export", "--log-dir", str(directory))
+    assert out[0] == EXIT_OK and "exported 0 log rows (0 reads) from 0 spool segments" in out[1]
+    bad = spool / "1-1-1.spool"  # not a segment (another Python's, a disk's damage): named, nothing lost
+    bad.write_bytes(b"not a segment")
+    read(["h"])
+    code, out = run_cli("logs", "export", "--log-dir", str(directory))
+    assert code == EXIT_USER_ERROR and "1-1-1.spool: not a served-feature log spool segment" in out, out
+    bad.rename(tmp_path / "aside")  # as the message says
+    assert export_logs(directory).records == 1 and [r[0] for r in parquet_rows()].count("h") == 3
     log.close()
-    assert log._process.poll() is not None and log.stats().writer_restarts == 1  # closing restarts nothing
 
 
-def test_writer_stalled_under_a_full_speed_reader_loses_nothing(synced, tmp_path):
-    """The writer process stopped (SIGSTOP) while a reader reads 100-entity batches as fast as it can, then
-    let go: the rows wait, within the budget, and every one is written once (read back by DuckDB). The budget is
-    raised from its default 1M rows: a quiet machine's full-speed reader logs about 900k rows a second here, and
-    this test is about the hand-off losing nothing, not about the budget (test_sink_gone... covers that).
-    With idle_writer=True, keeping up, the writer runs under SCHED_IDLE (where this machine lets a thread come
-    back from it); the stall
-    makes it fall behind, which it counts (`writer_behind`), running at normal priority until it caught up."""
+def test_full_speed_reader_spools_early_and_every_row_is_exported_once(synced, tmp_path):
+    """100-entity reads as fast as they come, flush_seconds an hour: the spool thread is woken when a quarter of
+    the budget (the default 1M rows) waits, so segments are written during the reads and nothing is dropped;
+    after an export, every row is in the Parquet files once (read back by DuckDB)."""
     pairs = [{"customer_id": c, "merchant_id": m} for _, c, m in labels(synced.project.project_dir, 300)]
     batches = [pairs[i:i + 100] for i in range(0, 300, 100)]
-    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=0.2, max_buffered_rows=10_000_000,
-                    idle_writer=True).attach(synced.reader)
-    assert log.flush()
-    if sink._can_leave_idle():
-        assert writer_policies(log._process.pid) == {os.SCHED_IDLE}
+    log = ServedLog(tmp_path / "logs", services="all", flush_seconds=3600).attach(synced.reader)
     reads, start = 0, time.monotonic()
-    os.kill(log._process.pid, signal.SIGSTOP)
-    try:
-        while time.monotonic() - start < 0.5:
-            synced.reader.read(batches[reads % 3], service=SERVICE)
-            reads += 1
-    finally:
-        os.kill(log._process.pid, signal.SIGCONT)
-    while time.monotonic() - start < 1.5:  # and on at full speed while it catches up
+    while log.stats().logged_rows < 600_000 and time.monotonic() - start < 20:
         synced.reader.read(batches[reads % 3], service=SERVICE)
         reads += 1
+    during = log.stats()
+    assert during.files >= 1 and during.written_rows >= 250_000  # spooled while reading, not at the flush
     assert log.flush(timeout=120)
     stats = log.stats()
     assert (stats.logged_rows, stats.written_rows, stats.dropped_rows, stats.buffered_rows) == (
         reads * 800, reads * 800, 0, 0)
-    assert stats.writer_behind >= 1 and "featuremart_served_log_writer_behind_total" in log.prometheus()
+    assert export_logs(tmp_path / "logs").rows == reads * 800
     with duckdb.connect() as con:
         found = con.execute("select count(*), count(distinct request_id), count(distinct entity_keys) from "
                             f"read_parquet('{tmp_path / 'logs'}/date=*/*.parquet')").fetchone()
     distinct = len({(p["customer_id"], p["merchant_id"]) for p in pairs})
     assert found == (reads * 100 * 3, reads, distinct)  # a file row per request x entity x view
     log.close()
-
-
-def writer_policies(pid: int) -> set[int]:
-    """The scheduling policies of a process's threads."""
-    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 # -- the dbt side -------------------------------------------------------------------------------------------
@@ -394,6 +415,8 @@ def test_logs_as_a_dbt_source_and_training_from_logs(synced, project):
     half = len(txns) // 2
     served = serve_labels(synced, txns[:half])  # the first half was scored online; the others were not
     assert log.flush()
+    code, out = run_cli("logs", "export", "--project-dir", str(project))  # dbt reads Parquet: export first
+    assert code == EXIT_OK and f"exported {8 * half} log rows ({half} reads)" in out, out
     first = next(iter(sorted(log.directory.glob("date=*/*.parquet"))))
     shutil.copy(first, first.with_name("copied-by-hand.parquet"))  # a record twice: read once
     # the first transaction's id reused a second later, under a view version that no longer exists, with a
@@ -526,6 +549,7 @@ def test_skew_bad_input_unknown_features_stale_versions_duplicates_and_no_logs(s
     serve_labels(synced, labels(project, 10))
     assert log.flush()
     synced.close()
+    export_logs(log.directory)
     files = sorted(log.directory.glob("date=*/*.parquet"))
     table = pq.read_table(files[0])
     # a copy of a file (duplicated request ids), a feature the service no longer has, an older view version

@@ -528,7 +528,7 @@ def test_served_log_is_read_in_place_on_spark_and_the_skew_test_runs_on_it(spark
     place (featuremart.served_log): served_features holds every logged record once, value for value as a Python
     expansion of the files gives it; the served_skew test runs on it and passes (the logged values are what Spark
     computes); training from logs takes the logged values."""
-    from featuremart.servedlog import FILE_COLUMNS, LOG_COLUMNS
+    from featuremart.servedlog import FILE_COLUMNS, LOG_COLUMNS, export_logs
     from tests.test_flywheel import as_served, logged_rows, serve_labels
 
     spark_dir, made = spark_copy
@@ -545,6 +545,7 @@ def test_served_log_is_read_in_place_on_spark_and_the_skew_test_runs_on_it(spark
         log = store.log_served()
         served = serve_labels(store, txns)
         assert log.flush()
+    assert export_logs(log_dir).rows == 8 * len(txns)  # dbt reads the Parquet files: export first
     results = _dbt_here(spark_dir, "build", "--select", "flywheel", "--no-partial-parse")
     skew_tests = [r for r in results if r.node.name.startswith("featuremart_served_skew")]
     assert [r.status for r in skew_tests] == ["pass"], [(r.node.name, r.status, r.message) for r in skew_tests]

@@ -88,18 +88,21 @@ class SkewReport:
 
 def skew_report(store: FeatureStore, service: str, *, log_dir: str | Path | None = None,
                 examples: int = 3) -> SkewReport:
-    """Compare every logged read of `service` under `log_dir` with its point-in-time recomputation.
+    """Compare every logged read of `service` under `log_dir` with its point-in-time recomputation (the spool
+    exported to Parquet first: `featuremart logs export`).
 
     Raises UnknownNameError for a service the project does not have, ServedLogError when nothing of it was
     logged there (nothing to compare is not a pass).
     """
     from featuremart.dbtcore import compile_inline, depends_on, jinja_literal
+    from featuremart.servedlog.export import export_logs
     from featuremart.servedlog.writer import default_log_dir
 
     project = store.project
     directory = Path(log_dir) if log_dir is not None else default_log_dir(project.project_dir)
     if not directory.is_absolute():
         directory = project.project_dir / directory
+    export_logs(directory)
     registry = store.registry
     found = registry.service(service)  # an unknown name: an error listing the services
     versions = {name: registry.views[name].version for name in found.view_names}

@@ -2,18 +2,17 @@
 
 The read path (`OnlineReader.read`, through its one-line hook) calls `ServedLog.record`, which marshals what the
 read already holds (its MGET reply and statuses, the entities as one JSON text: C-level calls, nothing per
-value) and appends it to the bytes waiting for a writer process (`featuremart.servedlog.sink`), sent in batches
-by non-blocking sends on a stream socket pair (length-prefixed messages). That process turns records into file rows (one per request x entity x feature view,
-the view's value as Redis stored it: `FILE_COLUMNS`) and writes them as Parquet under
-`<directory>/date=YYYY-MM-DD/` (the request's UTC date). It is a process, not a thread, because a thread doing
-that work held the GIL the reads were waiting for (docs/flywheel.md has the measurements). dbt's
+value) and appends it, length-prefixed, to an in-memory buffer. A background thread of the serving process
+appends that buffer, as it is, to a new spool segment under `<directory>/spool/` every `flush_seconds` (or
+sooner when a quarter of the budget waits): one large `writev` and `fsync` every few seconds, both made
+without the GIL, so the reads are not preempted by a process of the log's own (docs/flywheel.md has the
+measurements). `featuremart logs export` (`featuremart.servedlog.export`) turns the segments into Parquet
+files partitioned by the request's UTC date (`FILE_COLUMNS`); `featuremart skew` exports first. dbt's
 `featuremart.served_log()` expands the files to one row per feature (`LOG_COLUMNS`).
 
-When the buffer budget is spent, the socket is full (the writer is behind) or the writer process is gone, the
-read goes on and its rows are counted in `dropped_rows`; a writer process that dies is started again (at once,
-or after a growing pause while new ones die young), what it held counted dropped; when a write fails (the directory became read-only, the
-disk is full or gone) the writer keeps the rows for its next write, within the same budget, and drops and counts
-what exceeds it. `stats()` gives the counters; `featuremart serve` exposes them on /metrics.
+When the buffer budget is spent (the disk is slow, full, read-only or gone), the read goes on and its rows are
+counted in `dropped_rows`; a failed segment write keeps its rows, within the same budget, for the next try.
+`stats()` gives the counters; `featuremart serve` exposes them on /metrics.
 """
 
 from __future__ import annotations
@@ -24,10 +23,7 @@ import contextvars
 import logging
 import marshal
 import os
-import select
-import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -59,18 +55,16 @@ LOG_COLUMNS = (
     ("output_name", "string"), ("dtype", "string"), ("view_version", "string"), ("value", "string"),
     ("event_ts", "timestamp"), ("status", "string"),
 )
-#: Kernel buffers of the stream socket to the writer process, what may be in flight while it writes (capped by
-#: the kernel at net.core.wmem_max / rmem_max). A stream, not SOCK_SEQPACKET: the kernel queues at most
-#: net.unix.max_dgram_qlen (10) packets, so a writer a few milliseconds late made full-speed reads drop.
-SOCKET_BYTES = 4 << 20
-#: Each message to the writer process: its length (4 bytes, little-endian), then a marshal (version 4: the
-#: writer runs this same interpreter), which took 0.6x the CPU of a pickle of the same record. Messages are sent
-#: in batches of SEND_BYTES, or after SEND_SECONDS: one syscall and one wake-up of the writer for many reads.
+#: The spool: segments of length-prefixed records under `<directory>/spool/`, each written whole (a temporary
+#: name, fsynced, renamed) and never changed after; `featuremart logs export` turns them into Parquet and
+#: removes them. A segment starts with SEGMENT_MAGIC; each record is its length (4 bytes, little-endian), then a
+#: marshal (version 4) of the read's objects, which took 0.6x the CPU of a pickle of the same record. Marshal's
+#: format belongs to the Python version: export with the Python that served (the magic names its version).
+SPOOL_DIR, SEGMENT_SUFFIX = "spool", ".spool"
+SEGMENT_MAGIC = b"FMSPOOL1 %d.%d\n" % sys.version_info[:2]
 _LENGTH = struct.Struct("<I")
-SEND_BYTES, SEND_SECONDS = 64 << 10, 0.05
-#: The counters of a writer process's report (`sink.Sink.report`) summed over the writer processes of a log.
-_SUMMED = ("written", "dropped", "files", "errors", "behind")
-_NO_REPORT = {**dict.fromkeys(_SUMMED, 0), "held": 0, "last_error": None}
+#: writev takes at most IOV_MAX (1024 on Linux) buffers: what waits through a long outage is joined first
+_MAX_BUFFERS = 512
 _log = logging.getLogger("featuremart.servedlog")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("featuremart_request_id", default=None)
 
@@ -120,20 +114,19 @@ def request_id(value: Any) -> Iterator[None]:
 class LogStats(NamedTuple):
     """Counters of a ServedLog since it started (rows: one per request x entity x feature)."""
 
-    logged_rows: int  # accepted (handed to the writer process)
-    written_rows: int  # in Parquet files on disk
-    dropped_rows: int  # never written: buffer full, writer behind or gone, or a failed write beyond the budget
-    buffered_rows: int  # accepted, not yet written (in flight, or waiting to retry a failed write)
-    files: int
+    logged_rows: int  # accepted into the buffer
+    written_rows: int  # in spool segments on disk (fsynced), for `featuremart logs export`
+    dropped_rows: int  # never written: the buffer budget was spent, or a record could not be encoded
+    buffered_rows: int  # accepted, not yet written (waiting for the next segment, or to retry a failed write)
+    files: int  # spool segments written
     write_errors: int
     clock_regressions: int  # reads whose request time was earlier than the previous read's
-    writer_restarts: int  # writer processes started again after one died
-    writer_behind: int  # times a writer process fell behind the reads (and left SCHED_IDLE: docs/flywheel.md)
     last_error: str | None
 
 
 class ServedLog:
-    """A served-feature log writing Parquet under `directory`, through a writer process of its own.
+    """A served-feature log spooling under `directory` from a background thread (`featuremart logs export`
+    writes the Parquet files).
 
     Args:
         directory: created if absent; must be writable now (ServedLogError otherwise: a wrong path is a setup
@@ -143,10 +136,8 @@ class ServedLog:
             service names.
         max_buffered_rows: the memory budget: rows accepted but not yet written, beyond which reads are not
             logged (and counted in `dropped_rows`).
-        flush_seconds: how often the writer process writes what it holds.
-        idle_writer: run the writer process under SCHED_IDLE while it keeps up (Linux, where allowed): an
-            experiment against the reads' p99 tail, not shown to help on a loaded machine, where it can fall
-            behind and drop rows (docs/flywheel.md); off by default.
+        flush_seconds: how often the buffer is written as a spool segment (sooner when a quarter of the budget
+            waits).
 
     Example:
         >>> log = ServedLog("data/served_log", services="all").attach(fs.reader)   # doctest: +SKIP
@@ -155,14 +146,14 @@ class ServedLog:
     """
 
     def __init__(self, directory: str | Path, *, services: str | Iterable[str] | None = None,
-                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0, idle_writer: bool = False):
+                 max_buffered_rows: int = 1_000_000, flush_seconds: float = 2.0):
         self.directory = Path(directory).absolute()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / SPOOL_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ServedLogError(f"served-feature log directory {self.directory}: cannot create it ({exc.strerror}); "
                                  "pass a writable --log-dir (or set " + LOG_DIR_ENV + ")") from None
-        if not os.access(self.directory, os.W_OK | os.X_OK):
+        if not os.access(self.directory / SPOOL_DIR, os.W_OK | os.X_OK):
             raise ServedLogError(f"served-feature log directory {self.directory} is not writable by this process: "
                                  "fix its permissions or pass another --log-dir (or set " + LOG_DIR_ENV + ")")
         if isinstance(services, str) and services != "all":
@@ -171,51 +162,26 @@ class ServedLog:
         self.services = services if services is None or services == "all" else frozenset(services)
         self.max_buffered_rows = max_buffered_rows
         self.flush_seconds = flush_seconds
-        self.idle_writer = idle_writer
-        self._count_lock = threading.Lock()  # reads may come from many threads; also guards the socket
-        self._counts = dict.fromkeys(("logged", "dropped", "regressions"), 0)
-        #: the current writer process's last report (rows written, dropped and held there, files, write errors),
-        #: replaced whole by its listener thread; `_gone` sums the reports of the writer processes before it
-        self._sink: dict[str, Any] = dict(_NO_REPORT, flushed=0)
-        self._gone = dict.fromkeys(_SUMMED, 0)
-        self._reported = threading.Condition()
+        self._wake_rows = max(1, max_buffered_rows // 4)
+        self._lock = threading.Lock()  # reads may come from many threads: guards the buffer and the counters
+        self._counts = dict.fromkeys(("logged", "dropped", "regressions", "written", "files", "errors"), 0)
+        self._outbox, self._outbox_rows, self._held = bytearray(), 0, 0
+        self._pending: list[bytearray] = []  # taken from the outbox, not written yet (the spool thread's)
+        self._pending_rows = 0
         self._last_error: str | None = None
         self._wanted: dict[tuple[str | None, str | None], bool] = {}
         self._specs: dict[int, tuple[Any, tuple[tuple[str, str, str], ...]]] = {}
         self._reader: OnlineReader | None = None
         self._last_us = 0
-        self._flushes = 0
+        self._seq = 0
+        self._asked = self._done = 0  # flush requests made, and answered by a spool pass begun after them
+        self._done_ok = True
+        self._passes = threading.Condition()
+        self._wake = threading.Event()
         self._closed = False
-        self._restarts = self._young_deaths = self._generation = 0
-        self._closing = threading.Event()
-        self._start_writer()
+        self._thread = threading.Thread(target=self._spool_loop, name="featuremart-served-log", daemon=True)
+        self._thread.start()
         atexit.register(self.close)
-
-    #: the module run as the writer process (bench/logging_discard_sink.py swaps in one that writes nothing)
-    sink_module = "featuremart.servedlog.sink"
-
-    def _start_writer(self) -> None:
-        """Start a writer process and its listener thread, and send to it from now on."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for end in (ours, theirs):
-            with contextlib.suppress(OSError):
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BYTES)
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BYTES)
-        ours.setblocking(False)
-        root = str(Path(__file__).resolve().parents[2])  # the child imports this featuremart, however we did
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
-        process = subprocess.Popen(
-            [sys.executable, "-m", self.sink_module, str(theirs.fileno()), str(self.directory),
-             str(self.max_buffered_rows), str(self.flush_seconds), "idle" if self.idle_writer else "normal"],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
-        theirs.close()
-        with self._count_lock:
-            self._sock, self._process, self._outbox, self._sent_at = ours, process, bytearray(), time.monotonic()
-            self._generation += 1
-            self._dead = False
-        self._listener = threading.Thread(target=self._listen, args=(ours, process), name="featuremart-served-log",
-                                          daemon=True)
-        self._listener.start()
 
     # -- the read path ------------------------------------------------------------------------------------
     def attach(self, reader: OnlineReader) -> ServedLog:
@@ -227,8 +193,8 @@ class ServedLog:
     def record(self, result: OnlineResult, stored: list[bytes | None], service: str | None, features: Any,
                now_us: int, request_id: str | None = None) -> None:
         """Called by the reader after each read with its result and MGET reply: append them as they are (one
-        marshal of objects the read already holds) to the bytes for the writer process, sent without blocking
-        every SEND_BYTES or SEND_SECONDS; or count them dropped. Never blocks, never raises."""
+        marshal of objects the read already holds) to the buffer, or count them dropped when the budget is
+        spent. Never blocks (beyond a short lock), never raises."""
         rows = 0
         try:
             wanted = self._wanted.get((result.registry_id, service))
@@ -242,34 +208,24 @@ class ServedLog:
                 now_us, request_id or _request_id.get(), service, None if features is None else ",".join(features),
                 result.registry_id, self._view_specs(result.registry_id, plan), _entity_keys(result._entities, plan),
                 result._status, stored, rows), 4)
-            with self._count_lock:
-                if self._dead or self._in_flight() + rows > self.max_buffered_rows:
+            with self._lock:
+                if self._held + rows > self.max_buffered_rows:
                     self._counts["dropped"] += rows
                     return
                 if now_us < self._last_us:
                     self._counts["regressions"] += 1
                 self._last_us = now_us
                 self._counts["logged"] += rows
+                self._held += rows
                 self._outbox += _LENGTH.pack(len(message))
                 self._outbox += message
-                if len(self._outbox) >= SEND_BYTES or time.monotonic() - self._sent_at >= SEND_SECONDS:
-                    self._push()
+                self._outbox_rows += rows
+                if self._outbox_rows >= self._wake_rows and not self._wake.is_set():
+                    self._wake.set()
         except Exception as exc:  # logging must never fail a read: the record is counted dropped
-            with self._count_lock:
+            with self._lock:
                 self._counts["dropped"] += rows
             self._last_error = f"record: {exc!r}"
-
-    def _in_flight(self) -> int:
-        """Rows accepted and neither written nor dropped yet (waiting here, in the socket or in the writer)."""
-        sink, gone = self._sink, self._gone
-        return self._counts["logged"] - gone["written"] - gone["dropped"] - sink["written"] - sink["dropped"]
-
-    def _push(self) -> None:
-        """Send what waits for the writer process, as much as its socket takes without blocking (under
-        `_count_lock`). The rest waits within the buffer budget; a writer gone is the listener's to count."""
-        with contextlib.suppress(OSError):
-            del self._outbox[:self._sock.send(self._outbox)]
-        self._sent_at = time.monotonic()
 
     def _decide(self, registry_id: str | None, service: str | None) -> bool:
         if self.services == "all":
@@ -284,123 +240,92 @@ class ServedLog:
         self._wanted[(registry_id, service)] = wanted
         return wanted
 
-    # -- the writer process's reports and its restart --------------------------------------------------------
-    def _listen(self, sock: socket.socket, process: subprocess.Popen) -> None:
-        """Take in a writer process's counters as it sends them (one JSON per line; a thread waiting in select,
-        off the GIL). When it is gone, count what it had not written as dropped and, unless the log is closed,
-        start another."""
-        started, pending = time.monotonic(), b""
+    # -- the spool thread -----------------------------------------------------------------------------------
+    def _spool_loop(self) -> None:
+        """Every flush_seconds, or when woken (a quarter of the budget waits, a flush, close): write what waits."""
         while True:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            closing = self._closed
+            with self._passes:
+                asked = self._asked
             try:
-                if not select.select([sock], [], [], SEND_SECONDS * 2)[0]:
-                    with self._count_lock:  # no read sent what waits since: the reads have stopped
-                        if self._outbox and time.monotonic() - self._sent_at >= SEND_SECONDS:
-                            self._push()
-                        behind = len(self._outbox) >= SEND_BYTES  # a read's send found the socket full
-                    if behind and self.idle_writer:  # starved under SCHED_IDLE: it runs at normal priority
-                        with contextlib.suppress(OSError):  # until it caught up (featuremart.servedlog.sink)
-                            set_policy(process.pid, "OTHER")
-                    continue
-                chunk = sock.recv(1 << 16)
-            except BlockingIOError:
-                continue
-            except (OSError, ValueError):
-                chunk = b""
-            if not chunk:
-                break
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                self._take_report(orjson.loads(line))
-        code = process.wait()
-        with self._count_lock, self._reported:  # nothing more will be written by it: what was in flight is lost
-            sink, lost = self._sink, self._in_flight()
-            for name in _SUMMED:
-                self._gone[name] += sink[name]
-            self._gone["dropped"] += lost
-            self._sink = dict(_NO_REPORT, flushed=sink["flushed"])
-            self._generation += 1  # flushes waiting on this process give up
-            self._dead, self._outbox = True, bytearray()
-            self._reported.notify_all()
-            restart = not self._closed
-            if restart:
-                self._last_error = f"the writer process exited (code {code}): restarted; what it held is lost"
-                _log.warning("served-feature log: %s", self._last_error)
-        if restart:  # at once after a writer that had run a while; after a growing pause while they die young
-            self._young_deaths = 0 if time.monotonic() - started > 5 else self._young_deaths + 1
-            self._closing.wait(0.0 if not self._young_deaths else min(30.0, 0.25 * 2 ** self._young_deaths))
-            with self._reported:
-                try:
-                    if not self._closed:
-                        self._start_writer()
-                        self._restarts += 1
-                except Exception as exc:  # e.g. out of processes: reads go on, unlogged and counted dropped
-                    self._last_error = f"the writer process exited (code {code}) and cannot be restarted: {exc}"
-                    _log.warning("served-feature log: %s", self._last_error)
-        sock.close()
+                ok = self._spool()
+            except Exception as exc:  # pragma: no cover - a bug here must not stop the thread: rows wait, counted
+                ok, self._last_error = False, f"spool: {exc!r}"
+            with self._passes:
+                self._done, self._done_ok = asked, ok
+                self._passes.notify_all()
+            if closing:
+                return
 
-    def _take_report(self, status: dict[str, Any]) -> None:
-        warn = status.pop("warn")
-        if warn:  # a write failed (once per outage), or writing works again
-            _log.warning("served-feature log: %s", warn)
-        with self._reported:
-            status["flushed"] = max(status["flushed"] or 0, self._sink["flushed"])
-            self._sink = status
-            self._reported.notify_all()
+    def _spool(self) -> bool:
+        """Take the buffer and write it, with what a failed write left, as one new segment; False if that failed
+        (the rows stay held, within the budget, for the next pass)."""
+        with self._lock:
+            if self._outbox:
+                self._pending.append(self._outbox)
+                self._pending_rows += self._outbox_rows
+                self._outbox, self._outbox_rows = bytearray(), 0
+        if not self._pending:
+            return True
+        if len(self._pending) > _MAX_BUFFERS:
+            self._pending = [bytearray().join(self._pending)]
+        spool = self.directory / SPOOL_DIR
+        self._seq += 1
+        name = f"{time.time_ns()}-{os.getpid()}-{self._seq}{SEGMENT_SUFFIX}"
+        tmp = spool / f".{name}.tmp"
+        try:
+            spool.mkdir(parents=True, exist_ok=True)
+            _write_whole(tmp, [SEGMENT_MAGIC, *self._pending])
+            os.replace(tmp, spool / name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            error = f"cannot write {spool / name}: {exc}"
+            with self._lock:
+                self._counts["errors"] += 1
+            if self._last_error is None or not self._last_error.startswith("cannot write"):  # once per outage
+                _log.warning("served-feature log: %s (rows kept for the next write, within the buffer; see "
+                             "stats() or /metrics for drops)", error)
+            self._last_error = error
+            return False
+        if self._last_error is not None and self._last_error.startswith("cannot write"):
+            _log.warning("served-feature log: writing again to %s", spool)
+            self._last_error = None
+        with self._lock:
+            self._held -= self._pending_rows
+            self._counts["written"] += self._pending_rows
+            self._counts["files"] += 1
+        self._pending, self._pending_rows = [], 0
+        return True
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Have the writer process write everything accepted so far; True when it did (False: a write failed,
-        the writer process died meanwhile, or `timeout` passed first)."""
-        deadline = time.monotonic() + timeout
-        with self._reported:
-            self._flushes += 1
-            token = self._flushes
-        message = marshal.dumps(("flush", token), 4)
-        with self._count_lock:
-            generation = self._generation
-            self._outbox += _LENGTH.pack(len(message)) + message
-        if not self._send_all(generation, deadline):
-            return False
-        with self._reported:
-            self._reported.wait_for(lambda: self._sink["flushed"] >= token or self._generation != generation,
-                                    max(0.0, deadline - time.monotonic()))
-            return (self._generation == generation and self._sink["flushed"] >= token
-                    and self.stats().buffered_rows == 0)
-
-    def _send_all(self, generation: int, deadline: float) -> bool:
-        """Send everything waiting to the writer process of `generation`; False if it died or `deadline` passed."""
-        while True:
-            with self._count_lock:
-                if self._generation != generation:
-                    return False
-                self._push()
-                if not self._outbox:
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
+        """Write everything accepted so far as a spool segment now; True when it was (False: the write failed,
+        or `timeout` passed first)."""
+        with self._passes:
+            self._asked += 1
+            token = self._asked
+            self._wake.set()
+            done = self._passes.wait_for(lambda: self._done >= token or not self._thread.is_alive(), timeout)
+            return bool(done and self._done >= token and self._done_ok)
 
     def close(self) -> None:
-        """Stop the writer process after its last write (what cannot be written is counted dropped)."""
+        """Write what waits, then stop the spool thread (what cannot be written is counted dropped)."""
         if self._closed:
             return
-        with self._reported:  # no restart begins after this
-            self._closed = True
-            self._closing.set()
-        self._send_all(self._generation, time.monotonic() + 30)
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)  # the writer reads to the end, writes, reports, and exits
-        self._listener.join(timeout=60)
-        if self._listener.is_alive():  # pragma: no cover - a writer stuck on a dead disk
-            self._process.kill()
-            self._listener.join(timeout=10)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=60)
+        with self._lock:  # nothing will write them now
+            self._counts["dropped"] += self._held
+            self._held = 0
         atexit.unregister(self.close)
 
     def stats(self) -> LogStats:
-        c, sink, gone = self._counts, self._sink, self._gone
-        return LogStats(c["logged"], gone["written"] + sink["written"], c["dropped"] + gone["dropped"] + sink["dropped"],
-                        self._in_flight(), gone["files"] + sink["files"], gone["errors"] + sink["errors"],
-                        c["regressions"], self._restarts, gone["behind"] + sink["behind"],
-                        self._last_error or sink["last_error"])
+        c = self._counts
+        return LogStats(c["logged"], c["written"], c["dropped"], self._held, c["files"], c["errors"],
+                        c["regressions"], self._last_error)
 
     def prometheus(self) -> str:
         """The counters in Prometheus text format (appended to the server's /metrics)."""
@@ -408,15 +333,11 @@ class ServedLog:
         lines = []
         for name, value, kind, text in (
                 ("logged_rows_total", s.logged_rows, "counter", "Served-feature log rows accepted."),
-                ("written_rows_total", s.written_rows, "counter", "Served-feature log rows written to Parquet."),
+                ("written_rows_total", s.written_rows, "counter", "Served-feature log rows written to the spool."),
                 ("dropped_rows_total", s.dropped_rows, "counter",
-                 "Served-feature log rows dropped (buffer full, writer behind or gone, sink unavailable)."),
+                 "Served-feature log rows dropped (buffer budget spent while the disk was slow or unavailable)."),
                 ("buffered_rows", s.buffered_rows, "gauge", "Served-feature log rows waiting to be written."),
-                ("write_errors_total", s.write_errors, "counter", "Failed served-feature log writes."),
-                ("writer_restarts_total", s.writer_restarts, "counter",
-                 "Served-feature log writer processes restarted after dying."),
-                ("writer_behind_total", s.writer_behind, "counter",
-                 "Times the served-feature log writer fell behind the reads (and ran at normal priority).")):
+                ("write_errors_total", s.write_errors, "counter", "Failed served-feature log spool writes.")):
             lines += [f"# HELP featuremart_served_log_{name} {text}", f"# TYPE featuremart_served_log_{name} {kind}",
                       f"featuremart_served_log_{name} {value}"]
         return "\n".join(lines) + "\n"
@@ -446,17 +367,6 @@ class ServedLog:
         return tuple(out.split("__", 1)[1] if out.startswith(view.name + "__") else out for out in view.out_names)
 
 
-def set_policy(pid: int | str, policy: str) -> None:
-    """Every thread of process `pid` ("self": this one) under scheduling policy `policy` ("IDLE" or "OTHER");
-    OSError if refused. A policy is per thread on Linux (new threads inherit their maker's); elsewhere nothing."""
-    value = getattr(os, f"SCHED_{policy}", None)
-    if value is None or not os.path.isdir(f"/proc/{pid}/task"):
-        return
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setscheduler(int(tid), value, os.sched_param(0))
-
-
 def _entity_keys(entities: Any, plan: Any) -> bytes | list[str]:
     """The entities as given, as one JSON array (plain dicts of their keys: one C-level pass), else (numpy
     scalars, a Mapping that is not a dict) each one's join keys as a JSON object text."""
@@ -465,3 +375,17 @@ def _entity_keys(entities: Any, plan: Any) -> bytes | list[str]:
     except TypeError:
         return [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
                              default=str).decode() for e in entities]
+
+
+def _write_whole(path: Path, buffers: list) -> None:
+    """`buffers` as the new file `path`, fsynced (writev and fsync run without the GIL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        total, done = sum(len(b) for b in buffers), os.writev(fd, buffers)
+        if done < total:  # a short write (rare on a regular file): the rest, in order
+            rest = memoryview(b"".join(buffers))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
