@@ -474,3 +474,25 @@ def test_arrow_types_and_values_are_the_records_for_every_status_and_type(synced
                 assert chunk.dictionary.to_pylist() == [PRESENT, MISSING, EXPIRED], name
     assert {r["f_int"].status for r in records} == {PRESENT, MISSING} and \
         {r["balance"].status for r in records} == {EXPIRED, MISSING}
+
+
+def test_a_bool_in_an_int_feature_is_1_or_0_in_arrow_with_or_without_nulls(synced, redis_url):
+    """A stored `true` where an int feature belongs (no sync writes one; another writer of the documented format
+    might) reads as True in records and columns and as 1 in Arrow's int64 column, whether the column's values
+    go through the buffer path (no null) or through `pa.array` (a null beside it), never an error in one case and
+    a value in the other: 1 == True, so Arrow still equals the records API."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [key] = client.scan_iter(match="fm:{thing_id=a}:all_types:*")
+        position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index("f_int")
+        row = orjson.loads(client.get(key))
+        row[position] = True
+        client.set(key, orjson.dumps(row), keepttl=True)
+    finally:
+        client.close()
+    for entities, expected in (([{"thing_id": "a"}], [1]), ([{"thing_id": "a"}, {"thing_id": "c"}], [1, None])):
+        result = synced.reader.read(entities, features=["all_types.f_int"])
+        values = [r["f_int"].value for r in result.to_records()]
+        assert values == [True, None][:len(entities)] and values[0] is True
+        column = result.to_arrow().column("f_int")
+        assert column.type == pa.int64() and column.to_pylist() == expected == values

@@ -603,8 +603,9 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
     buffer that the array wraps, a few strings are encoded and their offsets summed here: for the few values of
     a one-entity read this takes half of `pa.array`'s time (bench/README.md). A null, or a value the buffer's
     type does not take (a float among ints, an int beyond 64 bits, a lone surrogate), leaves the conversion to
-    `pa.array`, with its result and errors. (A bool among ints would be 0 or 1 here where `pa.array` refuses
-    it; no sync writes one: an int feature is a warehouse integer column.)"""
+    `pa.array`, with its result and errors. A bool in an int feature (no sync writes one, another writer might)
+    is 1 or 0 on both paths, equal to the records API's True or False (Python's bool is an int), where
+    `pa.array` alone would refuse it."""
     import pyarrow as pa
 
     try:
@@ -618,6 +619,8 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
             return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(array.array(typecode, values))])
     except (TypeError, OverflowError, UnicodeEncodeError):
         pass
+    if typecode == "q":
+        values = [int(v) if v.__class__ is bool else v for v in values]
     return pa.array(values, arrow_type_)
 
 
