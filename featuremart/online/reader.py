@@ -486,11 +486,13 @@ class OnlineResult:
 
         Built with one Arrow array per group (per Arrow type: the entity keys and values of every column of
         that type end to end, the views' event times in µs with the int64 values; the status codes of the views
-        not all present), then sliced into columns: an array costs several µs whatever its length, and a
+        whose rows are not all of one status), then sliced into columns: an array costs several µs whatever its length, and a
         one-entity read of 10 features has 31 columns, so one per column was 2x a raw read (bench/README.md).
         Which values go where, and the schema, are the plan's (`_ArrowLayout`, made once per plan): a read only
         fills the groups, converts and slices them, and assembles the table against the cached schema. A view's
-        status and event time columns are one array shared by its features (Arrow arrays are immutable)."""
+        status and event time columns are one array shared by its features, and a view whose rows are all
+        present, all missing (an unknown entity) or all expired takes a cached status array per (status,
+        length) (Arrow arrays are immutable)."""
         import pyarrow as pa
 
         layout = self._plan.arrow_layout()
@@ -499,7 +501,7 @@ class OnlineResult:
         groups: list[list[Any]] = [[] for _ in layout.groups]
         for group, values in zip(layout.key_groups, self._key_columns().values()):
             groups[group] += values
-        statuses: list[int | None] = []
+        statuses: list[int | str] = []  # per view: its offset in `codes`, or the one status of all its rows
         codes: list[int] = []
         for (view, status, rows, others), ts_group, value_groups in zip(self._view_columns(), layout.ts_groups,
                                                                          layout.value_groups):
@@ -512,22 +514,21 @@ class OnlineResult:
                     groups[group] += values
                 else:
                     groups[group] += map(getter, rows)
-            if others:
+            if not others:  # all present (the common case): one cached array per length
+                statuses.append(PRESENT)
+            elif len(others) == n and len(set(status)) == 1:  # all missing (an unknown entity) or all expired
+                statuses.append(status[0])
+            else:
                 statuses.append(len(codes))
                 codes += map(_STATUS_CODE.__getitem__, status)
-            else:  # all present (the common case): one cached array per length
-                statuses.append(None)
         chunks: list[pa.Array] = []
         for (arrow_type_, typecode, count), values in zip(layout.groups, groups):
             array_ = _group_array(values, arrow_type_, typecode)
             chunks += [array_] if count == 1 else [array_.slice(k * n, n) for k in range(count)]
         for at in layout.ts_chunks:
             chunks[at] = chunks[at].view(layout.ts_type)
-        if codes:
-            coded = _status_array(codes)
-            chunks += [_all_present(n) if at is None else coded.slice(at, n) for at in statuses]
-        else:
-            chunks += [_all_present(n)] * len(statuses)
+        coded = _status_array(codes) if codes else None
+        chunks += [_all_of(at, n) if at.__class__ is str else coded.slice(at, n) for at in statuses]
         # through a record batch against the cached schema: a third cheaper than Table.from_arrays, and no field
         # is built from a name
         batch = pa.RecordBatch.from_arrays(list(map(chunks.__getitem__, layout.columns)), schema=layout.schema)
@@ -582,7 +583,7 @@ class _ArrowLayout:
                 at[name] = next(taking)
                 at[name + STATUS_SUFFIX], at[name + EVENT_TS_SUFFIX] = statuses + vi, ts
         self.columns = [at[c] for c in plan.column_names]
-        status_type = _all_present(0).type
+        status_type = _all_of(PRESENT, 0).type
         self.schema = pa.schema(
             [pa.field(k, arrow_type(plan.key_types[k])) for k in plan.key_names]
             + [field for name in plan.names for field in (pa.field(name, arrow_type(plan.dtypes[name])),
@@ -639,9 +640,9 @@ def _status_dictionary() -> pa.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _all_present(n: int) -> pa.Array:
-    """A status column of `n` present values; shared between results (Arrow arrays are immutable)."""
-    return _status_array([_STATUS_CODE[PRESENT]] * n)
+def _all_of(status: str, n: int) -> pa.Array:
+    """A status column of `n` values all `status`; shared between results (Arrow arrays are immutable)."""
+    return _status_array([_STATUS_CODE[status]] * n)
 
 
 @functools.lru_cache(maxsize=None)
