@@ -610,6 +610,8 @@ class _ArrowLayout:
 
 #: Bytes `_OneRow` keeps for a string join key: a longer key takes `to_arrow`'s general path
 _ONE_KEY_BYTES = 64
+#: Columns up to which a plan gets a `_OneRow` template (finding its sentinels scans the message once per value)
+_ONE_MAX_COLUMNS = 512
 
 
 class _OneRow:
@@ -634,7 +636,7 @@ class _OneRow:
 
         import pyarrow as pa
 
-        if set(plan.dtypes.values()) - {types.INT, types.FLOAT} or \
+        if set(plan.dtypes.values()) - {types.INT, types.FLOAT} or len(plan.column_names) > _ONE_MAX_COLUMNS or \
                 {plan.key_types[k] for k in plan.key_names} - {types.INT, types.STRING}:
             return None
         sentinels: list[tuple[str, int]] = []  # per value in `_one_values` order: (kind, sentinel)
