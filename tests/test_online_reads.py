@@ -474,3 +474,76 @@ def test_arrow_types_and_values_are_the_records_for_every_status_and_type(synced
                 assert chunk.dictionary.to_pylist() == [PRESENT, MISSING, EXPIRED], name
     assert {r["f_int"].status for r in records} == {PRESENT, MISSING} and \
         {r["balance"].status for r in records} == {EXPIRED, MISSING}
+
+
+def test_a_bool_in_an_int_feature_is_1_or_0_in_arrow_with_or_without_nulls(synced, redis_url):
+    """A stored `true` where an int feature belongs (no sync writes one; another writer of the documented format
+    might) reads as True in records and columns and as 1 in Arrow's int64 column, whether the column's values
+    go through the buffer path (no null) or through `pa.array` (a null beside it), never an error in one case and
+    a value in the other: 1 == True, so Arrow still equals the records API."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [key] = client.scan_iter(match="fm:{thing_id=a}:all_types:*")
+        position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index("f_int")
+        row = orjson.loads(client.get(key))
+        row[position] = True
+        client.set(key, orjson.dumps(row), keepttl=True)
+    finally:
+        client.close()
+    for entities, expected in (([{"thing_id": "a"}], [1]), ([{"thing_id": "a"}, {"thing_id": "c"}], [1, None])):
+        result = synced.reader.read(entities, features=["all_types.f_int"])
+        values = [r["f_int"].value for r in result.to_records()]
+        assert values == [True, None][:len(entities)] and values[0] is True
+        column = result.to_arrow().column("f_int")
+        assert column.type == pa.int64() and column.to_pylist() == expected == values
+
+
+def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
+    """One present entity of int and float features (string or int key) is read into Arrow through a per-thread
+    IPC stream reader fed a message packed from a template (`_OneRow`): every column, type and status equals
+    `to_columns` and the records, for keys with characters that need escaping, a bool in an int feature, from
+    several threads at once, and a table stays unchanged by the reads after it. Nulls, statuses other than
+    present and other types take the general path, with the same results."""
+    features = ["all_types.f_int", "all_types.f_float", "all_types.f_whole"]
+    cases = [([{"thing_id": "a"}], features), ([{"thing_id": ODD_KEY}], features),
+             ([{"account_id": 7}], ["balances.balance"]), ([{"thing_id": "b"}], features),  # b: nulls
+             ([{"thing_id": "nobody"}], features), ([{"thing_id": "a"}], ["all_types.*"])]
+    covered = {i for i, (entities, fs) in enumerate(cases)
+               if synced.reader.read(entities, features=fs)._plan.arrow_layout().one is not None}
+    assert covered == {0, 1, 2, 3, 4}
+
+    def check(entities, fs, through_ipc=False):
+        result = synced.reader.read(entities, features=fs)
+        table = result.to_arrow()
+        assert table.to_pydict() == result.to_columns()
+        if through_ipc:  # built by the reader, not by the general path after a failed packing
+            assert result._plan.arrow_layout().one.table(result._one_values()).equals(table)
+        assert table.schema == result._plan.arrow_layout().schema
+        for name, value in result.to_records()[0].items():
+            assert table.column(name).to_pylist() == [value.value]
+            assert table.column(name + "__status").to_pylist() == [value.status]
+            assert table.column(name + "__event_ts").to_pylist() == [value.event_ts]
+        return table
+
+    first = check(*cases[0], through_ipc=True)
+    assert first.column("f_int").to_pylist() == [42] and first.column("f_float").to_pylist() == [1.5]
+    assert check(*cases[1], through_ipc=True).column("thing_id").to_pylist() == [ODD_KEY]
+    check(*cases[2], through_ipc=True)
+    for case in cases[3:]:
+        check(*case)
+    assert first.to_pydict() == synced.reader.read(*cases[0][:1], features=features).to_columns()
+    errors: list[BaseException] = []
+
+    def reads():
+        try:
+            for i in range(50):
+                check(*cases[i % 3], through_ipc=True)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=reads) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]

@@ -31,6 +31,7 @@ import functools
 import operator
 import os
 import re
+import struct
 import sys
 import threading
 import time
@@ -480,26 +481,42 @@ class OnlineResult:
             columns[name + EVENT_TS_SUFFIX] = event_ts
         return columns
 
+    def _one_values(self) -> list[Any]:
+        """One entity's values in the order `_ArrowLayout` takes the columns: its join keys, then per view its
+        event time (µs) and its values."""
+        values = [column[0] for column in self._key_columns().values()]
+        for view, row in zip(self._plan.views, self._rows):
+            values.append(row[0])  # type: ignore[index]
+            values += [getter(row) for getter in view.getters]
+        return values
+
     def to_arrow(self) -> pa.Table:
         """The same columns as `to_columns`, as a `pyarrow.Table` with typed columns: values as their logical
         type (`arrow_type`), statuses as dictionary-encoded strings, event times as timestamp[us, UTC].
 
         Built with one Arrow array per group (per Arrow type: the entity keys and values of every column of
         that type end to end, the views' event times in µs with the int64 values; the status codes of the views
-        not all present), then sliced into columns: an array costs several µs whatever its length, and a
+        whose rows are not all of one status), then sliced into columns: an array costs several µs whatever its length, and a
         one-entity read of 10 features has 31 columns, so one per column was 2x a raw read (bench/README.md).
         Which values go where, and the schema, are the plan's (`_ArrowLayout`, made once per plan): a read only
         fills the groups, converts and slices them, and assembles the table against the cached schema. A view's
-        status and event time columns are one array shared by its features (Arrow arrays are immutable)."""
+        status and event time columns are one array shared by its features, and a view whose rows are all
+        present, all missing (an unknown entity) or all expired takes a cached status array per (status,
+        length) (Arrow arrays are immutable). One present entity of int and float features skips all of this: its
+        table is read from an Arrow IPC message packed from the plan's template (`_OneRow`), in half the CPU."""
         import pyarrow as pa
 
         layout = self._plan.arrow_layout()
         n = len(self._entities)
+        if n == 1 and layout.one is not None and MISSING not in self._status and EXPIRED not in self._status:
+            table = layout.one.table(self._one_values())
+            if table is not None:
+                return table
         # filled in the order the layout took the columns: join keys, then per view its event times and values
         groups: list[list[Any]] = [[] for _ in layout.groups]
         for group, values in zip(layout.key_groups, self._key_columns().values()):
             groups[group] += values
-        statuses: list[int | None] = []
+        statuses: list[int | str] = []  # per view: its offset in `codes`, or the one status of all its rows
         codes: list[int] = []
         for (view, status, rows, others), ts_group, value_groups in zip(self._view_columns(), layout.ts_groups,
                                                                          layout.value_groups):
@@ -512,22 +529,21 @@ class OnlineResult:
                     groups[group] += values
                 else:
                     groups[group] += map(getter, rows)
-            if others:
+            if not others:  # all present (the common case): one cached array per length
+                statuses.append(PRESENT)
+            elif len(others) == n and len(set(status)) == 1:  # all missing (an unknown entity) or all expired
+                statuses.append(status[0])
+            else:
                 statuses.append(len(codes))
                 codes += map(_STATUS_CODE.__getitem__, status)
-            else:  # all present (the common case): one cached array per length
-                statuses.append(None)
         chunks: list[pa.Array] = []
         for (arrow_type_, typecode, count), values in zip(layout.groups, groups):
             array_ = _group_array(values, arrow_type_, typecode)
             chunks += [array_] if count == 1 else [array_.slice(k * n, n) for k in range(count)]
         for at in layout.ts_chunks:
             chunks[at] = chunks[at].view(layout.ts_type)
-        if codes:
-            coded = _status_array(codes)
-            chunks += [_all_present(n) if at is None else coded.slice(at, n) for at in statuses]
-        else:
-            chunks += [_all_present(n)] * len(statuses)
+        coded = _status_array(codes) if codes else None
+        chunks += [_all_of(at, n) if at.__class__ is str else coded.slice(at, n) for at in statuses]
         # through a record batch against the cached schema: a third cheaper than Table.from_arrays, and no field
         # is built from a name
         batch = pa.RecordBatch.from_arrays(list(map(chunks.__getitem__, layout.columns)), schema=layout.schema)
@@ -582,12 +598,153 @@ class _ArrowLayout:
                 at[name] = next(taking)
                 at[name + STATUS_SUFFIX], at[name + EVENT_TS_SUFFIX] = statuses + vi, ts
         self.columns = [at[c] for c in plan.column_names]
-        status_type = _all_present(0).type
+        status_type = _all_of(PRESENT, 0).type
         self.schema = pa.schema(
             [pa.field(k, arrow_type(plan.key_types[k])) for k in plan.key_names]
             + [field for name in plan.names for field in (pa.field(name, arrow_type(plan.dtypes[name])),
                                                           pa.field(name + STATUS_SUFFIX, status_type),
                                                           pa.field(name + EVENT_TS_SUFFIX, self.ts_type))])
+        #: one entity's table through Arrow IPC, or None where the plan's types are not covered (see _OneRow)
+        self.one = _OneRow.make(plan, self)
+
+
+#: Bytes `_OneRow` keeps for a string join key: a longer key takes `to_arrow`'s general path
+_ONE_KEY_BYTES = 64
+#: Columns up to which a plan gets a `_OneRow` template (finding its sentinels scans the message once per value)
+_ONE_MAX_COLUMNS = 512
+
+
+class _OneRow:
+    """One entity's `to_arrow` table, all present and without a null, through an Arrow IPC stream reader kept
+    per thread: pyarrow builds the 31 columns of a 10-feature table in one C++ call, in about half the CPU of
+    building and assembling them from Python (bench/README.md, "Arrow for one entity, second round").
+
+    Per plan, pyarrow serializes a table of one row of sentinel values once: the stream's schema and status
+    dictionaries (fed to each thread's reader when it opens) and the record batch message, in which the place
+    of each sentinel is found. A read copies that message, packs its values at those places (a string key:
+    its bytes, its length in the offsets buffer and in the message's buffer list), and has the reader read it.
+    Covered: int and float features, string keys up to `_ONE_KEY_BYTES` UTF-8 bytes, int keys; a value that
+    does not pack (an int beyond 64 bits) or a longer key returns None, for the general path."""
+
+    def __init__(self, prefix: bytes, message: bytes, places: list[tuple[int, str, Any]]):
+        self.prefix, self.message, self.places = prefix, message, places
+        self._local = threading.local()
+
+    @classmethod
+    def make(cls, plan: _Plan, layout: _ArrowLayout) -> _OneRow | None:
+        import io
+
+        import pyarrow as pa
+
+        if set(plan.dtypes.values()) - {types.INT, types.FLOAT} or len(plan.column_names) > _ONE_MAX_COLUMNS or \
+                {plan.key_types[k] for k in plan.key_names} - {types.INT, types.STRING}:
+            return None
+        sentinels: list[tuple[str, int]] = []  # per value in `_one_values` order: (kind, sentinel)
+
+        def sentinel(kind: str) -> pa.Array:
+            value = 0x5A5E_0000_0000_0101 + 0x101 * len(sentinels)  # 8 bytes found nowhere else in the message
+            sentinels.append((kind, value))
+            if kind == types.FLOAT:
+                return pa.array(struct.unpack("<d", struct.pack("<q", value)), pa.float64())
+            return pa.array([value], pa.int64())
+
+        columns: dict[str, pa.Array] = {}
+        for k in plan.key_names:
+            if plan.key_types[k] == types.STRING:
+                sentinels.append((types.STRING, 0))
+                columns[k] = pa.array(["~" * _ONE_KEY_BYTES])
+            else:
+                columns[k] = sentinel(types.INT)
+        for view in plan.views:
+            event_ts = sentinel(types.TIMESTAMP).view(layout.ts_type)
+            for name in view.out_names:
+                columns[name] = sentinel(plan.dtypes[name])
+                columns[name + STATUS_SUFFIX] = _all_of(PRESENT, 1)
+                columns[name + EVENT_TS_SUFFIX] = event_ts
+        batch = pa.RecordBatch.from_arrays([columns[c] for c in plan.column_names], schema=layout.schema)
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, layout.schema) as writer:
+            writer.write_batch(batch)
+        stream, message = sink.getvalue(), batch.serialize().to_pybytes()
+        body = 8 + struct.unpack_from("<i", message, 4)[0]  # continuation marker, metadata length, metadata
+
+        def found(pattern: bytes, start: int, end: int) -> list[int]:
+            at, out = message.find(pattern, start, end), []
+            while at >= 0:
+                out.append(at)
+                at = message.find(pattern, at + 1, end)
+            return out
+
+        places: list[tuple[int, str, Any]] = []
+        for i, (kind, value) in enumerate(sentinels):
+            if kind == types.STRING:
+                data = found(b"~" * _ONE_KEY_BYTES, body, len(message))
+                offsets = found(struct.pack("<ii", 0, _ONE_KEY_BYTES), body, len(message))
+                length = found(struct.pack("<qq", data[0] - body, _ONE_KEY_BYTES) if data else b"-", 8, body)
+                if not (len(data) == len(offsets) == len(length) == 1):
+                    return None
+                places.append((i, "key", (data[0], offsets[0] + 4, length[0] + 8)))
+                continue
+            at = found(struct.pack("<q", value), body, len(message))
+            if not at or (kind != types.TIMESTAMP and len(at) != 1):
+                return None
+            places += [(i, "<d" if kind == types.FLOAT else "<q", a) for a in at]
+        if stream.count(message) != 1 or not stream.endswith(message + b"\xff\xff\xff\xff\x00\x00\x00\x00"):
+            return None
+        return cls(stream[:stream.index(message)], message, places)
+
+    def table(self, values: list[Any]) -> pa.Table | None:
+        """The one-row table of `values` (in `OnlineResult._one_values` order), or None if one does not fit."""
+        import pyarrow as pa
+
+        message = bytearray(self.message)
+        pack_into = struct.pack_into
+        try:
+            for i, kind, at in self.places:
+                if kind == "key":
+                    text = values[i].encode()
+                    if len(text) > _ONE_KEY_BYTES:
+                        return None
+                    data, offset, length = at
+                    message[data:data + len(text)] = text
+                    pack_into("<i", message, offset, len(text))
+                    pack_into("<q", message, length, len(text))
+                else:
+                    pack_into(kind, message, at, values[i])
+        except (struct.error, TypeError, UnicodeEncodeError):  # an int beyond 64 bits, None, a lone surrogate
+            return None
+        local = self._local
+        reader = getattr(local, "reader", None)
+        if reader is None:  # this thread's first read: the reader reads the schema, then on its first batch
+            local.feed = _Feed(self.prefix)  # the dictionaries and the message
+            reader = local.reader = pa.ipc.open_stream(pa.PythonFile(local.feed, mode="r"))
+        local.feed.push(bytes(message))
+        try:
+            return pa.Table.from_batches([reader.read_next_batch()])
+        except Exception:
+            local.reader = None  # pragma: no cover - a message the reader refuses: the general path, a new reader
+            return None
+
+
+class _Feed:
+    """The file a thread's `_OneRow` stream reader reads: the bytes pushed into it, once."""
+
+    closed = False
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data, pos = self.data, self.pos
+        end = len(data) if size is None or size < 0 else min(pos + size, len(data))
+        self.pos = end
+        return data[pos:end]
+
+    def push(self, data: bytes) -> None:
+        self.data, self.pos = (self.data[self.pos:] + data if self.pos < len(self.data) else data), 0
 
 
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
@@ -603,8 +760,9 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
     buffer that the array wraps, a few strings are encoded and their offsets summed here: for the few values of
     a one-entity read this takes half of `pa.array`'s time (bench/README.md). A null, or a value the buffer's
     type does not take (a float among ints, an int beyond 64 bits, a lone surrogate), leaves the conversion to
-    `pa.array`, with its result and errors. (A bool among ints would be 0 or 1 here where `pa.array` refuses
-    it; no sync writes one: an int feature is a warehouse integer column.)"""
+    `pa.array`, with its result and errors. A bool in an int feature (no sync writes one, another writer might)
+    is 1 or 0 on both paths, equal to the records API's True or False (Python's bool is an int), where
+    `pa.array` alone would refuse it."""
     import pyarrow as pa
 
     try:
@@ -618,6 +776,8 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
             return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(array.array(typecode, values))])
     except (TypeError, OverflowError, UnicodeEncodeError):
         pass
+    if typecode == "q":
+        values = [int(v) if v.__class__ is bool else v for v in values]
     return pa.array(values, arrow_type_)
 
 
@@ -636,9 +796,9 @@ def _status_dictionary() -> pa.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _all_present(n: int) -> pa.Array:
-    """A status column of `n` present values; shared between results (Arrow arrays are immutable)."""
-    return _status_array([_STATUS_CODE[PRESENT]] * n)
+def _all_of(status: str, n: int) -> pa.Array:
+    """A status column of `n` values all `status`; shared between results (Arrow arrays are immutable)."""
+    return _status_array([_STATUS_CODE[status]] * n)
 
 
 @functools.lru_cache(maxsize=None)
