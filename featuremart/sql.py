@@ -7,12 +7,13 @@ for the format these expressions produce and `featuremart.online.keys` for the s
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import sqlglot
 from sqlglot import exp
 
 from featuremart import types
+from featuremart.types import to_us
 from featuremart.online.keys import ESCAPES
 from featuremart.registry import FeatureView, Relation
 
@@ -44,14 +45,6 @@ def epoch_us(value: exp.Expression, dialect: str) -> exp.Expression:
         return exp.func("unix_micros", exp.cast(value, "timestamp"))
     seconds = exp.Extract(this=exp.var("EPOCH"), expression=value)
     return exp.cast(exp.Round(this=exp.Mul(this=seconds, expression=exp.Literal.number(1_000_000))), "bigint")
-
-
-def to_us(moment: datetime) -> int:
-    """A datetime as microseconds since the epoch; a naive datetime is read as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def latest_rows(view: FeatureView, now: datetime, dialect: str, columns: list[str] | None = None,

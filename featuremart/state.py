@@ -494,10 +494,13 @@ def _size_bytes(size: str) -> float:
 # ---- the durable copy (featuremart.durable): export a view's state to Parquet, restore it from one ----------------
 
 def export_view(state: SyncState, view: str, path: Path) -> int:
-    """Write a view's state table (key, value hash, event time) to a zstd Parquet file; returns its row count."""
+    """Write a view's state table (key, value hash, event time) to a zstd Parquet file; returns its row count.
+
+    zstd level 1, not DuckDB's default 3: the same size for these rows (8.7 against 8.8 MB per 1M) at 0.75x the
+    CPU (0.24-0.27 s against 0.33-0.37 s), and a sync's durable upload waits for it before the seal."""
     table = state._ensure_state(view)
     state.con.execute(f"copy (select key, h, ts_us from {table}) to '{_literal(path)}' "
-                      "(format parquet, compression zstd)")
+                      "(format parquet, compression zstd, compression_level 1)")
     return state._scalar(f"select count(*) from {table}")
 
 

@@ -7,6 +7,7 @@ readers, whatever warehouse computed it.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 STRING, INT, FLOAT, BOOL, TIMESTAMP, DATE = "string", "int", "float", "bool", "timestamp", "date"
 ARRAY_FLOAT, ARRAY_INT, ARRAY_STRING = "array<float>", "array<int>", "array<string>"
@@ -43,3 +44,11 @@ def logical_type(warehouse_type: str) -> str | None:
         if pattern.search(raw):
             return name
     return None
+
+
+def to_us(moment: datetime) -> int:
+    """A datetime as microseconds since the epoch; a naive datetime is read as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
