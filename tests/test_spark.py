@@ -496,26 +496,64 @@ def test_window_features_on_spark_match_the_oracle(spark_windows, shape):
     check()
 
 
-def test_incremental_window_features_on_spark_is_a_compile_error_naming_the_fix(spark_windows):
-    """dbt-spark has no delete+insert strategy (an incremental window_features model's): the model is refused when
-    dbt parses it, by a message naming the model, the argument and the fix, before any SQL runs."""
+#: The incremental shapes Spark takes (grain '1d' and '1h'; the 1h one reads Spark's `timestamp`, an instant) and
+#: the days of events their scenario loads (fewer than DuckDB's 12: each `dbt run` costs Spark seconds).
+SPARK_INCREMENTAL_SHAPES = {"daily": ("1d", "ts", ["1d", "7d"]), "hourly_tz": ("1h", "ts_tz", ["1h", "1d"])}
+SPARK_INCREMENTAL_DAYS = 7
+
+
+def test_incremental_window_features_on_spark_equal_a_full_refresh(spark_windows):
+    """The incremental scenario of tests/test_window_features.py on Spark (insert_overwrite of the partitions of
+    event_ts): after every `dbt run`, with late events inside the lookback, each table holds exactly the
+    oracle's rows (a full build's), and an event beyond the lookback waits for `--full-refresh`. The session's
+    time zone is 3:30 off UTC throughout, so the cutoff's literals must not depend on it."""
+    from tests import test_window_features as wf
+
+    session, schema, project, _ = spark_windows
+    models = [f"incremental_{shape}" for shape in SPARK_INCREMENTAL_SHAPES]
+    for shape, (grain, timestamp, windows) in SPARK_INCREMENTAL_SHAPES.items():
+        (project / "models" / f"incremental_{shape}.sql").write_text(
+            wf._macro_call(grain, timestamp, windows, True, "source('raw', 'events')"))
+
+    def check(events: list[dict], label: str) -> None:
+        for shape, (grain, _, windows) in SPARK_INCREMENTAL_SHAPES.items():
+            columns, rows = _spark_rows(session, f"select * from {schema}.incremental_{shape}")
+            wf._assert_matches(wf._oracle(events, grain, windows), columns, rows, f"spark/{shape}, {label}")
+
+    session.conf.set("spark.sql.session.timeZone", wf.SESSION_ZONE)
+    try:
+        wf.incremental_scenario(lambda events: _load_events(session, schema, events),
+                                lambda *args: _dbt_here(project, "run", "--select", *models, *args), check,
+                                days=SPARK_INCREMENTAL_DAYS)
+    finally:
+        session.conf.set("spark.sql.session.timeZone", "UTC")
+        for model in models:
+            (project / "models" / f"{model}.sql").unlink()
+            session.sql(f"drop table if exists {schema}.{model}")
+
+
+@pytest.mark.parametrize("grain", ["event", "1m"])
+def test_incremental_window_features_finer_than_an_hour_on_spark_is_a_compile_error(spark_windows, grain):
+    """An incremental table on Spark is partitioned by its event_ts: grain 'event' or '1m' would make a partition
+    per instant or minute. The model is refused when dbt parses it, by a message naming the model, the argument
+    and the fix, before any SQL runs."""
     from dbt.cli.main import dbtRunner
 
     from tests import test_window_features as wf
 
     session, schema, project, _ = spark_windows
-    model = project / "models" / "incremental_daily.sql"
-    model.write_text(wf._macro_call("1d", "ts", ["1d", "7d"], True, "source('raw', 'events')"))
+    model = project / "models" / "incremental_fine.sql"
+    model.write_text(wf._macro_call(grain, "ts", ["1h", "1d"], True, "source('raw', 'events')"))
     try:
-        result = dbtRunner().invoke(["compile", "--select", "incremental_daily", "--project-dir", str(project),
+        result = dbtRunner().invoke(["compile", "--select", "incremental_fine", "--project-dir", str(project),
                                      "--profiles-dir", str(project), "--log-level", "none"])
     finally:
         model.unlink()
     assert not result.success
     said = " ".join(str(result.exception).split())
-    assert "window_features in model incremental_daily: `incremental` is true (the default), but dbt-spark has " \
-           "no delete+insert incremental strategy" in said, said
-    assert "pass incremental=false on Spark" in said, said
+    assert f"window_features in model incremental_fine: `incremental` is true (the default) with grain \"{grain}\", " \
+           "but on Spark an incremental window_features table is partitioned by its `event_ts`" in said, said
+    assert "use grain='1h' or '1d', or pass incremental=false" in said, said
     tables = [t.tableName for t in session.sql(f"show tables in {schema}").collect() if not t.isTemporary]
     assert tables == ["events"], tables  # nothing was built (temporary views of other tests are listed too)
 

@@ -258,32 +258,67 @@
     {{ return(none if latest is none else latest - modules.datetime.timedelta(seconds=spec.lookback_seconds)) }}
 {%- endmacro %}
 
-{#- Extra model config for the delete of delete+insert, which matches the stored rows against the new ones on
-    the keys and the output time: by default none. The rows an incremental run writes are all known after
-    its cutoff, so the delete may also require that of the stored rows; config() is read when dbt parses the
-    model, before the cutoff is known, so the predicate computes it from the table the way _wf_cutoff does. -#}
-{% macro _wf_delete_config(spec) -%}
-    {{ return(adapter.dispatch('_wf_delete_config', 'featuremart')(spec)) }}
+{#- The incremental model's config: how a run replaces the rows known after its cutoff. By default delete+insert
+    on the keys and the output time. -#}
+{% macro _wf_incremental_config(spec) -%}
+    {{ return(adapter.dispatch('_wf_incremental_config', 'featuremart')(spec)) }}
 {%- endmacro %}
 
-{% macro default___wf_delete_config(spec) -%}
-    {{ return({}) }}
+{% macro default___wf_incremental_config(spec) -%}
+    {{ return({'incremental_strategy': 'delete+insert', 'unique_key': spec['keys'] + [spec.output_timestamp]}) }}
 {%- endmacro %}
 
-{#- DuckDB: the predicate is a filter on the stored table's scan, so the delete's hash join probes only the
+{#- DuckDB: delete+insert, and a predicate on the stored table's scan, so the delete's hash join probes only the
     stored rows after the cutoff, not every row of the history (measured in bench/README.md, window features).
-    DBT_INCREMENTAL_TARGET is the alias dbt-duckdb's delete+insert gives the target
-    (duckdb__get_delete_insert_merge_sql, https://github.com/duckdb/dbt-duckdb). -#}
-{% macro duckdb___wf_delete_config(spec) -%}
+    config() is read when dbt parses the model, before the cutoff is known, so the predicate computes it from the
+    table the way _wf_cutoff does. DBT_INCREMENTAL_TARGET is the alias dbt-duckdb's delete+insert gives the
+    target (duckdb__get_delete_insert_merge_sql, https://github.com/duckdb/dbt-duckdb). -#}
+{% macro duckdb___wf_incremental_config(spec) -%}
     {%- set column = spec.output_timestamp -%}
-    {{ return({'incremental_predicates': [
+    {%- set config = featuremart.default___wf_incremental_config(spec) -%}
+    {%- do config.update({'incremental_predicates': [
         'DBT_INCREMENTAL_TARGET.' ~ column ~ ' > (select max(' ~ column ~ ') from ' ~ this ~ ') - '
-        ~ featuremart._wf_interval(spec.lookback_seconds)]}) }}
+        ~ featuremart._wf_interval(spec.lookback_seconds)]}) -%}
+    {{ return(config) }}
 {%- endmacro %}
 
-{#- A naive UTC datetime as a timestamp literal. -#}
-{% macro _wf_timestamp(instant) -%}
-    cast('{{ instant.isoformat(sep=' ') }}' as {{ dbt.type_timestamp() }})
+{#- Spark: dbt-spark has no delete+insert (https://docs.getdbt.com/reference/resource-configs/spark-configs:
+    append, insert_overwrite, and merge on Delta, Iceberg or Hudi only). The table is partitioned by the output
+    time and a run overwrites the partitions it writes (insert_overwrite; dbt-spark sets
+    spark.sql.sources.partitionOverwriteMode to dynamic). That is delete+insert here: a run writes every row known
+    after its cutoff (an entity has a row at t only if it has an event known at t, and fm_rows keeps them all),
+    so each partition it writes is whole. One partition per output time is one a day or an hour per year of
+    history; with grain '1m' or 'event' it would be one per minute or per event instant, so those are refused. -#}
+{% macro spark___wf_incremental_config(spec) -%}
+    {%- if spec.grain_seconds < 3600 -%}
+        {{ featuremart._wf_error('incremental', "is true (the default) with grain " ~ spec.grain | tojson
+            ~ ", but on Spark an incremental window_features table is partitioned by its `"
+            ~ spec.output_timestamp ~ "` (dbt-spark has no delete+insert; it overwrites partitions), which would "
+            ~ "make one partition per " ~ ('minute' if spec.grain_seconds else 'event instant')
+            ~ "; use grain='1h' or '1d', or pass incremental=false: a table rebuilt by each run") }}
+    {%- endif -%}
+    {{ return({'incremental_strategy': 'insert_overwrite', 'partition_by': [spec.output_timestamp]}) }}
+{%- endmacro %}
+
+{#- A UTC instant (a naive datetime) as a literal: a timestamp without time zone, or (zoned) the instant as a
+    timestamp with time zone, to compare with a column of that type. -#}
+{% macro _wf_timestamp(instant, zoned=false) -%}
+    {{ return(adapter.dispatch('_wf_timestamp', 'featuremart')(instant, zoned)) }}
+{%- endmacro %}
+
+{% macro default___wf_timestamp(instant, zoned) -%}
+    {%- if zoned -%}
+        cast('{{ instant.isoformat(sep=' ') }}+00:00' as timestamp with time zone)
+    {%- else -%}
+        cast('{{ instant.isoformat(sep=' ') }}' as {{ dbt.type_timestamp() }})
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Spark: `timestamp_ntz` (wall-clock UTC, as the event times are), or `timestamp`, Spark's instant: a string
+    with its offset casts to that instant whatever the session's zone (a `timestamp` literal without one would be
+    read in the session's zone). https://spark.apache.org/docs/latest/sql-ref-datatypes.html -#}
+{% macro spark___wf_timestamp(instant, zoned) -%}
+    cast('{{ instant.isoformat(sep=' ') }}{{ '+00:00' if zoned }}' as {{ 'timestamp' if zoned else 'timestamp_ntz' }})
 {%- endmacro %}
 
 {#- The source's events at or after the UTC instant `since`, as a predicate on the bare column: a timestamp
@@ -293,7 +328,7 @@
     {%- if utc_ts == column -%}
         {{ column }} >= {{ featuremart._wf_timestamp(since) }}
     {%- else -%}
-        {{ column }} >= cast('{{ since.isoformat(sep=' ') }}+00:00' as timestamp with time zone)
+        {{ column }} >= {{ featuremart._wf_timestamp(since, zoned=true) }}
     {%- endif -%}
 {%- endmacro %}
 

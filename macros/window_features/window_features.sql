@@ -31,7 +31,8 @@
       grain             '1d' (default), '1h', '1m' or 'event'.
       output_timestamp  name of the output's time column (default 'event_ts').
       incremental       default true: the model is materialized incrementally (delete+insert on the keys and
-                        output_timestamp); a run recomputes the rows known after (latest stored row - lookback)
+                        output_timestamp; on Spark, partitions of output_timestamp overwritten, grain '1d' or
+                        '1h' only: _wf_incremental_config); a run recomputes the rows known after (latest stored row - lookback)
                         from the source's events of the longest window before that. false: a plain table.
       lookback          default '2d': how late an event may arrive and still be counted by an incremental run.
                         Later events are only counted by a full refresh (dbt build --full-refresh).
@@ -50,24 +51,7 @@
 {%- endmacro %}
 
 
-{#- Spark: the default version (Spark runs its RANGE frames over interval offsets as they are) for a table. An
-    incremental model needs `delete+insert`, which dbt-spark has no strategy for
-    (https://docs.getdbt.com/reference/resource-configs/spark-configs#incremental-models: append, insert_overwrite,
-    and merge only on Delta, Iceberg or Hudi tables): refused here, naming the fix, rather than by dbt-spark's
-    materialization after the model's SQL is rendered. -#}
-{% macro spark__window_features(source, keys, timestamp, aggregations, windows, grain, output_timestamp,
-                                incremental, lookback) -%}
-    {%- if incremental is sameas true -%}
-        {{ featuremart._wf_error('incremental', "is true (the default), but dbt-spark has no delete+insert "
-            ~ "incremental strategy for window_features to use (it has append, insert_overwrite, and merge on "
-            ~ "Delta, Iceberg or Hudi tables only); pass incremental=false on Spark: a table rebuilt by each run") }}
-    {%- endif -%}
-    {{ return(featuremart.default__window_features(source, keys, timestamp, aggregations, windows, grain,
-                                                   output_timestamp, incremental, lookback)) }}
-{%- endmacro %}
-
-
-{#- Any warehouse with window functions over RANGE frames with interval offsets (PostgreSQL 11+, DuckDB).
+{#- Any warehouse with window functions over RANGE frames with interval offsets (PostgreSQL 11+, DuckDB, Spark).
 
     Plan, linear in the events (plus one sort per window frame):
       events   the source's events with their known time k and one value column per aggregation (the
@@ -86,9 +70,7 @@
     {%- set spec = featuremart._wf_spec(source, keys, timestamp, aggregations, windows, grain, output_timestamp,
                                         incremental, lookback) -%}
     {%- if spec.incremental -%}
-        {{ config(materialized='incremental', incremental_strategy='delete+insert',
-                  unique_key=spec['keys'] + [spec.output_timestamp], on_schema_change='fail',
-                  **featuremart._wf_delete_config(spec)) }}
+        {{ config(materialized='incremental', on_schema_change='fail', **featuremart._wf_incremental_config(spec)) }}
     {%- endif -%}
     {%- if not execute -%}
         {{ return('select 1 as featuremart_window_features_placeholder') }}
