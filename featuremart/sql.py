@@ -144,7 +144,8 @@ def online_payload(view: FeatureView, prefix: str, now: datetime, dialect: str,
     key_expr = parts[0]
     for part in parts[1:]:
         key_expr = exp.DPipe(this=key_expr, expression=part)
-    values = [col(TS_US, src)] + [encode_value(col(f.name, src), f.dtype, dialect) for f in view.features]
+    values = [col(TS_US, src)] + [_json_item(encode_value(col(f.name, src), f.dtype, dialect), f.dtype, dialect)
+                                  for f in view.features]
     return sqlglot.select(
         exp.alias_(key_expr, "key", quoted=True),
         exp.alias_(exp.cast(json_array(values, dialect), "text"), "value", quoted=True),
@@ -179,16 +180,21 @@ def encode_value(value: exp.Expression, dtype: str, dialect: str) -> exp.Express
         return exp.cast(value, "text")
     if dtype == types.FLOAT:
         double = exp.cast(value, "double")
-        finite = exp.case().when(_non_finite(double.copy()), exp.null())
-        if dialect == "postgres":  # its JSON writes -0.0 as -0, an integer zero: the sign would be lost
-            negative_zero = exp.and_(exp.EQ(this=double.copy(), expression=exp.Literal.number(0)),
-                                     exp.EQ(this=exp.cast(double.copy(), "text"), expression=exp.Literal.string("-0")))
-            return finite.when(negative_zero, exp.cast(exp.Literal.string("-0.0"), "json")).else_(
-                exp.func("to_json", double))
-        return finite.else_(double)
+        return exp.case().when(_non_finite(double.copy()), exp.null()).else_(double)
     if dtype == types.ARRAY_FLOAT:
         return _finite_items(value, dialect)
     return value
+
+
+def _json_item(value: exp.Expression, dtype: str, dialect: str) -> exp.Expression:
+    """An encoded value as an item of `json_array`: on PostgreSQL a float keeps the sign of a negative zero (its
+    JSON writes -0.0 as -0, an integer zero)."""
+    if dialect != "postgres" or dtype != types.FLOAT:
+        return value
+    negative_zero = exp.and_(exp.EQ(this=value.copy(), expression=exp.Literal.number(0)),
+                             exp.EQ(this=exp.cast(value.copy(), "text"), expression=exp.Literal.string("-0")))
+    return exp.case().when(negative_zero, exp.cast(exp.Literal.string("-0.0"), "json")).else_(
+        exp.func("to_json", value))
 
 
 def _non_finite_values() -> list[exp.Expression]:
