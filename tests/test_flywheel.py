@@ -380,6 +380,33 @@ def test_export_interrupted_at_any_step_loses_and_duplicates_nothing(synced, tmp
     log.close()
 
 
+def test_renames_are_made_durable_before_what_depends_on_them(synced, tmp_path, monkeypatch):
+    """A rename is durable only once its directory is fsynced: a power loss could otherwise bring back a claim
+    not marked done after its segments were removed (their rows lost), or lose a spooled segment's name. Each
+    step that relies on a rename finds its directory fsynced first (observed through the module functions)."""
+    from featuremart.servedlog import writer
+
+    events: list[tuple[str, str]] = []
+    for module in (writer, export):
+        real_sync = module.fsync_directory
+        monkeypatch.setattr(module, "fsync_directory", lambda path, real=real_sync: (
+            events.append(("fsync", Path(path).name)), real(path))[1])
+    real_remove = export._remove
+    monkeypatch.setattr(export, "_remove", lambda path: (events.append(("remove", path.suffix)), real_remove(path))[1])
+    directory = tmp_path / "logs"
+    log = ServedLog(directory, flush_seconds=3600).attach(synced.reader)
+    customer, merchant = labels(synced.project.project_dir, 1)[0][1:]
+    synced.reader.read([{"customer_id": customer, "merchant_id": merchant}], service=SERVICE)
+    assert log.flush() and events == [("fsync", SPOOL_DIR)]  # the segment's name is on disk
+    events.clear()
+    assert export_logs(directory).records == 1
+    date_dir = next(directory.glob("date=*")).name
+    first_removal = events.index(("remove", ".spool"))
+    # the claim's name, the Parquet file's, then "done": all on disk before the segment goes
+    assert events[:first_removal] == [("fsync", SPOOL_DIR), ("fsync", date_dir), ("fsync", SPOOL_DIR)], events
+    log.close()
+
+
 def test_full_speed_reader_spools_early_and_every_row_is_exported_once(synced, tmp_path):
     """100-entity reads as fast as they come, flush_seconds an hour: the spool thread is woken when a quarter of
     the budget (the default 1M rows) waits, so segments are written during the reads and nothing is dropped;

@@ -7,7 +7,7 @@ view) and writes one Parquet file per UTC date under `<directory>/date=YYYY-MM-D
 
 No record is lost or written twice, whatever step an export is interrupted at: one export at a time (a lock
 file); a batch of segments is first named in a claim file, its Parquet files are named after the claim and
-each written whole (temporary name, fsync, rename), and the segments are removed only once all of them are in
+each written whole (temporary name, fsync, rename, fsync of the directory), and the segments are removed only once all of them are in
 place (the claim renamed "done" first, removed last). An export that finds a claim finishes it first: not done,
 it writes the same files again from its segments (replacing any written before the interruption); done, it
 only removes the segments left.
@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featuremart.errors import ServedLogError
-from featuremart.servedlog.writer import _LENGTH, FILE_COLUMNS, SEGMENT_MAGIC, SEGMENT_SUFFIX, SPOOL_DIR
+from featuremart.servedlog.writer import (FILE_COLUMNS, RECORD_LENGTH, SEGMENT_MAGIC, SEGMENT_SUFFIX, SPOOL_DIR,
+                                          fsync_directory)
 
 #: Rows built into one Arrow batch at a time.
 CHUNK_ROWS = 65_536
@@ -117,6 +118,7 @@ def _finish(directory: Path, claim: Path) -> Exported:
     if claim.name.startswith(_CLAIM):
         done = _write_parquet(directory, claim.stem.removeprefix(_CLAIM), present)
         claim = claim.rename(claim.with_name(_DONE + claim.name.removeprefix(_CLAIM)))
+        fsync_directory(spool)  # "done" is on disk before any segment goes
     for path in present:  # every Parquet file of the claim is in place: the segments can go
         _remove(path)
     _remove(claim)
@@ -151,6 +153,7 @@ def _write_file(path: Path, write: Any) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -175,8 +178,8 @@ class _Rows:
                                  "served, or move it out of the spool directory to export the others")
         view, position, size = memoryview(data), len(SEGMENT_MAGIC), len(data)
         while position < size:
-            start = position + _LENGTH.size
-            length = _LENGTH.unpack_from(data, position)[0] if start <= size else size
+            start = position + RECORD_LENGTH.size
+            length = RECORD_LENGTH.unpack_from(data, position)[0] if start <= size else size
             if start + length > size:
                 raise ServedLogError(f"{path}: truncated at byte {position} (the disk lost part of it?): move it out "
                                      "of the spool directory to export the others")

@@ -62,7 +62,8 @@ LOG_COLUMNS = (
 #: format belongs to the Python version: export with the Python that served (the magic names its version).
 SPOOL_DIR, SEGMENT_SUFFIX = "spool", ".spool"
 SEGMENT_MAGIC = b"FMSPOOL1 %d.%d\n" % sys.version_info[:2]
-_LENGTH = struct.Struct("<I")
+#: The length prefix of each record in a segment
+RECORD_LENGTH = struct.Struct("<I")
 #: writev takes at most IOV_MAX (1024 on Linux) buffers: what waits through a long outage is joined first
 _MAX_BUFFERS = 512
 _log = logging.getLogger("featuremart.servedlog")
@@ -217,7 +218,7 @@ class ServedLog:
                 self._last_us = now_us
                 self._counts["logged"] += rows
                 self._held += rows
-                self._outbox += _LENGTH.pack(len(message))
+                self._outbox += RECORD_LENGTH.pack(len(message))
                 self._outbox += message
                 self._outbox_rows += rows
                 if self._outbox_rows >= self._wake_rows and not self._wake.is_set():
@@ -290,6 +291,8 @@ class ServedLog:
                              "stats() or /metrics for drops)", error)
             self._last_error = error
             return False
+        with contextlib.suppress(OSError):  # the rename survives a power loss too (the segment is in place either way)
+            fsync_directory(spool)
         if self._last_error is not None and self._last_error.startswith("cannot write"):
             _log.warning("served-feature log: writing again to %s", spool)
             self._last_error = None
@@ -375,6 +378,15 @@ def _entity_keys(entities: Any, plan: Any) -> bytes | list[str]:
     except TypeError:
         return [orjson.dumps({k: e[k] for k in plan.key_names}, option=orjson.OPT_SERIALIZE_NUMPY,
                              default=str).decode() for e in entities]
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the entries of directory `path` (a rename into it, a removal) durable, as fsync does a file's bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_whole(path: Path, buffers: list) -> None:
