@@ -476,26 +476,44 @@ def test_arrow_types_and_values_are_the_records_for_every_status_and_type(synced
         {r["balance"].status for r in records} == {EXPIRED, MISSING}
 
 
+def _store_all_types_value(synced, redis_url, feature: str, value) -> None:
+    """Overwrite thing a's stored `all_types.<feature>` with `value`, as another writer of the format might."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [key] = client.scan_iter(match="fm:{thing_id=a}:all_types:*")
+        position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index(feature)
+        row = orjson.loads(client.get(key))
+        row[position] = value
+        client.set(key, orjson.dumps(row), keepttl=True)
+    finally:
+        client.close()
+
+
 def test_a_bool_in_an_int_feature_is_1_or_0_in_arrow_with_or_without_nulls(synced, redis_url):
     """A stored `true` where an int feature belongs (no sync writes one; another writer of the documented format
     might) reads as True in records and columns and as 1 in Arrow's int64 column, whether the column's values
     go through the buffer path (no null) or through `pa.array` (a null beside it), never an error in one case and
     a value in the other: 1 == True, so Arrow still equals the records API."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        [key] = client.scan_iter(match="fm:{thing_id=a}:all_types:*")
-        position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index("f_int")
-        row = orjson.loads(client.get(key))
-        row[position] = True
-        client.set(key, orjson.dumps(row), keepttl=True)
-    finally:
-        client.close()
+    _store_all_types_value(synced, redis_url, "f_int", True)
     for entities, expected in (([{"thing_id": "a"}], [1]), ([{"thing_id": "a"}, {"thing_id": "c"}], [1, None])):
         result = synced.reader.read(entities, features=["all_types.f_int"])
         values = [r["f_int"].value for r in result.to_records()]
         assert values == [True, None][:len(entities)] and values[0] is True
         column = result.to_arrow().column("f_int")
         assert column.type == pa.int64() and column.to_pylist() == expected == values
+
+
+def test_a_bool_in_an_int_array_feature_is_1_or_0_in_arrow(synced, redis_url):
+    """A stored `true` inside an int array feature (another writer of the documented format might write one)
+    reads as True in records and columns and as 1 in Arrow's list<int64> column, as a bool in an int feature
+    does, for one entity and beside an empty and a null array, where `pa.array` alone refuses a bool as int64."""
+    _store_all_types_value(synced, redis_url, "f_ints", [True, -2, False])
+    for others, expected in (([], []), ([{"thing_id": "b"}], [[]]), ([{"thing_id": "c"}], [None])):
+        result = synced.reader.read([{"thing_id": "a"}, *others], features=["all_types.f_ints"])
+        values = [r["f_ints"].value for r in result.to_records()]
+        assert values[0] == [True, -2, False] and values[0][0] is True
+        column = result.to_arrow().column("f_ints")
+        assert column.type == pa.list_(pa.int64()) and column.to_pylist() == [[1, -2, 0], *expected] == values
 
 
 def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):

@@ -749,8 +749,8 @@ class _Feed:
 
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 #: How `_group_array` copies a group of a logical type into buffers itself: `array.array` type codes of the
-#: fixed-width ones, "s" for strings
-_TYPECODES = {types.INT: "q", types.FLOAT: "d", types.STRING: "s"}
+#: fixed-width ones, "s" for strings; "[q" marks int arrays, left to `pa.array` but for a bool among their items
+_TYPECODES = {types.INT: "q", types.FLOAT: "d", types.STRING: "s", types.ARRAY_INT: "[q"}
 #: Up to this many strings a string group is encoded by `_group_array`; beyond, `pa.array` is faster
 _FEW_STRINGS = 16
 
@@ -760,9 +760,9 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
     buffer that the array wraps, a few strings are encoded and their offsets summed here: for the few values of
     a one-entity read this takes half of `pa.array`'s time (bench/README.md). A null, or a value the buffer's
     type does not take (a float among ints, an int beyond 64 bits, a lone surrogate), leaves the conversion to
-    `pa.array`, with its result and errors. A bool in an int feature (no sync writes one, another writer might)
-    is 1 or 0 on both paths, equal to the records API's True or False (Python's bool is an int), where
-    `pa.array` alone would refuse it."""
+    `pa.array`, with its result and errors. A bool in an int feature or in an int array feature (no sync writes
+    one, another writer might) is 1 or 0 on every path, equal to the records API's True or False (Python's bool
+    is an int), where `pa.array` alone would refuse it."""
     import pyarrow as pa
 
     try:
@@ -772,12 +772,16 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
                 offsets = array.array("i", accumulate(map(len, encoded), initial=0))
                 return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(offsets),
                                                                         pa.py_buffer(b"".join(encoded))])
+        elif typecode == "[q":
+            return pa.array(values, arrow_type_)
         elif typecode is not None:
             return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(array.array(typecode, values))])
-    except (TypeError, OverflowError, UnicodeEncodeError):
+    except (TypeError, OverflowError, UnicodeEncodeError):  # pa.ArrowTypeError is a TypeError
         pass
     if typecode == "q":
         values = [int(v) if v.__class__ is bool else v for v in values]
+    elif typecode == "[q":
+        values = [v if v is None else [int(x) if x.__class__ is bool else x for x in v] for v in values]
     return pa.array(values, arrow_type_)
 
 
