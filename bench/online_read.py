@@ -22,7 +22,7 @@ used, the machine's load average, and writes `bench/results/online_read.json`.
 
     python bench/online_read.py                         # 50k customers, 5 x 2,000 calls per shape
     python bench/online_read.py --customers 1000000     # the figures in docs/serving.md
-    python bench/online_read.py --project DIR --arrow-ref main   # + Arrow shaped by main's to_arrow, paired
+    python bench/online_read.py --project DIR --arrow-ref main   # + the Arrow API as main reads it, paired
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def raw_reader(client: redis.Redis, prefix: str, views: list[tuple[str, str, tup
 
 
 def reader_at(ref: str):
-    """featuremart/online/reader.py as it is in git `ref`, imported as a module of its own (its `to_arrow` applies
-    to this checkout's results while their internals agree; the bench checks it gives the same table)."""
+    """featuremart/online/reader.py as it is in git `ref`, imported as a module of its own (its `OnlineReader` on
+    this checkout's store reads with that ref's plans and results; the bench checks it gives the same table)."""
     import importlib.util
     import subprocess
 
@@ -177,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, default=None,
                         help="an already built reference project to reuse (skips generate + dbt build)")
     parser.add_argument("--arrow-ref", default=None,
-                        help="also time the Arrow API with `to_arrow` as it is in this git ref (e.g. main), on this "
-                             "checkout's reads: a paired before/after of the Arrow shaping alone")
+                        help="also time the Arrow API as it is in this git ref (e.g. main): that ref's "
+                             "featuremart/online/reader.py reading the same store, a paired before/after of the read "
+                             "and its Arrow shaping")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time each call by the wall clock (the bars), or by this thread's CPU time (steadier on a "
+                             "loaded machine: the Redis round trip and the waits for a core are left out)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online_read.json")
     redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -250,11 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             }, batches_100),
         }
         if args.arrow_ref:
-            to_arrow = reader_at(args.arrow_ref).OnlineResult.to_arrow
-            for (contenders, _), kw in zip(shapes.values(), (one, fraud)):
-                contenders[f"arrow @{args.arrow_ref}"] = lambda b, kw=kw: to_arrow(fs.reader.read(b, **kw))
-            assert to_arrow(fs.reader.read(batches_100[0], **fraud)).equals(
-                fs.get_online_features_arrow(batches_100[0], **fraud))
+            at_ref = reader_at(args.arrow_ref).OnlineReader(fs.reader.store)
+            for (contenders, batches), kw in zip(shapes.values(), (one, fraud)):
+                contenders[f"arrow @{args.arrow_ref}"] = lambda b, kw=kw: at_ref.read(b, **kw).to_arrow()
+                assert at_ref.read(batches[0], **kw).to_arrow().equals(fs.get_online_features_arrow(batches[0], **kw))
         for contenders, batches in shapes.values():  # warm up: plans cached, connections open, pyarrow loaded
             for fn in contenders.values():
                 for batch in batches[:200]:
@@ -265,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         reps: dict[str, list[dict]] = {shape: [] for shape in shapes}
         for rep in range(args.reps):
             for shape, (contenders, batches) in shapes.items():
-                reps[shape].append(measure(args.calls, contenders, batches))
+                reps[shape].append(measure(args.calls, contenders, batches,
+                                           time.perf_counter_ns if args.clock == "wall" else time.thread_time_ns))
             print(f"repetition {rep + 1}/{args.reps} done", flush=True)
         fs.close()
         client.close()
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = [round(x, 2) for x in os.getloadavg()]
     print(f"\n{args.reps} repetitions x {args.calls:,} paired calls; load average before {load_before[0]}, "
           f"after {load_after[0]} ({os.cpu_count()} CPUs); redis-server {redis_info['redis_version']}"
-          f"{'; gc.freeze() after warm-up' if args.gc_freeze else ''}")
+          f"{'; gc.freeze() after warm-up' if args.gc_freeze else ''}; {args.clock} clock")
     print(f"{'shape':<38} {'reader':<20} {'p50 µs':>8} {'p99 µs':>8}  {'p50 ×raw [range]':<20} "
           f"{'p99 ×raw [range]':<20} {'p50 ×hiredis [range]':<20} {'p99 ×hiredis [range]':<20}")
     summary: dict[str, dict] = {}
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "customers": customers, "keys": keys_total, "reps": args.reps, "calls_per_rep": args.calls,
-        "gc_freeze": args.gc_freeze, "bar_p50": BAR_P50, "bar_p99": BAR_P99, "bar_met": ok,
+        "gc_freeze": args.gc_freeze, "clock": args.clock, "bar_p50": BAR_P50, "bar_p99": BAR_P99, "bar_met": ok,
         "load_average_before": load_before, "load_average_after": load_after, "cpus": os.cpu_count(),
         "python": platform.python_version(), "redis_py": redis.__version__, "machine": platform.machine(),
         **redis_info, "summary": summary, "repetitions": reps,

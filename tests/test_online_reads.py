@@ -476,26 +476,49 @@ def test_arrow_types_and_values_are_the_records_for_every_status_and_type(synced
         {r["balance"].status for r in records} == {EXPIRED, MISSING}
 
 
+def _store_all_types_value(synced, redis_url, feature: str, value) -> None:
+    """Overwrite thing a's stored `all_types.<feature>` with `value`, as another writer of the format might."""
+    position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index(feature)
+    _edit_all_types_row(redis_url, lambda row: row.__setitem__(position, value))
+
+
+def _edit_all_types_row(redis_url, edit) -> None:
+    """Apply `edit` to thing a's stored `all_types` row (a JSON array) in place in Redis."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [key] = client.scan_iter(match="fm:{thing_id=a}:all_types:*")
+        row = orjson.loads(client.get(key))
+        edit(row)
+        client.set(key, orjson.dumps(row), keepttl=True)
+    finally:
+        client.close()
+
+
 def test_a_bool_in_an_int_feature_is_1_or_0_in_arrow_with_or_without_nulls(synced, redis_url):
     """A stored `true` where an int feature belongs (no sync writes one; another writer of the documented format
     might) reads as True in records and columns and as 1 in Arrow's int64 column, whether the column's values
     go through the buffer path (no null) or through `pa.array` (a null beside it), never an error in one case and
     a value in the other: 1 == True, so Arrow still equals the records API."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        [key] = client.scan_iter(match="fm:{thing_id=a}:all_types:*")
-        position = 1 + [f.name for f in synced.reader.registry.view("all_types").features].index("f_int")
-        row = orjson.loads(client.get(key))
-        row[position] = True
-        client.set(key, orjson.dumps(row), keepttl=True)
-    finally:
-        client.close()
+    _store_all_types_value(synced, redis_url, "f_int", True)
     for entities, expected in (([{"thing_id": "a"}], [1]), ([{"thing_id": "a"}, {"thing_id": "c"}], [1, None])):
         result = synced.reader.read(entities, features=["all_types.f_int"])
         values = [r["f_int"].value for r in result.to_records()]
         assert values == [True, None][:len(entities)] and values[0] is True
         column = result.to_arrow().column("f_int")
         assert column.type == pa.int64() and column.to_pylist() == expected == values
+
+
+def test_a_bool_in_an_int_array_feature_is_1_or_0_in_arrow(synced, redis_url):
+    """A stored `true` inside an int array feature (another writer of the documented format might write one)
+    reads as True in records and columns and as 1 in Arrow's list<int64> column, as a bool in an int feature
+    does, for one entity and beside an empty and a null array, where `pa.array` alone refuses a bool as int64."""
+    _store_all_types_value(synced, redis_url, "f_ints", [True, -2, False])
+    for others, expected in (([], []), ([{"thing_id": "b"}], [[]]), ([{"thing_id": "c"}], [None])):
+        result = synced.reader.read([{"thing_id": "a"}, *others], features=["all_types.f_ints"])
+        values = [r["f_ints"].value for r in result.to_records()]
+        assert values[0] == [True, -2, False] and values[0][0] is True
+        column = result.to_arrow().column("f_ints")
+        assert column.type == pa.list_(pa.int64()) and column.to_pylist() == [[1, -2, 0], *expected] == values
 
 
 def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
@@ -517,7 +540,7 @@ def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
         table = result.to_arrow()
         assert table.to_pydict() == result.to_columns()
         if through_ipc:  # built by the reader, not by the general path after a failed packing
-            assert result._plan.arrow_layout().one.table(result._one_values()).equals(table)
+            assert result._plan.arrow_layout().one.table(entities[0], result._rows).equals(table)
         assert table.schema == result._plan.arrow_layout().schema
         for name, value in result.to_records()[0].items():
             assert table.column(name).to_pylist() == [value.value]
@@ -547,3 +570,19 @@ def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
     for thread in threads:
         thread.join()
     assert not errors, errors[0]
+
+
+def test_one_entity_arrow_of_a_longer_stored_row_is_its_values(synced, redis_url):
+    """A stored row with a value more than its view has (another writer of the format) serves its view's values
+    in every API: `_OneRow` takes each view's values from its row by position, as the general path does, so
+    the IPC table still equals the columns and records, and the next view's values are not shifted."""
+    _edit_all_types_row(redis_url, lambda row: row.append(7))
+    features = ["all_types.f_int", "all_types.f_float", "balances.balance"]
+    entity = {"thing_id": "a", "account_id": 7}
+    result = synced.reader.read([entity], features=features)
+    table = result._plan.arrow_layout().one.table(entity, result._rows)
+    assert table is not None and table.equals(result.to_arrow())
+    assert table.to_pydict() == result.to_columns()
+    [record] = result.to_records()
+    for name, value in (("f_int", 42), ("f_float", 1.5), ("balance", 10.5)):
+        assert table.column(name).to_pylist() == [value] == [record[name].value]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import array
 import functools
+import io
 import operator
 import os
 import re
@@ -481,15 +482,6 @@ class OnlineResult:
             columns[name + EVENT_TS_SUFFIX] = event_ts
         return columns
 
-    def _one_values(self) -> list[Any]:
-        """One entity's values in the order `_ArrowLayout` takes the columns: its join keys, then per view its
-        event time (µs) and its values."""
-        values = [column[0] for column in self._key_columns().values()]
-        for view, row in zip(self._plan.views, self._rows):
-            values.append(row[0])  # type: ignore[index]
-            values += [getter(row) for getter in view.getters]
-        return values
-
     def to_arrow(self) -> pa.Table:
         """The same columns as `to_columns`, as a `pyarrow.Table` with typed columns: values as their logical
         type (`arrow_type`), statuses as dictionary-encoded strings, event times as timestamp[us, UTC].
@@ -504,14 +496,14 @@ class OnlineResult:
         present, all missing (an unknown entity) or all expired takes a cached status array per (status,
         length) (Arrow arrays are immutable). One present entity of int and float features skips all of this: its
         table is read from an Arrow IPC message packed from the plan's template (`_OneRow`), in half the CPU."""
-        import pyarrow as pa
-
         layout = self._plan.arrow_layout()
         n = len(self._entities)
         if n == 1 and layout.one is not None and MISSING not in self._status and EXPIRED not in self._status:
-            table = layout.one.table(self._one_values())
+            table = layout.one.table(self._entities[0], self._rows)
             if table is not None:
                 return table
+        import pyarrow as pa
+
         # filled in the order the layout took the columns: join keys, then per view its event times and values
         groups: list[list[Any]] = [[] for _ in layout.groups]
         for group, values in zip(layout.key_groups, self._key_columns().values()):
@@ -620,47 +612,59 @@ class _OneRow:
     building and assembling them from Python (bench/README.md, "Arrow for one entity, second round").
 
     Per plan, pyarrow serializes a table of one row of sentinel values once: the stream's schema and status
-    dictionaries (fed to each thread's reader when it opens) and the record batch message, in which the place
-    of each sentinel is found. A read copies that message, packs its values at those places (a string key:
-    its bytes, its length in the offsets buffer and in the message's buffer list), and has the reader read it.
-    Covered: int and float features, string keys up to `_ONE_KEY_BYTES` UTF-8 bytes, int keys; a value that
-    does not pack (an int beyond 64 bits) or a longer key returns None, for the general path."""
+    dictionaries (which each thread's reader reads first) and the record batch message, in which the place of
+    each sentinel is found. The message then becomes one `struct.Struct`: a field at each place (a value; for
+    the string key, its bytes and its length in the offsets buffer and in the message's buffer list) and the
+    bytes between places as constant fields. A read packs the whole message in one call from the entity's keys
+    and each view's event time and values (one itemgetter per row, by position as the general path takes them),
+    and its thread's reader reads it from an in-memory file whose `read` is C (`io.BytesIO`, no Python frame per
+    callback) (bench/README.md, "Arrow for one entity, third round").
+    Covered: int and float features, one string key up to `_ONE_KEY_BYTES` UTF-8 bytes, int keys; a value that
+    does not pack (None, an int beyond 64 bits) or a longer key returns None, for the general path."""
 
-    def __init__(self, prefix: bytes, message: bytes, places: list[tuple[int, str, Any]]):
-        self.prefix, self.message, self.places = prefix, message, places
+    def __init__(self, plan: _Plan, prefix: bytes, message: struct.Struct, order: Callable[[list], tuple],
+                 constants: list[bytes], text_of: int | None):
+        self.prefix, self.message, self.order, self.constants, self.text_of = prefix, message, order, constants, text_of
+        self.key_names = plan.key_names
+        self.key_specs = tuple(spec for _, spec in plan.key_specs)
+        #: the classes of the join keys' values as `table` packs them (others are typed first)
+        self.key_classes = [str if plan.key_types[k] == types.STRING else int for k in plan.key_names]
+        #: per view, its event time and values from its row, as a tuple
+        self.row_getters = [operator.itemgetter(0, *(p for _, p in view.columns)) for view in plan.views]
         self._local = threading.local()
 
     @classmethod
     def make(cls, plan: _Plan, layout: _ArrowLayout) -> _OneRow | None:
-        import io
-
         import pyarrow as pa
 
         if set(plan.dtypes.values()) - {types.INT, types.FLOAT} or len(plan.column_names) > _ONE_MAX_COLUMNS or \
                 {plan.key_types[k] for k in plan.key_names} - {types.INT, types.STRING}:
             return None
-        sentinels: list[tuple[str, int]] = []  # per value in `_one_values` order: (kind, sentinel)
+        #: (kind, sentinel, index in the parts `table` packs: the join keys, then per view its event time and values)
+        sentinels: list[tuple[str, int, int]] = []
 
-        def sentinel(kind: str) -> pa.Array:
+        def sentinel(kind: str, part: int) -> pa.Array:
             value = 0x5A5E_0000_0000_0101 + 0x101 * len(sentinels)  # 8 bytes found nowhere else in the message
-            sentinels.append((kind, value))
+            sentinels.append((kind, value, part))
             if kind == types.FLOAT:
                 return pa.array(struct.unpack("<d", struct.pack("<q", value)), pa.float64())
             return pa.array([value], pa.int64())
 
         columns: dict[str, pa.Array] = {}
-        for k in plan.key_names:
+        for part, k in enumerate(plan.key_names):
             if plan.key_types[k] == types.STRING:
-                sentinels.append((types.STRING, 0))
+                sentinels.append((types.STRING, 0, part))
                 columns[k] = pa.array(["~" * _ONE_KEY_BYTES])
             else:
-                columns[k] = sentinel(types.INT)
+                columns[k] = sentinel(types.INT, part)
+        start = len(plan.key_names)  # the view's event time in the parts, its values after it
         for view in plan.views:
-            event_ts = sentinel(types.TIMESTAMP).view(layout.ts_type)
-            for name in view.out_names:
-                columns[name] = sentinel(plan.dtypes[name])
+            event_ts = sentinel(types.TIMESTAMP, start).view(layout.ts_type)
+            for j, name in enumerate(view.out_names, start + 1):
+                columns[name] = sentinel(plan.dtypes[name], j)
                 columns[name + STATUS_SUFFIX] = _all_of(PRESENT, 1)
                 columns[name + EVENT_TS_SUFFIX] = event_ts
+            start += 1 + len(view.out_names)
         batch = pa.RecordBatch.from_arrays([columns[c] for c in plan.column_names], schema=layout.schema)
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, layout.schema) as writer:
@@ -675,82 +679,90 @@ class _OneRow:
                 at = message.find(pattern, at + 1, end)
             return out
 
-        places: list[tuple[int, str, Any]] = []
-        for i, (kind, value) in enumerate(sentinels):
+        # after the views' values in the parts: the string key's bytes and length (if any), then the constant fields
+        spots: list[tuple[int, str, int]] = []  # (offset in the message, struct code, index in the parts)
+        text_of = None
+        for kind, value, part in sentinels:
             if kind == types.STRING:
                 data = found(b"~" * _ONE_KEY_BYTES, body, len(message))
                 offsets = found(struct.pack("<ii", 0, _ONE_KEY_BYTES), body, len(message))
                 length = found(struct.pack("<qq", data[0] - body, _ONE_KEY_BYTES) if data else b"-", 8, body)
                 if not (len(data) == len(offsets) == len(length) == 1):
-                    return None
-                places.append((i, "key", (data[0], offsets[0] + 4, length[0] + 8)))
+                    return None  # also a second string key: its bytes would be found twice
+                spots += [(data[0], f"{_ONE_KEY_BYTES}s", start), (offsets[0] + 4, "i", start + 1),
+                          (length[0] + 8, "q", start + 1)]
+                text_of = part
                 continue
             at = found(struct.pack("<q", value), body, len(message))
             if not at or (kind != types.TIMESTAMP and len(at) != 1):
                 return None
-            places += [(i, "<d" if kind == types.FLOAT else "<q", a) for a in at]
+            spots += [(a, "d" if kind == types.FLOAT else "q", part) for a in at]
         if stream.count(message) != 1 or not stream.endswith(message + b"\xff\xff\xff\xff\x00\x00\x00\x00"):
             return None
-        return cls(stream[:stream.index(message)], message, places)
+        constant = start + (2 if text_of is not None else 0)  # the parts' first constant field
+        fields, order, constants, pos = ["<"], [], [], 0
+        for at, code, part in sorted(spots):
+            if at > pos:
+                fields.append(f"{at - pos}s")
+                order.append(constant + len(constants))
+                constants.append(message[pos:at])
+            fields.append(code)
+            order.append(part)
+            pos = at + struct.calcsize("<" + code)
+        fields.append(f"{len(message) - pos}s")
+        order.append(constant + len(constants))
+        constants.append(message[pos:])
+        packer, getter = struct.Struct("".join(fields)), operator.itemgetter(*order)
+        parts: list[Any] = [0] * start + ([b"~" * _ONE_KEY_BYTES, _ONE_KEY_BYTES] if text_of is not None else [])
+        for kind, value, part in sentinels:
+            if kind != types.STRING:
+                parts[part] = struct.unpack("<d", struct.pack("<q", value))[0] if kind == types.FLOAT else value
+        if packer.pack(*getter(parts + constants)) != message:
+            return None  # pragma: no cover - the places found do not rebuild the message: no template
+        return cls(plan, stream[:stream.index(message)], packer, getter, constants, text_of)
 
-    def table(self, values: list[Any]) -> pa.Table | None:
-        """The one-row table of `values` (in `OnlineResult._one_values` order), or None if one does not fit."""
+    def table(self, entity: Mapping[str, Any], rows: list[list]) -> pa.Table | None:
+        """The one-row table of `entity` and its rows (one per view, every one present), or None if they do
+        not fit the template."""
         import pyarrow as pa
 
-        message = bytearray(self.message)
-        pack_into = struct.pack_into
+        parts = [entity[name] for name in self.key_names]
+        if list(map(type, parts)) != self.key_classes:  # numpy scalars, an int key given as text
+            parts = [_typed_key(value, *spec) for value, spec in zip(parts, self.key_specs)]
         try:
-            for i, kind, at in self.places:
-                if kind == "key":
-                    text = values[i].encode()
-                    if len(text) > _ONE_KEY_BYTES:
-                        return None
-                    data, offset, length = at
-                    message[data:data + len(text)] = text
-                    pack_into("<i", message, offset, len(text))
-                    pack_into("<q", message, length, len(text))
-                else:
-                    pack_into(kind, message, at, values[i])
-        except (struct.error, TypeError, UnicodeEncodeError):  # an int beyond 64 bits, None, a lone surrogate
-            return None
+            for getter, row in zip(self.row_getters, rows):
+                parts += getter(row)
+            if self.text_of is not None:
+                text = parts[self.text_of].encode()
+                if len(text) > _ONE_KEY_BYTES:
+                    return None
+                parts += (text, len(text))
+            parts += self.constants
+            message = self.message.pack(*self.order(parts))
+        except (struct.error, UnicodeEncodeError, IndexError):
+            return None  # None or an int beyond 64 bits, a lone surrogate, a row shorter than its view
         local = self._local
-        reader = getattr(local, "reader", None)
-        if reader is None:  # this thread's first read: the reader reads the schema, then on its first batch
-            local.feed = _Feed(self.prefix)  # the dictionaries and the message
-            reader = local.reader = pa.ipc.open_stream(pa.PythonFile(local.feed, mode="r"))
-        local.feed.push(bytes(message))
+        feed = getattr(local, "feed", None)
+        if feed is None:  # this thread's first read: its reader reads the schema now, the dictionaries and the
+            feed = io.BytesIO(self.prefix + message)  # message on its first batch
+            local.reader = pa.ipc.open_stream(pa.PythonFile(feed, mode="r"))
+            local.feed = feed
+        else:  # every message of the plan is as long: written over the last one, read from its start
+            start = len(self.prefix)
+            feed.seek(start)
+            feed.write(message)
+            feed.seek(start)
         try:
-            return pa.Table.from_batches([reader.read_next_batch()])
+            return pa.Table.from_batches([local.reader.read_next_batch()])
         except Exception:
-            local.reader = None  # pragma: no cover - a message the reader refuses: the general path, a new reader
+            local.feed = None  # pragma: no cover - a message the reader refuses: the general path, a new reader
             return None
-
-
-class _Feed:
-    """The file a thread's `_OneRow` stream reader reads: the bytes pushed into it, once."""
-
-    closed = False
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data, pos = self.data, self.pos
-        end = len(data) if size is None or size < 0 else min(pos + size, len(data))
-        self.pos = end
-        return data[pos:end]
-
-    def push(self, data: bytes) -> None:
-        self.data, self.pos = (self.data[self.pos:] + data if self.pos < len(self.data) else data), 0
 
 
 _STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 #: How `_group_array` copies a group of a logical type into buffers itself: `array.array` type codes of the
-#: fixed-width ones, "s" for strings
-_TYPECODES = {types.INT: "q", types.FLOAT: "d", types.STRING: "s"}
+#: fixed-width ones, "s" for strings; "[q" marks int arrays, left to `pa.array` but for a bool among their items
+_TYPECODES = {types.INT: "q", types.FLOAT: "d", types.STRING: "s", types.ARRAY_INT: "[q"}
 #: Up to this many strings a string group is encoded by `_group_array`; beyond, `pa.array` is faster
 _FEW_STRINGS = 16
 
@@ -760,9 +772,9 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
     buffer that the array wraps, a few strings are encoded and their offsets summed here: for the few values of
     a one-entity read this takes half of `pa.array`'s time (bench/README.md). A null, or a value the buffer's
     type does not take (a float among ints, an int beyond 64 bits, a lone surrogate), leaves the conversion to
-    `pa.array`, with its result and errors. A bool in an int feature (no sync writes one, another writer might)
-    is 1 or 0 on both paths, equal to the records API's True or False (Python's bool is an int), where
-    `pa.array` alone would refuse it."""
+    `pa.array`, with its result and errors. A bool in an int feature or in an int array feature (no sync writes
+    one, another writer might) is 1 or 0 on every path, equal to the records API's True or False (Python's bool
+    is an int), where `pa.array` alone would refuse it."""
     import pyarrow as pa
 
     try:
@@ -772,12 +784,16 @@ def _group_array(values: list[Any], arrow_type_: pa.DataType, typecode: str | No
                 offsets = array.array("i", accumulate(map(len, encoded), initial=0))
                 return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(offsets),
                                                                         pa.py_buffer(b"".join(encoded))])
+        elif typecode == "[q":
+            return pa.array(values, arrow_type_)
         elif typecode is not None:
             return pa.Array.from_buffers(arrow_type_, len(values), [None, pa.py_buffer(array.array(typecode, values))])
-    except (TypeError, OverflowError, UnicodeEncodeError):
+    except (TypeError, OverflowError, UnicodeEncodeError):  # pa.ArrowTypeError is a TypeError
         pass
     if typecode == "q":
         values = [int(v) if v.__class__ is bool else v for v in values]
+    elif typecode == "[q":
+        values = [v if v is None else [int(x) if x.__class__ is bool else x for x in v] for v in values]
     return pa.array(values, arrow_type_)
 
 
