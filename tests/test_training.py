@@ -376,7 +376,9 @@ def test_in_spine_order_places_every_column_type_by_row_number():
     import random
     from datetime import date
 
-    from featuremart.training import ROW_COLUMN, in_spine_order
+    from pyarrow._compute import call_function
+
+    from featuremart.training import ROW_COLUMN, _take, in_spine_order
 
     n = 1000
     rng = random.Random(3)
@@ -398,19 +400,22 @@ def test_in_spine_order_places_every_column_type_by_row_number():
         "no_nulls": pa.array(range(n), pa.int64()),
     }
     unordered = pa.table({**columns, ROW_COLUMN: pa.array(rows, pa.int64())})
-    # chunked, and each chunk a slice of a longer array (a nonzero offset, not a multiple of 8)
-    padded = pa.concat_tables([unordered.slice(0, 3), unordered]).slice(3)
-    chunked = pa.Table.from_batches(padded.to_batches(max_chunksize=333))
+    # one chunk, a slice of a longer array (an offset that is not a multiple of 8); and in several chunks
+    sliced = pa.concat_tables([unordered.slice(0, 3), unordered]).combine_chunks().slice(3)
+    chunked = pa.Table.from_batches(sliced.to_batches(max_chunksize=333))
     order = [0] * n
     for position, row in enumerate(rows):
         order[row] = position
     expected = pa.table(columns).take(pa.array(order))
-    for table in (unordered, chunked):
+    for table in (unordered, sliced, chunked):
         got = in_spine_order(table)
         assert got.equals(expected)
         assert [got.column(name).null_count for name in columns] == [expected.column(name).null_count
                                                                       for name in columns]
     assert in_spine_order(unordered.slice(0, 0)).equals(pa.table(columns).slice(0, 0))
+    # the gather of values and validity apart, on an array that starts at an offset (not a multiple of 8)
+    shifted = pa.concat_arrays([columns["b"].slice(0, 3), columns["b"]]).slice(3)
+    assert shifted.offset == 3 and _take(shifted, pa.array(order), call_function).equals(expected.column("b").chunk(0))
     assert in_spine_order(expected) is expected  # no row number: nothing to place
 
 
