@@ -9,7 +9,10 @@ Contenders, each in a fresh process (peak RSS is its own, read with getrusage(RU
 
   raw            python: duckdb.connect(read_only) + a hand-written `ASOF LEFT JOIN` (same ttl) -> Arrow table
   raw_ordered    the same, rows in the spine's order (what featuremart guarantees; an ASOF join sorts by key)
-  fm_sql         featuremart's compiled SQL, run the raw way (the SQL's own cost, without featuremart)
+  fm_sql         featuremart's compiled SQL, run the raw way (the SQL's own cost, without featuremart): the
+                 spine's order by the SQL's `order by`, as the CLI writes it
+  fm_sql_rows    the SQL `FeatureStore.training_set` runs on DuckDB (ordered='row_number': unordered, with the
+                 spine's row number), run the same way, its rows not placed (fm_python places them: the gap)
   fm_python      FeatureStore(project).training_set('spine', 'label_ts', service='bench_model') -> Arrow table:
                  the call on an open store (fm_python_open: counting the FeatureStore's opening too, in which
                  dbt's loader reads the project: a session pays it once); duckdb and pyarrow imported before
@@ -196,7 +199,7 @@ def parquet_rows(path: Path) -> int:
     return rows
 
 
-def contenders(project: Path, tmp: Path, fm_sql: str, before: Path | None) -> dict:
+def contenders(project: Path, tmp: Path, fm_sql: dict[str, str], before: Path | None) -> dict:
     db = str(project / "bench.duckdb")
     py = sys.executable
     fm = str(Path(sys.executable).with_name("featuremart"))
@@ -223,7 +226,8 @@ def contenders(project: Path, tmp: Path, fm_sql: str, before: Path | None) -> di
     return {
         "raw": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=hand_written(ordered=False)),
         "raw_ordered": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=hand_written(ordered=True)),
-        "fm_sql": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=fm_sql),
+        "fm_sql": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=fm_sql["ordered"]),
+        "fm_sql_rows": lambda: run([py, "-c", RAW_IN_PROCESS, db], stdin=fm_sql["row_number"]),
         "fm_python": fm_python,
         "fm_python_unordered": lambda: fm_python("unordered"),
         "raw_process": raw_process,
@@ -234,24 +238,26 @@ def contenders(project: Path, tmp: Path, fm_sql: str, before: Path | None) -> di
     }
 
 
-def compiled_sql(project: Path) -> tuple[str, float]:
-    """featuremart's SQL for the request (compiling it once, with dbt: the first use), and that first use's
-    end-to-end seconds."""
+def compiled_sql(project: Path) -> tuple[dict[str, str], float]:
+    """featuremart's SQL for the request, ordered by SQL and with row numbers (compiling it once, with dbt: the
+    first use), and that first use's end-to-end seconds."""
     from featuremart import FeatureStore
-    from featuremart.training import compile_training_set
+    from featuremart.training import ROW_NUMBER, compile_training_set
 
     started = time.perf_counter()
     run([sys.executable, "-c", FM_IN_PROCESS, str(project), SERVICE], cwd=project)
     first_use = time.perf_counter() - started
     run([sys.executable, "-c", FM_IN_PROCESS, str(project), SERVICE, "unordered"], cwd=project)  # its own SQL
     with FeatureStore(project, profiles_dir=project) as fs, fs.warehouse() as wh:
-        compiled, _ = compile_training_set(fs.project, wh, "spine", "label_ts", service=SERVICE)
-    return compiled.sql, first_use
+        sql = {("ordered" if order is True else order): compile_training_set(
+            fs.project, wh, "spine", "label_ts", service=SERVICE, ordered=order)[0].sql for order in (True, ROW_NUMBER)}
+    return sql, first_use
 
 
 # --- the report -------------------------------------------------------------------------------------------
 
 RATIOS = [("fm_python", "raw"), ("fm_python_open", "raw"), ("fm_python_unordered", "raw"), ("fm_sql", "raw"),
+          ("fm_sql_rows", "raw"), ("fm_python", "fm_sql_rows"),
           ("raw_ordered", "raw"), ("fm_python", "raw_ordered"), ("fm_python_before", "raw"),
           ("fm_python_before", "raw_ordered"), ("fm_python", "fm_python_before"),
           ("fm_cli", "raw_process"), ("fm_cli_unordered", "raw_process"), ("fm_cli", "raw_process_ordered"),

@@ -326,18 +326,19 @@ class FeatureStore:
         `spine` is a dbt model name, a table, a SQL query, a Parquet path, or a pandas / Arrow frame; the join is
         the `featuremart.training_set` dbt macro, compiled by dbt and run in the warehouse (docs/training-sets.md).
         Returns a pyarrow.Table, or a pandas DataFrame with `to_pandas=True`. Rows come in the spine's order;
-        `ordered=False` skips that sort (the same rows, in the join's order).
+        `ordered=False` skips putting them in it (the same rows, in the join's order).
         """
-        from featuremart.training import run_training_set
+        from featuremart.training import arrow_order, in_spine_order, run_training_set
 
         self._needs_project("build training sets")
         wh = self.warehouse()
         try:
             features = self._training_request(wh, service, features)
             table = run_training_set(wh, *self._compile_training_set(wh, spine, timestamp, service, features,
-                                                                     ordered))
+                                                                     arrow_order(wh, ordered)))
         finally:
             wh.release()  # DuckDB closes on a helper thread while the table goes back; `close()` waits for it
+        table = in_spine_order(table)  # beside the close, which frees the join's memory
         return table.to_pandas() if to_pandas else table
 
     def write_training_set(self, path: str | Path, spine: Any, timestamp: str, *, service: str | None = None,
@@ -369,7 +370,7 @@ class FeatureStore:
         return features
 
     def _compile_training_set(self, wh: Warehouse, spine: Any, timestamp: str, service: str | None,
-                              features: list[str] | None, ordered: bool) -> tuple[str, Any]:
+                              features: list[str] | None, ordered: bool | str) -> tuple[str, Any]:
         from featuremart.training import compile_training_set
 
         compiled, frame = compile_training_set(self.project, wh, spine, timestamp, service=service,

@@ -94,14 +94,14 @@ def _jinja_literal(value: Any) -> str:
 
 def point_in_time_call(spine_sql: str, spine_timestamp: str, views: Sequence[dict[str, Any]],
                        spine_columns: dict[str, str | None] | Sequence[str] | None = None,
-                       ordered: bool = True) -> str:
+                       ordered: bool | str = True) -> str:
     """The Jinja call of the macro for these arguments (view relations given as table-name strings)."""
     args = [_jinja_literal(spine_sql), _jinja_literal(spine_timestamp), _jinja_literal(list(views))]
     if spine_columns is not None:
         args.append("spine_columns=" + _jinja_literal(dict(spine_columns) if isinstance(spine_columns, dict)
                                                       else list(spine_columns)))
-    if not ordered:
-        args.append("ordered=false")
+    if ordered is not True:
+        args.append("ordered=" + _jinja_literal(ordered))
     return "{{ featuremart.point_in_time_join(" + ", ".join(args) + ") }}"
 
 
@@ -111,7 +111,7 @@ LAST_COMPILE_SECONDS: list[float] = []
 def compile_point_in_time_sql(project_dir: str | Path, profiles_dir: str | Path, spine_sql: str,
                               spine_timestamp: str, views: Sequence[dict[str, Any]], target: str | None = None,
                               spine_columns: dict[str, str | None] | Sequence[str] | None = None,
-                              ordered: bool = True) -> str:
+                              ordered: bool | str = True) -> str:
     """The SQL of `featuremart.point_in_time_join` for these arguments, rendered by dbt for `target`.
 
     Runs `dbt compile --inline` in-process (dbtRunner): dbt parses the project (partial parsing after the

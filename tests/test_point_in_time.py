@@ -336,6 +336,11 @@ def compiled(fixture_project, warehouse):
             _macro_views(unique, warehouse.types[view_ts]),
             target=warehouse.target,
             spine_columns={c: warehouse.types[t] for c, t in spine.items()})
+    spine, unique, view_ts = SHAPES["naive"]  # and the form Python places in the spine's order itself
+    sqls["naive_rows"] = compile_point_in_time_sql(
+        fixture_project, fixture_project, "select * from pit_spine", "label_ts",
+        _macro_views(unique, warehouse.types[view_ts]), target=warehouse.target,
+        spine_columns={c: warehouse.types[t] for c, t in spine.items()}, ordered="row_number")
     return sqls
 
 
@@ -477,6 +482,10 @@ def test_edges_are_inclusive_and_nulls_stay_null(warehouse, compiled):
     assert [r[col["spend"]] for r in got] == [None, 1.0, None, None, None, None, None]
     assert [r[col["pair__x"]] for r in got] == [None, 5, None, None, None, None, None]  # ttl 0: exact time only
     assert [r[col["risk"]] for r in got] == [None, None, 0.5, 0.5, 0.5, 0.5, 0.5]  # no ttl
+    # ordered='row_number': the same rows, each with its spine row number from 0 as a last column
+    numbered = warehouse.fetch(compiled["naive_rows"])
+    assert sorted(r[-1] for r in numbered) == list(range(len(spine)))
+    assert [r[:-1] for r in sorted(numbered, key=lambda r: r[-1])] == got
 
 
 def test_bad_arguments_name_the_macro_and_value(fixture_project):
@@ -488,6 +497,10 @@ def test_bad_arguments_name_the_macro_and_value(fixture_project):
     with pytest.raises(RuntimeError, match=r"point_in_time_join: `spine_timestamp` ts is not a column of the spine"):
         compile_point_in_time_sql(fixture_project, fixture_project, "select 1", "ts", _macro_views(False),
                                   spine_columns=list(SPINE))
+    with pytest.raises(RuntimeError,
+                       match=r"point_in_time_join: ordered must be true, false or 'row_number', got by_key"):
+        compile_point_in_time_sql(fixture_project, fixture_project, "select 1", "label_ts", _macro_views(False),
+                                  spine_columns=list(SPINE), ordered="by_key")
 
 
 def test_a_spine_column_named_like_a_feature_is_an_error(fixture_project):

@@ -344,6 +344,82 @@ def test_python_training_set_equals_the_dbt_model_for_every_spine_kind(reference
 
 
 @pytest.mark.integration
+def test_a_shuffled_spine_with_repeated_rows_comes_back_in_its_order(reference):
+    """On DuckDB the join runs unordered and Python places its rows by the spine's row number (a permutation,
+    `in_spine_order`). A spine in no order (keys and times shuffled, some rows repeated) comes back row for row
+    in its own order, each row with the features the SQL's own `order by` gives it, from both entry points."""
+    import random
+
+    project, warehouse = reference
+    labels = warehouse.con.sql("select * from main.fraud_labels").to_arrow_table()
+    rng = random.Random(11)
+    picks = [rng.randrange(labels.num_rows) for _ in range(labels.num_rows + 200)]
+    spine = labels.take(pa.array(picks))
+    assert len(set(picks)) < len(picks)  # repeated rows
+    compiled, frame = compile_training_set(project, warehouse, spine, "label_ts", service="fraud_model")
+    assert compiled.sql.rstrip().endswith("order by spine._fm_row")  # the default: DuckDB sorts
+    expected = run_training_set(warehouse, compiled.sql, frame)
+    features = expected.column_names[spine.num_columns:]
+    assert expected.select(spine.column_names).equals(spine)
+    assert all(expected.column(f).null_count for f in features)  # nulls to place too (ttl, no history)
+    got = training_set(project, warehouse, spine, "label_ts", service="fraud_model")
+    assert got.equals(expected)
+    warehouse.close()  # the store below opens the file itself
+    with FeatureStore(project.project_dir) as fs:
+        assert fs.training_set(spine, "label_ts", service="fraud_model").equals(expected)
+
+
+def test_in_spine_order_places_every_column_type_by_row_number():
+    """`in_spine_order` gathers fixed-width columns with nulls as values and validity apart (cheaper than Arrow's
+    take of both): checked against a plain take for the types a training set has, sliced and chunked inputs
+    included, and an empty result."""
+    import random
+    from datetime import date
+
+    from pyarrow._compute import call_function
+
+    from featuremart.training import ROW_COLUMN, _take, in_spine_order
+
+    n = 1000
+    rng = random.Random(3)
+    rows = list(range(n))
+    rng.shuffle(rows)
+    nulls = [rng.random() < 0.4 for _ in range(n)]
+
+    def maybe(values):
+        return [None if null else v for v, null in zip(values, nulls)]
+
+    columns = {
+        "f": pa.array(maybe([rng.random() for _ in range(n)]), pa.float64()),
+        "i": pa.array(maybe(list(range(n))), pa.int32()),
+        "b": pa.array(maybe([rng.random() < 0.5 for _ in range(n)]), pa.bool_()),
+        "ts": pa.array(maybe([datetime(2024, 1, 1) + timedelta(seconds=i) for i in range(n)]), pa.timestamp("us")),
+        "d": pa.array(maybe([date(2024, 1, 1) + timedelta(days=i % 300) for i in range(n)]), pa.date32()),
+        "s": pa.array(maybe([f"s{i}" for i in range(n)]), pa.string()),
+        "emb": pa.array(maybe([[float(i), -1.5] for i in range(n)]), pa.list_(pa.float32())),
+        "no_nulls": pa.array(range(n), pa.int64()),
+    }
+    unordered = pa.table({**columns, ROW_COLUMN: pa.array(rows, pa.int64())})
+    # one chunk, a slice of a longer array (an offset that is not a multiple of 8); and in several chunks
+    sliced = pa.concat_tables([unordered.slice(0, 3), unordered]).combine_chunks().slice(3)
+    chunked = pa.Table.from_batches(sliced.to_batches(max_chunksize=333))
+    order = [0] * n
+    for position, row in enumerate(rows):
+        order[row] = position
+    expected = pa.table(columns).take(pa.array(order))
+    for table in (unordered, sliced, chunked):
+        got = in_spine_order(table)
+        assert got.equals(expected)
+        assert [got.column(name).null_count for name in columns] == [expected.column(name).null_count
+                                                                      for name in columns]
+    assert in_spine_order(unordered.slice(0, 0)).equals(pa.table(columns).slice(0, 0))
+    # the gather of values and validity apart, on an array that starts at an offset (not a multiple of 8)
+    shifted = pa.concat_arrays([columns["b"].slice(0, 3), columns["b"]]).slice(3)
+    assert shifted.offset == 3 and _take(shifted, pa.array(order), call_function).equals(expected.column("b").chunk(0))
+    assert in_spine_order(expected) is expected  # no row number: nothing to place
+
+
+@pytest.mark.integration
 def test_unordered_training_set_has_the_same_rows_and_its_cli_loads_no_redis_or_arrow(reference, tmp_path):
     """`ordered=False` / `--unordered` skip the sort into the spine's order, nothing else; and a DuckDB training
     set written to Parquet by the CLI imports neither Redis's client, pyarrow, numpy, sqlglot nor dbt (their

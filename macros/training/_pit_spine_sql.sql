@@ -1,6 +1,7 @@
-{#- The spine, read once: its own columns, then the join's own (prefixed _fm_, never output):
+{#- The spine, read once: its own columns, then the join's own (prefixed _fm_, not output):
       _fm_ts        the spine's timestamp as UTC `timestamp` (see _pit_utc_timestamp)
-      _fm_row       its row number: the result is ordered by it, one row out per row in
+      _fm_row       its row number: the result is ordered by it (or ends with it: ordered='row_number'), one
+                    row out per row in
       _fm_since_<i> the oldest event time view i may have (spine time - ttl), for views with a ttl
     dateadd: https://docs.getdbt.com/reference/dbt-jinja-functions/cross-database-macros#dateadd -#}
 {% macro _pit_spine_sql(pit) -%}

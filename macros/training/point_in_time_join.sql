@@ -26,6 +26,9 @@
                        order. Given, nothing is queried at compile time; else they are read from the warehouse.
       ordered          default true: rows come out in the spine's order. A dbt table keeps no order, so a model
                        may pass false and save the final sort (most of what the join costs over a bare ASOF join).
+                       'row_number': the join's order, with the spine's row number (0 to n - 1) as a last
+                       column _fm_row, for a caller that puts the rows in order itself (featuremart's Python
+                       side does, on DuckDB, by a permutation instead of a sort: see docs/training-sets.md).
 
     Output names: a feature keeps its name unless the same name (case-insensitively) is also a feature of
     another view in the join or a join key of a view in the join; then it is named `<view name>__<feature>`
@@ -42,6 +45,9 @@
              'timestamp': 'event_ts', 'ttl_seconds': 2592000, 'features': ['spend_7d', 'txn_count_7d']},
          ]) }} -#}
 {% macro point_in_time_join(spine, spine_timestamp, views, spine_columns=none, ordered=true) -%}
+    {%- if ordered not in [true, false, 'row_number'] -%}
+        {{ exceptions.raise_compiler_error("point_in_time_join: ordered must be true, false or 'row_number', got " ~ ordered) }}
+    {%- endif -%}
     {{ return(adapter.dispatch('point_in_time_join', 'featuremart')(spine, spine_timestamp, views, spine_columns, ordered)) }}
 {%- endmacro %}
 
@@ -143,14 +149,14 @@ _fm_{{ view.index }}_matched as (
 {%- endfor %}
 
 select
-    {{ featuremart._pit_output_columns(pit) | indent(4) }}
+    {{ featuremart._pit_output_columns(pit, ordered) | indent(4) }}
 from _fm_spine as spine
 {%- for view in pit.views %}
 left join _fm_{{ view.index }}_matched as _fm_{{ view.index }}
     on _fm_{{ view.index }}._fm_row = spine._fm_row
     and _fm_{{ view.index }}._fm_is_spine = 1
 {%- endfor %}
-{%- if ordered %}
+{%- if ordered == true %}
 order by spine._fm_row
 {%- endif %}
 {%- endmacro %}
@@ -201,14 +207,14 @@ _fm_{{ view.index }}_rows as (
 {%- endfor %}
 
 select
-    {{ featuremart._pit_output_columns(pit) | indent(4) }}
+    {{ featuremart._pit_output_columns(pit, ordered) | indent(4) }}
 from _fm_spine as spine
 {%- for view in pit.views %}
 asof left join _fm_{{ view.index }}_rows as _fm_{{ view.index }}
     on {% for key in view.key_columns %}_fm_{{ view.index }}.{{ key }} = spine.{{ key }}
     and {% endfor %}_fm_{{ view.index }}._fm_view_ts <= spine._fm_ts
 {%- endfor %}
-{%- if ordered %}
+{%- if ordered == true %}
 order by spine._fm_row
 {%- endif %}
 {%- endmacro %}

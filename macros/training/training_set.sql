@@ -9,7 +9,8 @@
                      config.meta.featuremart.features lists `view.feature` / `view.*`.
       features       or a list of `view.feature` / `view.*` strings (give exactly one of service, features).
       spine_columns  optional, as in point_in_time_join (featuremart's Python side passes it for frames).
-      ordered        default true (rows in spine order); a model may pass false: a table keeps no order.
+      ordered        default true (rows in spine order); a model may pass false: a table keeps no order
+                     ('row_number': see point_in_time_join).
 
     Views are joined in the order they first appear in the list, each with its features in listed order
     (`view.*`: the model's columns in warehouse order, minus keys, timestamp, `changed_at` and `feature: false`
