@@ -523,7 +523,12 @@ def exported_rows(state: SyncState, view: str, path: Path) -> int | None:
 
 class _ExportSink:
     """The rows a streamed first sync records, written to a zstd Parquet file as they come (`record_commands`):
-    the same columns and compression as `export_view`. With no path, it writes nothing."""
+    the same columns and compression as `export_view`. With no path, it writes nothing.
+
+    No dictionary and no statistics: keys are unique, so pyarrow's dictionary attempt only cost CPU and size
+    (15.3 MB per 1M rows, about 0.25 s more CPU than DuckDB's export); without them 9.8 MB, and the streamed
+    sync's recording plus export costs what recording then exporting did (1.32-1.72 s against 1.28-1.84 s CPU per
+    1M rows, 3 paired runs, load 9-11)."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -533,7 +538,8 @@ class _ExportSink:
         if self.path is None:
             return
         if self._writer is None:
-            self._writer = pq.ParquetWriter(str(self.path), rows.schema, compression="zstd", compression_level=1)
+            self._writer = pq.ParquetWriter(str(self.path), rows.schema, compression="zstd", compression_level=1,
+                                            use_dictionary=False, write_statistics=False)
         self._writer.write_table(rows)
 
     def __enter__(self) -> _ExportSink:
