@@ -177,22 +177,16 @@ class DurableState:
         self._touched.add(view)
         self._recorded.add(view)
 
-    def upload(self, state: SyncState, view: str, exported: Path | None = None) -> None:
-        """Export the view's committed local state and put it in the store; the previous parts then go.
-
-        `exported`: that export, already written while the view's values were (a streamed first sync,
-        `SyncState.record_commands`); used only if it holds as many rows as the committed state, else exported
-        again here."""
-        from featuremart.state import export_view, exported_rows
+    def upload(self, state: SyncState, view: str) -> None:
+        """Export the view's committed local state and put it in the store; the previous parts then go."""
+        from featuremart.state import export_view
 
         if view not in self._touched or self._read(keys.view_state_key(self.prefix, view)) is None:
             self.mark(view)
         synced = state.synced(view)
         with tempfile.TemporaryDirectory(prefix="featuremart-state-") as tmp:
-            rows = exported_rows(state, view, exported) if exported is not None and exported.exists() else None
-            path = exported if rows is not None else Path(tmp) / "state.parquet"
-            if rows is None:
-                rows = export_view(state, view, path)
+            path = Path(tmp) / "state.parquet"
+            rows = export_view(state, view, path)
             digest, size, parts = hashlib.sha256(), 0, 0
             with open(path, "rb") as fh:
                 while data := fh.read(PART_BYTES):

@@ -27,7 +27,6 @@ from typing import Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from featuremart.errors import StateError, WarehouseError
 from featuremart.warehouse import DuckDBLimits, batches, temp_directory
@@ -378,8 +377,8 @@ class SyncState:
         finally:
             self.con.execute("set memory_limit = ?", [self.limits.memory_limit])
 
-    def record_commands(self, view: str, payload: Iterable[pa.RecordBatch], ttl_ms: int,
-                        export: Path | None = None) -> Iterator[tuple[memoryview, pa.Array]]:
+    def record_commands(self, view: str, payload: Iterable[pa.RecordBatch],
+                        ttl_ms: int) -> Iterator[tuple[memoryview, pa.Array]]:
         """A view with nothing online (its state is empty): record each warehouse batch as the view's state and
         yield its `SET ... PXAT` commands at once, as `upsert_commands` would after the diff. Every row is an
         insert and nothing departs, so nothing waits for the whole diff: reading the warehouse, encoding and
@@ -389,33 +388,24 @@ class SyncState:
         (about 110 MB per million entities), which one transaction over 10M entities took to 2 GB. The view is
         marked untrusted meanwhile (`mark`), so rows recorded by a run that then fails are never diffed against:
         the next run replaces them (restore or SCAN). Each batch is recorded before it is written, so the state
-        holds at least every key written.
-
-        `export`: also write the recorded rows to this Parquet file, as `export_view` would once committed (the
-        state was empty, so they are all of it): the durable copy is then ready when the writes end, instead of
-        being exported after them while Redis sits idle. Complete only once this generator ran to its end."""
+        holds at least every key written."""
         state = self._ensure_state(view)
         pending = 0
-        with _ExportSink(export) as sink:
-            for batch in payload:
-                self.con.register("__fm_batch", batch)
-                try:
-                    rows = self.con.sql(f"select key, {_VALUE_HASH} as h, ts_us from __fm_batch").to_arrow_table()
-                    self.con.register("__fm_rows", rows)
-                    self.con.execute(f"insert into {state} select key, h, ts_us from __fm_rows")
-                    # One chunk per batch: DuckDB's result comes in vectors of 2,048 rows, too few per round trip.
-                    encoded = self.con.sql(_set_pxat("__fm_batch", ttl_ms)).to_arrow_table().combine_chunks()
-                finally:
-                    self.con.unregister("__fm_batch")
-                    self.con.unregister("__fm_rows")
-                sink.write(rows)
-                pending += batch.num_rows
-                if pending >= STREAM_COMMIT_ROWS:
-                    self.con.execute("commit")
-                    self.con.execute("begin")
-                    pending = 0
-                for chunk in encoded.to_batches():
-                    yield _commands(chunk)
+        for batch in payload:
+            self.con.register("__fm_batch", batch)
+            try:
+                self.con.execute(f"insert into {state} select key, {_VALUE_HASH}, ts_us from __fm_batch")
+                # One chunk per batch: DuckDB's result comes in vectors of 2,048 rows, too few per round trip.
+                encoded = self.con.sql(_set_pxat("__fm_batch", ttl_ms)).to_arrow_table().combine_chunks()
+            finally:
+                self.con.unregister("__fm_batch")
+            pending += batch.num_rows
+            if pending >= STREAM_COMMIT_ROWS:
+                self.con.execute("commit")
+                self.con.execute("begin")
+                pending = 0
+            for chunk in encoded.to_batches():
+                yield _commands(chunk)
 
     def commit_first(self, view: str, version: str, store_id: str, watermark: int | None = None, *,
                      generation: str | None = None, ttl_ms: int | None = None) -> None:
@@ -512,44 +502,6 @@ def export_view(state: SyncState, view: str, path: Path) -> int:
     state.con.execute(f"copy (select key, h, ts_us from {table}) to '{_literal(path)}' "
                       "(format parquet, compression zstd, compression_level 1)")
     return state._scalar(f"select count(*) from {table}")
-
-
-def exported_rows(state: SyncState, view: str, path: Path) -> int | None:
-    """The row count of an export written beside a streamed first sync (`record_commands`), if it is the view's
-    committed state's (else None: export it again)."""
-    rows = state._scalar(f"select count(*) from {state._ensure_state(view)}")
-    return rows if state._scalar(f"select count(*) from read_parquet('{_literal(path)}')") == rows else None
-
-
-class _ExportSink:
-    """The rows a streamed first sync records, written to a zstd Parquet file as they come (`record_commands`):
-    the same columns and compression as `export_view`. With no path, it writes nothing.
-
-    No dictionary and no statistics: keys are unique, so pyarrow's dictionary attempt only cost CPU and size
-    (15.3 MB per 1M rows, about 0.25 s more CPU than DuckDB's export); without them 9.8 MB, and the streamed
-    sync's recording plus export costs what recording then exporting did (1.32-1.72 s against 1.28-1.84 s CPU per
-    1M rows, 3 paired runs, load 9-11)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._writer: pq.ParquetWriter | None = None
-
-    def write(self, rows: pa.Table) -> None:
-        if self.path is None:
-            return
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(str(self.path), rows.schema, compression="zstd", compression_level=1,
-                                            use_dictionary=False, write_statistics=False)
-        self._writer.write_table(rows)
-
-    def __enter__(self) -> _ExportSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if exc[0] is not None and self.path is not None:  # incomplete: never uploaded
-            self.path.unlink(missing_ok=True)
 
 
 def restore_view(state: SyncState, view: str, path: Path | None, synced: Synced) -> int:

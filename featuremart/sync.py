@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import tempfile
 import threading
 from contextlib import closing
 import time
@@ -142,9 +141,6 @@ class Syncer:
         # Reads already started by the caller (FeatureStore.sync), by view: used if they are the ones this run
         # needs (`sql.view_reads`), else dropped; the caller closes what is left.
         self._prefetched = dict(prefetched or {})
-        # Durable copies exported while a streamed first sync wrote (`_first_sync`), by view, in a run's folder.
-        self._exports: tempfile.TemporaryDirectory | None = None
-        self._exported: dict[str, Path] = {}
 
     def run(self, views: list[FeatureView], *, full_refresh: bool = False, dry_run: bool = False,
             incremental: bool = True, progress: Callable[[str, str, int, int], None] | None = None) -> SyncRun:
@@ -251,7 +247,7 @@ class Syncer:
             # The durable copy of what changed (or is missing there) goes up before the seal, which makes it current.
             for name in described(state, self.store_id, (self.generation, self._token)):
                 if name in self._committed or not self._durable.current(name):
-                    self._durable.upload(state, name, self._exported.get(name))
+                    self._durable.upload(state, name)
             # The seal: the store's generation and the state's move together, only if nothing changed meanwhile.
             seal = {keys.generation_key(self.prefix): json.dumps(self._token)}
             seal[keys.published_key(self.prefix)] = json.dumps(self._published_record(run, state, published,
@@ -269,8 +265,6 @@ class Syncer:
             run.status = "withheld" if any(v.status == "withheld" for v in run.views) else "success"
         finally:
             self._profiled()
-            if self._exports is not None:
-                self._exports.cleanup()
             run.notes.extend(self._durable.notes)  # what was restored or refused, also when the run failed
             run.notes.extend(self._stats_notes)
             state.close()
@@ -441,29 +435,23 @@ class Syncer:
         marked, so a failed or killed run leaves it untrusted and the next run rebuilds it."""
         state.mark(view.name, self._token)
         self._durable.mark(view.name)
-        read = [0]
+        written = [0]
 
-        def counted(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                read[0] += batch.num_rows
-                yield batch
-            # The warehouse's result was read to its end (the stream released): its statistics query runs beside
-            # the last writes and the durable upload, not after them.
-            if self.stats:
-                self._profile(view, read[0])
+        def counted(chunks: Iterator[tuple[memoryview, pa.Array]]) -> Iterator[tuple[memoryview, pa.Array]]:
+            for chunk in chunks:
+                written[0] += len(chunk[1])
+                yield chunk
 
-        if self._exports is None:
-            self._exports = tempfile.TemporaryDirectory(prefix="featuremart-export-")
-        export = Path(self._exports.name) / f"{len(self._exported)}.parquet"
         progress(view.name, "writing", 0, 0)
         with state.first_sync(view.name):
-            with closing(state.record_commands(view.name, counted(payload), ttl_ms, export)) as commands:
-                self._write(commands, view.name, 0, progress)
+            with closing(state.record_commands(view.name, payload, ttl_ms)) as commands:
+                self._write(counted(commands), view.name, 0, progress)
             state.commit_first(view.name, view.version, self.store_id, watermark, generation=self._token,
                                ttl_ms=ttl_ms)
         self._committed.add(view.name)
-        self._exported[view.name] = export  # the durable copy, exported beside the writes (record_commands)
-        result.inserted, result.streamed = read[0], True
+        if self.stats:  # every entity was written: the count is what was published
+            self._profile(view, written[0])
+        result.inserted, result.streamed = written[0], True
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 

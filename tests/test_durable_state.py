@@ -13,7 +13,6 @@ import pytest
 import redis
 
 from featuremart import FeatureStore, durable
-from featuremart import state as state_module
 from featuremart.errors import OnlineStoreError
 from featuremart.online import keys
 from tests.test_invariant import dump
@@ -271,22 +270,6 @@ def test_an_interrupted_upload_is_never_trusted_and_leaves_no_orphans(harness, c
     assert state_keys(client) == {INDEX, keys.view_state_key("fm", "feats"),
                                   *(keys.view_state_part_key("fm", "feats", record["token"], n)
                                     for n in range(record["parts"]))}
-    assert harness.online() == harness.expected()
-
-
-def test_a_first_sync_exports_its_durable_copy_beside_its_writes(harness, client, monkeypatch):
-    """A streamed first sync writes the durable copy while it writes the values (nothing is exported after the
-    last write); a fresh runner restores it and finds every entity unchanged."""
-    insert_entities(harness, 50)
-    monkeypatch.setattr(state_module, "export_view", lambda *a: pytest.fail("exported after the writes"))
-    run = harness.sync()
-    assert run.status == "success" and run.views[0].streamed and run.views[0].inserted == 50
-    monkeypatch.undo()
-    assert json.loads(client.get(keys.view_state_key("fm", "feats")))["rows"] == 50
-    run = fresh_sync(harness)
-    view = run.views[0]
-    assert run.status == "success" and view.restored and not view.rebuilt, run.notes
-    assert (view.inserted, view.updated, view.deleted, view.unchanged) == (0, 0, 0, 50)
     assert harness.online() == harness.expected()
 
 
