@@ -276,13 +276,13 @@ class FeatureStore:
         the sync cannot read incrementally), else none, since an incremental read of a few changed entities is
         cheap and depends on the state. The build gate is still checked before anything is written; a view it
         withholds, and any read the sync turns out not to need, is interrupted and dropped here."""
-        from featuremart import validated
+        from featuremart import sql
 
         prefetched: dict[str, Prefetch] = {}
         view = next((v for v in views if v.online), None)
         if view is not None and (whole or not view.changed_at or not (self.state_dir / STATE_FILE).exists()):
             wh.bound_memory(DuckDBLimits.from_env(), temp_directory(self.state_dir))
-            found = wh.prefetch(validated.view_reads(view, self.config.online_store.key_prefix, now, wh.dialect),
+            found = wh.prefetch(sql.view_reads(view, self.config.online_store.key_prefix, now, wh.dialect),
                                 STAGE_BATCH_ROWS)
             if found is not None:
                 prefetched[view.name] = found

@@ -7,9 +7,6 @@ by every process for the same files. Both results are pure functions of their in
 the project cache (`load_cache_dir()/validated`), keyed by a hash of every input's bytes and of featuremart's
 own source files (an edited validator is a new key). Only a successful validation is kept: an error is found,
 and reported, by every run. Best effort: an entry that cannot be read or written only costs the validation.
-
-The SQL text of a sync's first reads (`view_reads`) is kept the same way: rendering it imports sqlglot (0.15-0.3
-s CPU), which would delay the start of the warehouse's aggregate (warehouse.Prefetch) by as much.
 """
 
 from __future__ import annotations
@@ -19,14 +16,9 @@ import json
 import os
 import pickle
 from pathlib import Path
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from featuremart.dbtcore import load_cache_dir, prune_cache
-from featuremart.types import to_us
-
-if TYPE_CHECKING:  # pragma: no cover
-    from featuremart.registry import FeatureView
 
 T = TypeVar("T")
 #: Entries kept (least recently used pruned): a config and a registry per project and manifest.
@@ -80,39 +72,3 @@ def cached(kind: str, material: Any, build: Callable[[], T]) -> T:
         pass
     return value
 
-
-#: Two instants no sync runs at: a view's reads rendered at each, to find where `now` enters their text.
-_SENTINELS = (datetime(2201, 3, 4, 5, 6, 7, 891011), datetime(2302, 4, 5, 6, 7, 8, 910111))
-
-
-def view_reads(view: FeatureView, prefix: str, now: datetime, dialect: str) -> tuple[str, ...]:
-    """`sql.view_reads(view, prefix, now, dialect)` (a full read), from the text kept for this view definition.
-
-    `now` enters the text only as two integers, `now` and `now - ttl` in epoch µs: the text is kept rendered at a
-    sentinel instant, and those numbers are replaced. It is kept only if replacing them in the text of one
-    sentinel gives exactly the text rendered at the other; else (and on any problem with the cache) the reads are
-    rendered here. The sync renders them again and uses the prefetched results only if the texts are equal."""
-    def render() -> tuple[str, ...] | None:
-        from featuremart import sql
-
-        first, second = (sql.view_reads(view, prefix, at, dialect) for at in _SENTINELS)
-        return first if _at(first, _SENTINELS[0], _SENTINELS[1], view.ttl) == second else None
-
-    template = cached("reads", [repr(view), prefix, dialect], render)
-    if template is None:
-        from featuremart import sql
-
-        return sql.view_reads(view, prefix, now, dialect)
-    return _at(template, _SENTINELS[0], now, view.ttl)
-
-
-def _at(reads: tuple[str, ...], rendered: datetime, now: datetime, ttl: timedelta) -> tuple[str, ...]:
-    """`reads` rendered at `rendered`, as rendered at `now` (epoch µs of both instants, and of both minus ttl)."""
-    ttl_us = int(ttl.total_seconds() * 1_000_000)  # as sql.latest_rows computes its oldest instant
-    swaps = [(str(to_us(rendered)), str(to_us(now))), (str(to_us(rendered) - ttl_us), str(to_us(now) - ttl_us))]
-    out = []
-    for text in reads:
-        for old, new in swaps:
-            text = text.replace(old, new)
-        out.append(text)
-    return tuple(out)

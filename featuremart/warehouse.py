@@ -58,7 +58,8 @@ class DuckDBLimits:
         con.execute("set memory_limit = ?", [self.memory_limit])
         con.execute("set threads = ?", [self.threads])
         con.execute("set preserve_insertion_order = false")
-        if temp_directory is not None:
+        if temp_directory is not None:  # DuckDB creates it, not its parents (a fresh runner has no target/featuremart)
+            temp_directory.parent.mkdir(parents=True, exist_ok=True)
             con.execute("set temp_directory = ?", [str(temp_directory)])
 
 

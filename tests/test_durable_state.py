@@ -273,6 +273,35 @@ def test_an_interrupted_upload_is_never_trusted_and_leaves_no_orphans(harness, c
     assert harness.online() == harness.expected()
 
 
+def test_a_sync_failing_between_its_upload_and_the_seal_leaves_no_trusted_copy(harness, client, monkeypatch):
+    """The durable copy is uploaded (the record switched to the run's token) but the seal fails: the index still
+    names the previous token, so a fresh runner trusts neither copy; it rebuilds from a SCAN, serves the
+    warehouse's values, and no part of either upload is left behind."""
+    insert_entities(harness, 30)
+    assert harness.sync().status == "success"  # the durable copy the index names
+    harness.sql("update feats set a = a + 1 where customer_id = 'C1'")
+    real_fenced = harness.store.fenced
+
+    def failing_seal(fence, values=None):
+        if values and keys.generation_key("fm") in values:  # the seal (the registry's switch passes)
+            raise OnlineStoreError("connection reset during the seal (injected)")
+        return real_fenced(fence, values)
+
+    monkeypatch.setattr(harness.store, "fenced", failing_seal)
+    run = harness.sync()
+    assert run.status == "failed" and "injected" in run.error
+    monkeypatch.undo()
+    record = json.loads(client.get(keys.view_state_key("fm", "feats")))
+    assert record["pending"] is None and record["rows"] == 30  # uploaded, never sealed
+    run = fresh_sync(harness)
+    assert run.status == "success" and run.views[0].rebuilt and not run.views[0].restored, run.notes
+    assert harness.online() == harness.expected()
+    record = json.loads(client.get(keys.view_state_key("fm", "feats")))
+    assert state_keys(client) == {INDEX, keys.view_state_key("fm", "feats"),
+                                  *(keys.view_state_part_key("fm", "feats", record["token"], n)
+                                    for n in range(record["parts"]))}
+
+
 def test_a_sync_interrupted_while_writing_values_makes_the_record_untrusted(harness, client):
     """The record is marked pending before any value is written: a sync that dies in the middle of the
     writes can never leave a record that looks current."""

@@ -4,15 +4,13 @@ turns out not to need is interrupted, not waited for; and the DuckDB file is fre
 
 from __future__ import annotations
 
-import shutil
 import time
-from datetime import datetime
 
 import duckdb
 import pytest
 import redis
 
-from featuremart import FeatureStore, sql, validated
+from featuremart import FeatureStore
 from featuremart.online import keys
 from featuremart.warehouse import DuckDBLimits, DuckDBWarehouse, temp_directory
 from tests.conftest import dbt
@@ -111,47 +109,15 @@ def test_a_sync_process_of_an_unchanged_project_loads_no_validator_or_progress_b
 
     with FeatureStore(project, redis_url=redis_url) as fs:
         fs.registry  # validated here; the child's key is the same (same files, working directory, cache dir)
-        for view in fs.registry.views.values():  # and the text of the first reads, as a previous sync keeps it
-            validated.view_reads(view, "fm", datetime(2026, 1, 1), "duckdb")
-    code = ("import sys, json\nfrom featuremart.cli import main\nfrom featuremart.warehouse import DuckDBWarehouse\n"
-            "started, prefetch = [], DuckDBWarehouse.prefetch\n"
-            "DuckDBWarehouse.prefetch = lambda self, *a: started.append('sqlglot' in sys.modules) or prefetch(self, *a)\n"
+    code = ("import sys, json\nfrom featuremart.cli import main\n"
             f"rc = main(['sync', '--json', '--project-dir', {str(project)!r}])\n"
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'yaml')\n"
             "                or m in ('rich.progress', 'pyarrow.compute'))\n"
-            "print(json.dumps([rc, loaded, started]), file=sys.stderr)\n")
+            "print(json.dumps([rc, loaded]), file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "DO_NOT_TRACK": "1", "FEATUREMART_REDIS_URL": redis_url})
-    # the first read started before sqlglot was imported (its text was kept), and it was used: what was published
-    # is checked against an unprefetched sync in test_a_prefetched_sync_publishes_what_an_unprefetched_one_does
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == [0, [], [False]], proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == [0, []], proc.stderr
     assert json.loads(proc.stdout)["status"] == "success"
-
-
-def test_the_kept_text_of_the_first_reads_is_the_text_rendered_now(project, tmp_path, monkeypatch):
-    """featuremart.validated keeps the reads' text rendered at a sentinel instant and puts `now` in: for every
-    view and dialect it equals sql.view_reads at any instant, also when served from the cache (sqlglot's
-    renderer then not called). A text in which `now` appears otherwise (injected here: an ISO time in a comment)
-    is not kept, and every call renders it."""
-    with FeatureStore(project) as fs:  # with the usual cache: the project loads without dbt's loader
-        views = dict(fs.registry.views)
-    monkeypatch.setenv("FEATUREMART_CACHE_DIR", str(tmp_path / "cache"))  # the reads' text: not kept yet
-    instants = [datetime(2026, 11, 30, 3, 4, 5, 678901), datetime(1999, 12, 31, 23, 59, 59)]
-    expected = {(name, d, at): sql.view_reads(v, "fm", at, d) for name, v in views.items()
-                for d in ("duckdb", "postgres") for at in instants}
-    for (name, dialect, at), reads in expected.items():
-        assert validated.view_reads(views[name], "fm", at, dialect) == reads
-    monkeypatch.setattr(sql, "view_reads", lambda *a: pytest.fail("rendered, though its text was kept"))
-    for (name, dialect, at), reads in expected.items():
-        assert validated.view_reads(views[name], "fm", at, dialect) == reads
-
-    shutil.rmtree(tmp_path / "cache")
-    render = sql.render
-    monkeypatch.setattr(sql, "view_reads", lambda view, prefix, at, dialect: (
-        render(sql.online_payload(view, prefix, at, dialect), dialect) + f" -- at {at.isoformat()}",))
-    view = next(iter(views.values()))
-    for at in instants:
-        assert validated.view_reads(view, "fm", at, "duckdb")[0].endswith(f" -- at {at.isoformat()}")
 
 
 def test_validation_errors_are_never_kept_and_an_edit_is_validated_again(project, tmp_path, monkeypatch):

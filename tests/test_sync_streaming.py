@@ -8,6 +8,7 @@ import contextlib
 import threading
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from featuremart.errors import ConfigError
@@ -83,6 +84,21 @@ def test_a_tiny_memory_limit_spills_and_the_store_equals_the_warehouse(wide):
     changed = wide.sync(limits=tiny, incremental=False)
     assert changed.status == "success" and 1_000 < changed.views[0].updated < 3_000, changed
     assert wide.online() == wide.expected()
+
+
+def test_a_read_that_spills_on_a_fresh_runner_creates_its_temp_directory(tmp_path):
+    """A fresh runner has no target/featuremart yet when the prefetched first read (warehouse.Prefetch) spills past
+    its limit: DuckDB creates the temp directory but not its parents, so the limits create them (a sync of 10M
+    entities failed here with "Failed to create directory")."""
+    state_dir = tmp_path / "target" / "featuremart"
+    con = duckdb.connect()
+    DuckDBLimits("32MB", 1).apply(con, temp_directory(state_dir))
+    con.execute("set enable_progress_bar = false")
+    query = ("select count(*), max(n) from (select hash(i)::varchar || 'x' as s, count(*) as n from range(3000000) t(i) "
+             "group by s)")  # 3M groups: past 32 MB, so it spills
+    assert con.execute(query).fetchone() == (3_000_000, 1)
+    assert temp_directory(state_dir).is_dir()
+    con.close()
 
 
 def test_a_memory_limit_too_small_fails_loudly_and_keeps_the_previous_values(wide):
