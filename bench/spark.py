@@ -19,6 +19,10 @@ within a repetition.
 
     python bench/spark.py --entities 250000 500000 1000000 --reps 5
 
+`--baseline DIR` adds a contender, `spark_baseline`: the same Spark worker run from another featuremart checkout
+(`git worktree add DIR main`: this script there imports that checkout's featuremart), in the same rotated order,
+so that a change is measured against the code before it in the same run (ratios `spark_over_baseline_*`).
+
 Results: bench/results/spark.json.
 """
 
@@ -135,20 +139,25 @@ def _jvm_peak_mb(store) -> float | None:
     return None
 
 
-def bench_size(n: int, reps: int, server, tmp: Path) -> dict:
+def bench_size(n: int, reps: int, server, tmp: Path, baseline: Path | None = None) -> dict:
     project = tmp / f"n{n}"
     build = make_project(project, n)
-    order = list(WAREHOUSES)
+    scripts = {w: Path(__file__) for w in WAREHOUSES}
+    if baseline is not None:
+        scripts["spark_baseline"] = baseline / "bench" / "spark.py"
+    order = list(scripts)
     runs: dict[str, list[dict]] = {w: [] for w in order}
     loads = []
     for rep in range(reps):
-        for warehouse in order[rep % 2:] + order[:rep % 2]:
+        shift = rep % len(order)
+        for contender in order[shift:] + order[:shift]:
             server.client().flushall()
-            proc = subprocess.run([sys.executable, __file__, "--worker", str(project), warehouse, server.url],
-                                  capture_output=True, text=True, cwd=project)
+            warehouse = contender.removesuffix("_baseline")
+            proc = subprocess.run([sys.executable, str(scripts[contender]), "--worker", str(project), warehouse,
+                                   server.url], capture_output=True, text=True, cwd=project)
             if proc.returncode != 0:
-                raise SystemExit(f"worker {warehouse} at {n} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-            runs[warehouse].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                raise SystemExit(f"worker {contender} at {n} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            runs[contender].append(json.loads(proc.stdout.strip().splitlines()[-1]))
             loads.append(os.getloadavg()[0])
         print(f"{n} rep {rep}: " + json.dumps({w: r[-1] for w, r in runs.items()}), flush=True)
     out = {"entities": n, "dbt_build_s": build, "load_1min": spread(loads)}
@@ -156,6 +165,10 @@ def bench_size(n: int, reps: int, server, tmp: Path) -> dict:
         out[warehouse] = {k: spread([r[k] for r in rs]) for k in rs[0] if rs[0][k] is not None}
     for what in ("sync_s", "training_s"):
         out[f"spark_over_duckdb_{what}"] = spread([s[what] / d[what] for s, d in zip(runs["spark"], runs["duckdb"])])
+    if baseline is not None:
+        for what in ("sync_s", "training_s", "peak_rss_mb"):
+            out[f"spark_over_baseline_{what}"] = spread([s[what] / b[what] for s, b in
+                                                         zip(runs["spark"], runs["spark_baseline"])])
     return out
 
 
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--worker", nargs=3, metavar=("PROJECT", "WAREHOUSE", "REDIS_URL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spark.json")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the Spark worker from the featuremart checkout at DIR (paired before/after)")
     redis_check.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.worker:
@@ -176,16 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                      "sizes": {}}
     with redis_check.stopping(server), tempfile.TemporaryDirectory() as tmp:
         for n in args.entities:
-            results["sizes"][str(n)] = bench_size(n, args.reps, server, Path(tmp))
+            results["sizes"][str(n)] = bench_size(n, args.reps, server, Path(tmp), args.baseline)
     sizes = list(results["sizes"].values())
     if len(sizes) > 1:  # cost per entity at the largest size over the smallest: 1.0 is linear growth
         small, big = sizes[0], sizes[-1]
         grow = big["entities"] / small["entities"]
+        contenders = [w for w in small if w in WAREHOUSES or w == "spark_baseline"]
         results["per_entity_cost_growth"] = {
             f"{w}_{k}": round(big[w][k]["median"] / small[w][k]["median"] / grow, 3)
-            for w in WAREHOUSES for k in ("sync_s", "training_s")}
+            for w in contenders for k in ("sync_s", "training_s")}
         results["peak_rss_growth"] = {w: round(big[w]["peak_rss_mb"]["median"] / small[w]["peak_rss_mb"]["median"], 3)
-                                      for w in WAREHOUSES}
+                                      for w in contenders}
     results["load_at_end"] = open("/proc/loadavg").read().strip()
     save(args.out, results)
     return 0

@@ -187,6 +187,7 @@ def training_set_batches(warehouse: Warehouse, sql: str,
     if frame is not None:
         con = warehouse.con  # type: ignore[attr-defined]  # checked by _spine: a DuckDBWarehouse
         con.register(SPINE_RELATION, frame)
+    stream = None
     try:
         if isinstance(warehouse, DuckDBWarehouse):
             reader = warehouse.con.sql(sql).to_arrow_reader(BATCH_ROWS)
@@ -202,6 +203,8 @@ def training_set_batches(warehouse: Warehouse, sql: str,
         finally:
             reader.close()  # an open DuckDB reader keeps the database alive (see warehouse.batches)
     finally:
+        if stream is not None:  # what it holds goes now (Spark: its result's files), read to the end or not
+            stream.close()  # type: ignore[attr-defined]
         if frame is not None:
             con.unregister(SPINE_RELATION)
 

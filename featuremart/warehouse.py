@@ -2,13 +2,16 @@
 
 DuckDB (the embedded default) is read through its native Arrow API. Any other dbt adapter is reached through
 dbt itself, with the user's own profiles.yml, and its DB-API cursor is read in batches into Arrow. Spark (dbt-spark's
-session mode) is read through the SparkSession dbt configures, in Arrow.
+session mode) is read through the SparkSession dbt configures: small results in Arrow, streamed ones through the
+Parquet files Spark writes (featuremart.sparkresult).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -474,21 +477,40 @@ class SparkWarehouse(DbtAdapterWarehouse):
                 found[rel] = {f.name: f.dataType.simpleString() for f in self.session.table(name).schema.fields}
         return found
 
+    def query(self, sql: str) -> pa.Table:
+        """The whole result, by Spark's Arrow collect: for the small results a caller holds whole anyway."""
+        with self._refusals():
+            return self.session.sql(sql).toArrow()
+
     def stream(self, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-        """The result in Arrow. Spark hands a result's partitions over in the order they finish and their order
-        only at the end, so an ordered result is gathered whole in this process before it is sliced: the
-        process holds one query's result (docs/warehouses.md, limits). The query runs at this call, not at the first
-        batch: a refusal then reaches the sync as featuremart's error, not inside the reader it hands batches to."""
+        """The result in Arrow batches, in bounded memory: Spark writes it as Parquet into a fresh directory under
+        target/spark/results/, read back one row group at a time in the query's order, and removed once the
+        batches are read or the stream is closed (featuremart.sparkresult). The query runs at this call, not at
+        the first batch: a refusal then reaches the sync as featuremart's error, not inside the reader it hands
+        batches to."""
+        from featuremart.sparkresult import ParquetResult, result_directory, write_result
+
+        directory = result_directory(self.project.target_dir)
+        try:
+            with self._refusals():
+                schema = write_result(self.session.sql(sql), directory)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)  # what a failed write left
+            raise
+        return ParquetResult(directory, schema, batch_rows)
+
+    @contextlib.contextmanager
+    def _refusals(self) -> Iterator[None]:
+        """Spark's own errors, and the JVM's (a file it cannot read), as WarehouseError naming the target."""
         from py4j.protocol import Py4JError, Py4JJavaError
         from pyspark.errors import PySparkException
 
         try:
-            table = self.session.sql(sql).toArrow()
-        except (PySparkException, Py4JError) as exc:  # Spark's own errors, and the JVM's (a file it cannot read)
+            yield
+        except (PySparkException, Py4JError) as exc:
             detail = _java_reason(exc.java_exception) if isinstance(exc, Py4JJavaError) else str(exc)
             raise WarehouseError(f"Spark (target {self.project.target_name!r}) refused a query: "
                                  f"{(detail.strip().splitlines() or [type(exc).__name__])[0]}") from None
-        return (batch for batch in table.to_batches(max_chunksize=batch_rows))
 
     def close(self) -> None:
         """The SparkSession stays: Spark runs one per process, and starting one takes seconds."""

@@ -19,7 +19,7 @@ import redis
 
 from featuremart import FeatureStore
 from featuremart.dbtcore import load_dbt_project
-from featuremart.errors import ValidationError
+from featuremart.errors import ValidationError, WarehouseError
 from featuremart.training import training_set
 from featuremart.warehouse import open_warehouse
 from tests import test_point_in_time as pit
@@ -259,6 +259,57 @@ def test_point_in_time_edges_on_spark(spark_pit):
     assert [got[k]["customer__x"] for k in at] == [None, 1, None, None, None, 8, None]
     assert [got[k]["pair__x"] for k in at] == [None, 5, None, None, None, None, None]
     assert [got[k]["risk"] for k in at] == [None, None, 0.5, 0.5, 0.5, 0.5, 0.5]
+
+
+#: An ordered result of every type a stream must keep as toArrow gives it: UTC instants (before 1900 too),
+#: timestamp_ntz, decimals, lists with nulls, a bare null (void, which Parquet leaves out), names that differ in case.
+ORDERED_RESULT = """select id as n, -id as N, rand(7) as r, timestamp_seconds(id * 1000000 - 2500000000) as ts,
+    cast(timestamp_seconds(id * 7) as timestamp_ntz) as ntz, cast(rand(7) as decimal(38, 18)) as d,
+    array(rand(7), null) as xs, case when id % 3 = 0 then null else cast(id as string) end as s, null as nothing
+from range(5000) order by 3 desc, 1"""
+
+
+def test_a_spark_stream_keeps_order_and_types_and_leaves_no_files(spark_project, monkeypatch):
+    """A result Spark writes as several part files (8 shuffle partitions, none coalesced) streams back in the
+    query's order, batch by batch, equal in values and types to Spark's Arrow collect; its directory under
+    target/spark/results/ is gone once the stream is read, once a stream is closed half read, and after a query
+    that fails while Spark writes it (WarehouseError naming the target)."""
+    spark_dir, env = spark_project
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    warehouse = open_warehouse(load_dbt_project(spark_dir))
+    session, results = warehouse.session, spark_dir / "target" / "spark" / "results"
+    conf = {"spark.sql.shuffle.partitions": "8", "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+    before = {key: session.conf.get(key) for key in conf}
+    try:
+        for key, value in conf.items():
+            session.conf.set(key, value)
+        stream = warehouse.stream(ORDERED_RESULT, batch_rows=300)
+        [written] = results.iterdir()
+        assert len(list(written.glob("part-*.parquet"))) > 1
+        batches = list(stream)
+        assert not written.exists()
+        expected = session.sql(ORDERED_RESULT).toArrow()
+        got = pa.Table.from_batches(batches)
+        assert max(b.num_rows for b in batches) == 300 and got.num_rows == 5000
+        assert got.schema == expected.schema, (got.schema, expected.schema)
+        assert got.column("r").to_pylist() == sorted(got.column("r").to_pylist(), reverse=True)
+        assert got.equals(expected)
+
+        half = warehouse.stream(ORDERED_RESULT, batch_rows=300)
+        next(half)
+        half.close()
+        assert list(results.iterdir()) == []
+
+        with pytest.raises(WarehouseError) as refused:
+            warehouse.stream("select id, case when id = 4321 then raise_error('no such luck') end as x "
+                             "from range(5000)")
+        assert str(refused.value).startswith("Spark (target 'spark') refused a query: "), refused.value
+        assert "no such luck" in str(refused.value), refused.value
+        assert list(results.iterdir()) == []
+    finally:
+        for key, value in before.items():
+            session.conf.set(key, value)
 
 
 def test_a_table_spark_cannot_read_fails_the_sync_naming_the_view(spark_project, redis_server, monkeypatch):
