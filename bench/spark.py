@@ -151,7 +151,7 @@ def bench_size(n: int, reps: int, server, tmp: Path, baseline: Path | None = Non
     for rep in range(reps):
         shift = rep % len(order)
         for contender in order[shift:] + order[:shift]:
-            server.client().flushall()
+            server.client().flushall(asynchronous=True)  # a synchronous FLUSHALL of millions of keys can outlast the client's timeout
             warehouse = contender.removesuffix("_baseline")
             proc = subprocess.run([sys.executable, str(scripts[contender]), "--worker", str(project), warehouse,
                                    server.url], capture_output=True, text=True, cwd=project)
