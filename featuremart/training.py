@@ -143,39 +143,89 @@ def in_spine_order(table: pa.Table) -> pa.Table:
     """A result of `ordered=ROW_NUMBER` SQL (its last column the spine's row number, 0 to n - 1) with its rows
     placed by that number, which is dropped; any other table as it is.
 
-    The numbers are dense, so the order is their inverse permutation, found in O(n) (Arrow's
-    `inverse_permutation`), not a sort; each column is then gathered by it, on one thread per core (Arrow's
-    kernels release the GIL; DuckDB's sort uses every core too). At 1M rows x 13 columns this costs about the
-    CPU of the SQL's `order by` and less memory (see docs/training-sets.md). Arrow's kernels are called
-    through `call_function`: importing `pyarrow.compute` (which `pa.scalar` and `Array.take` do) costs 0.05 s."""
-    from concurrent.futures import ThreadPoolExecutor
+    Each fixed-width column (numbers, times, dates) is scattered batch by batch by numpy, every value straight
+    to its row: no sort, no concatenation. numpy releases the GIL while it scatters, so the columns go on a
+    thread per core. At 1M rows x 13 columns this costs 0.05-0.06 s, where Arrow's `take` into its default
+    allocator (mimalloc, which asks for huge pages) cost 0.05-0.27 s from one run to the next
+    (docs/training-sets.md). Other columns (strings, booleans, decimals, lists) are gathered by Arrow's `take`.
 
-    import pyarrow as pa
-    from pyarrow._compute import call_function
-
+    Raises:
+        TrainingSetError: the numbers are not each row number once (not the SQL of `ordered=ROW_NUMBER`).
+    """
     if table.column_names[-1:] != [ROW_COLUMN]:
         return table
-    order = call_function("inverse_permutation", [table.column(ROW_COLUMN).combine_chunks()])
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pyarrow as pa
+    from pyarrow._compute import call_function  # pyarrow.compute's own; importing that module costs 0.05 s
+
+    rows = table.num_rows
+    batches = [batch for batch in table.to_batches() if batch.num_rows]  # every column cut at the same rows
+    spots = [_fixed_width(batch.column(ROW_COLUMN), np.dtype(np.int64)) for batch in batches]
+    placed = np.zeros(rows, np.bool_)
+    for spot in spots:
+        if spot.min() < 0 or spot.max() >= rows:  # numpy would count a negative from the end
+            break
+        placed[spot] = True
+    if table.column(ROW_COLUMN).null_count or not placed.all():  # a row left unwritten would hold garbage
+        raise TrainingSetError(f"the result's {ROW_COLUMN} is not each number from 0 to {rows - 1} once: "
+                               "in_spine_order places the result of the ordered='row_number' SQL only")
     table = table.drop_columns([ROW_COLUMN])
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        columns = list(pool.map(lambda column: _take(column.combine_chunks(), order, call_function), table.columns))
+    # malloc's memory, not numpy's (large arrays there ask for huge pages: the kernel's compaction to find them
+    # made the placement take 0.04-0.15 s from one run to the next) nor Arrow's default (mimalloc, the same)
+    memory = pa.system_memory_pool()
+    order = None  # where each spine row is in the result, for the columns Arrow's take gathers
+    if any(_scatter_type(field.type) is None for field in table.schema):
+        order = np.empty(rows, np.int64)
+        for start, spot in zip(itertools.accumulate((len(spot) for spot in spots), initial=0), spots):
+            order[spot] = np.arange(start, start + len(spot))
+        order = pa.array(order)
+
+    def place(index: int) -> pa.ChunkedArray:
+        kind = table.schema.field(index).type
+        dtype = _scatter_type(kind)
+        if dtype is None:
+            return call_function("take", [table.column(index), order], None, memory)
+        buffer = pa.allocate_buffer(rows * kind.bit_width // 8, memory_pool=memory)
+        values = np.frombuffer(buffer, dtype)
+        valid = np.empty(rows, np.bool_) if table.column(index).null_count else None
+        for batch, spot in zip(batches, spots):
+            chunk = batch.column(index)
+            values[spot] = _fixed_width(chunk, values.dtype)
+            if valid is not None:
+                valid[spot] = _validity(chunk, np)
+        bits = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        return pa.chunked_array([pa.Array.from_buffers(kind, rows, [bits, buffer])], kind)
+
+    with ThreadPoolExecutor(os.cpu_count()) as threads:
+        columns = list(threads.map(place, range(table.num_columns)))
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
-def _take(column: pa.Array, order: pa.Array, call_function: Callable) -> pa.Array:
-    """`column`'s values at `order`. A fixed-width column with nulls has its values and its validity bits
-    gathered apart, then put back together: Arrow's `take` of such a column cost about 1.7x the two
-    (pyarrow 26, 1M floats, two-thirds null)."""
+def _scatter_type(kind: pa.DataType) -> str | None:
+    """numpy's type for the values of a fixed-width Arrow type (numbers, times, dates); None for the others
+    (booleans are bits, decimals 16 bytes, strings and lists not fixed-width)."""
     import pyarrow as pa
 
-    if column.null_count == 0 or not pa.types.is_primitive(column.type):
-        return call_function("take", [column, order])
-    valid, data = column.buffers()
-    values = call_function("take", [pa.Array.from_buffers(column.type, len(column), [None, data],
-                                                          offset=column.offset), order])
-    present = call_function("take", [pa.Array.from_buffers(pa.bool_(), len(column), [None, valid],
-                                                           offset=column.offset), order])
-    return pa.Array.from_buffers(column.type, len(column), [present.buffers()[1], values.buffers()[1]])
+    return {8: "u1", 16: "u2", 32: "u4", 64: "u8"}.get(kind.bit_width) if pa.types.is_primitive(kind) else None
+
+
+def _fixed_width(chunk: pa.Array, dtype: Any) -> Any:
+    """The values of a fixed-width array as numpy's `dtype` (a view of its buffer: no copy)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    return np.frombuffer(chunk.buffers()[1], dtype, len(chunk), chunk.offset * dtype.itemsize)
+
+
+def _validity(chunk: pa.Array, np: Any) -> Any:
+    """A bool per value of `chunk`: present or null."""
+    bitmap = chunk.buffers()[0]
+    if bitmap is None:
+        return True
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), count=chunk.offset + len(chunk), bitorder="little")
+    return bits[chunk.offset:].view(np.bool_)
 
 
 @contextlib.contextmanager

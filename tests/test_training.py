@@ -370,15 +370,14 @@ def test_a_shuffled_spine_with_repeated_rows_comes_back_in_its_order(reference):
 
 
 def test_in_spine_order_places_every_column_type_by_row_number():
-    """`in_spine_order` gathers fixed-width columns with nulls as values and validity apart (cheaper than Arrow's
-    take of both): checked against a plain take for the types a training set has, sliced and chunked inputs
-    included, and an empty result."""
+    """`in_spine_order` scatters fixed-width columns (values and validity bits apart) and gathers the rest with
+    Arrow's take: checked against a plain take for the types a training set has, on one chunk, a slice whose
+    bitmap starts mid-byte, many chunks, columns chunked differently from each other, and an empty result."""
     import random
     from datetime import date
+    from decimal import Decimal
 
-    from pyarrow._compute import call_function
-
-    from featuremart.training import ROW_COLUMN, _take, in_spine_order
+    from featuremart.training import ROW_COLUMN, in_spine_order
 
     n = 1000
     rng = random.Random(3)
@@ -391,10 +390,16 @@ def test_in_spine_order_places_every_column_type_by_row_number():
 
     columns = {
         "f": pa.array(maybe([rng.random() for _ in range(n)]), pa.float64()),
+        "f32": pa.array(maybe([rng.random() for _ in range(n)]), pa.float32()),
         "i": pa.array(maybe(list(range(n))), pa.int32()),
+        "i16": pa.array(maybe([i % 300 - 150 for i in range(n)]), pa.int16()),
+        "i8": pa.array(maybe([i % 200 - 100 for i in range(n)]), pa.int8()),
         "b": pa.array(maybe([rng.random() < 0.5 for _ in range(n)]), pa.bool_()),
         "ts": pa.array(maybe([datetime(2024, 1, 1) + timedelta(seconds=i) for i in range(n)]), pa.timestamp("us")),
+        "tz": pa.array(maybe([datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i) for i in range(n)]),
+                       pa.timestamp("us", tz="UTC")),
         "d": pa.array(maybe([date(2024, 1, 1) + timedelta(days=i % 300) for i in range(n)]), pa.date32()),
+        "dec": pa.array(maybe([Decimal(i) / 100 for i in range(n)]), pa.decimal128(12, 2)),
         "s": pa.array(maybe([f"s{i}" for i in range(n)]), pa.string()),
         "emb": pa.array(maybe([[float(i), -1.5] for i in range(n)]), pa.list_(pa.float32())),
         "no_nulls": pa.array(range(n), pa.int64()),
@@ -403,20 +408,30 @@ def test_in_spine_order_places_every_column_type_by_row_number():
     # one chunk, a slice of a longer array (an offset that is not a multiple of 8); and in several chunks
     sliced = pa.concat_tables([unordered.slice(0, 3), unordered]).combine_chunks().slice(3)
     chunked = pa.Table.from_batches(sliced.to_batches(max_chunksize=333))
+    mixed = pa.table({name: pa.chunked_array([c.slice(0, k), c.slice(k)]) for k, (name, c) in
+                      enumerate(zip(unordered.column_names, (c.chunk(0) for c in unordered.columns)), 100)})
     order = [0] * n
     for position, row in enumerate(rows):
         order[row] = position
     expected = pa.table(columns).take(pa.array(order))
-    for table in (unordered, sliced, chunked):
+    for table in (unordered, sliced, chunked, mixed):
         got = in_spine_order(table)
         assert got.equals(expected)
         assert [got.column(name).null_count for name in columns] == [expected.column(name).null_count
                                                                       for name in columns]
     assert in_spine_order(unordered.slice(0, 0)).equals(pa.table(columns).slice(0, 0))
-    # the gather of values and validity apart, on an array that starts at an offset (not a multiple of 8)
-    shifted = pa.concat_arrays([columns["b"].slice(0, 3), columns["b"]]).slice(3)
-    assert shifted.offset == 3 and _take(shifted, pa.array(order), call_function).equals(expected.column("b").chunk(0))
     assert in_spine_order(expected) is expected  # no row number: nothing to place
+
+
+@pytest.mark.parametrize("numbers", [[0, 1, 1, 3], [0, 1, 2, 4], [0, 1, 2, -1], [0, 1, None, 3]])
+def test_in_spine_order_refuses_row_numbers_that_are_not_a_permutation(numbers):
+    """A number repeated, out of range or null would leave a row unwritten (numpy's empty memory served as
+    feature values): an error instead."""
+    from featuremart.training import ROW_COLUMN, in_spine_order
+
+    table = pa.table({"f": pa.array([1.5, None, 2.5, 3.5]), ROW_COLUMN: pa.array(numbers, pa.int64())})
+    with pytest.raises(TrainingSetError, match="is not each number from 0 to 3 once"):
+        in_spine_order(table)
 
 
 @pytest.mark.integration
