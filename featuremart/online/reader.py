@@ -321,8 +321,9 @@ def _typed_key(value: Any, name: str, key_type: str) -> Any:
         if isinstance(value, str):
             if (number := keys.parse_int(value)) is not None:
                 return number
-        elif not isinstance(value, bool) and hasattr(value, "__index__") and not hasattr(value, "__len__"):
-            try:  # numpy / pandas integer scalars implement __index__; numpy.bool_ and floats refuse it
+        elif (not isinstance(value, bool) and hasattr(value, "__index__") and not hasattr(value, "__len__")
+              and getattr(getattr(value, "dtype", None), "kind", "") != "b"):  # numpy 1.x's bool_ has __index__
+            try:  # numpy / pandas integer scalars implement __index__; numpy 2's bool_ and floats refuse it
                 return operator.index(value)
             except TypeError:
                 pass
