@@ -137,6 +137,43 @@ def test_every_type_round_trips(synced):
                    "f_vec": [1e-300], "f_ints": [9007199254740993], "f_strs": [""]}
 
 
+def test_reads_pause_the_garbage_collector_and_give_back_the_state_they_found(synced, monkeypatch):
+    """The rows are decoded and the records built with Python's cyclic collector paused (a thousand tracked
+    objects per 100-entity read, none in a cycle: bench/README.md). It runs again afterwards, also when
+    building fails half-way; an application that turned it off finds it off."""
+    import gc
+
+    from featuremart.online.reader import OnlineResult, _Plan
+
+    seen = []
+    for cls, name in ((_Plan, "decode"), (OnlineResult, "_value_columns")):
+        def spy(*args, __original=getattr(cls, name), __name=name, **kwargs):
+            seen.append((__name, gc.isenabled()))
+            return __original(*args, **kwargs)
+        monkeypatch.setattr(cls, name, spy)
+    entities = [{"thing_id": "a"}, {"thing_id": "nobody"}]
+    assert gc.isenabled()
+    [a, nobody] = synced.get_online_features(entities, features=["all_types.f_int"])
+    assert (a["f_int"].value, nobody["f_int"].status) == (42, MISSING)
+    assert seen == [("decode", False), ("_value_columns", False)] and gc.isenabled()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("half-way")
+    monkeypatch.setattr(OnlineResult, "_value_columns", broken)
+    with pytest.raises(RuntimeError, match="half-way"):
+        synced.get_online_features(entities, features=["all_types.f_int"])
+    assert gc.isenabled()
+    monkeypatch.undo()
+
+    gc.disable()
+    try:
+        synced.get_online_features(entities, features=["all_types.f_int"])
+        synced.get_online_features_columns(entities, features=["all_types.f_int"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_int_keys_and_missing_entities(synced):
     [hit, by_text, miss] = synced.get_online_features([{"account_id": 7}, {"account_id": "7"}, {"account_id": 8}],
                                                       features=["balances.balance"])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import array
 import functools
+import gc
 import io
 import operator
 import os
@@ -411,9 +412,16 @@ class OnlineResult:
         return list(map(by_name.__getitem__, self._plan.names))
 
     def to_records(self) -> list[dict[str, FeatureValue]]:
-        """One dict per entity (in request order), mapping each output name to its FeatureValue."""
-        columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value, self._times())
-        return list(map(self._plan.record, *columns))
+        """One dict per entity (in request order), mapping each output name to its FeatureValue.
+
+        The cyclic garbage collector is paused while they are built (see `_collector_paused`)."""
+        collecting = _collector_paused()
+        try:
+            columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value, self._times())
+            return list(map(self._plan.record, *columns))
+        finally:
+            if collecting:
+                gc.enable()
 
     def to_json(self) -> bytes:
         """The HTTP response's `results`: a JSON array of `{"entity": {...}, "values": {name: {"value", "status",
@@ -970,7 +978,12 @@ class OnlineReader:
             plan = self._plan(service, features)
             values = self.store.mget(plan.keys(entities))
             if values[0] == plan.registry_id:
-                result = plan.decode(entities, values, now_us)
+                collecting = _collector_paused()
+                try:
+                    result = plan.decode(entities, values, now_us)
+                finally:
+                    if collecting:
+                        gc.enable()
                 if self.served_log is not None:  # queues the result; never blocks or raises (servedlog)
                     self.served_log.record(result, values, service, features, now_us, request_id)
                 return result
@@ -982,6 +995,21 @@ class OnlineReader:
             request_id: str | None = None) -> list[dict[str, FeatureValue]]:
         """One dict per entity, mapping each output name (see registry.output_names) to its FeatureValue."""
         return self.read(entities, service=service, features=features, now=now, request_id=request_id).to_records()
+
+
+def _collector_paused() -> bool:
+    """Pause Python's cyclic garbage collector; True if it was running (the caller enables it again after).
+
+    A 100-entity read allocates about a thousand objects it tracks (the decoded rows, a FeatureValue per value,
+    a dict per entity): one or two collections of the young generation per read, each traversing everything
+    young, for objects that hold no cycle and are freed by their reference counts. Paused while a result is
+    decoded and shaped, a 100-entity read of records took about 30 µs (5%) less (bench/README.md, "Online
+    reads: the garbage collector"). Only a collector that was running is enabled again, so an application
+    that disabled it keeps it disabled; concurrent reads each restore what they found."""
+    if gc.isenabled():
+        gc.disable()
+        return True
+    return False
 
 
 def _epoch_us(moment: datetime) -> int:
