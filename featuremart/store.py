@@ -337,7 +337,7 @@ class FeatureStore:
             table = run_training_set(wh, *self._compile_training_set(wh, spine, timestamp, service, features,
                                                                      arrow_order(wh, ordered)))
             # before the close: DuckDB freeing the join's memory beside it made the placement 1.4x slower (its
-            # unmapping stalls the other threads); after it, the peak is 1.16x the raw join's, not 1.04x
+            # unmapping stalls the other threads); after it, the peak is 1.15x the raw join's, not 1.04x
             table = in_spine_order(table)
         finally:
             wh.release()  # DuckDB closes on a helper thread while the table goes back; `close()` waits for it

@@ -194,7 +194,7 @@ def in_spine_order(table: pa.Table) -> pa.Table:
             chunk = batch.column(index)
             values[spot] = _fixed_width(chunk, values.dtype)
             if valid is not None:
-                valid[spot] = _validity(chunk, np)
+                valid[spot] = _validity(chunk)
         bits = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
         return pa.chunked_array([pa.Array.from_buffers(kind, rows, [bits, buffer])], kind)
 
@@ -219,8 +219,10 @@ def _fixed_width(chunk: pa.Array, dtype: Any) -> Any:
     return np.frombuffer(chunk.buffers()[1], dtype, len(chunk), chunk.offset * dtype.itemsize)
 
 
-def _validity(chunk: pa.Array, np: Any) -> Any:
+def _validity(chunk: pa.Array) -> Any:
     """A bool per value of `chunk`: present or null."""
+    import numpy as np
+
     bitmap = chunk.buffers()[0]
     if bitmap is None:
         return True

@@ -414,14 +414,10 @@ class OnlineResult:
     def to_records(self) -> list[dict[str, FeatureValue]]:
         """One dict per entity (in request order), mapping each output name to its FeatureValue.
 
-        The cyclic garbage collector is paused while they are built (see `_collector_paused`)."""
-        collecting = _collector_paused()
-        try:
+        The cyclic garbage collector is paused while they are built (see `_CollectorPaused`)."""
+        with _CollectorPaused():
             columns = self._value_columns(_feature_values, _MISSING_VALUE, _expired_value, self._times())
             return list(map(self._plan.record, *columns))
-        finally:
-            if collecting:
-                gc.enable()
 
     def to_json(self) -> bytes:
         """The HTTP response's `results`: a JSON array of `{"entity": {...}, "values": {name: {"value", "status",
@@ -978,12 +974,8 @@ class OnlineReader:
             plan = self._plan(service, features)
             values = self.store.mget(plan.keys(entities))
             if values[0] == plan.registry_id:
-                collecting = _collector_paused()
-                try:
+                with _CollectorPaused():
                     result = plan.decode(entities, values, now_us)
-                finally:
-                    if collecting:
-                        gc.enable()
                 if self.served_log is not None:  # queues the result; never blocks or raises (servedlog)
                     self.served_log.record(result, values, service, features, now_us, request_id)
                 return result
@@ -997,19 +989,25 @@ class OnlineReader:
         return self.read(entities, service=service, features=features, now=now, request_id=request_id).to_records()
 
 
-def _collector_paused() -> bool:
-    """Pause Python's cyclic garbage collector; True if it was running (the caller enables it again after).
+class _CollectorPaused:
+    """`with _CollectorPaused():` runs its block with Python's cyclic garbage collector paused.
 
     A 100-entity read allocates about a thousand objects it tracks (the decoded rows, a FeatureValue per value,
     a dict per entity): one or two collections of the young generation per read, each traversing everything
     young, for objects that hold no cycle and are freed by their reference counts. Paused while a result is
     decoded and shaped, a 100-entity read of records took about 30 µs (5%) less (bench/README.md, "Online
-    reads: the garbage collector"). Only a collector that was running is enabled again, so an application
-    that disabled it keeps it disabled; concurrent reads each restore what they found."""
-    if gc.isenabled():
+    reads: the garbage collector"). Only a collector that was running is enabled again (also after an error),
+    so an application that disabled it keeps it disabled; concurrent reads each restore what they found."""
+
+    __slots__ = ("collecting",)
+
+    def __enter__(self) -> None:
+        self.collecting = gc.isenabled()
         gc.disable()
-        return True
-    return False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.collecting:
+            gc.enable()
 
 
 def _epoch_us(moment: datetime) -> int:
