@@ -163,12 +163,14 @@ def in_spine_order(table: pa.Table) -> pa.Table:
     rows = table.num_rows
     batches = [batch for batch in table.to_batches() if batch.num_rows]  # every column cut at the same rows
     spots = [_fixed_width(batch.column(ROW_COLUMN), np.dtype(np.int64)) for batch in batches]
+    # Each row written once: n numbers all in range and covering 0..n-1 (a row left unwritten would hold
+    # garbage). The range is checked apart because numpy would count a negative index from the end.
     placed = np.zeros(rows, np.bool_)
-    for spot in spots:
-        if spot.min() < 0 or spot.max() >= rows:  # numpy would count a negative from the end
-            break
-        placed[spot] = True
-    if table.column(ROW_COLUMN).null_count or not placed.all():  # a row left unwritten would hold garbage
+    in_range = all(spot.min() >= 0 and spot.max() < rows for spot in spots)
+    if in_range:
+        for spot in spots:
+            placed[spot] = True
+    if table.column(ROW_COLUMN).null_count or not in_range or not placed.all():
         raise TrainingSetError(f"the result's {ROW_COLUMN} is not each number from 0 to {rows - 1} once: "
                                "in_spine_order places the result of the ordered='row_number' SQL only")
     table = table.drop_columns([ROW_COLUMN])
