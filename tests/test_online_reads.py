@@ -562,8 +562,9 @@ def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
     """One present entity of int and float features (string or int key) is read into Arrow through a per-thread
     IPC stream reader fed a message packed from a template (`_OneRow`): every column, type and status equals
     `to_columns` and the records, for keys with characters that need escaping, a bool in an int feature, from
-    several threads at once, and a table stays unchanged by the reads after it. Nulls, statuses other than
-    present and other types take the general path, with the same results."""
+    several threads at once, and a table stays unchanged by the reads after it; null values too (their validity
+    bits and null counts packed, beside present values). Statuses other than present and other types take the
+    general path, with the same results."""
     features = ["all_types.f_int", "all_types.f_float", "all_types.f_whole"]
     cases = [([{"thing_id": "a"}], features), ([{"thing_id": ODD_KEY}], features),
              ([{"account_id": 7}], ["balances.balance"]), ([{"thing_id": "b"}], features),  # b: nulls
@@ -589,7 +590,9 @@ def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
     assert first.column("f_int").to_pylist() == [42] and first.column("f_float").to_pylist() == [1.5]
     assert check(*cases[1], through_ipc=True).column("thing_id").to_pylist() == [ODD_KEY]
     check(*cases[2], through_ipc=True)
-    for case in cases[3:]:
+    nulls = check(*cases[3], through_ipc=True)
+    assert [nulls.column(f).null_count for f in ("f_int", "f_float", "f_whole")] == [1, 1, 1]
+    for case in cases[4:]:
         check(*case)
     assert first.to_pydict() == synced.reader.read(*cases[0][:1], features=features).to_columns()
     errors: list[BaseException] = []
@@ -597,7 +600,7 @@ def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
     def reads():
         try:
             for i in range(50):
-                check(*cases[i % 3], through_ipc=True)
+                check(*cases[i % 4], through_ipc=True)
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -607,6 +610,31 @@ def test_one_entity_arrow_through_ipc_is_the_columns_from_every_thread(synced):
     for thread in threads:
         thread.join()
     assert not errors, errors[0]
+
+
+def test_one_entity_arrow_of_a_row_with_some_nulls_is_the_general_paths_table(synced, redis_url):
+    """Nulls among present values, in two views, go through `_OneRow`: each value's validity bit and null count
+    are its own (a null shifts nothing), and the table equals the one the general path builds, null counts and
+    all; a table read before stays as it was."""
+    features = ["all_types.f_int", "all_types.f_float", "all_types.f_whole", "balances.balance"]
+    entity = {"thing_id": "a", "account_id": 7}
+    before = synced.get_online_features_arrow([entity], features=features)
+    _edit_all_types_row(redis_url, lambda row: row.__setitem__(2, None))  # f_float
+    result = synced.reader.read([entity], features=features)
+    layout = result._plan.arrow_layout()
+    table = layout.one.table(entity, result._rows)
+    one, layout.one = layout.one, None
+    try:
+        general = result.to_arrow()
+    finally:
+        layout.one = one
+    assert table is not None and table.equals(general) and table.equals(result.to_arrow())
+    table.validate(full=True)
+    assert [table.column(n).null_count for n in ("f_int", "f_float", "f_whole", "balance")] == [0, 1, 0, 0]
+    assert {n: table.column(n).to_pylist() for n in ("f_int", "f_float", "f_whole", "balance")} == \
+        {"f_int": [42], "f_float": [None], "f_whole": [3.0], "balance": [10.5]}
+    assert table.column("f_float__status").to_pylist() == ["present"]
+    assert before.column("f_float").to_pylist() == [1.5]
 
 
 def test_one_entity_arrow_of_a_longer_stored_row_is_its_values(synced, redis_url):

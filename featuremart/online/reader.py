@@ -286,6 +286,11 @@ class _Plan:
         C-level comprehensions per view, not a Python-level step per value)."""
         views = self.views
         nv = len(views)
+        if len(values) == nv + 1:  # one entity: a row per view, without the slicing a batch needs
+            rows = [None if raw is None else view.rows.decode(raw) for view, raw in zip(views, values[1:])]
+            return OnlineResult(self, entities, rows, [
+                MISSING if row is None else PRESENT if row[0] >= now_us - view.ttl_us else EXPIRED
+                for view, row in zip(views, rows)])
         rows: list[list | None] = [None] * (len(values) - 1)
         status: list[str] = [MISSING] * (len(values) - 1)
         for vi, view in enumerate(views):
@@ -349,8 +354,15 @@ class OnlineResult:
         self._plan, self._entities, self._rows, self._status = plan, entities, rows, status
         self._time_map: dict[int | None, datetime | None] | None = None
         self.names = plan.names
-        self.versions = {v.name: v.version for v in plan.views}
-        self.registry_id = plan.registry_id.decode() if isinstance(plan.registry_id, bytes) else plan.registry_id
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {v.name: v.version for v in self._plan.views}
+
+    @property
+    def registry_id(self) -> str | None:
+        registry_id = self._plan.registry_id
+        return registry_id.decode() if isinstance(registry_id, bytes) else registry_id
 
     def __len__(self) -> int:
         return len(self._entities)
@@ -605,6 +617,9 @@ class _ArrowLayout:
         self.one = _OneRow.make(plan, self)
 
 
+#: The validity bitmap of each value of `_OneRow`'s template: bit 0 clear (a null); the other bits (padding,
+#: which a reader ignores) mark it, so that its place before the value is checked
+_ONE_VALIDITY = b"\xa6"
 #: Bytes `_OneRow` keeps for a string join key: a longer key takes `to_arrow`'s general path
 _ONE_KEY_BYTES = 64
 #: Columns up to which a plan gets a `_OneRow` template (finding its sentinels scans the message once per value)
@@ -624,12 +639,18 @@ class _OneRow:
     and each view's event time and values (one itemgetter per row, by position as the general path takes them),
     and its thread's reader reads it from an in-memory file whose `read` is C (`io.BytesIO`, no Python frame per
     callback) (bench/README.md, "Arrow for one entity, third round").
+    Every value column carries a validity bitmap (its byte, and its null count in the message's field nodes, are
+    fields too), so a null value packs as well: 1% of the one-entity reads of the reference data hold one, and
+    through the general path they were the p99 of the Arrow API (bench/README.md).
     Covered: int and float features, one string key up to `_ONE_KEY_BYTES` UTF-8 bytes, int keys; a value that
-    does not pack (None, an int beyond 64 bits) or a longer key returns None, for the general path."""
+    does not pack (an int beyond 64 bits) or a longer key returns None, for the general path."""
 
     def __init__(self, plan: _Plan, prefix: bytes, message: struct.Struct, order: Callable[[list], tuple],
-                 constants: list[bytes], text_of: int | None):
+                 constants: list[bytes], text_of: int | None, values: list[int]):
         self.prefix, self.message, self.order, self.constants, self.text_of = prefix, message, order, constants, text_of
+        #: the positions of the values in the parts `table` packs, and what follows the parts when none is null:
+        #: each value's validity bit set, and its null count 0
+        self.values, self.all_valid = values, [1] * len(values) + [0] * len(values)
         self.key_names = plan.key_names
         self.key_specs = tuple(spec for _, spec in plan.key_specs)
         #: the classes of the join keys' values as `table` packs them (others are typed first)
@@ -655,6 +676,10 @@ class _OneRow:
                 return pa.array(struct.unpack("<d", struct.pack("<q", value)), pa.float64())
             return pa.array([value], pa.int64())
 
+        def nullable(array: pa.Array) -> pa.Array:
+            """`array` (one sentinel) with a validity bitmap: a null, so that the writer keeps the bitmap."""
+            return pa.Array.from_buffers(array.type, 1, [pa.py_buffer(_ONE_VALIDITY), array.buffers()[1]], 1)
+
         columns: dict[str, pa.Array] = {}
         for part, k in enumerate(plan.key_names):
             if plan.key_types[k] == types.STRING:
@@ -666,7 +691,7 @@ class _OneRow:
         for view in plan.views:
             event_ts = sentinel(types.TIMESTAMP, start).view(layout.ts_type)
             for j, name in enumerate(view.out_names, start + 1):
-                columns[name] = sentinel(plan.dtypes[name], j)
+                columns[name] = nullable(sentinel(plan.dtypes[name], j))
                 columns[name + STATUS_SUFFIX] = _all_of(PRESENT, 1)
                 columns[name + EVENT_TS_SUFFIX] = event_ts
             start += 1 + len(view.out_names)
@@ -684,9 +709,19 @@ class _OneRow:
                 at = message.find(pattern, at + 1, end)
             return out
 
-        # after the views' values in the parts: the string key's bytes and length (if any), then the constant fields
+        # after the views' values in the parts: the string key's bytes and length (if any), each value's validity
+        # bit and null count, then the constant fields
         spots: list[tuple[int, str, int]] = []  # (offset in the message, struct code, index in the parts)
         text_of = None
+        flags = start + (2 if any(kind == types.STRING for kind, *_ in sentinels) else 0)  # the first validity bit
+        values = [part for kind, _, part in sentinels if kind in (types.INT, types.FLOAT) and part >= len(plan.key_names)]
+        value_names = [name for view in plan.views for name in view.out_names]  # in the order of `values`
+        # the field nodes (length, null count) of the columns in order: the values' null count is 1 in the template
+        nodes = found(b"".join(struct.pack("<qq", 1, c in value_names) for c in plan.column_names), 8, body)
+        if len(nodes) != 1:
+            return None
+        for k, name in enumerate(value_names):
+            spots.append((nodes[0] + 16 * plan.column_names.index(name) + 8, "q", flags + len(values) + k))
         for kind, value, part in sentinels:
             if kind == types.STRING:
                 data = found(b"~" * _ONE_KEY_BYTES, body, len(message))
@@ -702,9 +737,13 @@ class _OneRow:
             if not at or (kind != types.TIMESTAMP and len(at) != 1):
                 return None
             spots += [(a, "d" if kind == types.FLOAT else "q", part) for a in at]
+            if part in values:  # its validity bitmap: the 8 bytes before its value
+                if message[at[0] - 8:at[0]] != _ONE_VALIDITY.ljust(8, b"\0"):
+                    return None
+                spots.append((at[0] - 8, "B", flags + values.index(part)))
         if stream.count(message) != 1 or not stream.endswith(message + b"\xff\xff\xff\xff\x00\x00\x00\x00"):
             return None
-        constant = start + (2 if text_of is not None else 0)  # the parts' first constant field
+        constant = flags + 2 * len(values)  # the parts' first constant field
         fields, order, constants, pos = ["<"], [], [], 0
         for at, code, part in sorted(spots):
             if at > pos:
@@ -722,9 +761,10 @@ class _OneRow:
         for kind, value, part in sentinels:
             if kind != types.STRING:
                 parts[part] = struct.unpack("<d", struct.pack("<q", value))[0] if kind == types.FLOAT else value
+        parts += [_ONE_VALIDITY[0]] * len(values) + [1] * len(values)  # the template's values are null
         if packer.pack(*getter(parts + constants)) != message:
             return None  # pragma: no cover - the places found do not rebuild the message: no template
-        return cls(plan, stream[:stream.index(message)], packer, getter, constants, text_of)
+        return cls(plan, stream[:stream.index(message)], packer, getter, constants, text_of, values)
 
     def table(self, entity: Mapping[str, Any], rows: list[list]) -> pa.Table | None:
         """The one-row table of `entity` and its rows (one per view, every one present), or None if they do
@@ -742,6 +782,15 @@ class _OneRow:
                 if len(text) > _ONE_KEY_BYTES:
                     return None
                 parts += (text, len(text))
+            if None in parts:  # a null value: its validity bit clear, its null count 1, 0 in its slot
+                valid = [parts[i] is not None for i in self.values]
+                for i in self.values:
+                    if parts[i] is None:
+                        parts[i] = 0
+                parts += valid
+                parts += [1 - v for v in valid]
+            else:
+                parts += self.all_valid
             parts += self.constants
             message = self.message.pack(*self.order(parts))
         except (struct.error, UnicodeEncodeError, IndexError):
