@@ -102,6 +102,50 @@ def test_mget_per_thread_connections_survive_a_killed_connection_and_close(store
     assert len(after) < len(before) and after <= before
 
 
+def test_an_error_reply_to_a_read_raises_and_the_connection_keeps_serving(store, client, redis_server, tmp_path):
+    """An MGET the server refuses (here: the user lost the permission) raises OnlineStoreError with the server's
+    words, once, not after retries; once allowed again, the next read reads the values, and the connection that
+    got the error reply was not dropped."""
+    client.acl_setuser("fm_reader", enabled=True, nopass=True, keys=["*"], commands=["+@all"])
+    try:
+        url = redis_server.url.replace("redis://", "redis://fm_reader@")
+        with OnlineStore.connect(url, embedded_dir=tmp_path) as s:
+            s.write([b"k1", b"k2"], [b"one", b"two"], [far_future_ms()] * 2)
+            assert s.mget([b"k1", b"k2"]) == [b"one", b"two"]
+            [before] = [c["id"] for c in client.client_list() if c["user"] == "fm_reader" and c["cmd"] == "mget"]
+            client.acl_setuser("fm_reader", commands=["-mget"])
+            started = time.monotonic()
+            with pytest.raises(OnlineStoreError, match="(?i)no permissions.*mget"):
+                s.mget([b"k1", b"k2"])
+            assert time.monotonic() - started < 1.0  # a permanent error: no backoff
+            client.acl_setuser("fm_reader", commands=["+mget"])
+            assert s.mget([b"k2", b"absent", b"k1"]) == [b"two", None, b"one"]
+            assert before in [c["id"] for c in client.client_list() if c["user"] == "fm_reader"]  # not dropped
+    finally:
+        client.acl_deluser("fm_reader")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_reads_on_its_own_connection(store):
+    """A child forked after the parent read gets the values on a connection of its own (sharing the parent's
+    socket would interleave their replies), and the parent's connection still reads after the child is done."""
+    store.write([b"p"], [b"parent"], [far_future_ms()])
+    assert store.mget([b"p"]) == [b"parent"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it read, and leave without running the parent's cleanup
+        ok = all(store.mget([b"p", b"absent"]) == [b"parent", None] for _ in range(200))
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    for _ in range(200):
+        assert store.mget([b"p"]) == [b"parent"]
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert store.mget([b"absent", b"p"]) == [None, b"parent"]
+
+
 def test_write_with_no_expiry_and_empty_write(store, client):
     assert store.write([], [], []) == 0
     store.write([b"k"], [b"v"], [None])

@@ -169,6 +169,10 @@ def _get_connection(pool: redis.ConnectionPool) -> Any:
         return pool.get_connection("SET")
 
 
+#: The errors `OnlineStore._retry` looks at (retrying those `_is_transient` finds transient)
+_RETRIED = (redis.RedisError, OSError, redis.exceptions.RedisClusterException)
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, redis.exceptions.RedisClusterException):  # e.g. slots not covered while a master is down
         return True
@@ -233,6 +237,52 @@ def _shown(key: Any) -> Any:
 
 def _ms_to_iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+class _ReadConnection:
+    """One thread's connection for reads: redis-py connects it (TLS, AUTH, SELECT), then `request` sends a packed
+    command with one `sendall` and parses its reply with the connection's own hiredis reader, straight from the
+    socket (as `_ReplyReader` reads a bulk write's replies). redis-py's own send and read paths (health checks,
+    maintenance-notification hooks, its parser's frames) cost about 8 µs a call beyond this, 6% of a one-entity
+    read (bench/README.md). The connection speaks RESP2, so no push message can arrive between replies.
+
+    An error reply is returned (a `hiredis.ReplyError`), not raised: the connection stays usable. Any exception
+    drops the connection; the next request connects again."""
+
+    __slots__ = ("conn", "pid", "_sock", "_reader", "_buffer")
+
+    def __init__(self, conn: Any):
+        self.conn, self.pid = conn, os.getpid()
+        self._sock: Any = None
+        self._reader: Any = None
+        self._buffer = bytearray(1 << 16)
+
+    def request(self, packed: bytes) -> Any:
+        sock = self._sock
+        try:
+            if sock is None:
+                self.conn.connect()
+                sock = self._sock = self.conn._sock
+                self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH_DATA)
+            sock.sendall(packed)
+            reader, buffer = self._reader, self._buffer
+            reply = reader.gets()
+            while reply is _NOT_ENOUGH_DATA:
+                n = sock.recv_into(buffer)
+                if not n:
+                    raise redis.ConnectionError("Connection closed by the server while reading a reply")
+                reader.feed(buffer, 0, n)
+                reply = reader.gets()
+            return reply
+        except BaseException:
+            self._sock = None
+            self.conn.disconnect()
+            raise
+
+
+#: What the hiredis reader of `_ReadConnection` returns while a reply is incomplete
+_NOT_ENOUGH_DATA = object()
+_REPLY_ERROR = hiredis.ReplyError if hiredis is not None else None
 
 
 class OnlineStore:
@@ -360,14 +410,21 @@ class OnlineStore:
 
     # ---- retries ---------------------------------------------------------------------------------------------
 
-    def _retry(self, what: str, fn: Callable[[], T], *, budget_seconds: float = _RETRY_MAX_TOTAL_SECONDS) -> T:
+    def _retry(self, what: str, fn: Callable[[], T], *, budget_seconds: float = _RETRY_MAX_TOTAL_SECONDS,
+               failed: tuple[BaseException, float] | None = None) -> T:
         """Call `fn`, retrying transient errors with exponential backoff; give up after a few attempts or
-        `budget_seconds`, raising `OnlineStoreError` (the last error as its cause)."""
-        deadline = time.monotonic() + budget_seconds
+        `budget_seconds`, raising `OnlineStoreError` (the last error as its cause).
+
+        `failed`: the caller made the first attempt itself (the error it raised, and `time.monotonic()` when
+        it began): the attempts and the budget count from it."""
+        deadline = (time.monotonic() if failed is None else failed[1]) + budget_seconds
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
             try:
-                return fn()
-            except (redis.RedisError, OSError, redis.exceptions.RedisClusterException) as exc:
+                if failed is None:
+                    return fn()
+                error, failed = failed[0], None
+                raise error
+            except _RETRIED as exc:
                 if not _is_transient(exc):
                     raise
                 delay = _RETRY_BASE_SECONDS * 2 ** (attempt - 1)
@@ -379,10 +436,10 @@ class OnlineStore:
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], T], failed: tuple[BaseException, float] | None = None) -> T:
         """`_retry`, with a permanent error reply turned into `OnlineStoreError` too."""
         try:
-            return self._retry(what, fn)
+            return self._retry(what, fn, failed=failed)
         except redis.RedisError as exc:
             raise OnlineStoreError(f"{what} failed on {self._url}: {exc}") from exc
 
@@ -747,9 +804,17 @@ class OnlineStore:
         slots), pipelined per node."""
         if not keys:
             return []
-        get = self._redis.mget_nonatomic if self.cluster else self._mget_direct if hiredis else self._redis.mget
+        direct = hiredis is not None and not self.cluster
+        get = self._redis.mget_nonatomic if self.cluster else self._mget_direct if direct else self._redis.mget
         if len(keys) <= MGET_CHUNK_KEYS:
-            return self._call(f"MGET of {len(keys)} keys", lambda: get(keys))
+            failed = None
+            if direct:  # the first attempt without `_call`'s frames: about 3 µs of a one-entity read
+                started = time.monotonic()
+                try:
+                    return self._mget_direct(keys)
+                except _RETRIED as exc:
+                    failed = (exc, started)
+            return self._call(f"MGET of {len(keys)} keys", lambda: get(keys), failed)
         out: list[bytes | None] = []
         for start in range(0, len(keys), MGET_CHUNK_KEYS):
             chunk = keys[start:start + MGET_CHUNK_KEYS]
@@ -757,25 +822,25 @@ class OnlineStore:
         return out
 
     def _mget_direct(self, keys: Sequence[bytes | str]) -> list[bytes | None]:
-        """One MGET on this thread's own connection: the command hand-encoded (`_encode_mget`), the reply parsed
-        by the connection's hiredis reader. redis-py's command path (pool checkout and release, argument checks,
-        hooks) cost about 20 µs a call and 0.15 µs a key more, which was most of what a one-entity read spent
-        beyond a raw reader's (bench/README.md). Any error drops the connection; `_call` retries on a new one."""
+        """One MGET on this thread's own connection (`_ReadConnection`), the command hand-encoded (`_encode_mget`).
+        redis-py's command path (pool checkout and release, argument checks, hooks) cost about 20 µs a call and
+        0.15 µs a key more, which was most of what a one-entity read spent beyond a raw reader's (bench/README.md).
+        An error reply is asked again through redis-py, which raises the exception it maps the reply to (LOADING,
+        for one, is retried by `_call`). Any other error drops the connection; `_call` retries on a new one."""
         local = self._reads
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():  # first read on this thread, or in a forked child
-            conn = local.conn = self._redis.connection_pool.make_connection()
-            local.pid = os.getpid()
+        read = getattr(local, "read", None)
+        if read is None or read.pid != os.getpid():  # first read on this thread, or in a forked child
+            pool = self._redis.connection_pool  # RESP2: no push can arrive between replies (redis-py 8 speaks RESP3)
+            conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+            read = local.read = _ReadConnection(conn)
             with self._reads_lock:
                 self._read_conns.append(conn)
             # a thread that ends takes its connection with it (a thread-per-request server would pile them up)
             weakref.finalize(threading.current_thread(), _drop_connection, self._read_conns, self._reads_lock, conn)
-        try:
-            conn.send_packed_command([_encode_mget(keys)])
-            return conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
+        reply = read.request(_encode_mget(keys))
+        if reply.__class__ is _REPLY_ERROR:
+            return self._redis.mget(keys)
+        return reply
 
     def delete(self, keys: Sequence[bytes | str]) -> int:
         """`UNLINK` `keys` in chunks (on a cluster, redis-py sends one UNLINK per slot); returns how many existed."""
