@@ -658,6 +658,9 @@ class _OneRow:
         #: per view, its event time and values from its row, as a tuple
         self.row_getters = [operator.itemgetter(0, *(p for _, p in view.columns)) for view in plan.views]
         self._local = threading.local()
+        import pyarrow as pa
+
+        self._from_batches = pa.Table.from_batches
 
     @classmethod
     def make(cls, plan: _Plan, layout: _ArrowLayout) -> _OneRow | None:
@@ -769,8 +772,6 @@ class _OneRow:
     def table(self, entity: Mapping[str, Any], rows: list[list]) -> pa.Table | None:
         """The one-row table of `entity` and its rows (one per view, every one present), or None if they do
         not fit the template."""
-        import pyarrow as pa
-
         parts = [entity[name] for name in self.key_names]
         if list(map(type, parts)) != self.key_classes:  # numpy scalars, an int key given as text
             parts = [_typed_key(value, *spec) for value, spec in zip(parts, self.key_specs)]
@@ -798,16 +799,16 @@ class _OneRow:
         local = self._local
         feed = getattr(local, "feed", None)
         if feed is None:  # this thread's first read: its reader reads the schema now, the dictionaries and the
-            feed = io.BytesIO(self.prefix + message)  # message on its first batch
+            import pyarrow as pa  # message on its first batch
+
+            feed = io.BytesIO(self.prefix + message)
             local.reader = pa.ipc.open_stream(pa.PythonFile(feed, mode="r"))
-            local.feed = feed
-        else:  # every message of the plan is as long: written over the last one, read from its start
-            start = len(self.prefix)
-            feed.seek(start)
-            feed.write(message)
-            feed.seek(start)
+            local.feed, local.message = feed, feed.getbuffer()[len(self.prefix):]
+        else:  # every message of the plan is as long: written over the last one (in place), read from its start
+            local.message[:] = message
+            feed.seek(len(self.prefix))
         try:
-            return pa.Table.from_batches([local.reader.read_next_batch()])
+            return self._from_batches([local.reader.read_next_batch()])
         except Exception:
             local.feed = None  # pragma: no cover - a message the reader refuses: the general path, a new reader
             return None
