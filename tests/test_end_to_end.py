@@ -95,6 +95,28 @@ def test_python_api_matches_the_warehouse(env):
     assert row["spend_7d"].event_ts.replace(tzinfo=None) == expected[1]
 
 
+def test_a_batch_of_pairs_reads_each_pairs_own_values(env):
+    """A batch of dict entities of plain string keys takes the column-wise key path, where each key of the two-key
+    view `customer_merchant_pair` is joined from its parts: every pair reads its own latest row (the keys in
+    their order, no pair's value another's), and the batch equals the same entities read one by one."""
+    con = duckdb.connect(str(env / "target" / "featuremart.duckdb"), read_only=True)
+    latest = con.sql("select customer_id, merchant_id, last_pair_amount from main.customer_merchant_pair "
+                     "qualify row_number() over (partition by customer_id, merchant_id order by event_ts desc) = 1 "
+                     "order by event_ts desc, customer_id, merchant_id limit 40").fetchall()
+    con.close()
+    entities = [{"customer_id": c, "merchant_id": m} for c, m, _ in latest]
+    with FeatureStore(env) as fs:
+        assert fs.sync().status == "success"
+        rows = fs.get_online_features(entities, features=["customer_merchant_pair.last_pair_amount"])
+        one_by_one = [fs.get_online_features([e], features=["customer_merchant_pair.last_pair_amount"])[0]
+                      for e in entities]
+    assert [r["last_pair_amount"].status for r in rows].count("present") >= 30  # the latest pairs: within the ttl
+    for (_, _, amount), row in zip(latest, rows):
+        if row["last_pair_amount"].status == "present":
+            assert row["last_pair_amount"].value == pytest.approx(amount)
+    assert rows == one_by_one
+
+
 def test_embedded_store_quick_start(project, monkeypatch):
     """With no Redis URL the CLI starts its own redis-server under target/ and the next process reads it."""
     monkeypatch.delenv("FEATUREMART_REDIS_URL", raising=False)

@@ -144,7 +144,8 @@ def _json_template(names: Sequence[str]) -> list[bytes]:
 class _ViewPlan(NamedTuple):
     name: str
     version: str
-    key_format: str  # "<prefix>:{customer_id=%s}:<view>:<version>", static parts %-escaped
+    key_format: str  # "<prefix>:{customer_id=%s}:<view>:<version>": `key_parts` joined by %s, %-escaped
+    key_parts: tuple[str, ...]  # the static text around the key texts: "<prefix>:{customer_id=", "}:<view>:<version>"
     key_texts: Any  # itemgetter of this view's key texts (one str, or a tuple) from the entity's key texts
     key_names: tuple[str, ...]  # this view's join keys, in `key_format` order
     ttl_us: int
@@ -181,11 +182,11 @@ class _Plan:
         for view in views:
             position = {f.name: i + 1 for i, f in enumerate(view.features)}
             columns = tuple((n, position[f.name]) for n, f in zip(names, wanted) if f.view == view.name)
-            static = [part.replace("%", "%%") for part in (prefix, view.name, view.version)]
-            pairs = ",".join(f"{k.replace('%', '%%')}=%s" for k, _ in view.join_keys)
-            key_format = f"{static[0]}:{{{pairs}}}:{static[1]}:{static[2]}"
+            key_names = [k for k, _ in view.join_keys]
+            key_parts = (f"{prefix}:{{{key_names[0]}=", *(f",{k}=" for k in key_names[1:]),
+                         f"}}:{view.name}:{view.version}")
             plans.append(_ViewPlan(
-                view.name, view.version, key_format,
+                view.name, view.version, "%s".join(part.replace("%", "%%") for part in key_parts), key_parts,
                 operator.itemgetter(*(self.key_names.index(k) for k, _ in view.join_keys)),
                 tuple(k for k, _ in view.join_keys),
                 view.ttl // _ONE_US, RowDecoder([f.dtype for f in view.features]), columns,
@@ -258,9 +259,11 @@ class _Plan:
         out = [self.id_key] * (1 + len(entities) * len(self.views))
         nv = len(self.views)
         for vi, view in enumerate(self.views):
-            texts = (columns[view.key_names[0]] if len(view.key_names) == 1
-                     else zip(*(columns[k] for k in view.key_names)))
-            out[1 + vi::nv] = map(view.key_format.__mod__, texts)
+            # each key the join of its static parts and key texts, interleaved by zip: 2x faster than `%`
+            pieces = [repeat(view.key_parts[0])]
+            for k, part in zip(view.key_names, view.key_parts[1:]):
+                pieces += (columns[k], repeat(part))
+            out[1 + vi::nv] = map("".join, zip(*pieces))
         return out
 
     def _check_names(self, entity: Mapping[str, Any]) -> None:
