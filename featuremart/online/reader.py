@@ -182,8 +182,8 @@ class _Plan:
         for view in views:
             position = {f.name: i + 1 for i, f in enumerate(view.features)}
             columns = tuple((n, position[f.name]) for n, f in zip(names, wanted) if f.view == view.name)
-            key_names = [k for k, _ in view.join_keys]
-            key_parts = (f"{prefix}:{{{key_names[0]}=", *(f",{k}=" for k in key_names[1:]),
+            view_keys = [k for k, _ in view.join_keys]
+            key_parts = (f"{prefix}:{{{view_keys[0]}=", *(f",{k}=" for k in view_keys[1:]),
                          f"}}:{view.name}:{view.version}")
             plans.append(_ViewPlan(
                 view.name, view.version, "%s".join(part.replace("%", "%%") for part in key_parts), key_parts,
