@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -133,16 +135,24 @@ def test_a_forked_child_reads_on_its_own_connection(store):
     assert store.mget([b"p"]) == [b"parent"]
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report what it read, and leave without running the parent's cleanup
-        ok = all(store.mget([b"p", b"absent"]) == [b"parent", None] for _ in range(200))
-        os.write(write, b"1" if ok else b"0")
-        os._exit(0)
+    if pid == 0:  # the child: report what it read, and leave (whatever happens) without running pytest's cleanup
+        try:
+            ok = all(store.mget([b"p", b"absent"]) == [b"parent", None] for _ in range(200))
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
     os.close(write)
-    for _ in range(200):
-        assert store.mget([b"p"]) == [b"parent"]
-    assert os.read(read, 1) == b"1"
-    os.waitpid(pid, 0)
-    os.close(read)
+    try:
+        for _ in range(200):
+            assert store.mget([b"p"]) == [b"parent"]
+        answered, _, _ = select.select([read], [], [], 60)
+        assert answered, "the forked child did not answer in 60 s"
+        assert os.read(read, 1) == b"1"
+    finally:
+        if not os.waitpid(pid, os.WNOHANG)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(read)
     assert store.mget([b"absent", b"p"]) == [None, b"parent"]
 
 
